@@ -1,0 +1,1 @@
+"""Pipeline stages: plain functions over numpy and pandas, each with a thin Prefect task."""

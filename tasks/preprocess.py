@@ -1,0 +1,133 @@
+"""Preprocessing: scale pixels to [0, 1], take the stratified validation split, reshape.
+
+The 10,000 test images are kept apart for the final evaluation only: early stopping
+and model selection use the validation split carved out of the training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from sklearn.model_selection import train_test_split
+
+from tasks.ingest import IMAGE_SHAPE, RawDataset
+from tasks.storage import (
+    ArrayRef,
+    array_refs,
+    code_version,
+    content_key,
+    publish_directory,
+    save_arrays,
+)
+
+PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "test_index")
+
+
+@dataclass(frozen=True)
+class ProcessedDataset:
+    """Flat float32 features and uint8 labels of each split, by reference.
+
+    `test_index` holds each test row's position in the original 10,000 test images.
+    """
+
+    directory: Path
+    arrays: dict[str, ArrayRef]
+
+    def load(self, *names: str) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name].load() for name in names)
+
+
+def scale_images(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 784) float32 in [0, 1], the layout scikit-learn and XGBoost take."""
+    return (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32)
+
+
+def to_image_tensor(features: np.ndarray) -> np.ndarray:
+    """(N, 784) -> (N, 28, 28, 1), the layout a Keras CNN takes (a view, no copy)."""
+    return features.reshape(len(features), *IMAGE_SHAPE, 1)
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified sample of `size` rows (all rows when size is None)."""
+    everything = np.arange(len(labels))
+    if size is None or size >= len(labels):
+        return everything
+    chosen, _ = train_test_split(everything, train_size=size, stratify=labels, random_state=seed)
+    return np.sort(chosen)
+
+
+def split_train_validation(
+    labels: np.ndarray, validation_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded train and validation row indices."""
+    train, validation = train_test_split(
+        np.arange(len(labels)), test_size=validation_size, stratify=labels, random_state=seed
+    )
+    return np.sort(train), np.sort(validation)
+
+
+def preprocess_arrays(
+    raw: dict[str, np.ndarray],
+    validation_size: int,
+    seed: int,
+    train_subset_size: int | None = None,
+    test_subset_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Model-ready arrays for every split; the inputs are left untouched."""
+    subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
+    train_rows, val_rows = split_train_validation(
+        raw["train_labels"][subset], validation_size, seed
+    )
+    train_rows, val_rows = subset[train_rows], subset[val_rows]
+    test_rows = stratified_subset(raw["test_labels"], test_subset_size, seed)
+    return {
+        "x_train": scale_images(raw["train_images"][train_rows]),
+        "y_train": raw["train_labels"][train_rows],
+        "x_val": scale_images(raw["train_images"][val_rows]),
+        "y_val": raw["train_labels"][val_rows],
+        "x_test": scale_images(raw["test_images"][test_rows]),
+        "y_test": raw["test_labels"][test_rows],
+        "test_index": test_rows,
+    }
+
+
+def preprocess_dataset(
+    raw: RawDataset,
+    cache_dir: Path,
+    validation_size: int,
+    seed: int,
+    train_subset_size: int | None = None,
+    test_subset_size: int | None = None,
+) -> ProcessedDataset:
+    """Write the processed arrays once under `<cache_dir>/processed/<key>` and refer to them.
+
+    The key covers the raw data's hashes, the parameters and this module's code,
+    so runs with other settings never overwrite each other's arrays.
+    """
+    parameters = (validation_size, seed, train_subset_size, test_subset_size)
+    raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
+    target = cache_dir / "processed" / content_key(raw_hashes, parameters, code_version(__file__))
+
+    def write(staging: Path) -> None:
+        arrays = {name: ref.load() for name, ref in raw.arrays.items()}
+        save_arrays(staging, preprocess_arrays(arrays, *parameters))
+
+    publish_directory(target, write)
+    return ProcessedDataset(target, array_refs(target, PROCESSED_ARRAYS))
+
+
+@task(name="preprocess")
+def preprocess_task(
+    raw: RawDataset,
+    cache_dir: Path,
+    validation_size: int,
+    seed: int,
+    train_subset_size: int | None,
+    test_subset_size: int | None,
+) -> ProcessedDataset:
+    return preprocess_dataset(
+        raw, cache_dir, validation_size, seed, train_subset_size, test_subset_size
+    )

@@ -1,0 +1,320 @@
+"""Comparison: rank the models and write the run's report directory.
+
+Everything is written into a hidden staging directory and renamed to
+`<output_dir>/<run_id>` only when complete; `<output_dir>/latest` then points at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.config import PipelineConfig
+from tasks.evaluate import ModelEvaluation
+from tasks.ingest import CLASS_NAMES, RawDataset
+from tasks.preprocess import ProcessedDataset
+from tasks.storage import publish_directory
+from tasks.validate import ValidationSummary
+
+LEADERBOARD_COLUMNS = [
+    "rank", "model", "test_accuracy", "macro_f1", "validation_accuracy",
+    "fit_seconds", "predict_seconds",
+]  # fmt: skip
+PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
+            "pandera", "matplotlib")  # fmt: skip
+TOP_PAIRS = 5
+
+
+def leaderboard(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
+    """One row per model, ranked by test accuracy (macro-F1 breaks ties)."""
+    frame = pd.DataFrame(
+        [{column: getattr(e, column) for column in LEADERBOARD_COLUMNS[1:] if column != "model"}
+         | {"model": e.name} for e in evaluations]
+    )  # fmt: skip
+    frame = frame.sort_values(["test_accuracy", "macro_f1"], ascending=False, ignore_index=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame[LEADERBOARD_COLUMNS]
+
+
+def confused_pairs(evaluations: list[ModelEvaluation], top: int = TOP_PAIRS) -> pd.DataFrame:
+    """Class pairs most often confused, in either direction, summed over all models."""
+    total = np.sum([np.asarray(e.confusion) for e in evaluations], axis=0)
+    rows = [
+        {
+            "class_a": CLASS_NAMES[a],
+            "class_b": CLASS_NAMES[b],
+            "a_as_b": int(total[a, b]),
+            "b_as_a": int(total[b, a]),
+            "total": int(total[a, b] + total[b, a]),
+        }
+        for a, b in combinations(range(len(CLASS_NAMES)), 2)
+    ]
+    frame = pd.DataFrame(rows).sort_values("total", ascending=False, ignore_index=True)
+    return frame.head(top)
+
+
+def class_difficulty(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
+    """Per class: recall and F1 averaged over models, and the models that do best and worst."""
+    recall = pd.DataFrame({e.name: e.recall for e in evaluations}, index=list(CLASS_NAMES))
+    f1 = pd.DataFrame({e.name: e.f1 for e in evaluations}, index=list(CLASS_NAMES))
+    return (
+        pd.DataFrame(
+            {
+                "mean_recall": recall.mean(axis=1),
+                "mean_f1": f1.mean(axis=1),
+                "best_model": recall.idxmax(axis=1),
+                "best_recall": recall.max(axis=1),
+                "worst_model": recall.idxmin(axis=1),
+                "worst_recall": recall.min(axis=1),
+            }
+        )
+        .rename_axis("class")
+        .sort_values("mean_recall")
+    )
+
+
+def plot_confusion_matrix(confusion: list[list[int]], title: str) -> Figure:
+    """Counts per true (rows) and predicted (columns) class, with class names on the axes."""
+    counts = np.asarray(confusion)
+    figure = Figure(figsize=(8, 7), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="test images")
+    ticks = range(len(CLASS_NAMES))
+    axes.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    axes.set_yticks(ticks, CLASS_NAMES)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    threshold = counts.max() / 2
+    for (row, column), value in np.ndenumerate(counts):
+        color = "white" if value > threshold else "black"
+        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
+    return figure
+
+
+def write_analysis(board: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.DataFrame) -> list[str]:
+    """Plain-language findings, each sentence computed from the numbers above it."""
+    best = board.iloc[0]
+    findings = [
+        f"**{best.model}** ranks first with test accuracy {best.test_accuracy:.4f} "
+        f"(macro-F1 {best.macro_f1:.4f}; validation accuracy {best.validation_accuracy:.4f})."
+    ]
+    if len(board) > 1:
+        runner_up = board.iloc[1]
+        gap = 100 * (best.test_accuracy - runner_up.test_accuracy)
+        findings.append(
+            f"It is {gap:.1f} points ahead of {runner_up.model} ({runner_up.test_accuracy:.4f}); "
+            f"the last, {board.iloc[-1].model}, reaches {board.iloc[-1].test_accuracy:.4f}."
+        )
+        fastest = board.loc[board.fit_seconds.idxmin()]
+        findings.append(
+            f"The cheapest to train is {fastest.model} ({fastest.fit_seconds:.0f} s, "
+            f"accuracy {fastest.test_accuracy:.4f}); {best.model} took "
+            f"{best.fit_seconds:.0f} s to fit and {best.predict_seconds:.1f} s to predict "
+            "the test set."
+        )
+    hardest, easiest = difficulty.iloc[0], difficulty.iloc[-1]
+    findings.append(
+        f"**{hardest.name}** is the hardest class: mean recall {hardest.mean_recall:.3f} across "
+        f"models, from {hardest.worst_recall:.3f} ({hardest.worst_model}) to "
+        f"{hardest.best_recall:.3f} ({hardest.best_model}). {easiest.name} is the easiest "
+        f"(mean recall {easiest.mean_recall:.3f})."
+    )
+    if pairs.total.iloc[0] > 0:
+        top = pairs.iloc[0]
+        findings.append(
+            f"The pair most often confused is **{top.class_a} / {top.class_b}**: {top.total} test "
+            f"images over all models ({top.a_as_b} {top.class_a} taken for {top.class_b}, "
+            f"{top.b_as_a} the other way)."
+        )
+    return findings
+
+
+def _markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        cells = [format(v, floats) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    run_id: str,
+    board: pd.DataFrame,
+    pairs: pd.DataFrame,
+    difficulty: pd.DataFrame,
+    evaluations: list[ModelEvaluation],
+    test_images: int,
+) -> str:
+    f1_table = pd.DataFrame({"class": list(CLASS_NAMES)} | {e.name: e.f1 for e in evaluations})
+    sections = [
+        f"# Fashion-MNIST model comparison — run `{run_id}`",
+        f"{len(board)} models, ranked by accuracy on {test_images} held-out test images.",
+        "## Leaderboard",
+        _markdown_table(board),
+        "## Analysis",
+        "\n".join(f"- {finding}" for finding in write_analysis(board, pairs, difficulty)),
+        "## Most confused class pairs (all models)",
+        _markdown_table(pairs),
+        "## Hardest classes",
+        _markdown_table(difficulty.reset_index(), ".3f"),
+        "## Per-class F1",
+        _markdown_table(f1_table, ".3f"),
+        "## Confusion matrices",
+        "\n\n".join(
+            f"### {name}\n\n![{name} confusion matrix](confusion_matrix_{name}.png)"
+            for name in board.model
+        ),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def metrics_document(
+    run_id: str, evaluations: list[ModelEvaluation], board: pd.DataFrame, context: dict
+) -> dict:
+    models = {}
+    for e in evaluations:
+        record = asdict(e)
+        per_class = {
+            name: {metric: record[metric][i] for metric in ("precision", "recall", "f1", "support")}
+            for i, name in enumerate(CLASS_NAMES)
+        }
+        models[e.name] = {
+            "rank": int(board.loc[board.model == e.name, "rank"].iloc[0]),
+            **{key: record[key] for key in LEADERBOARD_COLUMNS[2:]},
+            "per_class": per_class,
+            "confusion_matrix": e.confusion,
+            "params": e.params,
+            "model_dir": str(e.model_dir),
+            "test_predictions_sha256": e.test_predictions.sha256,
+        }
+    return {
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "class_names": list(CLASS_NAMES),
+        **context,
+        "packages": package_versions(),
+        "models": models,
+    }
+
+
+def write_report(
+    evaluations: list[ModelEvaluation],
+    y_test: np.ndarray,
+    test_index: np.ndarray,
+    output_dir: Path,
+    run_id: str,
+    context: dict,
+) -> Path:
+    """Write the complete report for a run and point `<output_dir>/latest` at it.
+
+    Args:
+        context: JSON-ready facts about the run (config, seed, data hashes, validation).
+    """
+    target = output_dir / run_id
+    if target.exists():
+        raise FileExistsError(f"{target}: a report for run {run_id} already exists")
+    board = leaderboard(evaluations)
+    pairs = confused_pairs(evaluations)
+    difficulty = class_difficulty(evaluations)
+
+    def write(staging: Path) -> None:
+        board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
+        predictions = pd.DataFrame({"index": test_index, "true_label": y_test})
+        by_name = {e.name: e for e in evaluations}
+        for name in board.model:
+            predictions[name] = by_name[name].test_predictions.load()
+        predictions.to_csv(staging / "test_predictions.csv", index=False)
+        document = metrics_document(run_id, evaluations, board, context)
+        (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
+        for e in evaluations:
+            figure = plot_confusion_matrix(e.confusion, f"{e.name}: accuracy {e.test_accuracy:.4f}")
+            figure.savefig(staging / f"confusion_matrix_{e.name}.png", dpi=100)
+        markdown = render_markdown(run_id, board, pairs, difficulty, evaluations, len(y_test))
+        (staging / "report.md").write_text(markdown)
+
+    publish_directory(target, write)
+    point_latest_at(target)
+    return target
+
+
+def point_latest_at(report_dir: Path) -> None:
+    """Swap `latest` to `report_dir` in one rename, so it never points at nothing."""
+    latest = report_dir.parent / "latest"
+    staging = Path(tempfile.mktemp(prefix=".latest.", dir=report_dir.parent))
+    staging.symlink_to(report_dir.name, target_is_directory=True)
+    os.replace(staging, latest)
+
+
+def run_context(
+    config: PipelineConfig, raw: RawDataset, validation: ValidationSummary, data: ProcessedDataset
+) -> dict:
+    """What metrics.json records about a run besides the models: enough to reproduce it."""
+    return {
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "data": {
+            "source_dir": str(raw.source_dir),
+            "file_sha256": raw.file_sha256,
+            "processed_dir": str(data.directory),
+            "processed_sha256": {name: ref.sha256 for name, ref in data.arrays.items()},
+        },
+        "validation": asdict(validation),
+    }
+
+
+@task(name="compare-models")
+def report_task(
+    evaluations: list[ModelEvaluation],
+    data: ProcessedDataset,
+    output_dir: Path,
+    run_id: str,
+    context: dict,
+) -> Path:
+    y_test, test_index = data.load("y_test", "test_index")
+    report_dir = write_report(evaluations, y_test, test_index, output_dir, run_id, context)
+    board = leaderboard(evaluations)
+    create_table_artifact(
+        key="fashion-mnist-leaderboard",
+        table=board.round(4).to_dict(orient="records"),
+        description=f"Models ranked by test accuracy, run {run_id}",
+    )
+    findings = write_analysis(board, confused_pairs(evaluations), class_difficulty(evaluations))
+    create_markdown_artifact(
+        key="fashion-mnist-summary",
+        markdown="\n\n".join(
+            [
+                f"# Run {run_id}",
+                _markdown_table(board),
+                *[f"- {f}" for f in findings],
+                f"Full report: `{report_dir.resolve() / 'report.md'}`",
+            ]
+        ),
+        description="Leaderboard and findings",
+    )
+    return report_dir

@@ -1,0 +1,366 @@
+"""Training: a registry of model builders, and fitting one model on the training split.
+
+Each builder returns an unfitted classifier wrapped in a small adapter that knows
+how its library fits (XGBoost and Keras stop early on the validation split),
+predicts, and saves itself in the library's own format. Thread counts are
+explicit so that the models trained side by side share the cores without
+oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import joblib
+import numpy as np
+from prefect import task
+from prefect.logging import get_run_logger
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
+
+from tasks.config import (
+    CNNParams,
+    LogisticRegressionParams,
+    ModelParams,
+    RandomForestParams,
+    SVMParams,
+    XGBoostParams,
+)
+from tasks.ingest import CLASS_NAMES, IMAGE_SHAPE
+from tasks.preprocess import ProcessedDataset, to_image_tensor
+
+N_CLASSES = len(CLASS_NAMES)
+PARAMS_FILE = "params.json"
+XGBOOST_LOG_EVERY = 25
+
+History = dict[str, list[float]]
+
+
+class Classifier(Protocol):
+    model_file: str
+
+    def fit(
+        self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+    ) -> History:
+        """Fit on the training split; return per-iteration learning curves (may be empty)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    def save(self, directory: Path) -> None: ...
+
+
+@dataclass
+class SklearnClassifier:
+    estimator: ClassifierMixin
+    threads: int
+    model_file: str = "model.joblib"
+
+    def fit(self, x_train, y_train, x_val, y_val) -> History:
+        # BLAS pools are process-wide: cap them so parallel models don't oversubscribe.
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            self.estimator.fit(x_train, y_train)
+        return {}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return self.estimator.predict(x)
+
+    def save(self, directory: Path) -> None:
+        joblib.dump(self.estimator, directory / self.model_file)
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> SklearnClassifier:
+        return cls(joblib.load(directory / cls.model_file), threads)
+
+
+@dataclass
+class XGBoostClassifier:
+    params: XGBoostParams
+    seed: int
+    threads: int
+    logger: logging.Logger
+    model: object = None
+    model_file: str = "model.ubj"
+
+    def _new_model(self, **extra):
+        import xgboost
+
+        return xgboost.XGBClassifier(
+            tree_method="hist",
+            n_estimators=self.params.n_estimators,
+            learning_rate=self.params.learning_rate,
+            max_depth=self.params.max_depth,
+            max_bin=self.params.max_bin,
+            colsample_bytree=self.params.colsample_bytree,
+            n_jobs=self.threads,
+            random_state=self.seed,
+            **extra,
+        )
+
+    def fit(self, x_train, y_train, x_val, y_val) -> History:
+        import xgboost
+
+        logger = self.logger
+
+        class LogProgress(xgboost.callback.TrainingCallback):
+            def after_iteration(self, model, epoch, evals_log) -> bool:
+                if (epoch + 1) % XGBOOST_LOG_EVERY == 0:
+                    val = evals_log["validation_1"]  # the second eval set
+                    logger.info(
+                        "xgboost round %d: validation error %.4f, log-loss %.4f",
+                        epoch + 1, val["merror"][-1], val["mlogloss"][-1],
+                    )  # fmt: skip
+                return False
+
+        # The last evaluation set and metric drive early stopping: validation log-loss.
+        self.model = self._new_model(
+            eval_metric=["merror", "mlogloss"],
+            early_stopping_rounds=self.params.early_stopping_rounds,
+            callbacks=[LogProgress()],
+        )
+        train_dm, val_dm = (x_train, y_train), (x_val, y_val)
+        self.model.fit(x_train, y_train, eval_set=[train_dm, val_dm], verbose=False)
+        curves = self.model.evals_result()
+        # XGBClassifier names eval sets by position; name them by split instead.
+        return {
+            f"{split}_{metric}": values
+            for split, key in (("train", "validation_0"), ("validation", "validation_1"))
+            for metric, values in curves[key].items()
+        }
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(x)
+
+    def save(self, directory: Path) -> None:
+        self.model.save_model(directory / self.model_file)
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> XGBoostClassifier:
+        loaded = cls(XGBoostParams(), seed=0, threads=threads, logger=logging.getLogger(__name__))
+        loaded.model = loaded._new_model()
+        loaded.model.load_model(directory / cls.model_file)
+        return loaded
+
+
+def configure_tensorflow_threads(threads: int) -> None:
+    """TensorFlow's thread pools are process-wide and fixed once it has run an operation."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        logging.getLogger(__name__).debug("TensorFlow already initialised; thread pools kept")
+
+
+def build_cnn_network(params: CNNParams, seed: int):
+    """Conv-BatchNorm-ReLU blocks with max-pooling, then a dropout-regularised dense head."""
+    import keras
+    from keras import layers
+
+    # Momentum 0.9 (Keras: 0.99) lets BatchNorm's moving statistics settle within the
+    # few hundred steps of a short run; with 0.99 a two-epoch model predicts near chance.
+    def normalise(x):
+        return layers.BatchNormalization(momentum=0.9)(x)
+
+    inputs = keras.Input(shape=(*IMAGE_SHAPE, 1))
+    x = inputs
+    for filters in params.conv_filters:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.ReLU()(normalise(x))
+        x = layers.MaxPooling2D()(x)
+    x = layers.Dropout(params.dropout / 2, seed=seed)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(params.dense_units, use_bias=False)(x)
+    x = layers.ReLU()(normalise(x))
+    x = layers.Dropout(params.dropout, seed=seed)(x)
+    outputs = layers.Dense(N_CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="fashion_cnn")
+
+
+@dataclass
+class KerasCNN:
+    params: CNNParams
+    seed: int
+    threads: int
+    logger: logging.Logger
+    model: object = None
+    model_file: str = "model.keras"
+
+    def fit(self, x_train, y_train, x_val, y_val) -> History:
+        configure_tensorflow_threads(self.threads)
+        import keras
+
+        # Keras draws weight initialisations and shuffles from its global seed.
+        keras.utils.set_random_seed(self.seed)
+        self.model = build_cnn_network(self.params, self.seed)
+        steps = self.params.epochs * int(np.ceil(len(x_train) / self.params.batch_size))
+        schedule = keras.optimizers.schedules.CosineDecay(self.params.learning_rate, steps)
+        # No jit_compile: XLA made an epoch 4x slower on a 2-core CPU.
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        logger = self.logger
+
+        class LogProgress(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logger.info(
+                    "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
+                    epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
+                )  # fmt: skip
+
+        history = self.model.fit(
+            to_image_tensor(x_train),
+            y_train,
+            batch_size=self.params.batch_size,
+            epochs=self.params.epochs,
+            validation_data=(to_image_tensor(x_val), y_val),
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy",
+                    patience=self.params.early_stopping_patience,
+                    restore_best_weights=True,
+                ),
+                LogProgress(),
+            ],
+            verbose=0,
+        )
+        return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        probabilities = self.model.predict(to_image_tensor(x), batch_size=1024, verbose=0)
+        return probabilities.argmax(axis=1)
+
+    def save(self, directory: Path) -> None:
+        self.model.save(directory / self.model_file)
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> KerasCNN:
+        configure_tensorflow_threads(threads)
+        import keras
+
+        loaded = cls(CNNParams(), seed=0, threads=threads, logger=logging.getLogger(__name__))
+        loaded.model = keras.models.load_model(directory / cls.model_file)
+        return loaded
+
+
+def build_logistic_regression(p: LogisticRegressionParams, seed, threads, logger):
+    return SklearnClassifier(
+        LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=seed), threads
+    )
+
+
+def build_random_forest(p: RandomForestParams, seed, threads, logger):
+    forest = RandomForestClassifier(
+        n_estimators=p.n_estimators,
+        max_features=p.max_features,
+        min_samples_leaf=p.min_samples_leaf,
+        n_jobs=threads,
+        random_state=seed,
+    )
+    return SklearnClassifier(forest, threads)
+
+
+def build_svm(p: SVMParams, seed, threads, logger):
+    svm = SVC(kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=seed)
+    return SklearnClassifier(svm, threads)
+
+
+def build_xgboost(p: XGBoostParams, seed, threads, logger):
+    return XGBoostClassifier(p, seed, threads, logger)
+
+
+def build_cnn(p: CNNParams, seed, threads, logger):
+    return KerasCNN(p, seed, threads, logger)
+
+
+MODEL_BUILDERS: dict[str, Callable[..., Classifier]] = {
+    "logistic_regression": build_logistic_regression,
+    "random_forest": build_random_forest,
+    "svm_rbf": build_svm,
+    "xgboost": build_xgboost,
+    "cnn": build_cnn,
+}
+_LOADERS = {
+    SklearnClassifier.model_file: SklearnClassifier.load,
+    XGBoostClassifier.model_file: XGBoostClassifier.load,
+    KerasCNN.model_file: KerasCNN.load,
+}
+
+
+def build_model(
+    name: str, params: ModelParams, seed: int, threads: int, logger: logging.Logger
+) -> Classifier:
+    """An unfitted classifier for a registered model name."""
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[name](getattr(params, name), seed, threads, logger)
+
+
+def load_model(directory: Path, threads: int) -> Classifier:
+    """A saved classifier, read back in its library's own format."""
+    for model_file, load in _LOADERS.items():
+        if (directory / model_file).is_file():
+            return load(directory, threads)
+    raise FileNotFoundError(f"{directory}: no saved model ({', '.join(_LOADERS)})")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    directory: Path
+    fit_seconds: float
+    params: dict
+    history: History = field(default_factory=dict)
+
+
+def train_model(
+    name: str,
+    params: ModelParams,
+    data: ProcessedDataset,
+    models_dir: Path,
+    seed: int,
+    threads: int,
+    logger: logging.Logger | None = None,
+) -> TrainedModel:
+    """Fit one model on the training split and save it next to its parameters."""
+    logger = logger or logging.getLogger(__name__)
+    classifier = build_model(name, params, seed, threads, logger)
+    x_train, y_train, x_val, y_val = data.load("x_train", "y_train", "x_val", "y_val")
+    logger.info("training %s on %d images with %d thread(s)", name, len(y_train), threads)
+    started = time.perf_counter()
+    history = classifier.fit(x_train, y_train, x_val, y_val)
+    fit_seconds = time.perf_counter() - started
+
+    directory = models_dir / name
+    directory.mkdir(parents=True, exist_ok=True)
+    classifier.save(directory)
+    model_params = getattr(params, name).model_dump(mode="json")
+    record = {"model": name, "seed": seed, "threads": threads, "params": model_params}
+    record |= {"fit_seconds": fit_seconds, "history": history}
+    (directory / PARAMS_FILE).write_text(json.dumps(record, indent=2))
+    logger.info("trained %s in %.1f s", name, fit_seconds)
+    return TrainedModel(name, directory, fit_seconds, model_params, history)
+
+
+@task(name="train-model", task_run_name="train-{name}")
+def train_task(
+    name: str,
+    params: ModelParams,
+    data: ProcessedDataset,
+    models_dir: Path,
+    seed: int,
+    threads: int,
+) -> TrainedModel:
+    return train_model(name, params, data, models_dir, seed, threads, get_run_logger())

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.evaluate import ModelEvaluation, classification_metrics
+from tasks.report import class_difficulty, confused_pairs, leaderboard, write_report
+from tasks.storage import array_refs, save_arrays
+
+Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
+
+
+def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvaluation:
+    directory = directory / name
+    directory.mkdir(parents=True)
+    save_arrays(directory, {"test_predictions": predicted})
+    return ModelEvaluation(
+        name=name,
+        validation_accuracy=0.5,
+        fit_seconds=12.0,
+        predict_seconds=0.5,
+        test_predictions=array_refs(directory, ["test_predictions"])["test_predictions"],
+        model_dir=directory,
+        params={"depth": 3},
+        **classification_metrics(Y_TEST, predicted),
+    )
+
+
+@pytest.fixture
+def evaluations(tmp_path):
+    perfect = Y_TEST.copy()
+    shirt_as_tshirt = Y_TEST.copy()
+    shirt_as_tshirt[Y_TEST == 6] = 0  # every Shirt taken for a T-shirt/top
+    mixed = shirt_as_tshirt.copy()
+    mixed[np.flatnonzero(Y_TEST == 0)[:3]] = 6  # and 3 T-shirts taken for Shirts
+    mixed[np.flatnonzero(Y_TEST == 4)[:2]] = 2  # 2 Coats taken for Pullovers
+    return [
+        evaluation("mixed", mixed, tmp_path),
+        evaluation("perfect", perfect, tmp_path),
+        evaluation("shirtless", shirt_as_tshirt, tmp_path),
+    ]
+
+
+def test_leaderboard_ranks_by_accuracy(evaluations):
+    board = leaderboard(evaluations)
+    assert board.model.tolist() == ["perfect", "shirtless", "mixed"]
+    assert board["rank"].tolist() == [1, 2, 3]
+    assert board.test_accuracy.tolist() == pytest.approx([1.0, 0.9, 0.85])
+    assert list(board.columns[:6]) == [
+        "rank", "model", "test_accuracy", "macro_f1", "validation_accuracy", "fit_seconds",
+    ]  # fmt: skip
+
+
+def test_confused_pairs_sum_both_directions_over_models(evaluations):
+    pairs = confused_pairs(evaluations)
+    top = pairs.iloc[0]
+    assert (top.class_a, top.class_b) == ("T-shirt/top", "Shirt")
+    assert (top.a_as_b, top.b_as_a, top.total) == (3, 20, 23)
+    assert (pairs.iloc[1].class_a, pairs.iloc[1].class_b, pairs.iloc[1].total) == (
+        "Pullover",
+        "Coat",
+        2,
+    )
+
+
+def test_hardest_class_is_shirt(evaluations):
+    difficulty = class_difficulty(evaluations)
+    assert difficulty.index[0] == "Shirt"
+    assert difficulty.iloc[0].mean_recall == pytest.approx(1 / 3)
+    assert difficulty.iloc[0].best_model == "perfect"
+
+
+def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
+    test_index = np.arange(100) * 7
+    out = write_report(evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5})
+    assert out == tmp_path / "reports" / "run-1"
+    assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
+    expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
+    expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
+    assert {p.name for p in out.iterdir()} == expected
+    for e in evaluations:
+        assert (out / f"confusion_matrix_{e.name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    predictions = pd.read_csv(out / "test_predictions.csv")
+    assert predictions.columns.tolist() == ["index", "true_label", "perfect", "shirtless", "mixed"]
+    assert predictions["index"].tolist() == test_index.tolist()
+    board = pd.read_csv(out / "leaderboard.csv")
+    for row in board.itertuples():
+        recomputed = (predictions[row.model] == predictions.true_label).mean()
+        assert row.test_accuracy == pytest.approx(recomputed)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 5
+    assert metrics["models"]["shirtless"]["per_class"]["Shirt"]["recall"] == 0.0
+    assert metrics["models"]["mixed"]["confusion_matrix"][6][0] == 10
+    assert "scikit-learn" in metrics["packages"]
+    report = (out / "report.md").read_text()
+    assert "**Shirt** is the hardest class" in report
+    assert "**T-shirt/top / Shirt**: 23 test images" in report
+    assert "![perfect confusion matrix](confusion_matrix_perfect.png)" in report
+    assert report.index("| 1 | perfect |") < report.index("| 3 | mixed |")
+
+
+def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
+    reports = tmp_path / "reports"
+    first = write_report(evaluations, Y_TEST, np.arange(100), reports, "run-1", {})
+    broken = evaluations[0]
+    broken.test_predictions.path.write_bytes(b"changed")  # its hash no longer matches
+    with pytest.raises(RuntimeError, match=r"content hash"):
+        write_report(evaluations, Y_TEST, np.arange(100), reports, "run-2", {})
+    assert sorted(p.name for p in reports.iterdir()) == ["latest", "run-1"]
+    assert (reports / "latest").resolve() == first.resolve()
+
+
+def test_existing_run_is_never_overwritten(tmp_path, evaluations):
+    write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})
+    with pytest.raises(FileExistsError, match=r"run-1: a report for run run-1 already exists"):
+        write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})

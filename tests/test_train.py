@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams, XGBoostParams
+from tasks.evaluate import evaluate_model
+from tasks.ingest import ingest_dataset
+from tasks.preprocess import preprocess_dataset
+from tasks.train import MODEL_BUILDERS, build_model, load_model, train_model
+
+SMALL = ModelParams(
+    random_forest=RandomForestParams(n_estimators=20),
+    xgboost=XGBoostParams(n_estimators=30, early_stopping_rounds=5),
+    cnn=CNNParams(epochs=4, batch_size=32, conv_filters=(8, 16), dense_units=32),
+)
+MODEL_FILES = {
+    "logistic_regression": "model.joblib",
+    "random_forest": "model.joblib",
+    "svm_rbf": "model.joblib",
+    "xgboost": "model.ubj",
+    "cnn": "model.keras",
+}
+
+
+@pytest.fixture
+def processed(tmp_path, synthetic_dir):
+    directory, files, _ = synthetic_dir
+    raw = ingest_dataset(directory, tmp_path / "data", files)
+    return preprocess_dataset(raw, tmp_path / "data", validation_size=50, seed=0)
+
+
+def test_registry_covers_every_configured_model():
+    assert tuple(MODEL_BUILDERS) == MODEL_NAMES
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown model 'svm'; valid models: logistic_regression, "
+    ):
+        build_model("svm", ModelParams(), seed=0, threads=1, logger=None)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_learns_saves_and_reloads(name, tmp_path, processed):
+    trained = train_model(name, SMALL, processed, tmp_path / "models", seed=0, threads=1)
+    assert (trained.directory / MODEL_FILES[name]).is_file()
+    record = json.loads((trained.directory / "params.json").read_text())
+    assert record["params"] == getattr(SMALL, name).model_dump(mode="json")
+    assert record["fit_seconds"] > 0
+
+    evaluation = evaluate_model(trained, processed, tmp_path / "predictions", threads=1)
+    assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
+    x_test, y_test = processed.load("x_test", "y_test")
+    reloaded = load_model(trained.directory, threads=1).predict(x_test)
+    np.testing.assert_array_equal(reloaded, evaluation.test_predictions.load())
+    assert evaluation.test_accuracy == pytest.approx(np.mean(reloaded == y_test))
+
+
+def test_iterative_models_record_learning_curves(tmp_path, processed):
+    xgb = train_model("xgboost", SMALL, processed, tmp_path, seed=0, threads=1)
+    assert set(xgb.history) == {
+        "train_merror", "train_mlogloss", "validation_merror", "validation_mlogloss",
+    }  # fmt: skip
+    assert len(xgb.history["validation_mlogloss"]) <= SMALL.xgboost.n_estimators
+    cnn = train_model("cnn", SMALL, processed, tmp_path, seed=0, threads=1)
+    assert len(cnn.history["val_accuracy"]) == len(cnn.history["loss"]) <= SMALL.cnn.epochs
+
+
+def test_same_seed_same_forest(tmp_path, processed):
+    first = train_model("random_forest", SMALL, processed, tmp_path / "a", seed=3, threads=1)
+    second = train_model("random_forest", SMALL, processed, tmp_path / "b", seed=3, threads=1)
+    x_test = processed.load("x_test")[0]
+    np.testing.assert_array_equal(
+        load_model(first.directory, 1).estimator.predict_proba(x_test),
+        load_model(second.directory, 1).estimator.predict_proba(x_test),
+    )
