@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
-from dataclasses import asdict
+import uuid
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from itertools import combinations
@@ -158,6 +158,7 @@ def render_markdown(
     board: pd.DataFrame,
     pairs: pd.DataFrame,
     difficulty: pd.DataFrame,
+    findings: list[str],
     evaluations: list[ModelEvaluation],
     test_images: int,
 ) -> str:
@@ -168,7 +169,7 @@ def render_markdown(
         "## Leaderboard",
         _markdown_table(board),
         "## Analysis",
-        "\n".join(f"- {finding}" for finding in write_analysis(board, pairs, difficulty)),
+        "\n".join(f"- {finding}" for finding in findings),
         "## Most confused class pairs (all models)",
         _markdown_table(pairs),
         "## Hardest classes",
@@ -223,6 +224,13 @@ def metrics_document(
     }
 
 
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    leaderboard: pd.DataFrame
+    findings: list[str]
+
+
 def write_report(
     evaluations: list[ModelEvaluation],
     y_test: np.ndarray,
@@ -230,7 +238,7 @@ def write_report(
     output_dir: Path,
     run_id: str,
     context: dict,
-) -> Path:
+) -> Report:
     """Write the complete report for a run and point `<output_dir>/latest` at it.
 
     Args:
@@ -242,6 +250,7 @@ def write_report(
     board = leaderboard(evaluations)
     pairs = confused_pairs(evaluations)
     difficulty = class_difficulty(evaluations)
+    findings = write_analysis(board, pairs, difficulty)
 
     def write(staging: Path) -> None:
         board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
@@ -255,18 +264,20 @@ def write_report(
         for e in evaluations:
             figure = plot_confusion_matrix(e.confusion, f"{e.name}: accuracy {e.test_accuracy:.4f}")
             figure.savefig(staging / f"confusion_matrix_{e.name}.png", dpi=100)
-        markdown = render_markdown(run_id, board, pairs, difficulty, evaluations, len(y_test))
+        markdown = render_markdown(
+            run_id, board, pairs, difficulty, findings, evaluations, len(y_test)
+        )
         (staging / "report.md").write_text(markdown)
 
     publish_directory(target, write)
     point_latest_at(target)
-    return target
+    return Report(target, board, findings)
 
 
 def point_latest_at(report_dir: Path) -> None:
     """Swap `latest` to `report_dir` in one rename, so it never points at nothing."""
     latest = report_dir.parent / "latest"
-    staging = Path(tempfile.mktemp(prefix=".latest.", dir=report_dir.parent))
+    staging = report_dir.parent / f".latest.{uuid.uuid4().hex}"
     staging.symlink_to(report_dir.name, target_is_directory=True)
     os.replace(staging, latest)
 
@@ -297,24 +308,21 @@ def report_task(
     context: dict,
 ) -> Path:
     y_test, test_index = data.load("y_test", "test_index")
-    report_dir = write_report(evaluations, y_test, test_index, output_dir, run_id, context)
-    board = leaderboard(evaluations)
+    report = write_report(evaluations, y_test, test_index, output_dir, run_id, context)
     create_table_artifact(
         key="fashion-mnist-leaderboard",
-        table=board.round(4).to_dict(orient="records"),
+        table=report.leaderboard.round(4).to_dict(orient="records"),
         description=f"Models ranked by test accuracy, run {run_id}",
     )
-    findings = write_analysis(board, confused_pairs(evaluations), class_difficulty(evaluations))
+    summary = [
+        f"# Run {run_id}",
+        _markdown_table(report.leaderboard),
+        *[f"- {finding}" for finding in report.findings],
+        f"Full report: `{report.directory.resolve() / 'report.md'}`",
+    ]
     create_markdown_artifact(
         key="fashion-mnist-summary",
-        markdown="\n\n".join(
-            [
-                f"# Run {run_id}",
-                _markdown_table(board),
-                *[f"- {f}" for f in findings],
-                f"Full report: `{report_dir.resolve() / 'report.md'}`",
-            ]
-        ),
+        markdown="\n\n".join(summary),
         description="Leaderboard and findings",
     )
-    return report_dir
+    return report.directory

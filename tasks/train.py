@@ -19,6 +19,7 @@ from typing import Protocol
 
 import joblib
 import numpy as np
+import xgboost
 from prefect import task
 from prefect.logging import get_run_logger
 from sklearn.base import ClassifierMixin
@@ -82,55 +83,34 @@ class SklearnClassifier:
         return cls(joblib.load(directory / cls.model_file), threads)
 
 
+class XGBoostProgress(xgboost.callback.TrainingCallback):
+    """Log validation error and log-loss every few boosting rounds."""
+
+    def __init__(self, logger: logging.Logger):
+        super().__init__()
+        self.logger = logger
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        if (epoch + 1) % XGBOOST_LOG_EVERY == 0:
+            validation = evals_log["validation_1"]  # eval sets are named by position
+            self.logger.info(
+                "xgboost round %d: validation error %.4f, log-loss %.4f",
+                epoch + 1, validation["merror"][-1], validation["mlogloss"][-1],
+            )  # fmt: skip
+        return False
+
+
 @dataclass
 class XGBoostClassifier:
-    params: XGBoostParams
-    seed: int
-    threads: int
-    logger: logging.Logger
-    model: object = None
+    model: xgboost.XGBClassifier
     model_file: str = "model.ubj"
 
-    def _new_model(self, **extra):
-        import xgboost
-
-        return xgboost.XGBClassifier(
-            tree_method="hist",
-            n_estimators=self.params.n_estimators,
-            learning_rate=self.params.learning_rate,
-            max_depth=self.params.max_depth,
-            max_bin=self.params.max_bin,
-            colsample_bytree=self.params.colsample_bytree,
-            n_jobs=self.threads,
-            random_state=self.seed,
-            **extra,
-        )
-
     def fit(self, x_train, y_train, x_val, y_val) -> History:
-        import xgboost
-
-        logger = self.logger
-
-        class LogProgress(xgboost.callback.TrainingCallback):
-            def after_iteration(self, model, epoch, evals_log) -> bool:
-                if (epoch + 1) % XGBOOST_LOG_EVERY == 0:
-                    val = evals_log["validation_1"]  # the second eval set
-                    logger.info(
-                        "xgboost round %d: validation error %.4f, log-loss %.4f",
-                        epoch + 1, val["merror"][-1], val["mlogloss"][-1],
-                    )  # fmt: skip
-                return False
-
-        # The last evaluation set and metric drive early stopping: validation log-loss.
-        self.model = self._new_model(
-            eval_metric=["merror", "mlogloss"],
-            early_stopping_rounds=self.params.early_stopping_rounds,
-            callbacks=[LogProgress()],
+        # Evaluated on both splits for the learning curves; the last set drives early stopping.
+        self.model.fit(
+            x_train, y_train, eval_set=[(x_train, y_train), (x_val, y_val)], verbose=False
         )
-        train_dm, val_dm = (x_train, y_train), (x_val, y_val)
-        self.model.fit(x_train, y_train, eval_set=[train_dm, val_dm], verbose=False)
         curves = self.model.evals_result()
-        # XGBClassifier names eval sets by position; name them by split instead.
         return {
             f"{split}_{metric}": values
             for split, key in (("train", "validation_0"), ("validation", "validation_1"))
@@ -145,10 +125,9 @@ class XGBoostClassifier:
 
     @classmethod
     def load(cls, directory: Path, threads: int) -> XGBoostClassifier:
-        loaded = cls(XGBoostParams(), seed=0, threads=threads, logger=logging.getLogger(__name__))
-        loaded.model = loaded._new_model()
-        loaded.model.load_model(directory / cls.model_file)
-        return loaded
+        model = xgboost.XGBClassifier(n_jobs=threads)
+        model.load_model(directory / cls.model_file)
+        return cls(model)
 
 
 def configure_tensorflow_threads(threads: int) -> None:
@@ -278,7 +257,21 @@ def build_svm(p: SVMParams, seed, threads, logger):
 
 
 def build_xgboost(p: XGBoostParams, seed, threads, logger):
-    return XGBoostClassifier(p, seed, threads, logger)
+    model = xgboost.XGBClassifier(
+        tree_method="hist",
+        n_estimators=p.n_estimators,
+        learning_rate=p.learning_rate,
+        max_depth=p.max_depth,
+        max_bin=p.max_bin,
+        colsample_bytree=p.colsample_bytree,
+        n_jobs=threads,
+        random_state=seed,
+        # The last metric drives early stopping: validation log-loss.
+        eval_metric=["merror", "mlogloss"],
+        early_stopping_rounds=p.early_stopping_rounds,
+        callbacks=[XGBoostProgress(logger)],
+    )
+    return XGBoostClassifier(model)
 
 
 def build_cnn(p: CNNParams, seed, threads, logger):

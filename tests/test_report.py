@@ -76,7 +76,11 @@ def test_hardest_class_is_shirt(evaluations):
 
 def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     test_index = np.arange(100) * 7
-    out = write_report(evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5})
+    report = write_report(
+        evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5}
+    )
+    out = report.directory
+    assert report.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
     assert out == tmp_path / "reports" / "run-1"
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
@@ -107,7 +111,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
 
 def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
     reports = tmp_path / "reports"
-    first = write_report(evaluations, Y_TEST, np.arange(100), reports, "run-1", {})
+    first = write_report(evaluations, Y_TEST, np.arange(100), reports, "run-1", {}).directory
     broken = evaluations[0]
     broken.test_predictions.path.write_bytes(b"changed")  # its hash no longer matches
     with pytest.raises(RuntimeError, match=r"content hash"):
