@@ -144,11 +144,18 @@ def write_analysis(board: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.Data
     return findings
 
 
+SECONDS_FORMATS = {"fit_seconds": ".1f", "predict_seconds": ".2f"}
+
+
 def _markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    lines = [header, "|" + "---|" * len(frame.columns)]
+    """Floats with `floats` digits, except seconds, which need fewer."""
+    formats = [SECONDS_FORMATS.get(column, floats) for column in frame.columns]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(formats)]
     for row in frame.itertuples(index=False):
-        cells = [format(v, floats) if isinstance(v, float) else str(v) for v in row]
+        cells = [
+            format(value, spec) if isinstance(value, float) else str(value)
+            for value, spec in zip(row, formats, strict=True)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,7 +169,8 @@ def render_markdown(
     evaluations: list[ModelEvaluation],
     test_images: int,
 ) -> str:
-    f1_table = pd.DataFrame({"class": list(CLASS_NAMES)} | {e.name: e.f1 for e in evaluations})
+    f1_by_model = {e.name: e.f1 for e in evaluations}
+    f1_table = pd.DataFrame({"class": list(CLASS_NAMES)} | {m: f1_by_model[m] for m in board.model})
     sections = [
         f"# Fashion-MNIST model comparison — run `{run_id}`",
         f"{len(board)} models, ranked by accuracy on {test_images} held-out test images.",

@@ -72,6 +72,7 @@ def publish_directory(target: Path, write: Callable[[Path], None]) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide published results from other users
     try:
         write(staging)
         os.rename(staging, target)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import joblib
 import numpy as np
@@ -47,7 +47,7 @@ History = dict[str, list[float]]
 
 
 class Classifier(Protocol):
-    model_file: str
+    model_file: ClassVar[str]
 
     def fit(
         self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
@@ -63,7 +63,7 @@ class Classifier(Protocol):
 class SklearnClassifier:
     estimator: ClassifierMixin
     threads: int
-    model_file: str = "model.joblib"
+    model_file: ClassVar[str] = "model.joblib"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
         # BLAS pools are process-wide: cap them so parallel models don't oversubscribe.
@@ -103,7 +103,7 @@ class XGBoostProgress(xgboost.callback.TrainingCallback):
 @dataclass
 class XGBoostClassifier:
     model: xgboost.XGBClassifier
-    model_file: str = "model.ubj"
+    model_file: ClassVar[str] = "model.ubj"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
         # Evaluated on both splits for the learning curves; the last set drives early stopping.
@@ -173,7 +173,7 @@ class KerasCNN:
     threads: int
     logger: logging.Logger
     model: object = None
-    model_file: str = "model.keras"
+    model_file: ClassVar[str] = "model.keras"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
         configure_tensorflow_threads(self.threads)

@@ -12,7 +12,7 @@ from tests.idx_files import write_dataset
 
 # Keep the test server off the network and TensorFlow's notices out of the output.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -83,6 +83,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert report.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
     assert out == tmp_path / "reports" / "run-1"
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
+    assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
     assert {p.name for p in out.iterdir()} == expected
