@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 from prefect.futures import as_completed
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
@@ -25,7 +26,7 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
 from tasks.report import report_task, run_context
-from tasks.train import train_task
+from tasks.train import start_tensorflow_quietly, train_task
 from tasks.validate import validate_task
 
 
@@ -34,30 +35,51 @@ def new_run_id(profile: str) -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{profile}-{flow_run.get_id()[:8]}"
 
 
+def training_runner(config: PipelineConfig) -> TaskRunner:
+    """The pool that trains `parallel_models` models at once: threads, processes or Dask."""
+    if config.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=config.parallel_models)
+    if config.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=config.parallel_models)
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    # One single-threaded worker process per model slot, reachable on loopback only.
+    cluster = {"n_workers": config.parallel_models, "threads_per_worker": 1, "processes": True}
+    return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
+
+
 @flow(name="fashion-mnist-pipeline")
 def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B008
     """Train and compare every configured model; return the run's report directory."""
+    logger = get_run_logger()
     run_id = new_run_id(config.profile)
-    run_dir = config.cache_dir / "runs" / run_id
+    cache, refresh = config.cache_dir, config.refresh
 
-    # Ingestion and validation: nothing is trained on data that fails its checks.
-    raw = ingest_task(config.data_dir, config.cache_dir)
-    validation = validate_task(raw)
+    logger.info("stage 1/5: ingest and validate the Fashion-MNIST files")
+    raw = ingest_task(config.data_dir, cache, refresh)
+    validation = validate_task(raw, cache, refresh)
 
-    # Preprocessing: arrays written once under data/processed, passed on by reference.
+    logger.info("stage 2/5: preprocess (scale, split)")
     data = preprocess_task(
         raw,
-        config.cache_dir,
+        cache,
         config.validation_size,
         config.seed,
         config.train_subset_size,
         config.test_subset_size,
+        refresh,
     )
 
-    # Training: `parallel_models` models at a time, each evaluated as soon as it is
-    # trained, so evaluation never holds a worker waiting for a model.
+    # Each model is evaluated as soon as it is trained, so evaluation never holds a
+    # worker waiting for a model.
+    logger.info(
+        "stage 3/5: train %s, %d at a time (%s)",
+        ", ".join(config.models), config.parallel_models, config.task_runner,
+    )  # fmt: skip
     threads = config.model_threads
-    with ThreadPoolTaskRunner(max_workers=config.parallel_models) as pool:
+    with training_runner(config) as pool:
         trainings = [
             pool.submit(
                 train_task,
@@ -65,9 +87,10 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
                     "name": name,
                     "params": config.params,
                     "data": data,
-                    "models_dir": run_dir / "models",
+                    "cache_dir": cache,
                     "seed": config.seed,
                     "threads": threads,
+                    "refresh": refresh,
                 },
             )
             for name in config.models
@@ -78,21 +101,19 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
                 {
                     "trained": trained.result(),
                     "data": data,
-                    "predictions_dir": run_dir / "predictions",
+                    "cache_dir": cache,
                     "threads": threads,
+                    "refresh": refresh,
                 },
             )
             for trained in as_completed(trainings)
         ]
+        logger.info("stage 4/5: evaluate on the test set as models finish")
         results = [evaluation.result() for evaluation in evaluations]
 
-    # Comparison: the ranked report, published whole.
+    logger.info("stage 5/5: compare and write the report")
     return report_task(
-        results,
-        data,
-        config.output_dir,
-        run_id,
-        run_context(config, raw, validation, data),
+        results, data, config.output_dir, run_id, run_context(config, raw, validation, data)
     )
 
 
@@ -128,6 +149,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output-dir", type=Path, help="where run reports are written (default: reports/)"
     )
     parser.add_argument("--seed", type=int, help="seed for the split and every model")
+    parser.add_argument(
+        "--refresh", action="store_true", help="rebuild every cached step instead of reusing it"
+    )
+    parser.add_argument(
+        "--task-runner",
+        choices=["threads", "processes", "dask"],
+        help="how models train in parallel (default: threads)",
+    )
+    parser.add_argument(
+        "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"
+    )
     return parser.parse_args(argv)
 
 
@@ -148,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             output_dir=args.output_dir,
             seed=args.seed,
+            refresh=args.refresh or None,
+            task_runner=args.task_runner,
+            dask_address=args.dask_address,
         )
     except ValidationError as error:
         print(f"error: {_describe(error)}", file=sys.stderr)
@@ -157,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     # reach its telemetry host (it logs an ERROR on a closed network).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "cnn" in config.models and config.task_runner == "threads":
+        start_tensorflow_quietly(config.model_threads)
     one_line = _OneLineInputErrors()
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(one_line)

@@ -135,6 +135,15 @@ class PipelineConfig(BaseModel):
         None, description="Threads each model may use; default: the cores shared evenly."
     )
     params: ModelParams = ModelParams()
+    refresh: bool = Field(
+        False, description="Rebuild every cached step instead of reusing verified results."
+    )
+    task_runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="How models are trained in parallel."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster (tcp://host:port)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -155,6 +164,12 @@ class PipelineConfig(BaseModel):
         if len(set(models)) != len(models):
             raise ValueError(f"models listed more than once: {models}")
         return models
+
+    @model_validator(mode="after")
+    def _dask_address_needs_dask(self) -> PipelineConfig:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError("dask_address is only used with task_runner 'dask'")
+        return self
 
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:

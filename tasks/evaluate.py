@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,20 @@ from sklearn.metrics import (
 
 from tasks.ingest import CLASS_NAMES
 from tasks.preprocess import ProcessedDataset
-from tasks.storage import ArrayRef, array_refs, save_arrays
+from tasks.storage import (
+    ArrayRef,
+    array_refs,
+    cached_directory,
+    code_version,
+    content_key,
+    manifest_digest,
+    save_arrays,
+)
 from tasks.train import TrainedModel, load_model
 
 LABELS = list(range(len(CLASS_NAMES)))
+EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
+METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -63,38 +75,52 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def evaluate_model(
-    trained: TrainedModel, data: ProcessedDataset, predictions_dir: Path, threads: int
+    trained: TrainedModel,
+    data: ProcessedDataset,
+    cache_dir: Path,
+    threads: int,
+    refresh: bool = False,
+    logger: logging.Logger | None = None,
 ) -> ModelEvaluation:
-    """Predict the validation and test splits; time the test prediction; save test labels."""
-    classifier = load_model(trained.directory, threads)
-    x_val, y_val, x_test, y_test = data.load("x_val", "y_val", "x_test", "y_test")
-    validation_accuracy = float(accuracy_score(y_val, classifier.predict(x_val)))
-    started = time.perf_counter()
-    predicted = classifier.predict(x_test).astype(np.uint8)
-    predict_seconds = time.perf_counter() - started
+    """Predict the validation and test splits, timing the test prediction; cached per
+    model content, evaluation data and code version."""
+    logger = logger or logging.getLogger(__name__)
+    inputs = {name: data.arrays[name].sha256 for name in EVALUATION_ARRAYS}
+    key = content_key(manifest_digest(trained.directory), inputs, code_version(__file__))
+    target = cache_dir / "evaluations" / trained.name / key
 
-    directory = predictions_dir / trained.name
-    directory.mkdir(parents=True, exist_ok=True)
-    save_arrays(directory, {"test_predictions": predicted})
-    (reference,) = array_refs(directory, ["test_predictions"]).values()
+    def predict_and_measure(staging: Path) -> None:
+        classifier = load_model(trained.directory, threads)
+        x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
+        validation_accuracy = float(accuracy_score(y_val, classifier.predict(x_val)))
+        started = time.perf_counter()
+        predicted = classifier.predict(x_test).astype(np.uint8)
+        predict_seconds = time.perf_counter() - started
+        save_arrays(staging, {"test_predictions": predicted})
+        measured = {"validation_accuracy": validation_accuracy, "predict_seconds": predict_seconds}
+        metrics = measured | classification_metrics(y_test, predicted)
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    if cached_directory(target, predict_and_measure, refresh, logger):
+        logger.info("reused the evaluation of %s from %s", trained.name, target)
+    (predictions,) = array_refs(target, ["test_predictions"]).values()
     return ModelEvaluation(
         name=trained.name,
-        validation_accuracy=validation_accuracy,
         fit_seconds=trained.fit_seconds,
-        predict_seconds=predict_seconds,
-        test_predictions=reference,
+        test_predictions=predictions,
         model_dir=trained.directory,
         params=trained.params,
-        **classification_metrics(y_test, predicted),
+        **json.loads((target / METRICS_FILE).read_text()),
     )
 
 
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")
 def evaluate_task(
-    trained: TrainedModel, data: ProcessedDataset, predictions_dir: Path, threads: int
+    trained: TrainedModel, data: ProcessedDataset, cache_dir: Path, threads: int, refresh: bool
 ) -> ModelEvaluation:
-    evaluation = evaluate_model(trained, data, predictions_dir, threads)
-    get_run_logger().info(
+    logger = get_run_logger()
+    evaluation = evaluate_model(trained, data, cache_dir, threads, refresh, logger)
+    logger.info(
         "%s: test accuracy %.4f, macro-F1 %.4f (predicted in %.1f s)",
         evaluation.name, evaluation.test_accuracy, evaluation.macro_f1, evaluation.predict_seconds,
     )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import shutil
 import struct
@@ -23,16 +24,18 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
+from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from tasks.errors import DatasetFileError
 from tasks.storage import (
     ArrayRef,
     array_refs,
+    cached_directory,
     code_version,
     content_key,
-    publish_directory,
     save_arrays,
+    sha256_file,
 )
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -230,13 +233,26 @@ def ingest_dataset(
     files: Mapping[str, IdxFile] = FASHION_MNIST_FILES,
     system_dir: Path = SYSTEM_DATA_DIR,
     mirror_url: str = MIRROR_URL,
+    refresh: bool = False,
+    logger: logging.Logger | None = None,
 ) -> RawDataset:
-    """Resolve, verify and parse the files; save the arrays under `<cache_dir>/interim/`."""
+    """Resolve, verify and parse the files into a cache entry under `<cache_dir>/interim/`.
+
+    The entry is keyed by the `.gz` files' own bytes, so unchanged files are not
+    decompressed or parsed again; other bytes make another key and get checked in full.
+    """
+    logger = logger or logging.getLogger(__name__)
     source = resolve_source(data_dir, cache_dir, files, system_dir, mirror_url)
-    arrays = load_fashion_mnist(source, files)
     file_sha256 = {spec.name: spec.sha256 for spec in files.values()}
-    target = cache_dir / "interim" / content_key(file_sha256, code_version(__file__))
-    publish_directory(target, lambda staging: save_arrays(staging, arrays))
+    gz_sha256 = {spec.name: sha256_file(source / spec.name) for spec in files.values()}
+    target = cache_dir / "interim" / content_key(gz_sha256, file_sha256, code_version(__file__))
+    if cached_directory(
+        target, lambda staging: save_arrays(staging, load_fashion_mnist(source, files)),
+        refresh, logger,
+    ):  # fmt: skip
+        logger.info("reused the parsed arrays in %s", target)
+    else:
+        logger.info("parsed and verified the files in %s", source)
     return RawDataset(source, file_sha256, array_refs(target, RAW_ARRAYS))
 
 
@@ -255,5 +271,5 @@ def _retry_on_network_error(task, task_run, state) -> bool:
     retry_delay_seconds=exponential_backoff(backoff_factor=10),
     retry_condition_fn=_retry_on_network_error,
 )
-def ingest_task(data_dir: Path | None, cache_dir: Path) -> RawDataset:
-    return ingest_dataset(data_dir, cache_dir)
+def ingest_task(data_dir: Path | None, cache_dir: Path, refresh: bool) -> RawDataset:
+    return ingest_dataset(data_dir, cache_dir, refresh=refresh, logger=get_run_logger())

@@ -6,20 +6,22 @@ and model selection use the validation split carved out of the training images.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from prefect import task
+from prefect.logging import get_run_logger
 from sklearn.model_selection import train_test_split
 
 from tasks.ingest import IMAGE_SHAPE, RawDataset
 from tasks.storage import (
     ArrayRef,
     array_refs,
+    cached_directory,
     code_version,
     content_key,
-    publish_directory,
     save_arrays,
 )
 
@@ -101,12 +103,15 @@ def preprocess_dataset(
     seed: int,
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
+    refresh: bool = False,
+    logger: logging.Logger | None = None,
 ) -> ProcessedDataset:
     """Write the processed arrays once under `<cache_dir>/processed/<key>` and refer to them.
 
     The key covers the raw data's hashes, the parameters and this module's code,
     so runs with other settings never overwrite each other's arrays.
     """
+    logger = logger or logging.getLogger(__name__)
     parameters = (validation_size, seed, train_subset_size, test_subset_size)
     raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
     target = cache_dir / "processed" / content_key(raw_hashes, parameters, code_version(__file__))
@@ -115,7 +120,8 @@ def preprocess_dataset(
         arrays = {name: ref.load() for name, ref in raw.arrays.items()}
         save_arrays(staging, preprocess_arrays(arrays, *parameters))
 
-    publish_directory(target, write)
+    reused = cached_directory(target, write, refresh, logger)
+    logger.info("%s the processed arrays in %s", "reused" if reused else "wrote", target)
     return ProcessedDataset(target, array_refs(target, PROCESSED_ARRAYS))
 
 
@@ -127,7 +133,9 @@ def preprocess_task(
     seed: int,
     train_subset_size: int | None,
     test_subset_size: int | None,
+    refresh: bool,
 ) -> ProcessedDataset:
     return preprocess_dataset(
-        raw, cache_dir, validation_size, seed, train_subset_size, test_subset_size
-    )
+        raw, cache_dir, validation_size, seed, train_subset_size, test_subset_size,
+        refresh, get_run_logger(),
+    )  # fmt: skip

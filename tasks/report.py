@@ -26,7 +26,7 @@ from tasks.config import PipelineConfig
 from tasks.evaluate import ModelEvaluation
 from tasks.ingest import CLASS_NAMES, RawDataset
 from tasks.preprocess import ProcessedDataset
-from tasks.storage import publish_directory
+from tasks.storage import write_new_directory
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
@@ -253,8 +253,6 @@ def write_report(
         context: JSON-ready facts about the run (config, seed, data hashes, validation).
     """
     target = output_dir / run_id
-    if target.exists():
-        raise FileExistsError(f"{target}: a report for run {run_id} already exists")
     board = leaderboard(evaluations)
     pairs = confused_pairs(evaluations)
     difficulty = class_difficulty(evaluations)
@@ -277,7 +275,7 @@ def write_report(
         )
         (staging / "report.md").write_text(markdown)
 
-    publish_directory(target, write)
+    write_new_directory(target, write)
     point_latest_at(target)
     return Report(target, board, findings)
 

@@ -1,17 +1,20 @@
 """Arrays passed between tasks by reference: a `.npy` path plus the SHA-256 of its bytes.
 
 Prefect hashes task inputs and holds results in memory, so stages hand each other
-these small references instead of arrays. Directories of arrays are published
-atomically under a content-derived name, so concurrent runs never see half a write.
+these small references instead of arrays. Stage outputs are cache entries: directories
+named after their inputs' hashes, parameters and code version, published atomically
+with a manifest of their files' hashes, and reused only while every file matches it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 _CHUNK = 1 << 20
+MANIFEST_FILE = "manifest.json"
 
 
 class CorruptArrayError(RuntimeError):
@@ -62,26 +66,80 @@ def code_version(module_file: str) -> str:
     return hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:16]
 
 
-def publish_directory(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_dir)` and rename the result to `target`; keep `target` if it exists.
+def write_new_directory(target: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(staging)` and rename the result to `target`, which must not exist yet.
 
-    Directories published here are named after their content, so an existing one
-    holds the same result (another run got there first).
+    Readers never see a half-written directory: it gets its name only when complete.
     """
-    if target.is_dir():
-        return target
+    if target.exists():
+        raise FileExistsError(f"{target}: already exists")
+    _build_and_swap(target, write)
+    return target
+
+
+def cached_directory(
+    target: Path,
+    write: Callable[[Path], None],
+    refresh: bool = False,
+    logger: logging.Logger | None = None,
+) -> bool:
+    """Reuse `target` if every file matches its manifest; otherwise (re)build it.
+
+    Cache entries are named after a key of their inputs' hashes, their parameters and
+    their code version, so a verified entry holds the same result as a rebuild.
+
+    Returns:
+        True when an existing entry was reused.
+    """
+    logger = logger or logging.getLogger(__name__)
+    if target.exists() and not refresh:
+        problem = entry_problem(target)
+        if problem is None:
+            return True
+        logger.warning("%s: cache entry is not usable (%s); rebuilding it", target, problem)
+
+    def write_with_manifest(staging: Path) -> None:
+        write(staging)
+        digests = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / MANIFEST_FILE).write_text(json.dumps(digests, indent=2))
+
+    _build_and_swap(target, write_with_manifest)
+    return False
+
+
+def entry_problem(directory: Path) -> str | None:
+    """Why a cache entry can't be trusted, or None when every file matches its hash."""
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"manifest unreadable: {exc.__class__.__name__}"
+    for name, digest in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded hash"
+    return None
+
+
+def manifest_digest(directory: Path) -> str:
+    """One hash standing for a whole cache entry's content."""
+    return sha256_file(directory / MANIFEST_FILE)
+
+
+def _build_and_swap(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide published results from other users
+    stale = target.parent / f".{target.name}.stale-{uuid.uuid4().hex}"
     try:
         write(staging)
+        if target.exists():
+            os.rename(target, stale)
         os.rename(staging, target)
-    except OSError:
-        if not target.is_dir():
-            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def save_arrays(directory: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -90,9 +148,13 @@ def save_arrays(directory: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def array_refs(directory: Path, names: list[str] | tuple[str, ...]) -> dict[str, ArrayRef]:
+    """References to arrays in a directory; hashes come from its manifest when it has one."""
+    manifest_path = directory / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     refs = {}
     for name in names:
         path = directory / f"{name}.npy"
         header = np.load(path, mmap_mode="r")
-        refs[name] = ArrayRef(path, sha256_file(path), tuple(header.shape), str(header.dtype))
+        digest = manifest.get(path.name) or sha256_file(path)
+        refs[name] = ArrayRef(path, digest, tuple(header.shape), str(header.dtype))
     return refs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import joblib
 import numpy as np
 import xgboost
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
@@ -38,12 +40,23 @@ from tasks.config import (
 )
 from tasks.ingest import CLASS_NAMES, IMAGE_SHAPE
 from tasks.preprocess import ProcessedDataset, to_image_tensor
+from tasks.storage import cached_directory, code_version, content_key
 
 N_CLASSES = len(CLASS_NAMES)
 PARAMS_FILE = "params.json"
 XGBOOST_LOG_EVERY = 25
 
 History = dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """How a model is trained, apart from its hyper-parameters."""
+
+    seed: int
+    threads: int
+    logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
+    report_progress: Callable[[float], None] = lambda fraction: None
 
 
 class Classifier(Protocol):
@@ -84,14 +97,17 @@ class SklearnClassifier:
 
 
 class XGBoostProgress(xgboost.callback.TrainingCallback):
-    """Log validation error and log-loss every few boosting rounds."""
+    """Log validation error and log-loss, and report progress, every few boosting rounds."""
 
-    def __init__(self, logger: logging.Logger):
+    def __init__(self, rounds: int, context: TrainingContext):
         super().__init__()
-        self.logger = logger
+        self.rounds = rounds
+        self.logger = context.logger
+        self.report_progress = context.report_progress
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
         if (epoch + 1) % XGBOOST_LOG_EVERY == 0:
+            self.report_progress((epoch + 1) / self.rounds)
             validation = evals_log["validation_1"]  # eval sets are named by position
             self.logger.info(
                 "xgboost round %d: validation error %.4f, log-loss %.4f",
@@ -128,6 +144,27 @@ class XGBoostClassifier:
         model = xgboost.XGBClassifier(n_jobs=threads)
         model.load_model(directory / cls.model_file)
         return cls(model)
+
+
+def start_tensorflow_quietly(threads: int) -> None:
+    """Import and initialise TensorFlow with `threads`, discarding its C++ start-up notices.
+
+    The oneDNN and CUDA-probing notices are written to file descriptor 2 before any
+    log setting applies, so it points at /dev/null meanwhile. Call this before other
+    threads start: anything they wrote to descriptor 2 would be lost. Errors still raise.
+    """
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        configure_tensorflow_threads(threads)
+        tf.config.list_logical_devices()  # device probing prints its own notices
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
 
 
 def configure_tensorflow_threads(threads: int) -> None:
@@ -169,19 +206,17 @@ def build_cnn_network(params: CNNParams, seed: int):
 @dataclass
 class KerasCNN:
     params: CNNParams
-    seed: int
-    threads: int
-    logger: logging.Logger
+    context: TrainingContext
     model: object = None
     model_file: ClassVar[str] = "model.keras"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
-        configure_tensorflow_threads(self.threads)
+        configure_tensorflow_threads(self.context.threads)
         import keras
 
         # Keras draws weight initialisations and shuffles from its global seed.
-        keras.utils.set_random_seed(self.seed)
-        self.model = build_cnn_network(self.params, self.seed)
+        keras.utils.set_random_seed(self.context.seed)
+        self.model = build_cnn_network(self.params, self.context.seed)
         steps = self.params.epochs * int(np.ceil(len(x_train) / self.params.batch_size))
         schedule = keras.optimizers.schedules.CosineDecay(self.params.learning_rate, steps)
         # No jit_compile: XLA made an epoch 4x slower on a 2-core CPU.
@@ -190,10 +225,15 @@ class KerasCNN:
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        logger = self.logger
+        logger, report_progress, epochs = (
+            self.context.logger,
+            self.context.report_progress,
+            self.params.epochs,
+        )
 
         class LogProgress(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
+                report_progress((epoch + 1) / epochs)
                 logger.info(
                     "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
                     epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
@@ -229,34 +269,36 @@ class KerasCNN:
         configure_tensorflow_threads(threads)
         import keras
 
-        loaded = cls(CNNParams(), seed=0, threads=threads, logger=logging.getLogger(__name__))
+        # Only prediction is left to a loaded model: its training recipe is not needed.
+        loaded = cls(CNNParams(), TrainingContext(seed=0, threads=threads))
         loaded.model = keras.models.load_model(directory / cls.model_file)
         return loaded
 
 
-def build_logistic_regression(p: LogisticRegressionParams, seed, threads, logger):
-    return SklearnClassifier(
-        LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=seed), threads
-    )
+def build_logistic_regression(p: LogisticRegressionParams, context: TrainingContext):
+    estimator = LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=context.seed)
+    return SklearnClassifier(estimator, context.threads)
 
 
-def build_random_forest(p: RandomForestParams, seed, threads, logger):
+def build_random_forest(p: RandomForestParams, context: TrainingContext):
     forest = RandomForestClassifier(
         n_estimators=p.n_estimators,
         max_features=p.max_features,
         min_samples_leaf=p.min_samples_leaf,
-        n_jobs=threads,
-        random_state=seed,
+        n_jobs=context.threads,
+        random_state=context.seed,
     )
-    return SklearnClassifier(forest, threads)
+    return SklearnClassifier(forest, context.threads)
 
 
-def build_svm(p: SVMParams, seed, threads, logger):
-    svm = SVC(kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=seed)
-    return SklearnClassifier(svm, threads)
+def build_svm(p: SVMParams, context: TrainingContext):
+    svm = SVC(
+        kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=context.seed
+    )
+    return SklearnClassifier(svm, context.threads)
 
 
-def build_xgboost(p: XGBoostParams, seed, threads, logger):
+def build_xgboost(p: XGBoostParams, context: TrainingContext):
     model = xgboost.XGBClassifier(
         tree_method="hist",
         n_estimators=p.n_estimators,
@@ -264,18 +306,18 @@ def build_xgboost(p: XGBoostParams, seed, threads, logger):
         max_depth=p.max_depth,
         max_bin=p.max_bin,
         colsample_bytree=p.colsample_bytree,
-        n_jobs=threads,
-        random_state=seed,
+        n_jobs=context.threads,
+        random_state=context.seed,
         # The last metric drives early stopping: validation log-loss.
         eval_metric=["merror", "mlogloss"],
         early_stopping_rounds=p.early_stopping_rounds,
-        callbacks=[XGBoostProgress(logger)],
+        callbacks=[XGBoostProgress(p.n_estimators, context)],
     )
     return XGBoostClassifier(model)
 
 
-def build_cnn(p: CNNParams, seed, threads, logger):
-    return KerasCNN(p, seed, threads, logger)
+def build_cnn(p: CNNParams, context: TrainingContext):
+    return KerasCNN(p, context)
 
 
 MODEL_BUILDERS: dict[str, Callable[..., Classifier]] = {
@@ -290,15 +332,14 @@ _LOADERS = {
     XGBoostClassifier.model_file: XGBoostClassifier.load,
     KerasCNN.model_file: KerasCNN.load,
 }
+TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 
 
-def build_model(
-    name: str, params: ModelParams, seed: int, threads: int, logger: logging.Logger
-) -> Classifier:
+def build_model(name: str, params: ModelParams, context: TrainingContext) -> Classifier:
     """An unfitted classifier for a registered model name."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[name](getattr(params, name), seed, threads, logger)
+    return MODEL_BUILDERS[name](getattr(params, name), context)
 
 
 def load_model(directory: Path, threads: int) -> Classifier:
@@ -322,29 +363,46 @@ def train_model(
     name: str,
     params: ModelParams,
     data: ProcessedDataset,
-    models_dir: Path,
-    seed: int,
-    threads: int,
-    logger: logging.Logger | None = None,
+    cache_dir: Path,
+    context: TrainingContext,
+    refresh: bool = False,
 ) -> TrainedModel:
-    """Fit one model on the training split and save it next to its parameters."""
-    logger = logger or logging.getLogger(__name__)
-    classifier = build_model(name, params, seed, threads, logger)
-    x_train, y_train, x_val, y_val = data.load("x_train", "y_train", "x_val", "y_val")
-    logger.info("training %s on %d images with %d thread(s)", name, len(y_train), threads)
-    started = time.perf_counter()
-    history = classifier.fit(x_train, y_train, x_val, y_val)
-    fit_seconds = time.perf_counter() - started
+    """Fit one model and save it next to its parameters, or reuse the one fitted before.
 
-    directory = models_dir / name
-    directory.mkdir(parents=True, exist_ok=True)
-    classifier.save(directory)
+    The cache key covers the training data's hashes, the model's parameters, the seed
+    and this module's code; the thread count is left out as it changes only speed.
+    """
+    logger = context.logger
     model_params = getattr(params, name).model_dump(mode="json")
-    record = {"model": name, "seed": seed, "threads": threads, "params": model_params}
-    record |= {"fit_seconds": fit_seconds, "history": history}
-    (directory / PARAMS_FILE).write_text(json.dumps(record, indent=2))
-    logger.info("trained %s in %.1f s", name, fit_seconds)
-    return TrainedModel(name, directory, fit_seconds, model_params, history)
+    inputs = {array: data.arrays[array].sha256 for array in TRAINING_ARRAYS}
+    key = content_key(inputs, model_params, context.seed, code_version(__file__))
+    target = cache_dir / "models" / name / key
+
+    def fit_and_save(staging: Path) -> None:
+        classifier = build_model(name, params, context)
+        x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
+        logger.info(
+            "training %s on %d images with %d thread(s)", name, len(y_train), context.threads
+        )
+        started = time.perf_counter()
+        history = classifier.fit(x_train, y_train, x_val, y_val)
+        fit_seconds = time.perf_counter() - started
+        classifier.save(staging)
+        record = {"model": name, "seed": context.seed, "threads": context.threads}
+        record |= {"params": model_params, "fit_seconds": fit_seconds, "history": history}
+        (staging / PARAMS_FILE).write_text(json.dumps(record, indent=2))
+        logger.info("trained %s in %.1f s", name, fit_seconds)
+
+    if cached_directory(target, fit_and_save, refresh, logger):
+        logger.info("reused %s, trained before, from %s", name, target)
+    context.report_progress(1.0)
+    record = json.loads((target / PARAMS_FILE).read_text())
+    return TrainedModel(name, target, record["fit_seconds"], model_params, record["history"])
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes only."""
+    return text.lower().replace("_", "-")
 
 
 @task(name="train-model", task_run_name="train-{name}")
@@ -352,8 +410,18 @@ def train_task(
     name: str,
     params: ModelParams,
     data: ProcessedDataset,
-    models_dir: Path,
+    cache_dir: Path,
     seed: int,
     threads: int,
+    refresh: bool,
 ) -> TrainedModel:
-    return train_model(name, params, data, models_dir, seed, threads, get_run_logger())
+    progress = create_progress_artifact(
+        progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"
+    )
+    context = TrainingContext(
+        seed,
+        threads,
+        get_run_logger(),
+        report_progress=lambda fraction: update_progress_artifact(progress, 100 * fraction),
+    )
+    return train_model(name, params, data, cache_dir, context, refresh)

@@ -7,17 +7,22 @@ failures are collected lazily and reported together as one readable error.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from prefect import task
+from prefect.logging import get_run_logger
 
 from tasks.errors import DataValidationError
 from tasks.ingest import CLASS_NAMES, IMAGE_SHAPE, RawDataset
+from tasks.storage import cached_directory, code_version, content_key
 
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 N_CLASSES = len(CLASS_NAMES)
@@ -25,6 +30,7 @@ N_CLASSES = len(CLASS_NAMES)
 # per-class metrics unreliable.
 MIN_CLASS_SHARE = 0.5 / N_CLASSES
 EXAMPLES_SHOWN = 3
+SUMMARY_FILE = "summary.json"
 
 IMAGE_SCHEMA = pa.DataFrameSchema(
     columns={r"^pixel_\d+$": pa.Column(np.uint8, regex=True)},
@@ -120,6 +126,23 @@ def validate_dataset(arrays: Mapping[str, np.ndarray]) -> ValidationSummary:
     )
 
 
+def validate_raw_dataset(
+    raw: RawDataset, cache_dir: Path, refresh: bool = False, logger: logging.Logger | None = None
+) -> ValidationSummary:
+    """Validate once per content and code version; the summary of a pass is cached."""
+    logger = logger or logging.getLogger(__name__)
+    raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
+    target = cache_dir / "validated" / content_key(raw_hashes, code_version(__file__))
+
+    def write(staging: Path) -> None:
+        summary = validate_dataset({name: ref.load() for name, ref in raw.arrays.items()})
+        (staging / SUMMARY_FILE).write_text(json.dumps(asdict(summary)))
+
+    reused = cached_directory(target, write, refresh, logger)
+    logger.info("%s: validation %s", target, "passed before (cached)" if reused else "passed")
+    return ValidationSummary(**json.loads((target / SUMMARY_FILE).read_text()))
+
+
 @task(name="validate-schema")
-def validate_task(raw: RawDataset) -> ValidationSummary:
-    return validate_dataset({name: ref.load() for name, ref in raw.arrays.items()})
+def validate_task(raw: RawDataset, cache_dir: Path, refresh: bool) -> ValidationSummary:
+    return validate_raw_dataset(raw, cache_dir, refresh, get_run_logger())

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +20,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.full_pipeline import main
-from tasks.config import DEFAULT_MODELS
+from flows.full_pipeline import full_pipeline, main
+from tasks.config import DEFAULT_MODELS, build_config
 from tasks.ingest import FASHION_MNIST_FILES
+from tests.conftest import REAL_DATA_DIR
 from tests.idx_files import write_dataset
+
+QUICK_ARGS = ["--profile", "quick", "--data-dir", "fashion", "--seed", "7"]
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -50,19 +60,23 @@ def test_files_that_are_not_fashion_mnist_are_refused(tmp_path, monkeypatch, cap
     assert not (tmp_path / "reports").exists()
 
 
-@pytest.mark.slow
-def test_quick_profile_on_real_data(tmp_path, monkeypatch, capsys, real_data_dir):
-    monkeypatch.chdir(tmp_path)
-    # The user's copy of the real files, named explicitly.
-    shutil.copytree(real_data_dir, tmp_path / "fashion")
-    assert main(["--profile", "quick", "--data-dir", "fashion", "--seed", "7"]) == 0
-    printed = capsys.readouterr().out
-    latest = tmp_path / "reports" / "latest"
-    report_dir = latest.resolve()
-    assert f"report: reports/{report_dir.name}/report.md" in printed
-    assert report_dir.name.endswith(tuple("0123456789abcdef"))
-    assert "-quick-" in report_dir.name
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, prefect_harness):
+    """One quick-profile run of the command line on the user's copy of the real files."""
+    workdir = tmp_path_factory.mktemp("quick")
+    shutil.copytree(REAL_DATA_DIR, workdir / "fashion")
+    printed = io.StringIO()
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(printed):
+        assert main(QUICK_ARGS) == 0
+    return workdir, (workdir / "reports" / "latest").resolve(), printed.getvalue()
 
+
+@pytest.mark.slow
+def test_quick_profile_on_real_data(quick_run):
+    workdir, report_dir, printed = quick_run
+    real_data_dir = workdir / "fashion"
+    assert f"report: reports/{report_dir.name}/report.md" in printed
+    assert "-quick-" in report_dir.name
     board = pd.read_csv(report_dir / "leaderboard.csv")
     assert sorted(board.model) == sorted(DEFAULT_MODELS)
     assert board["rank"].tolist() == [1, 2, 3, 4, 5]
@@ -93,7 +107,7 @@ def test_quick_profile_on_real_data(tmp_path, monkeypatch, capsys, real_data_dir
     assert metrics["validation"]["class_counts"]["train"] == [6000] * 10
     for model, record in metrics["models"].items():
         assert sum(map(sum, record["confusion_matrix"])) == 2000
-        assert Path(record["model_dir"]).is_dir(), model
+        assert (workdir / record["model_dir"]).is_dir(), model
         (png,) = report_dir.glob(f"confusion_matrix_{model}.png")
         assert png.stat().st_size > 10_000
     assert "## Most confused class pairs" in (report_dir / "report.md").read_text()
@@ -107,3 +121,104 @@ def test_quick_profile_on_real_data(tmp_path, monkeypatch, capsys, real_data_dir
         )
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert [row["model"] for row in table] == board.model.tolist()
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-cnn"])), limit=1
+        )
+    assert [(a.type, a.data) for a in progress] == [("progress", 100.0)]
+
+
+def cache_entries(workdir: Path) -> dict[str, list[Path]]:
+    models = workdir / "data" / "models"
+    return (
+        {m.name: sorted(m.iterdir()) for m in sorted(models.iterdir())} if models.is_dir() else {}
+    )
+
+
+@pytest.mark.slow
+def test_unchanged_rerun_reuses_every_step(quick_run):
+    workdir, first_report, _ = quick_run
+    entries = cache_entries(workdir)
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(io.StringIO()):
+        assert main(QUICK_ARGS) == 0
+    second_report = (workdir / "reports" / "latest").resolve()
+    assert second_report != first_report
+    # Fit and predict times are measured once: equal floats mean nothing was redone.
+    first = pd.read_csv(first_report / "leaderboard.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(second_report / "leaderboard.csv"), first)
+    assert cache_entries(workdir) == entries
+
+
+@pytest.mark.slow
+def test_changed_hyperparameter_retrains_only_that_model(quick_run):
+    workdir, first_report, _ = quick_run
+    before = cache_entries(workdir)
+    config = build_config(
+        "quick", data_dir=Path("fashion"), seed=7, params={"random_forest": {"n_estimators": 31}}
+    )
+    with contextlib.chdir(workdir):
+        report_dir = full_pipeline(config)
+        after = cache_entries(workdir)
+    assert len(after["random_forest"]) == len(before["random_forest"]) + 1
+    assert {name: entries for name, entries in after.items() if name != "random_forest"} == {
+        name: entries for name, entries in before.items() if name != "random_forest"
+    }
+    first = pd.read_csv(first_report / "leaderboard.csv").set_index("model")
+    second = pd.read_csv(workdir / report_dir / "leaderboard.csv").set_index("model")
+    others = [m for m in first.index if m != "random_forest"]
+    pd.testing.assert_series_equal(first.fit_seconds[others], second.fit_seconds[others])
+    assert first.fit_seconds["random_forest"] != second.fit_seconds["random_forest"]
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_threaded_leaderboard(quick_run, tmp_path):
+    _, threaded_report, _ = quick_run
+    deterministic = ["logistic_regression", "random_forest", "svm_rbf", "xgboost"]
+    shutil.copytree(REAL_DATA_DIR, tmp_path / "fashion")
+    args = [*QUICK_ARGS, "--task-runner", "dask", "--models", ",".join(deterministic)]
+    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0  # a fresh cache: every model trains on the Dask workers
+    dask_board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
+    threaded = pd.read_csv(threaded_report / "leaderboard.csv")
+    threaded = threaded[threaded.model.isin(deterministic)]
+    columns = ["model", "test_accuracy", "macro_f1", "validation_accuracy"]
+    pd.testing.assert_frame_equal(
+        dask_board[columns].reset_index(drop=True), threaded[columns].reset_index(drop=True)
+    )
+    assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir()) == sorted(deterministic)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_retraining(tmp_path, prefect_harness):
+    shutil.copytree(REAL_DATA_DIR, tmp_path / "fashion")
+    args = [*QUICK_ARGS, "--models", "cnn,random_forest,logistic_regression"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "flows.full_pipeline", *args],
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its temporary Prefect server dies with it
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            finished = list((tmp_path / "data" / "models").glob("*/*/manifest.json"))
+            if finished:
+                break
+            assert run.poll() is None, "the run ended before any model finished"
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGKILL)
+    finally:
+        run.wait()
+    done_before_kill = {p.parent for p in finished}
+    assert "cnn" not in {entry.parent.name for entry in done_before_kill}
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+    stamps = {entry: entry.stat().st_mtime_ns for entry in done_before_kill}
+
+    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    assert {entry: entry.stat().st_mtime_ns for entry in done_before_kill} == stamps
+    board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
+    assert sorted(board.model) == ["cnn", "logistic_regression", "random_forest"]
+    assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir()) == sorted(board.model)

@@ -123,5 +123,5 @@ def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, m
 
 def test_existing_run_is_never_overwritten(tmp_path, evaluations):
     write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})
-    with pytest.raises(FileExistsError, match=r"run-1: a report for run run-1 already exists"):
+    with pytest.raises(FileExistsError, match=r"run-1: already exists"):
         write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})

@@ -9,7 +9,7 @@ from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_dataset
 from tasks.preprocess import preprocess_dataset
-from tasks.train import MODEL_BUILDERS, build_model, load_model, train_model
+from tasks.train import MODEL_BUILDERS, TrainingContext, build_model, load_model, train_model
 
 SMALL = ModelParams(
     random_forest=RandomForestParams(n_estimators=20),
@@ -40,18 +40,18 @@ def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(
         ValueError, match=r"unknown model 'svm'; valid models: logistic_regression, "
     ):
-        build_model("svm", ModelParams(), seed=0, threads=1, logger=None)
+        build_model("svm", ModelParams(), TrainingContext(seed=0, threads=1))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_learns_saves_and_reloads(name, tmp_path, processed):
-    trained = train_model(name, SMALL, processed, tmp_path / "models", seed=0, threads=1)
+    trained = train_model(name, SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1))
     assert (trained.directory / MODEL_FILES[name]).is_file()
     record = json.loads((trained.directory / "params.json").read_text())
     assert record["params"] == getattr(SMALL, name).model_dump(mode="json")
     assert record["fit_seconds"] > 0
 
-    evaluation = evaluate_model(trained, processed, tmp_path / "predictions", threads=1)
+    evaluation = evaluate_model(trained, processed, tmp_path, threads=1)
     assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
     x_test, y_test = processed.load("x_test", "y_test")
     reloaded = load_model(trained.directory, threads=1).predict(x_test)
@@ -60,20 +60,59 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
 
 
 def test_iterative_models_record_learning_curves(tmp_path, processed):
-    xgb = train_model("xgboost", SMALL, processed, tmp_path, seed=0, threads=1)
+    xgb = train_model("xgboost", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1))
     assert set(xgb.history) == {
         "train_merror", "train_mlogloss", "validation_merror", "validation_mlogloss",
     }  # fmt: skip
     assert len(xgb.history["validation_mlogloss"]) <= SMALL.xgboost.n_estimators
-    cnn = train_model("cnn", SMALL, processed, tmp_path, seed=0, threads=1)
+    cnn = train_model("cnn", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1))
     assert len(cnn.history["val_accuracy"]) == len(cnn.history["loss"]) <= SMALL.cnn.epochs
 
 
 def test_same_seed_same_forest(tmp_path, processed):
-    first = train_model("random_forest", SMALL, processed, tmp_path / "a", seed=3, threads=1)
-    second = train_model("random_forest", SMALL, processed, tmp_path / "b", seed=3, threads=1)
+    context = TrainingContext(seed=3, threads=1)
+    first = train_model("random_forest", SMALL, processed, tmp_path / "a", context)
+    second = train_model("random_forest", SMALL, processed, tmp_path / "b", context)
     x_test = processed.load("x_test")[0]
     np.testing.assert_array_equal(
         load_model(first.directory, 1).estimator.predict_proba(x_test),
         load_model(second.directory, 1).estimator.predict_proba(x_test),
     )
+
+
+def test_trained_model_is_reused_until_its_inputs_change(tmp_path, processed, monkeypatch):
+    context = TrainingContext(seed=0, threads=1)
+    first = train_model("random_forest", SMALL, processed, tmp_path, context)
+    assert first.directory.parent == tmp_path / "models" / "random_forest"
+    fitted = []
+    original_build = build_model
+
+    def counting_build(*args):
+        fitted.append(args[0])
+        return original_build(*args)
+
+    monkeypatch.setattr("tasks.train.build_model", counting_build)
+    again = train_model("random_forest", SMALL, processed, tmp_path, context)
+    assert again == first
+    assert fitted == []
+
+    deeper = SMALL.model_copy(update={"random_forest": RandomForestParams(n_estimators=21)})
+    changed = train_model("random_forest", deeper, processed, tmp_path, context)
+    assert changed.directory != first.directory
+    assert train_model("xgboost", deeper, processed, tmp_path, context).name == "xgboost"
+    assert fitted == ["random_forest", "xgboost"]
+    train_model("random_forest", SMALL, processed, tmp_path, context, refresh=True)
+    assert fitted == ["random_forest", "xgboost", "random_forest"]
+
+
+def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, caplog):
+    context = TrainingContext(seed=0, threads=1)
+    first = train_model("logistic_regression", SMALL, processed, tmp_path, context)
+    model_file = first.directory / "model.joblib"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    again = train_model("logistic_regression", SMALL, processed, tmp_path, context)
+    assert "(model.joblib does not match its recorded hash); rebuilding it" in caplog.text
+    assert again.directory == first.directory
+    x_test = processed.load("x_test")[0]
+    assert load_model(again.directory, threads=1).predict(x_test).shape == (len(x_test),)
+
