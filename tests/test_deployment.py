@@ -1,0 +1,128 @@
+"""prefect.yaml's quick deployment on a real Prefect server and process worker (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REAL_DATA_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_quick_deployment_runs_on_server_and_worker(tmp_path):
+    port = free_loopback_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),  # its own database and settings
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PWD": str(REPO),  # prefect.yaml's pull step resolves {{ $PWD }} at deploy time
+    }
+    shutil.copytree(REAL_DATA_DIR, tmp_path / "fashion")
+    server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   env, tmp_path / "server.log")  # fmt: skip
+    worker = None
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 120, "the Prefect server")
+
+        def cli(*args: str) -> str:
+            done = subprocess.run(
+                [PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True,
+                text=True, timeout=180,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        cli("work-pool", "create", "fashion-mnist", "--type", "process")
+        cli("deploy", "--name", "daily-quick")
+        config = {
+            "profile": "quick",
+            "data_dir": str(tmp_path / "fashion"),
+            "cache_dir": str(tmp_path / "data"),
+            "output_dir": str(tmp_path / "reports"),
+        }
+        started = cli(
+            "deployment", "run", "fashion-mnist-pipeline/daily-quick",
+            "--params", json.dumps({"config": config}),
+        )  # fmt: skip
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+        worker = start([PREFECT, "worker", "start", "--pool", "fashion-mnist"],
+                       env, tmp_path / "worker.log")  # fmt: skip
+
+        def final_state():
+            state = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=5).json()["state"]
+            return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED"} else None
+
+        state = wait_for(final_state, 600, "the flow run to finish", interval=3)
+        assert state["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
+
+        artifacts = httpx.post(
+            f"{api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+            timeout=5,
+        ).json()
+        keys = {artifact["key"] for artifact in artifacts}
+        assert "fashion-mnist-leaderboard" in keys
+        table = next(a for a in artifacts if a["key"] == "fashion-mnist-leaderboard")["data"]
+        rows = json.loads(table) if isinstance(table, str) else table
+        assert len(rows) == 5
+        assert (tmp_path / "reports" / "latest" / "leaderboard.csv").is_file()
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
