@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
@@ -76,12 +78,22 @@ class Classifier(Protocol):
 class SklearnClassifier:
     estimator: ClassifierMixin
     threads: int
+    logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
     model_file: ClassVar[str] = "model.joblib"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
+        # An iteration cap is a deliberate time budget: one log line says when it was
+        # reached, instead of scikit-learn's multi-line warning (filters are process-wide).
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
         # BLAS pools are process-wide: cap them so parallel models don't oversubscribe.
         with threadpool_limits(limits=self.threads, user_api="blas"):
             self.estimator.fit(x_train, y_train)
+        max_iter = getattr(self.estimator, "max_iter", -1)
+        if max_iter > 0 and np.max(getattr(self.estimator, "n_iter_", 0)) >= max_iter:
+            self.logger.info(
+                "%s stopped at its cap of max_iter=%d iterations before converging",
+                type(self.estimator).__name__, max_iter,
+            )  # fmt: skip
         return {}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -277,7 +289,7 @@ class KerasCNN:
 
 def build_logistic_regression(p: LogisticRegressionParams, context: TrainingContext):
     estimator = LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=context.seed)
-    return SklearnClassifier(estimator, context.threads)
+    return SklearnClassifier(estimator, context.threads, context.logger)
 
 
 def build_random_forest(p: RandomForestParams, context: TrainingContext):
@@ -288,14 +300,14 @@ def build_random_forest(p: RandomForestParams, context: TrainingContext):
         n_jobs=context.threads,
         random_state=context.seed,
     )
-    return SklearnClassifier(forest, context.threads)
+    return SklearnClassifier(forest, context.threads, context.logger)
 
 
 def build_svm(p: SVMParams, context: TrainingContext):
     svm = SVC(
         kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=context.seed
     )
-    return SklearnClassifier(svm, context.threads)
+    return SklearnClassifier(svm, context.threads, context.logger)
 
 
 def build_xgboost(p: XGBoostParams, context: TrainingContext):

@@ -116,3 +116,11 @@ def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, cap
     x_test = processed.load("x_test")[0]
     assert load_model(again.directory, threads=1).predict(x_test).shape == (len(x_test),)
 
+
+def test_iteration_cap_is_one_log_line_not_a_warning(tmp_path, processed, caplog, recwarn):
+    capped = ModelParams(logistic_regression={"max_iter": 2})
+    context = TrainingContext(seed=0, threads=1)
+    with caplog.at_level("INFO", logger="tasks.train"):
+        train_model("logistic_regression", capped, processed, tmp_path, context)
+    assert "LogisticRegression stopped at its cap of max_iter=2 iterations" in caplog.text
+    assert [w for w in recwarn if "converge" in str(w.message)] == []
