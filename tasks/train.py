@@ -74,6 +74,16 @@ class Classifier(Protocol):
     def save(self, directory: Path) -> None: ...
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap the process-wide BLAS pools at the per-model thread count, and leave them so.
+
+    A scoped limit would be undone by whichever model finishes first while another
+    still fits: that one would then oversubscribe the cores, and a capped-iteration
+    solver such as logistic regression would give other results from run to run.
+    """
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 @dataclass
 class SklearnClassifier:
     estimator: ClassifierMixin
@@ -85,9 +95,8 @@ class SklearnClassifier:
         # An iteration cap is a deliberate time budget: one log line says when it was
         # reached, instead of scikit-learn's multi-line warning (filters are process-wide).
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        # BLAS pools are process-wide: cap them so parallel models don't oversubscribe.
-        with threadpool_limits(limits=self.threads, user_api="blas"):
-            self.estimator.fit(x_train, y_train)
+        limit_blas_threads(self.threads)
+        self.estimator.fit(x_train, y_train)
         max_iter = getattr(self.estimator, "max_iter", -1)
         if max_iter > 0 and np.max(getattr(self.estimator, "n_iter_", 0)) >= max_iter:
             self.logger.info(
@@ -97,8 +106,8 @@ class SklearnClassifier:
         return {}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        with threadpool_limits(limits=self.threads, user_api="blas"):
-            return self.estimator.predict(x)
+        limit_blas_threads(self.threads)
+        return self.estimator.predict(x)
 
     def save(self, directory: Path) -> None:
         joblib.dump(self.estimator, directory / self.model_file)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams, XGBoostParams
 from tasks.evaluate import evaluate_model
@@ -124,3 +125,10 @@ def test_iteration_cap_is_one_log_line_not_a_warning(tmp_path, processed, caplog
         train_model("logistic_regression", capped, processed, tmp_path, context)
     assert "LogisticRegression stopped at its cap of max_iter=2 iterations" in caplog.text
     assert [w for w in recwarn if "converge" in str(w.message)] == []
+
+
+def test_blas_limit_outlives_a_fit_so_a_parallel_fit_keeps_it(tmp_path, processed):
+    train_model("logistic_regression", SMALL, processed, tmp_path, TrainingContext(0, threads=1))
+    blas_pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas_pools
+    assert {pool["num_threads"] for pool in blas_pools} == {1}
