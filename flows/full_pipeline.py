@@ -26,7 +26,7 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
 from tasks.report import report_task, run_context
-from tasks.train import start_tensorflow_quietly, train_task
+from tasks.train import train_task
 from tasks.validate import validate_task
 
 
@@ -192,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     # reach its telemetry host (it logs an ERROR on a closed network).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if "cnn" in config.models and config.task_runner == "threads":
-        start_tensorflow_quietly(config.model_threads)
     one_line = _OneLineInputErrors()
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(one_line)

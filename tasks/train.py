@@ -9,12 +9,16 @@ oversubscribing them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -167,25 +171,59 @@ class XGBoostClassifier:
         return cls(model)
 
 
-def start_tensorflow_quietly(threads: int) -> None:
-    """Import and initialise TensorFlow with `threads`, discarding its C++ start-up notices.
+# TensorFlow's native start-up notices (oneDNN, CUDA probing, CPU features) are written
+# straight to file descriptor 2 before any log setting applies. Warnings and errors pass.
+TENSORFLOW_STARTUP_NOISE = re.compile(
+    rb"^(?:I\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following)"
+)
+_tensorflow_start = threading.Lock()
 
-    The oneDNN and CUDA-probing notices are written to file descriptor 2 before any
-    log setting applies, so it points at /dev/null meanwhile. Call this before other
-    threads start: anything they wrote to descriptor 2 would be lost. Errors still raise.
+
+@contextlib.contextmanager
+def native_stderr_without(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """Route file descriptor 2 through a pipe that drops the lines matching `noise`.
+
+    Native libraries bypass Python's logging, so only the descriptor can filter them;
+    everything else written meanwhile, by any thread, is passed on in order.
     """
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
 
-        configure_tensorflow_threads(threads)
-        tf.config.list_logical_devices()  # device probing prints its own notices
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.match(line):
+                    os.write(original, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
     finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder drains and ends
+        forwarder.join(timeout=5)
+        if not forwarder.is_alive():  # else a child process still holds the pipe open
+            os.close(original)
+
+
+def start_tensorflow(threads: int) -> None:
+    """Import TensorFlow on first use, without its start-up notices, with `threads` threads.
+
+    Imported only when a CNN is fitted or loaded, so runs whose CNN is cached skip it.
+    """
+    with _tensorflow_start:
+        if "tensorflow" in sys.modules:
+            configure_tensorflow_threads(threads)
+            return
+        with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
+            import tensorflow as tf
+
+            configure_tensorflow_threads(threads)
+            tf.config.list_logical_devices()  # device probing prints its own notices
 
 
 def configure_tensorflow_threads(threads: int) -> None:
@@ -232,7 +270,7 @@ class KerasCNN:
     model_file: ClassVar[str] = "model.keras"
 
     def fit(self, x_train, y_train, x_val, y_val) -> History:
-        configure_tensorflow_threads(self.context.threads)
+        start_tensorflow(self.context.threads)
         import keras
 
         # Keras draws weight initialisations and shuffles from its global seed.
@@ -287,7 +325,7 @@ class KerasCNN:
 
     @classmethod
     def load(cls, directory: Path, threads: int) -> KerasCNN:
-        configure_tensorflow_threads(threads)
+        start_tensorflow(threads)
         import keras
 
         # Only prediction is left to a loaded model: its training recipe is not needed.

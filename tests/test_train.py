@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +12,15 @@ from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_dataset
 from tasks.preprocess import preprocess_dataset
-from tasks.train import MODEL_BUILDERS, TrainingContext, build_model, load_model, train_model
+from tasks.train import (
+    MODEL_BUILDERS,
+    TENSORFLOW_STARTUP_NOISE,
+    TrainingContext,
+    build_model,
+    load_model,
+    native_stderr_without,
+    train_model,
+)
 
 SMALL = ModelParams(
     random_forest=RandomForestParams(n_estimators=20),
@@ -125,6 +135,18 @@ def test_iteration_cap_is_one_log_line_not_a_warning(tmp_path, processed, caplog
         train_model("logistic_regression", capped, processed, tmp_path, context)
     assert "LogisticRegression stopped at its cap of max_iter=2 iterations" in caplog.text
     assert [w for w in recwarn if "converge" in str(w.message)] == []
+
+
+def test_stderr_filter_drops_native_notices_and_passes_the_rest(capfd):
+    with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
+        os.write(2, b"I0000 00:00:1795 port.cc:153] oneDNN custom operations are on.\n")
+        writer = threading.Thread(target=os.write, args=(2, b"worker log line\n"))
+        writer.start()
+        writer.join()
+        os.write(2, b"To enable the following instructions: AVX2 FMA\n")
+        os.write(2, b"E0000 00:00:1795 real native error\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "worker log line\nE0000 00:00:1795 real native error\nafter\n"
 
 
 def test_blas_limit_outlives_a_fit_so_a_parallel_fit_keeps_it(tmp_path, processed):
