@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from prefect import task
 from prefect.logging import get_run_logger
 from sklearn.metrics import (
@@ -34,6 +35,7 @@ from tasks.train import TrainedModel, load_model
 LABELS = list(range(len(CLASS_NAMES)))
 EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
 METRICS_FILE = "metrics.json"
+FIGURE_FILE = "confusion_matrix.png"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ModelEvaluation:
     test_predictions: ArrayRef
     model_dir: Path
     params: dict
+    confusion_figure: Path
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -72,6 +75,26 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         "support": support.tolist(),
         "confusion": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
     }
+
+
+def plot_confusion_matrix(confusion: list[list[int]], title: str) -> Figure:
+    """Counts per true (rows) and predicted (columns) class, with class names on the axes."""
+    counts = np.asarray(confusion)
+    figure = Figure(figsize=(8, 7), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="test images")
+    ticks = range(len(CLASS_NAMES))
+    axes.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    axes.set_yticks(ticks, CLASS_NAMES)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    threshold = counts.max() / 2
+    for (row, column), value in np.ndenumerate(counts):
+        color = "white" if value > threshold else "black"
+        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
+    return figure
 
 
 def evaluate_model(
@@ -100,6 +123,9 @@ def evaluate_model(
         measured = {"validation_accuracy": validation_accuracy, "predict_seconds": predict_seconds}
         metrics = measured | classification_metrics(y_test, predicted)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        # Drawn here, as each model finishes, rather than all at once in the report.
+        title = f"{trained.name}: accuracy {metrics['test_accuracy']:.4f}"
+        plot_confusion_matrix(metrics["confusion"], title).savefig(staging / FIGURE_FILE, dpi=100)
 
     if cached_directory(target, predict_and_measure, refresh, logger):
         logger.info("reused the evaluation of %s from %s", trained.name, target)
@@ -110,6 +136,7 @@ def evaluate_model(
         test_predictions=predictions,
         model_dir=trained.directory,
         params=trained.params,
+        confusion_figure=target / FIGURE_FILE,
         **json.loads((target / METRICS_FILE).read_text()),
     )
 

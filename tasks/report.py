@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -84,26 +84,6 @@ def class_difficulty(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
         .rename_axis("class")
         .sort_values("mean_recall")
     )
-
-
-def plot_confusion_matrix(confusion: list[list[int]], title: str) -> Figure:
-    """Counts per true (rows) and predicted (columns) class, with class names on the axes."""
-    counts = np.asarray(confusion)
-    figure = Figure(figsize=(8, 7), layout="constrained")
-    axes = figure.add_subplot()
-    image = axes.imshow(counts, cmap="Blues")
-    figure.colorbar(image, ax=axes, shrink=0.8, label="test images")
-    ticks = range(len(CLASS_NAMES))
-    axes.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
-    axes.set_yticks(ticks, CLASS_NAMES)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    threshold = counts.max() / 2
-    for (row, column), value in np.ndenumerate(counts):
-        color = "white" if value > threshold else "black"
-        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
-    return figure
 
 
 def write_analysis(board: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.DataFrame) -> list[str]:
@@ -268,8 +248,7 @@ def write_report(
         document = metrics_document(run_id, evaluations, board, context)
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
-            figure = plot_confusion_matrix(e.confusion, f"{e.name}: accuracy {e.test_accuracy:.4f}")
-            figure.savefig(staging / f"confusion_matrix_{e.name}.png", dpi=100)
+            shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
         markdown = render_markdown(
             run_id, board, pairs, difficulty, findings, evaluations, len(y_test)
         )

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import ModelEvaluation, classification_metrics
+from tasks.evaluate import ModelEvaluation, classification_metrics, plot_confusion_matrix
 from tasks.report import class_difficulty, confused_pairs, leaderboard, write_report
 from tasks.storage import array_refs, save_arrays
 
@@ -18,6 +18,9 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
     directory = directory / name
     directory.mkdir(parents=True)
     save_arrays(directory, {"test_predictions": predicted})
+    metrics = classification_metrics(Y_TEST, predicted)
+    figure = directory / "confusion_matrix.png"
+    plot_confusion_matrix(metrics["confusion"], name).savefig(figure)
     return ModelEvaluation(
         name=name,
         validation_accuracy=0.5,
@@ -26,7 +29,8 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
         test_predictions=array_refs(directory, ["test_predictions"])["test_predictions"],
         model_dir=directory,
         params={"depth": 3},
-        **classification_metrics(Y_TEST, predicted),
+        confusion_figure=figure,
+        **metrics,
     )
 
 

@@ -64,6 +64,7 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
 
     evaluation = evaluate_model(trained, processed, tmp_path, threads=1)
     assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
+    assert evaluation.confusion_figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     x_test, y_test = processed.load("x_test", "y_test")
     reloaded = load_model(trained.directory, threads=1).predict(x_test)
     np.testing.assert_array_equal(reloaded, evaluation.test_predictions.load())
