@@ -112,9 +112,8 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
         results = [evaluation.result() for evaluation in evaluations]
 
     logger.info("stage 5/5: compare and write the report")
-    return report_task(
-        results, data, config.output_dir, run_id, run_context(config, raw, validation, data)
-    )
+    context = run_context(config, raw, validation, data)
+    return report_task(results, data, config.output_dir, run_id, context, config.seed)
 
 
 class _OneLineInputErrors(logging.Filter):

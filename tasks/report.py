@@ -26,24 +26,39 @@ from tasks.config import PipelineConfig
 from tasks.evaluate import ModelEvaluation
 from tasks.ingest import CLASS_NAMES, RawDataset
 from tasks.preprocess import ProcessedDataset
+from tasks.significance import (
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    bootstrap_accuracy_intervals,
+    describe_comparisons,
+    rank_comparisons,
+)
 from tasks.storage import write_new_directory
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
-    "rank", "model", "test_accuracy", "macro_f1", "validation_accuracy",
-    "fit_seconds", "predict_seconds",
+    "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+    "validation_accuracy", "fit_seconds", "predict_seconds",
 ]  # fmt: skip
+EVALUATION_COLUMNS = [c for c in LEADERBOARD_COLUMNS if c not in ("rank", "accuracy_low",
+                                                                 "accuracy_high")]  # fmt: skip
 PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
             "pandera", "matplotlib")  # fmt: skip
 TOP_PAIRS = 5
 
 
-def leaderboard(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
-    """One row per model, ranked by test accuracy (macro-F1 breaks ties)."""
+def leaderboard(evaluations: list[ModelEvaluation], intervals: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, ranked by test accuracy (macro-F1 breaks ties).
+
+    Args:
+        intervals: `accuracy_low` and `accuracy_high` per model (the index).
+    """
     frame = pd.DataFrame(
-        [{column: getattr(e, column) for column in LEADERBOARD_COLUMNS[1:] if column != "model"}
+        [{column: getattr(e, column) for column in EVALUATION_COLUMNS if column != "model"}
          | {"model": e.name} for e in evaluations]
     )  # fmt: skip
+    frame = frame.join(intervals, on="model")
     frame = frame.sort_values(["test_accuracy", "macro_f1"], ascending=False, ignore_index=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame[LEADERBOARD_COLUMNS]
@@ -86,12 +101,15 @@ def class_difficulty(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
     )
 
 
-def write_analysis(board: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.DataFrame) -> list[str]:
+def write_analysis(
+    board: pd.DataFrame, comparisons: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.DataFrame
+) -> list[str]:
     """Plain-language findings, each sentence computed from the numbers above it."""
     best = board.iloc[0]
     findings = [
         f"**{best.model}** ranks first with test accuracy {best.test_accuracy:.4f} "
-        f"(macro-F1 {best.macro_f1:.4f}; validation accuracy {best.validation_accuracy:.4f})."
+        f"(95% CI [{best.accuracy_low:.4f}, {best.accuracy_high:.4f}]; macro-F1 "
+        f"{best.macro_f1:.4f}; validation accuracy {best.validation_accuracy:.4f})."
     ]
     if len(board) > 1:
         runner_up = board.iloc[1]
@@ -100,6 +118,7 @@ def write_analysis(board: pd.DataFrame, pairs: pd.DataFrame, difficulty: pd.Data
             f"It is {gap:.1f} points ahead of {runner_up.model} ({runner_up.test_accuracy:.4f}); "
             f"the last, {board.iloc[-1].model}, reaches {board.iloc[-1].test_accuracy:.4f}."
         )
+        findings.append(describe_comparisons(comparisons)[0])
         fastest = board.loc[board.fit_seconds.idxmin()]
         findings.append(
             f"The cheapest to train is {fastest.model} ({fastest.fit_seconds:.0f} s, "
@@ -140,9 +159,18 @@ def _markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
     return "\n".join(lines)
 
 
+def readable_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard with each accuracy interval in one `[low, high]` column."""
+    shown = board.drop(columns=["accuracy_low", "accuracy_high"])
+    intervals = [f"[{r.accuracy_low:.4f}, {r.accuracy_high:.4f}]" for r in board.itertuples()]
+    shown.insert(shown.columns.get_loc("test_accuracy") + 1, "95% CI", intervals)
+    return shown
+
+
 def render_markdown(
     run_id: str,
     board: pd.DataFrame,
+    comparisons: pd.DataFrame,
     pairs: pd.DataFrame,
     difficulty: pd.DataFrame,
     findings: list[str],
@@ -153,11 +181,18 @@ def render_markdown(
     f1_table = pd.DataFrame({"class": list(CLASS_NAMES)} | {m: f1_by_model[m] for m in board.model})
     sections = [
         f"# Fashion-MNIST model comparison — run `{run_id}`",
-        f"{len(board)} models, ranked by accuracy on {test_images} held-out test images.",
+        f"{len(board)} models, ranked by accuracy on {test_images} held-out test images. "
+        f"The 95% confidence intervals come from {BOOTSTRAP_RESAMPLES} paired bootstrap "
+        "resamples of the test set.",
         "## Leaderboard",
-        _markdown_table(board),
+        _markdown_table(readable_leaderboard(board)),
         "## Analysis",
         "\n".join(f"- {finding}" for finding in findings),
+        "## Which differences are real",
+        "McNemar's exact test on the test images, for each model against the one ranked "
+        f"just above it and against the best; significant means p < {ALPHA}.",
+        "\n".join(f"- {sentence}" for sentence in describe_comparisons(comparisons)),
+        _markdown_table(comparisons, ".3g"),
         "## Most confused class pairs (all models)",
         _markdown_table(pairs),
         "## Hardest classes",
@@ -184,8 +219,13 @@ def package_versions() -> dict[str, str]:
 
 
 def metrics_document(
-    run_id: str, evaluations: list[ModelEvaluation], board: pd.DataFrame, context: dict
+    run_id: str,
+    evaluations: list[ModelEvaluation],
+    board: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    context: dict,
 ) -> dict:
+    ranked = board.set_index("model")
     models = {}
     for e in evaluations:
         record = asdict(e)
@@ -194,8 +234,8 @@ def metrics_document(
             for i, name in enumerate(CLASS_NAMES)
         }
         models[e.name] = {
-            "rank": int(board.loc[board.model == e.name, "rank"].iloc[0]),
-            **{key: record[key] for key in LEADERBOARD_COLUMNS[2:]},
+            "rank": int(ranked.loc[e.name, "rank"]),
+            **{key: float(ranked.loc[e.name, key]) for key in LEADERBOARD_COLUMNS[2:]},
             "per_class": per_class,
             "confusion_matrix": e.confusion,
             "params": e.params,
@@ -209,7 +249,10 @@ def metrics_document(
         **context,
         "packages": package_versions(),
         "models": models,
-    }
+        "accuracy_interval": {"confidence": CONFIDENCE, "paired_bootstrap_resamples":
+                              BOOTSTRAP_RESAMPLES},
+        "mcnemar_exact": comparisons.to_dict(orient="records"),
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -226,31 +269,35 @@ def write_report(
     output_dir: Path,
     run_id: str,
     context: dict,
+    seed: int,
 ) -> Report:
     """Write the complete report for a run and point `<output_dir>/latest` at it.
 
     Args:
         context: JSON-ready facts about the run (config, seed, data hashes, validation).
+        seed: seed of the bootstrap resamples.
     """
     target = output_dir / run_id
-    board = leaderboard(evaluations)
+    predicted = {e.name: e.test_predictions.load() for e in evaluations}
+    correct = {name: labels == y_test for name, labels in predicted.items()}
+    board = leaderboard(evaluations, bootstrap_accuracy_intervals(correct, seed))
+    comparisons = rank_comparisons(board.model.tolist(), correct)
     pairs = confused_pairs(evaluations)
     difficulty = class_difficulty(evaluations)
-    findings = write_analysis(board, pairs, difficulty)
+    findings = write_analysis(board, comparisons, pairs, difficulty)
 
     def write(staging: Path) -> None:
         board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
         predictions = pd.DataFrame({"index": test_index, "true_label": y_test})
-        by_name = {e.name: e for e in evaluations}
         for name in board.model:
-            predictions[name] = by_name[name].test_predictions.load()
+            predictions[name] = predicted[name]
         predictions.to_csv(staging / "test_predictions.csv", index=False)
-        document = metrics_document(run_id, evaluations, board, context)
+        document = metrics_document(run_id, evaluations, board, comparisons, context)
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
             shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
         markdown = render_markdown(
-            run_id, board, pairs, difficulty, findings, evaluations, len(y_test)
+            run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test)
         )
         (staging / "report.md").write_text(markdown)
 
@@ -291,9 +338,10 @@ def report_task(
     output_dir: Path,
     run_id: str,
     context: dict,
+    seed: int,
 ) -> Path:
     y_test, test_index = data.load("y_test", "test_index")
-    report = write_report(evaluations, y_test, test_index, output_dir, run_id, context)
+    report = write_report(evaluations, y_test, test_index, output_dir, run_id, context, seed)
     create_table_artifact(
         key="fashion-mnist-leaderboard",
         table=report.leaderboard.round(4).to_dict(orient="records"),
@@ -301,7 +349,7 @@ def report_task(
     )
     summary = [
         f"# Run {run_id}",
-        _markdown_table(report.leaderboard),
+        _markdown_table(readable_leaderboard(report.leaderboard)),
         *[f"- {finding}" for finding in report.findings],
         f"Full report: `{report.directory.resolve() / 'report.md'}`",
     ]

@@ -98,7 +98,16 @@ def test_quick_profile_on_real_data(quick_run):
         recomputed = (predictions[row.model] == predictions.true_label).mean()
         assert row.test_accuracy == pytest.approx(recomputed, abs=1e-9)
 
+    assert (board.accuracy_low < board.test_accuracy).all()
+    assert (board.test_accuracy < board.accuracy_high).all()
+
     metrics = json.loads((report_dir / "metrics.json").read_text())
+    for test in metrics["mcnemar_exact"]:
+        right = predictions[[test["model"], test["compared_to"]]].eq(predictions.true_label, axis=0)
+        only_model = int((right.iloc[:, 0] & ~right.iloc[:, 1]).sum())
+        only_other = int((~right.iloc[:, 0] & right.iloc[:, 1]).sum())
+        assert (test["only_model_right"], test["only_other_right"]) == (only_model, only_other)
+    assert len(metrics["mcnemar_exact"]) == 2 * len(board) - 3  # next above, and the best
     assert metrics["seed"] == 7
     assert metrics["config"]["profile"] == "quick"
     assert metrics["data"]["file_sha256"] == {

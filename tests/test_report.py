@@ -50,13 +50,19 @@ def evaluations(tmp_path):
 
 
 def test_leaderboard_ranks_by_accuracy(evaluations):
-    board = leaderboard(evaluations)
+    intervals = pd.DataFrame(
+        {"accuracy_low": [0.8, 0.9, 0.7], "accuracy_high": [0.9, 1.0, 0.8]},
+        index=["shirtless", "perfect", "mixed"],
+    )
+    board = leaderboard(evaluations, intervals)
     assert board.model.tolist() == ["perfect", "shirtless", "mixed"]
     assert board["rank"].tolist() == [1, 2, 3]
     assert board.test_accuracy.tolist() == pytest.approx([1.0, 0.9, 0.85])
-    assert list(board.columns[:6]) == [
-        "rank", "model", "test_accuracy", "macro_f1", "validation_accuracy", "fit_seconds",
+    assert list(board.columns[:7]) == [
+        "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+        "validation_accuracy",
     ]  # fmt: skip
+    assert board.accuracy_low.tolist() == [0.9, 0.8, 0.7]
 
 
 def test_confused_pairs_sum_both_directions_over_models(evaluations):
@@ -81,7 +87,7 @@ def test_hardest_class_is_shirt(evaluations):
 def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     test_index = np.arange(100) * 7
     report = write_report(
-        evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5}
+        evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5}, seed=5
     )
     out = report.directory
     assert report.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
@@ -116,16 +122,41 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
 
 def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
     reports = tmp_path / "reports"
-    first = write_report(evaluations, Y_TEST, np.arange(100), reports, "run-1", {}).directory
+    first = write_report(
+        evaluations, Y_TEST, np.arange(100), reports, "run-1", {}, seed=0
+    ).directory
     broken = evaluations[0]
     broken.test_predictions.path.write_bytes(b"changed")  # its hash no longer matches
     with pytest.raises(RuntimeError, match=r"content hash"):
-        write_report(evaluations, Y_TEST, np.arange(100), reports, "run-2", {})
+        write_report(evaluations, Y_TEST, np.arange(100), reports, "run-2", {}, seed=0)
     assert sorted(p.name for p in reports.iterdir()) == ["latest", "run-1"]
     assert (reports / "latest").resolve() == first.resolve()
 
 
 def test_existing_run_is_never_overwritten(tmp_path, evaluations):
-    write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})
+    write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0)
     with pytest.raises(FileExistsError, match=r"run-1: already exists"):
-        write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {})
+        write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0)
+
+
+def test_report_says_which_differences_are_significant(tmp_path, evaluations):
+    out = write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1)
+    board = pd.read_csv(out.directory / "leaderboard.csv")
+    assert (board.accuracy_low <= board.test_accuracy).all()
+    assert (board.test_accuracy <= board.accuracy_high).all()
+    assert board.loc[
+        board.model == "perfect", ["accuracy_low", "accuracy_high"]
+    ].values.tolist() == [[1.0, 1.0]]
+    metrics = json.loads((out.directory / "metrics.json").read_text())
+    tests = {(t["model"], t["compared_to"]): t for t in metrics["mcnemar_exact"]}
+    # 10 Shirts only `perfect` gets right: p = 2 * 0.5**10.
+    assert tests["shirtless", "perfect"]["p_value"] == pytest.approx(2 * 0.5**10)
+    assert tests["shirtless", "perfect"]["significant"] is True
+    # 3 T-shirts and 2 Coats separate `mixed` from `shirtless`: p = 2 * 0.5**5.
+    assert tests["mixed", "shirtless"]["p_value"] == pytest.approx(2 * 0.5**5)
+    assert tests["mixed", "shirtless"]["significant"] is False
+    report = (out.directory / "report.md").read_text()
+    assert (
+        "perfect is significantly more accurate than shirtless (McNemar exact p = 0.00195" in report
+    )
+    assert "shirtless and mixed are statistically tied at the 5% level" in report

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+
+from tasks.significance import (
+    bootstrap_accuracy_intervals,
+    describe_comparisons,
+    mcnemar_exact,
+    rank_comparisons,
+)
+
+
+def paired_outcomes(both: int, only_a: int, only_b: int, neither: int):
+    """Correctness arrays for two models with the given 2x2 table of outcomes."""
+    a = np.repeat([True, True, False, False], [both, only_a, only_b, neither])
+    b = np.repeat([True, False, True, False], [both, only_a, only_b, neither])
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "table",
+    [(50, 5, 12, 40), (900, 31, 30, 39), (10, 0, 7, 3), (20, 4, 4, 2), (8000, 612, 518, 870)],
+)
+def test_mcnemar_matches_statsmodels_exact_test(table):
+    both, only_a, only_b, neither = table
+    a, b = paired_outcomes(*table)
+    reference = mcnemar([[both, only_a], [only_b, neither]], exact=True)
+    assert mcnemar_exact(a, b) == (only_a, only_b, pytest.approx(reference.pvalue, rel=1e-12))
+
+
+def test_mcnemar_without_disagreements_is_a_tie():
+    a, b = paired_outcomes(90, 0, 0, 10)
+    assert mcnemar_exact(a, b) == (0, 0, 1.0)
+
+
+def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
+    correct = np.random.default_rng(1).random(2000) < 0.9
+    ours = bootstrap_accuracy_intervals({"m": correct}, seed=3, resamples=4000).loc["m"]
+    reference = stats.bootstrap(
+        (correct.astype(float),), np.mean, n_resamples=4000, method="percentile",
+        confidence_level=0.95, rng=np.random.default_rng(3),
+    ).confidence_interval  # fmt: skip
+    # Different draws: the end points agree to within Monte Carlo error.
+    assert ours.accuracy_low == pytest.approx(reference.low, abs=0.003)
+    assert ours.accuracy_high == pytest.approx(reference.high, abs=0.003)
+    assert ours.accuracy_low < correct.mean() < ours.accuracy_high
+
+
+def test_bootstrap_is_seeded_and_paired():
+    correct = np.random.default_rng(2).random(500) < 0.8
+    first = bootstrap_accuracy_intervals({"a": correct, "b": correct.copy()}, seed=5)
+    again = bootstrap_accuracy_intervals({"a": correct, "b": correct.copy()}, seed=5)
+    assert first.equals(again)
+    # Same images drawn for every model: identical outcomes give identical intervals.
+    assert first.loc["a"].tolist() == first.loc["b"].tolist()
+    other_seed = bootstrap_accuracy_intervals({"a": correct}, seed=6)
+    assert other_seed.loc["a"].tolist() != first.loc["a"].tolist()
+
+
+def test_each_model_is_compared_with_the_one_above_and_the_best():
+    best = np.arange(1000) < 960
+    tied = best.copy()
+    tied[:3] = False  # 3 images fewer: no real difference
+    worse = np.arange(1000) < 500
+    correct = {"best": best, "tied": tied, "worse": worse}
+    comparisons = rank_comparisons(["best", "tied", "worse"], correct)
+    pairs = list(zip(comparisons.model, comparisons.compared_to, comparisons.against, strict=True))
+    assert pairs == [
+        ("tied", "best", "next above"),
+        ("worse", "tied", "next above"),
+        ("worse", "best", "best"),
+    ]
+    assert comparisons.significant.tolist() == [False, True, True]
+    sentences = describe_comparisons(comparisons)
+    assert sentences[0].startswith("best and tied are statistically tied at the 5% level (McNemar")
+    assert sentences[1].startswith("tied is significantly more accurate than worse (McNemar")
