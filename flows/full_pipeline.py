@@ -25,7 +25,7 @@ from tasks.errors import PipelineInputError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
-from tasks.report import report_task, run_context
+from tasks.report import CONSOLE_COLUMNS, report_task, run_context
 from tasks.train import train_task
 from tasks.validate import validate_task
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    board = pd.read_csv(report_dir / "leaderboard.csv")
+    board = pd.read_csv(report_dir / "leaderboard.csv", usecols=CONSOLE_COLUMNS)
     print(board.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     print(f"report: {report_dir / 'report.md'}")
     return 0

@@ -16,6 +16,7 @@ from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
+    log_loss,
     precision_recall_fscore_support,
 )
 
@@ -34,6 +35,8 @@ from tasks.train import TrainedModel, load_model
 
 LABELS = list(range(len(CLASS_NAMES)))
 EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
+PROBABILITY_ARRAYS = ("test_predictions", "test_probabilities", "validation_probabilities")
+CALIBRATION_BINS = 15
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "confusion_matrix.png"
 
@@ -51,12 +54,38 @@ class ModelEvaluation:
     f1: list[float]
     support: list[int]
     confusion: list[list[int]]
+    log_loss: float
+    calibration_error: float
     fit_seconds: float
     predict_seconds: float
+    predict_ms_per_1000: float
+    model_size_mb: float
     test_predictions: ArrayRef
+    test_probabilities: ArrayRef
+    validation_probabilities: ArrayRef
     model_dir: Path
     params: dict
     confusion_figure: Path
+
+
+def expected_calibration_error(
+    y_true: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """Gap between confidence and accuracy, averaged over equal-width confidence bins.
+
+    Each image falls in the bin of its top probability; a bin contributes the absolute
+    difference between its accuracy and its mean confidence, weighted by its share of
+    the images.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    # Bins are (lower, upper]; a confidence of exactly 0 joins the first.
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        members = which == b
+        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -115,12 +144,35 @@ def evaluate_model(
     def predict_and_measure(staging: Path) -> None:
         classifier = load_model(trained.directory, threads)
         x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
-        validation_accuracy = float(accuracy_score(y_val, classifier.predict(x_val)))
+        validation_probabilities = classifier.predict_proba(x_val).astype(np.float32)
         started = time.perf_counter()
-        predicted = classifier.predict(x_test).astype(np.uint8)
+        probabilities = classifier.predict_proba(x_test).astype(np.float64)
         predict_seconds = time.perf_counter() - started
-        save_arrays(staging, {"test_predictions": predicted})
-        measured = {"validation_accuracy": validation_accuracy, "predict_seconds": predict_seconds}
+        # Stored as float32, rows summing to 1; every metric is computed from the stored
+        # values, so it can be recomputed from the report's test_probabilities.npz.
+        probabilities = (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(
+            np.float32
+        )
+        predicted = probabilities.argmax(axis=1).astype(np.uint8)
+        save_arrays(
+            staging,
+            {
+                "test_predictions": predicted,
+                "test_probabilities": probabilities,
+                "validation_probabilities": validation_probabilities,
+            },
+        )
+        model_bytes = sum(p.stat().st_size for p in trained.directory.glob("model.*"))
+        measured = {
+            "validation_accuracy": float(
+                accuracy_score(y_val, validation_probabilities.argmax(axis=1))
+            ),
+            "predict_seconds": predict_seconds,
+            "predict_ms_per_1000": 1e6 * predict_seconds / len(x_test),
+            "model_size_mb": model_bytes / 1e6,
+            "log_loss": float(log_loss(y_test, probabilities, labels=LABELS)),
+            "calibration_error": expected_calibration_error(y_test, probabilities),
+        }
         metrics = measured | classification_metrics(y_test, predicted)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         # Drawn here, as each model finishes, rather than all at once in the report.
@@ -129,11 +181,10 @@ def evaluate_model(
 
     if cached_directory(target, predict_and_measure, refresh, logger):
         logger.info("reused the evaluation of %s from %s", trained.name, target)
-    (predictions,) = array_refs(target, ["test_predictions"]).values()
     return ModelEvaluation(
         name=trained.name,
         fit_seconds=trained.fit_seconds,
-        test_predictions=predictions,
+        **array_refs(target, PROBABILITY_ARRAYS),
         model_dir=trained.directory,
         params=trained.params,
         confusion_figure=target / FIGURE_FILE,

@@ -38,8 +38,14 @@ from tasks.storage import write_new_directory
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
+    "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss",
+    "calibration_error", "validation_accuracy", "fit_seconds", "predict_seconds",
+    "predict_ms_per_1000", "model_size_mb",
+]  # fmt: skip
+# What the command line prints: the ranking and its uncertainty, and the time it cost.
+CONSOLE_COLUMNS = [
     "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1",
-    "validation_accuracy", "fit_seconds", "predict_seconds",
+    "fit_seconds", "predict_seconds",
 ]  # fmt: skip
 EVALUATION_COLUMNS = [c for c in LEADERBOARD_COLUMNS if c not in ("rank", "accuracy_low",
                                                                  "accuracy_high")]  # fmt: skip
@@ -143,12 +149,15 @@ def write_analysis(
     return findings
 
 
-SECONDS_FORMATS = {"fit_seconds": ".1f", "predict_seconds": ".2f"}
+COLUMN_FORMATS = {
+    "fit_seconds": ".1f", "predict_seconds": ".2f", "predict_ms_per_1000": ".1f",
+    "model_size_mb": ".1f",
+}  # fmt: skip
 
 
 def _markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
-    """Floats with `floats` digits, except seconds, which need fewer."""
-    formats = [SECONDS_FORMATS.get(column, floats) for column in frame.columns]
+    """Floats with `floats` digits, except times and sizes, which need fewer."""
+    formats = [COLUMN_FORMATS.get(column, floats) for column in frame.columns]
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(formats)]
     for row in frame.itertuples(index=False):
         cells = [
@@ -278,6 +287,7 @@ def write_report(
         seed: seed of the bootstrap resamples.
     """
     target = output_dir / run_id
+    by_name = {e.name: e for e in evaluations}
     predicted = {e.name: e.test_predictions.load() for e in evaluations}
     correct = {name: labels == y_test for name, labels in predicted.items()}
     board = leaderboard(evaluations, bootstrap_accuracy_intervals(correct, seed))
@@ -292,6 +302,10 @@ def write_report(
         for name in board.model:
             predictions[name] = predicted[name]
         predictions.to_csv(staging / "test_predictions.csv", index=False)
+        np.savez_compressed(
+            staging / "test_probabilities.npz",
+            **{name: by_name[name].test_probabilities.load() for name in board.model},
+        )
         document = metrics_document(run_id, evaluations, board, comparisons, context)
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:

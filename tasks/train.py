@@ -30,8 +30,10 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from sklearn.base import ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
@@ -73,7 +75,8 @@ class Classifier(Protocol):
     ) -> History:
         """Fit on the training split; return per-iteration learning curves (may be empty)."""
 
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, one column per class; the prediction is the most probable."""
 
     def save(self, directory: Path) -> None: ...
 
@@ -107,11 +110,17 @@ class SklearnClassifier:
                 "%s stopped at its cap of max_iter=%d iterations before converging",
                 type(self.estimator).__name__, max_iter,
             )  # fmt: skip
+        if not hasattr(self.estimator, "predict_proba"):
+            # An SVC has decision values, not probabilities. Temperature scaling, fitted on
+            # the validation split, turns them into probabilities and keeps their ranking.
+            frozen = FrozenEstimator(self.estimator)
+            self.estimator = CalibratedClassifierCV(frozen, method="temperature")
+            self.estimator.fit(x_val, y_val)
         return {}
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
         limit_blas_threads(self.threads)
-        return self.estimator.predict(x)
+        return self.estimator.predict_proba(x)
 
     def save(self, directory: Path) -> None:
         joblib.dump(self.estimator, directory / self.model_file)
@@ -158,8 +167,8 @@ class XGBoostClassifier:
             for metric, values in curves[key].items()
         }
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict(x)
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(x)
 
     def save(self, directory: Path) -> None:
         self.model.save_model(directory / self.model_file)
@@ -316,9 +325,8 @@ class KerasCNN:
         )
         return {key: [float(v) for v in values] for key, values in history.history.items()}
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        probabilities = self.model.predict(to_image_tensor(x), batch_size=1024, verbose=0)
-        return probabilities.argmax(axis=1)
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(to_image_tensor(x), batch_size=1024, verbose=0)
 
     def save(self, directory: Path) -> None:
         self.model.save(directory / self.model_file)

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from sklearn.metrics import log_loss
 
 from flows.full_pipeline import full_pipeline, main
 from tasks.config import DEFAULT_MODELS, build_config
@@ -98,6 +99,16 @@ def test_quick_profile_on_real_data(quick_run):
         recomputed = (predictions[row.model] == predictions.true_label).mean()
         assert row.test_accuracy == pytest.approx(recomputed, abs=1e-9)
 
+    with np.load(report_dir / "test_probabilities.npz") as npz:
+        probabilities = {model: npz[model] for model in npz.files}
+    for row in board.itertuples():
+        np.testing.assert_array_equal(
+            probabilities[row.model].argmax(axis=1), predictions[row.model]
+        )
+        recomputed = log_loss(predictions.true_label, probabilities[row.model], labels=range(10))
+        assert row.log_loss == pytest.approx(recomputed, abs=1e-4)
+        assert 0 <= row.calibration_error < 0.2
+        assert row.model_size_mb > 0
     assert (board.accuracy_low < board.test_accuracy).all()
     assert (board.test_accuracy < board.accuracy_high).all()
 

@@ -17,19 +17,29 @@ Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
 def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvaluation:
     directory = directory / name
     directory.mkdir(parents=True)
-    save_arrays(directory, {"test_predictions": predicted})
+    probabilities = np.eye(10, dtype=np.float32)[predicted]
+    arrays = {
+        "test_predictions": predicted,
+        "test_probabilities": probabilities,
+        "validation_probabilities": probabilities,
+    }
+    save_arrays(directory, arrays)
     metrics = classification_metrics(Y_TEST, predicted)
     figure = directory / "confusion_matrix.png"
     plot_confusion_matrix(metrics["confusion"], name).savefig(figure)
     return ModelEvaluation(
         name=name,
         validation_accuracy=0.5,
+        log_loss=0.3,
+        calibration_error=0.02,
         fit_seconds=12.0,
         predict_seconds=0.5,
-        test_predictions=array_refs(directory, ["test_predictions"])["test_predictions"],
+        predict_ms_per_1000=5.0,
+        model_size_mb=1.5,
         model_dir=directory,
         params={"depth": 3},
         confusion_figure=figure,
+        **array_refs(directory, list(arrays)),
         **metrics,
     )
 
@@ -58,9 +68,10 @@ def test_leaderboard_ranks_by_accuracy(evaluations):
     assert board.model.tolist() == ["perfect", "shirtless", "mixed"]
     assert board["rank"].tolist() == [1, 2, 3]
     assert board.test_accuracy.tolist() == pytest.approx([1.0, 0.9, 0.85])
-    assert list(board.columns[:7]) == [
-        "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1",
-        "validation_accuracy",
+    assert board.columns.tolist() == [
+        "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss",
+        "calibration_error", "validation_accuracy", "fit_seconds", "predict_seconds",
+        "predict_ms_per_1000", "model_size_mb",
     ]  # fmt: skip
     assert board.accuracy_low.tolist() == [0.9, 0.8, 0.7]
 
@@ -95,11 +106,16 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
+    expected |= {"test_probabilities.npz"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
     assert {p.name for p in out.iterdir()} == expected
     for e in evaluations:
         assert (out / f"confusion_matrix_{e.name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    with np.load(out / "test_probabilities.npz") as probabilities:
+        assert sorted(probabilities.files) == ["mixed", "perfect", "shirtless"]
+        for e in evaluations:
+            np.testing.assert_array_equal(probabilities[e.name], e.test_probabilities.load())
     predictions = pd.read_csv(out / "test_predictions.csv")
     assert predictions.columns.tolist() == ["index", "true_label", "perfect", "shirtless", "mixed"]
     assert predictions["index"].tolist() == test_index.tolist()

@@ -66,7 +66,11 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
     assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
     assert evaluation.confusion_figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     x_test, y_test = processed.load("x_test", "y_test")
-    reloaded = load_model(trained.directory, threads=1).predict(x_test)
+    probabilities = load_model(trained.directory, threads=1).predict_proba(x_test)
+    assert probabilities.shape == (len(x_test), 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(evaluation.test_probabilities.load(), probabilities, atol=1e-6)
+    reloaded = probabilities.argmax(axis=1)
     np.testing.assert_array_equal(reloaded, evaluation.test_predictions.load())
     assert evaluation.test_accuracy == pytest.approx(np.mean(reloaded == y_test))
 
@@ -126,7 +130,7 @@ def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, cap
     assert "(model.joblib does not match its recorded hash); rebuilding it" in caplog.text
     assert again.directory == first.directory
     x_test = processed.load("x_test")[0]
-    assert load_model(again.directory, threads=1).predict(x_test).shape == (len(x_test),)
+    assert load_model(again.directory, threads=1).predict_proba(x_test).shape == (len(x_test), 10)
 
 
 def test_iteration_cap_is_one_log_line_not_a_warning(tmp_path, processed, caplog, recwarn):
