@@ -134,8 +134,8 @@ def evaluate_model(
     refresh: bool = False,
     logger: logging.Logger | None = None,
 ) -> ModelEvaluation:
-    """Predict the validation and test splits, timing the test prediction; cached per
-    model content, evaluation data and code version."""
+    """Class probabilities and metrics on the validation and test splits, timing the test
+    prediction; cached per model content, evaluation data and code version."""
     logger = logger or logging.getLogger(__name__)
     inputs = {name: data.arrays[name].sha256 for name in EVALUATION_ARRAYS}
     key = content_key(manifest_digest(trained.directory), inputs, code_version(__file__))
@@ -146,13 +146,11 @@ def evaluate_model(
         x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
         validation_probabilities = classifier.predict_proba(x_val).astype(np.float32)
         started = time.perf_counter()
-        probabilities = classifier.predict_proba(x_test).astype(np.float64)
+        raw = classifier.predict_proba(x_test).astype(np.float64)
         predict_seconds = time.perf_counter() - started
-        # Stored as float32, rows summing to 1; every metric is computed from the stored
-        # values, so it can be recomputed from the report's test_probabilities.npz.
-        probabilities = (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(
-            np.float32
-        )
+        # Stored as float32 with rows summing to 1; every metric is computed from the
+        # stored values, so it can be recomputed from the report's test_probabilities.npz.
+        probabilities = (raw / raw.sum(axis=1, keepdims=True)).astype(np.float32)
         predicted = probabilities.argmax(axis=1).astype(np.uint8)
         save_arrays(
             staging,

@@ -151,7 +151,7 @@ def write_analysis(
 
 COLUMN_FORMATS = {
     "fit_seconds": ".1f", "predict_seconds": ".2f", "predict_ms_per_1000": ".1f",
-    "model_size_mb": ".1f",
+    "model_size_mb": ".2f",
 }  # fmt: skip
 
 
