@@ -21,6 +21,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from pydantic import ValidationError
 
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
+from tasks.ensemble import ensemble_task
 from tasks.errors import PipelineInputError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
@@ -112,6 +113,9 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
         results = [evaluation.result() for evaluation in evaluations]
 
     logger.info("stage 5/5: compare and write the report")
+    if min(config.ensemble_size, len(results)) >= 2:
+        ensemble = ensemble_task(results, data, cache, config.ensemble_size, refresh)
+        results = [*results, ensemble]
     context = run_context(config, raw, validation, data)
     return report_task(results, data, config.output_dir, run_id, context, config.seed)
 

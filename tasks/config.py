@@ -135,6 +135,11 @@ class PipelineConfig(BaseModel):
         None, description="Threads each model may use; default: the cores shared evenly."
     )
     params: ModelParams = ModelParams()
+    ensemble_size: int = Field(
+        3,
+        ge=0,
+        description="Soft-vote the N models with the best validation accuracy; below 2: none.",
+    )
     refresh: bool = Field(
         False, description="Rebuild every cached step instead of reusing verified results."
     )

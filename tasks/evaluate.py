@@ -126,6 +126,69 @@ def plot_confusion_matrix(confusion: list[list[int]], title: str) -> Figure:
     return figure
 
 
+def _as_stored(probabilities: np.ndarray) -> np.ndarray:
+    """float32 rows summing to 1, so the metrics can be recomputed from the stored values."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_evaluation(
+    staging: Path,
+    title: str,
+    y_val: np.ndarray,
+    validation_probabilities: np.ndarray,
+    y_test: np.ndarray,
+    test_probabilities: np.ndarray,
+    cost: dict[str, float],
+) -> None:
+    """Store a model's probabilities and every metric computed from the stored values.
+
+    Args:
+        title: the model's name, shown on its confusion-matrix figure.
+        cost: `predict_seconds` and `model_size_mb`.
+    """
+    validation_probabilities = _as_stored(validation_probabilities)
+    probabilities = _as_stored(test_probabilities)
+    predicted = probabilities.argmax(axis=1).astype(np.uint8)
+    save_arrays(
+        staging,
+        {
+            "test_predictions": predicted,
+            "test_probabilities": probabilities,
+            "validation_probabilities": validation_probabilities,
+        },
+    )
+    metrics = {
+        "validation_accuracy": float(accuracy_score(y_val, validation_probabilities.argmax(1))),
+        "predict_seconds": cost["predict_seconds"],
+        "predict_ms_per_1000": 1e6 * cost["predict_seconds"] / len(y_test),
+        "model_size_mb": cost["model_size_mb"],
+        "log_loss": float(log_loss(y_test, probabilities, labels=LABELS)),
+        "calibration_error": expected_calibration_error(y_test, probabilities),
+    } | classification_metrics(y_test, predicted)
+    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    # Drawn here, as each model finishes, rather than all at once in the report.
+    figure = plot_confusion_matrix(
+        metrics["confusion"], f"{title}: accuracy {metrics['test_accuracy']:.4f}"
+    )
+    figure.savefig(staging / FIGURE_FILE, dpi=100)
+
+
+def read_evaluation(
+    entry: Path, name: str, fit_seconds: float, model_dir: Path, params: dict
+) -> ModelEvaluation:
+    """The evaluation stored in a cache entry by `write_evaluation`."""
+    return ModelEvaluation(
+        name=name,
+        fit_seconds=fit_seconds,
+        **array_refs(entry, PROBABILITY_ARRAYS),
+        model_dir=model_dir,
+        params=params,
+        confusion_figure=entry / FIGURE_FILE,
+        **json.loads((entry / METRICS_FILE).read_text()),
+    )
+
+
 def evaluate_model(
     trained: TrainedModel,
     data: ProcessedDataset,
@@ -144,49 +207,20 @@ def evaluate_model(
     def predict_and_measure(staging: Path) -> None:
         classifier = load_model(trained.directory, threads)
         x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
-        validation_probabilities = classifier.predict_proba(x_val).astype(np.float32)
+        validation_probabilities = classifier.predict_proba(x_val)
         started = time.perf_counter()
-        raw = classifier.predict_proba(x_test).astype(np.float64)
+        probabilities = classifier.predict_proba(x_test)
         predict_seconds = time.perf_counter() - started
-        # Stored as float32 with rows summing to 1; every metric is computed from the
-        # stored values, so it can be recomputed from the report's test_probabilities.npz.
-        probabilities = (raw / raw.sum(axis=1, keepdims=True)).astype(np.float32)
-        predicted = probabilities.argmax(axis=1).astype(np.uint8)
-        save_arrays(
-            staging,
-            {
-                "test_predictions": predicted,
-                "test_probabilities": probabilities,
-                "validation_probabilities": validation_probabilities,
-            },
-        )
         model_bytes = sum(p.stat().st_size for p in trained.directory.glob("model.*"))
-        measured = {
-            "validation_accuracy": float(
-                accuracy_score(y_val, validation_probabilities.argmax(axis=1))
-            ),
-            "predict_seconds": predict_seconds,
-            "predict_ms_per_1000": 1e6 * predict_seconds / len(x_test),
-            "model_size_mb": model_bytes / 1e6,
-            "log_loss": float(log_loss(y_test, probabilities, labels=LABELS)),
-            "calibration_error": expected_calibration_error(y_test, probabilities),
-        }
-        metrics = measured | classification_metrics(y_test, predicted)
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        # Drawn here, as each model finishes, rather than all at once in the report.
-        title = f"{trained.name}: accuracy {metrics['test_accuracy']:.4f}"
-        plot_confusion_matrix(metrics["confusion"], title).savefig(staging / FIGURE_FILE, dpi=100)
+        cost = {"predict_seconds": predict_seconds, "model_size_mb": model_bytes / 1e6}
+        write_evaluation(
+            staging, trained.name, y_val, validation_probabilities, y_test, probabilities, cost
+        )
 
     if cached_directory(target, predict_and_measure, refresh, logger):
         logger.info("reused the evaluation of %s from %s", trained.name, target)
-    return ModelEvaluation(
-        name=trained.name,
-        fit_seconds=trained.fit_seconds,
-        **array_refs(target, PROBABILITY_ARRAYS),
-        model_dir=trained.directory,
-        params=trained.params,
-        confusion_figure=target / FIGURE_FILE,
-        **json.loads((target / METRICS_FILE).read_text()),
+    return read_evaluation(
+        target, trained.name, trained.fit_seconds, trained.directory, trained.params
     )
 
 

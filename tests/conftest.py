@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import FASHION_MNIST_FILES
+from tasks.ingest import FASHION_MNIST_FILES, ingest_dataset
+from tasks.preprocess import preprocess_dataset
 from tests.idx_files import write_dataset
 
 # Keep the test server off the network and TensorFlow's notices out of the output.
@@ -22,6 +23,14 @@ def synthetic_dir(tmp_path: Path):
     """(directory, IdxFile specs with this content's checksums, the arrays written)."""
     files, arrays = write_dataset(tmp_path / "idx")
     return tmp_path / "idx", files, arrays
+
+
+@pytest.fixture
+def processed(tmp_path: Path, synthetic_dir):
+    """The synthetic files ingested and split: 50 validation images."""
+    directory, files, _ = synthetic_dir
+    raw = ingest_dataset(directory, tmp_path / "data", files)
+    return preprocess_dataset(raw, tmp_path / "data", validation_size=50, seed=0)
 
 
 @pytest.fixture(scope="session")

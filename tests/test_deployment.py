@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
+from tasks.config import DEFAULT_MODELS
 from tests.conftest import REAL_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +122,9 @@ def test_quick_deployment_runs_on_server_and_worker(tmp_path):
         assert "fashion-mnist-leaderboard" in keys
         table = next(a for a in artifacts if a["key"] == "fashion-mnist-leaderboard")["data"]
         rows = json.loads(table) if isinstance(table, str) else table
-        assert len(rows) == 5
-        assert (tmp_path / "reports" / "latest" / "leaderboard.csv").is_file()
+        board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
+        assert [row["model"] for row in rows] == board.model.tolist()
+        assert sorted(board.model) == sorted([*DEFAULT_MODELS, "ensemble"])
     finally:
         if worker is not None:
             stop(worker)

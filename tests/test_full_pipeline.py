@@ -79,8 +79,8 @@ def test_quick_profile_on_real_data(quick_run):
     assert f"report: reports/{report_dir.name}/report.md" in printed
     assert "-quick-" in report_dir.name
     board = pd.read_csv(report_dir / "leaderboard.csv")
-    assert sorted(board.model) == sorted(DEFAULT_MODELS)
-    assert board["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert sorted(board.model) == sorted([*DEFAULT_MODELS, "ensemble"])
+    assert board["rank"].tolist() == [1, 2, 3, 4, 5, 6]
     assert board.test_accuracy.is_monotonic_decreasing
     assert (board.test_accuracy > 0.7).all(), board
     assert (board.fit_seconds > 0).all()
@@ -119,6 +119,12 @@ def test_quick_profile_on_real_data(quick_run):
         only_other = int((~right.iloc[:, 0] & right.iloc[:, 1]).sum())
         assert (test["only_model_right"], test["only_other_right"]) == (only_model, only_other)
     assert len(metrics["mcnemar_exact"]) == 2 * len(board) - 3  # next above, and the best
+    ensemble = metrics["models"]["ensemble"]["params"]
+    by_validation = board[board.model != "ensemble"].sort_values(
+        ["validation_accuracy", "model"], ascending=[False, True]
+    )  # ties on validation accuracy go by name
+    assert sorted(ensemble["members"]) == sorted(by_validation.model.head(3))
+    assert sum(ensemble["weights"]) == pytest.approx(1)
     assert metrics["seed"] == 7
     assert metrics["config"]["profile"] == "quick"
     assert metrics["data"]["file_sha256"] == {
@@ -185,7 +191,7 @@ def test_changed_hyperparameter_retrains_only_that_model(quick_run):
     }
     first = pd.read_csv(first_report / "leaderboard.csv").set_index("model")
     second = pd.read_csv(workdir / report_dir / "leaderboard.csv").set_index("model")
-    others = [m for m in first.index if m != "random_forest"]
+    others = [m for m in first.index if m not in ("random_forest", "ensemble")]
     pd.testing.assert_series_equal(first.fit_seconds[others], second.fit_seconds[others])
     assert first.fit_seconds["random_forest"] != second.fit_seconds["random_forest"]
 
@@ -199,6 +205,7 @@ def test_dask_cluster_gives_the_threaded_leaderboard(quick_run, tmp_path):
     with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0  # a fresh cache: every model trains on the Dask workers
     dask_board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
+    dask_board = dask_board[dask_board.model.isin(deterministic)]
     threaded = pd.read_csv(threaded_report / "leaderboard.csv")
     threaded = threaded[threaded.model.isin(deterministic)]
     columns = ["model", "test_accuracy", "macro_f1", "validation_accuracy"]
@@ -240,5 +247,6 @@ def test_killed_run_resumes_without_retraining(tmp_path, prefect_harness):
         assert main(args) == 0
     assert {entry: entry.stat().st_mtime_ns for entry in done_before_kill} == stamps
     board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
-    assert sorted(board.model) == ["cnn", "logistic_regression", "random_forest"]
-    assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir()) == sorted(board.model)
+    trained = ["cnn", "logistic_regression", "random_forest"]
+    assert sorted(board.model) == sorted([*trained, "ensemble"])
+    assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir()) == trained

@@ -10,8 +10,6 @@ from threadpoolctl import threadpool_info
 
 from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams, XGBoostParams
 from tasks.evaluate import evaluate_model
-from tasks.ingest import ingest_dataset
-from tasks.preprocess import preprocess_dataset
 from tasks.train import (
     MODEL_BUILDERS,
     TENSORFLOW_STARTUP_NOISE,
@@ -34,13 +32,6 @@ MODEL_FILES = {
     "xgboost": "model.ubj",
     "cnn": "model.keras",
 }
-
-
-@pytest.fixture
-def processed(tmp_path, synthetic_dir):
-    directory, files, _ = synthetic_dir
-    raw = ingest_dataset(directory, tmp_path / "data", files)
-    return preprocess_dataset(raw, tmp_path / "data", validation_size=50, seed=0)
 
 
 def test_registry_covers_every_configured_model():
