@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import ModelEvaluation
+from tasks.figures import plot_f1_heatmap, plot_pareto
 from tasks.ingest import CLASS_NAMES, RawDataset
 from tasks.preprocess import ProcessedDataset
 from tasks.significance import (
@@ -68,6 +69,29 @@ def leaderboard(evaluations: list[ModelEvaluation], intervals: pd.DataFrame) -> 
     frame = frame.sort_values(["test_accuracy", "macro_f1"], ascending=False, ignore_index=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame[LEADERBOARD_COLUMNS]
+
+
+# Costs the accuracy is weighed against: (leaderboard column, label, figure file).
+PARETO_COSTS = (
+    ("fit_seconds", "fit time (s)", "pareto_fit_time.png"),
+    ("predict_ms_per_1000", "prediction time per 1,000 images (ms)", "pareto_latency.png"),
+)
+
+
+def pareto_front(board: pd.DataFrame, cost: str) -> pd.Series:
+    """Whether each model is on the accuracy/cost front: no other model is at least as
+    accurate and at most as costly, and strictly better in one of the two."""
+    accuracy, price = board.test_accuracy.to_numpy(), board[cost].to_numpy()
+    at_least_as_good = (accuracy[None, :] >= accuracy[:, None]) & (price[None, :] <= price[:, None])
+    strictly_better = (accuracy[None, :] > accuracy[:, None]) | (price[None, :] < price[:, None])
+    dominated = (at_least_as_good & strictly_better).any(axis=1)
+    return pd.Series(~dominated, index=board.index)
+
+
+def f1_by_class(evaluations: list[ModelEvaluation], models: list[str]) -> pd.DataFrame:
+    """Per-class test F1, one row per model in `models` order, one column per class."""
+    by_name = {e.name: e.f1 for e in evaluations}
+    return pd.DataFrame([by_name[m] for m in models], index=models, columns=list(CLASS_NAMES))
 
 
 def confused_pairs(evaluations: list[ModelEvaluation], top: int = TOP_PAIRS) -> pd.DataFrame:
@@ -186,8 +210,11 @@ def render_markdown(
     evaluations: list[ModelEvaluation],
     test_images: int,
 ) -> str:
-    f1_by_model = {e.name: e.f1 for e in evaluations}
-    f1_table = pd.DataFrame({"class": list(CLASS_NAMES)} | {m: f1_by_model[m] for m in board.model})
+    f1_table = f1_by_class(evaluations, list(board.model)).T.rename_axis("class").reset_index()
+    fronts = []
+    for cost, label, figure_file in PARETO_COSTS:
+        names = ", ".join(board.model[pareto_front(board, cost)])
+        fronts.append(f"Against {label}, the front is: {names}.\n\n![{label}]({figure_file})")
     sections = [
         f"# Fashion-MNIST model comparison — run `{run_id}`",
         f"{len(board)} models, ranked by accuracy on {test_images} held-out test images. "
@@ -202,11 +229,16 @@ def render_markdown(
         f"just above it and against the best; significant means p < {ALPHA}.",
         "\n".join(f"- {sentence}" for sentence in describe_comparisons(comparisons)),
         _markdown_table(comparisons, ".3g"),
+        "## Cost and accuracy",
+        "A model is on the Pareto front when no other model is at least as accurate and at "
+        "most as costly. Bars are the 95% confidence intervals.",
+        *fronts,
         "## Most confused class pairs (all models)",
         _markdown_table(pairs),
         "## Hardest classes",
         _markdown_table(difficulty.reset_index(), ".3f"),
         "## Per-class F1",
+        "![per-class F1](f1_by_class.png)",
         _markdown_table(f1_table, ".3f"),
         "## Confusion matrices",
         "\n\n".join(
@@ -310,6 +342,11 @@ def write_report(
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
             shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
+        for cost, label, figure_file in PARETO_COSTS:
+            figure = plot_pareto(board, cost, label, pareto_front(board, cost))
+            figure.savefig(staging / figure_file, dpi=100)
+        heatmap = plot_f1_heatmap(f1_by_class(evaluations, list(board.model)))
+        heatmap.savefig(staging / "f1_by_class.png", dpi=100)
         markdown = render_markdown(
             run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test)
         )

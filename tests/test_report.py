@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from tasks.evaluate import ModelEvaluation, classification_metrics, plot_confusion_matrix
-from tasks.report import class_difficulty, confused_pairs, leaderboard, write_report
+from tasks.report import (
+    class_difficulty,
+    confused_pairs,
+    leaderboard,
+    pareto_front,
+    write_report,
+)
 from tasks.storage import array_refs, save_arrays
 
 Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
@@ -106,7 +112,8 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
-    expected |= {"test_probabilities.npz"}
+    expected |= {"test_probabilities.npz", "pareto_fit_time.png", "pareto_latency.png"}
+    expected |= {"f1_by_class.png"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
     assert {p.name for p in out.iterdir()} == expected
     for e in evaluations:
@@ -133,6 +140,11 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert "**Shirt** is the hardest class" in report
     assert "**T-shirt/top / Shirt**: 23 test images" in report
     assert "![perfect confusion matrix](confusion_matrix_perfect.png)" in report
+    # Equal costs: only the most accurate model is on either front.
+    assert "Against fit time (s), the front is: perfect." in report
+    for figure in ("pareto_fit_time.png", "pareto_latency.png", "f1_by_class.png"):
+        assert f"]({figure})" in report
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.index("| 1 | perfect |") < report.index("| 3 | mixed |")
 
 
@@ -176,3 +188,16 @@ def test_report_says_which_differences_are_significant(tmp_path, evaluations):
         "perfect is significantly more accurate than shirtless (McNemar exact p = 0.00195" in report
     )
     assert "shirtless and mixed are statistically tied at the 5% level" in report
+
+
+def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():
+    board = pd.DataFrame(
+        {
+            "model": ["slow_best", "fast_good", "slow_worse", "fast_tied", "cheapest"],
+            "test_accuracy": [0.93, 0.90, 0.89, 0.90, 0.84],
+            "fit_seconds": [500.0, 60.0, 300.0, 60.0, 15.0],
+        }
+    )
+    front = pareto_front(board, "fit_seconds")
+    # slow_worse loses to fast_good on both; the two identical models both stay.
+    assert board.model[front].tolist() == ["slow_best", "fast_good", "fast_tied", "cheapest"]
