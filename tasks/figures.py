@@ -47,3 +47,57 @@ def plot_f1_heatmap(f1: pd.DataFrame) -> Figure:
         axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
     axes.set_title("Per-class F1 on the test set")
     return figure
+
+
+def plot_confusion_grid(confusions: dict[str, list[list[int]]], class_names: list[str]) -> Figure:
+    """Every model's confusion matrix, row-normalised (each true class sums to 1), side by side.
+
+    Row normalisation shows recall per class and where each class's errors go, on one
+    colour scale for all models.
+    """
+    columns = min(3, len(confusions))
+    rows = -(-len(confusions) // columns)
+    figure = Figure(figsize=(5.2 * columns, 4.8 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    image = None
+    for axes, (name, confusion) in zip(grid.flat, confusions.items(), strict=False):
+        counts = np.asarray(confusion, dtype=float)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ticks = range(len(class_names))
+        axes.set_xticks(ticks, class_names, rotation=60, ha="right", fontsize=7)
+        axes.set_yticks(ticks, class_names, fontsize=7)
+        axes.set_title(name)
+        for (row, column), value in np.ndenumerate(shares):
+            if value >= 0.01:
+                color = "white" if value > 0.5 else "black"
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=5,
+                          color=color)  # fmt: skip
+    for axes in grid.flat[len(confusions) :]:
+        axes.set_axis_off()
+    figure.colorbar(image, ax=grid, shrink=0.6, label="share of the true class")
+    figure.supxlabel("predicted class")
+    figure.supylabel("true class")
+    return figure
+
+
+def plot_learning_curves(curves: dict[str, tuple[str, list[float], list[float]]]) -> Figure:
+    """Training and validation error per step, one panel per iteratively trained model.
+
+    Args:
+        curves: per model, (the step's name, training errors, validation errors).
+    """
+    figure = Figure(figsize=(6 * len(curves), 4.5), layout="constrained")
+    for axes, (name, (step, train, validation)) in zip(
+        figure.subplots(1, len(curves), squeeze=False).flat, curves.items(), strict=True
+    ):
+        steps = np.arange(1, len(train) + 1)
+        axes.plot(steps, train, label="training")
+        axes.plot(steps, validation, label="validation")
+        best = int(np.argmin(validation))
+        axes.axvline(best + 1, color="0.6", linestyle="--", label=f"best validation ({best + 1})")
+        axes.set_xlabel(step)
+        axes.set_ylabel("error rate")
+        axes.set_title(name)
+        axes.legend()
+    return figure

@@ -24,7 +24,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import ModelEvaluation
-from tasks.figures import plot_f1_heatmap, plot_pareto
+from tasks.figures import (
+    plot_confusion_grid,
+    plot_f1_heatmap,
+    plot_learning_curves,
+    plot_pareto,
+)
 from tasks.ingest import CLASS_NAMES, RawDataset
 from tasks.preprocess import ProcessedDataset
 from tasks.significance import (
@@ -36,6 +41,7 @@ from tasks.significance import (
     rank_comparisons,
 )
 from tasks.storage import write_new_directory
+from tasks.train import PARAMS_FILE
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
@@ -53,6 +59,8 @@ EVALUATION_COLUMNS = [c for c in LEADERBOARD_COLUMNS if c not in ("rank", "accur
 PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
             "pandera", "matplotlib")  # fmt: skip
 TOP_PAIRS = 5
+CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
+LEARNING_CURVES_FILE = "learning_curves.png"
 
 
 def leaderboard(evaluations: list[ModelEvaluation], intervals: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +100,24 @@ def f1_by_class(evaluations: list[ModelEvaluation], models: list[str]) -> pd.Dat
     """Per-class test F1, one row per model in `models` order, one column per class."""
     by_name = {e.name: e.f1 for e in evaluations}
     return pd.DataFrame([by_name[m] for m in models], index=models, columns=list(CLASS_NAMES))
+
+
+def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, tuple[str, list, list]]:
+    """Training and validation error per step of the models whose training recorded them
+    (XGBoost rounds, CNN epochs), read from the `params.json` saved with each model."""
+    curves = {}
+    for e in evaluations:
+        params_file = e.model_dir / PARAMS_FILE
+        if not params_file.is_file():
+            continue
+        history = json.loads(params_file.read_text())["history"]
+        if "validation_merror" in history:
+            curves[e.name] = ("boosting round", history["train_merror"],
+                              history["validation_merror"])  # fmt: skip
+        elif "val_accuracy" in history:
+            errors = [[1 - a for a in history[key]] for key in ("accuracy", "val_accuracy")]
+            curves[e.name] = ("epoch", *errors)
+    return curves
 
 
 def confused_pairs(evaluations: list[ModelEvaluation], top: int = TOP_PAIRS) -> pd.DataFrame:
@@ -209,6 +235,7 @@ def render_markdown(
     findings: list[str],
     evaluations: list[ModelEvaluation],
     test_images: int,
+    models_with_curves: list[str],
 ) -> str:
     f1_table = f1_by_class(evaluations, list(board.model)).T.rename_axis("class").reset_index()
     fronts = []
@@ -241,11 +268,21 @@ def render_markdown(
         "![per-class F1](f1_by_class.png)",
         _markdown_table(f1_table, ".3f"),
         "## Confusion matrices",
+        "All models, each row scaled to its true class (the diagonal is recall):",
+        f"![confusion matrices, row-normalised]({CONFUSION_GRID_FILE})",
+        "Counts per model:",
         "\n\n".join(
             f"### {name}\n\n![{name} confusion matrix](confusion_matrix_{name}.png)"
             for name in board.model
         ),
     ]
+    if models_with_curves:
+        sections += [
+            "## Learning curves",
+            f"Training and validation error of {', '.join(models_with_curves)} per step; "
+            "the dashed line marks the best validation error.",
+            f"![learning curves]({LEARNING_CURVES_FILE})",
+        ]
     return "\n\n".join(sections) + "\n"
 
 
@@ -327,6 +364,7 @@ def write_report(
     pairs = confused_pairs(evaluations)
     difficulty = class_difficulty(evaluations)
     findings = write_analysis(board, comparisons, pairs, difficulty)
+    curves = learning_curves(evaluations)
 
     def write(staging: Path) -> None:
         board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
@@ -347,9 +385,15 @@ def write_report(
             figure.savefig(staging / figure_file, dpi=100)
         heatmap = plot_f1_heatmap(f1_by_class(evaluations, list(board.model)))
         heatmap.savefig(staging / "f1_by_class.png", dpi=100)
+        confusions = {name: by_name[name].confusion for name in board.model}
+        grid = plot_confusion_grid(confusions, list(CLASS_NAMES))
+        grid.savefig(staging / CONFUSION_GRID_FILE, dpi=100)
+        if curves:
+            plot_learning_curves(curves).savefig(staging / LEARNING_CURVES_FILE, dpi=100)
         markdown = render_markdown(
-            run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test)
-        )
+            run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test),
+            sorted(curves),
+        )  # fmt: skip
         (staging / "report.md").write_text(markdown)
 
     write_new_directory(target, write)

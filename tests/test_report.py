@@ -12,6 +12,7 @@ from tasks.report import (
     class_difficulty,
     confused_pairs,
     leaderboard,
+    learning_curves,
     pareto_front,
     write_report,
 )
@@ -113,7 +114,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
     expected |= {"test_probabilities.npz", "pareto_fit_time.png", "pareto_latency.png"}
-    expected |= {"f1_by_class.png"}
+    expected |= {"f1_by_class.png", "confusion_matrices_normalised.png"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
     assert {p.name for p in out.iterdir()} == expected
     for e in evaluations:
@@ -142,7 +143,8 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert "![perfect confusion matrix](confusion_matrix_perfect.png)" in report
     # Equal costs: only the most accurate model is on either front.
     assert "Against fit time (s), the front is: perfect." in report
-    for figure in ("pareto_fit_time.png", "pareto_latency.png", "f1_by_class.png"):
+    figures = ["pareto_fit_time.png", "pareto_latency.png", "f1_by_class.png"]
+    for figure in [*figures, "confusion_matrices_normalised.png"]:
         assert f"]({figure})" in report
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.index("| 1 | perfect |") < report.index("| 3 | mixed |")
@@ -201,3 +203,26 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():
     front = pareto_front(board, "fit_seconds")
     # slow_worse loses to fast_good on both; the two identical models both stay.
     assert board.model[front].tolist() == ["slow_best", "fast_good", "fast_tied", "cheapest"]
+
+
+def test_learning_curves_come_from_the_saved_training_history(tmp_path, evaluations):
+    boosted, trained_in_epochs = evaluations[0], evaluations[1]
+    history = {"train_merror": [0.3, 0.2, 0.1], "validation_merror": [0.35, 0.3, 0.32]}
+    (boosted.model_dir / "params.json").write_text(json.dumps({"history": history}))
+    epochs = {"accuracy": [0.7, 0.9], "val_accuracy": [0.75, 0.8], "loss": [1.0, 0.5]}
+    (trained_in_epochs.model_dir / "params.json").write_text(json.dumps({"history": epochs}))
+
+    curves = learning_curves(evaluations)
+    assert curves["mixed"] == ("boosting round", [0.3, 0.2, 0.1], [0.35, 0.3, 0.32])
+    step, train, validation = curves["perfect"]
+    assert (step, train, validation) == (
+        "epoch",
+        pytest.approx([0.3, 0.1]),
+        pytest.approx([0.25, 0.2]),
+    )
+    assert "shirtless" not in curves
+
+    out = write_report(evaluations, Y_TEST, np.arange(100), tmp_path / "r", "run-1", {}, seed=0)
+    assert (out.directory / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out.directory / "report.md").read_text()
+    assert "Training and validation error of mixed, perfect per step" in report
