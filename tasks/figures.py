@@ -101,3 +101,17 @@ def plot_learning_curves(curves: dict[str, tuple[str, list[float], list[float]]]
         axes.set_title(name)
         axes.legend()
     return figure
+
+
+def plot_misclassified(images: np.ndarray, captions: list[str], rows: int, title: str) -> Figure:
+    """A gallery of test images, `rows` rows of equal length, each with its caption."""
+    columns = -(-len(images) // rows)
+    figure = Figure(figsize=(1.6 * columns, 1.9 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in grid.flat:
+        axes.set_axis_off()
+    for axes, image, caption in zip(grid.flat, images, captions, strict=False):
+        axes.imshow(image.reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+        axes.set_title(caption, fontsize=7)
+    figure.suptitle(title)
+    return figure

@@ -28,6 +28,7 @@ from tasks.figures import (
     plot_confusion_grid,
     plot_f1_heatmap,
     plot_learning_curves,
+    plot_misclassified,
     plot_pareto,
 )
 from tasks.ingest import CLASS_NAMES, RawDataset
@@ -59,6 +60,9 @@ EVALUATION_COLUMNS = [c for c in LEADERBOARD_COLUMNS if c not in ("rank", "accur
 PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
             "pandera", "matplotlib")  # fmt: skip
 TOP_PAIRS = 5
+GALLERY_PAIRS = 3
+GALLERY_PER_PAIR = 6
+GALLERY_FILE = "misclassified_best_model.png"
 CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
 
@@ -118,6 +122,56 @@ def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, tuple[str, 
             errors = [[1 - a for a in history[key]] for key in ("accuracy", "val_accuracy")]
             curves[e.name] = ("epoch", *errors)
     return curves
+
+
+def misclassified_examples(
+    evaluation: ModelEvaluation, y_test: np.ndarray, pairs: int = GALLERY_PAIRS,
+    per_pair: int = GALLERY_PER_PAIR,
+) -> pd.DataFrame:  # fmt: skip
+    """The model's most confident mistakes on its `pairs` most frequent (true, predicted)
+    confusions: one row per test image, by position in the test arrays."""
+    confusion = np.asarray(evaluation.confusion)
+    np.fill_diagonal(confusion, 0)
+    top = np.dstack(np.unravel_index(np.argsort(confusion, axis=None)[::-1], confusion.shape))[0]
+    predicted = evaluation.test_predictions.load()
+    confidence = evaluation.test_probabilities.load().max(axis=1)
+    rows = []
+    for true, wrong in top[:pairs]:
+        if confusion[true, wrong] == 0:
+            break
+        positions = np.flatnonzero((y_test == true) & (predicted == wrong))
+        for position in positions[np.argsort(-confidence[positions], kind="stable")][:per_pair]:
+            rows.append(
+                {"position": int(position), "true": CLASS_NAMES[true],
+                 "predicted": CLASS_NAMES[wrong], "confidence": float(confidence[position])}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=["position", "true", "predicted", "confidence"])
+
+
+def strengths_and_limitations(
+    evaluations: list[ModelEvaluation], board: pd.DataFrame, y_test: np.ndarray
+) -> list[str]:
+    """Per model, the classes it handles best and worst; then where the models disagree."""
+    f1 = f1_by_class(evaluations, list(board.model))
+    sentences = []
+    for model, scores in f1.iterrows():
+        ordered = scores.sort_values()
+        best = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[::-1][:2].items())
+        worst = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[:2].items())
+        sentences.append(f"**{model}** is strongest on {best} and weakest on {worst} (F1).")
+    predictions = np.stack([e.test_predictions.load() for e in evaluations])
+    disagree = (predictions != predictions[0]).any(axis=0)
+    by_class = pd.Series(
+        [disagree[y_test == c].mean() for c in range(len(CLASS_NAMES))], index=list(CLASS_NAMES)
+    ).sort_values(ascending=False)
+    all_wrong = (predictions != y_test).all(axis=0)
+    sentences.append(
+        f"The {len(evaluations)} models disagree on {disagree.mean():.1%} of the test images, "
+        f"most on {by_class.index[0]} ({by_class.iloc[0]:.1%} of them) and "
+        f"{by_class.index[1]} ({by_class.iloc[1]:.1%}); {all_wrong.sum()} images "
+        f"({all_wrong.mean():.1%}) fool every model."
+    )
+    return sentences
 
 
 def confused_pairs(evaluations: list[ModelEvaluation], top: int = TOP_PAIRS) -> pd.DataFrame:
@@ -236,6 +290,8 @@ def render_markdown(
     evaluations: list[ModelEvaluation],
     test_images: int,
     models_with_curves: list[str],
+    strengths: list[str],
+    gallery_model: str | None,
 ) -> str:
     f1_table = f1_by_class(evaluations, list(board.model)).T.rename_axis("class").reset_index()
     fronts = []
@@ -260,6 +316,8 @@ def render_markdown(
         "A model is on the Pareto front when no other model is at least as accurate and at "
         "most as costly. Bars are the 95% confidence intervals.",
         *fronts,
+        "## Strengths and limitations",
+        "\n".join(f"- {sentence}" for sentence in strengths),
         "## Most confused class pairs (all models)",
         _markdown_table(pairs),
         "## Hardest classes",
@@ -276,6 +334,14 @@ def render_markdown(
             for name in board.model
         ),
     ]
+    if gallery_model:
+        sections += [
+            f"## Mistakes of {gallery_model}",
+            f"The test images {gallery_model} gets wrong with the most confidence, for each of "
+            f"its {GALLERY_PAIRS} most frequent confusions (true class as predicted class, "
+            "with the predicted class's probability).",
+            f"![mistakes of {gallery_model}]({GALLERY_FILE})",
+        ]
     if models_with_curves:
         sections += [
             "## Learning curves",
@@ -348,12 +414,14 @@ def write_report(
     run_id: str,
     context: dict,
     seed: int,
+    test_images: np.ndarray,
 ) -> Report:
     """Write the complete report for a run and point `<output_dir>/latest` at it.
 
     Args:
         context: JSON-ready facts about the run (config, seed, data hashes, validation).
         seed: seed of the bootstrap resamples.
+        test_images: the test images, scaled to [0, 1], for the gallery of mistakes.
     """
     target = output_dir / run_id
     by_name = {e.name: e for e in evaluations}
@@ -365,6 +433,9 @@ def write_report(
     difficulty = class_difficulty(evaluations)
     findings = write_analysis(board, comparisons, pairs, difficulty)
     curves = learning_curves(evaluations)
+    best = by_name[board.model.iloc[0]]
+    mistakes = misclassified_examples(best, y_test)
+    strengths = strengths_and_limitations(evaluations, board, y_test)
 
     def write(staging: Path) -> None:
         board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
@@ -390,9 +461,19 @@ def write_report(
         grid.savefig(staging / CONFUSION_GRID_FILE, dpi=100)
         if curves:
             plot_learning_curves(curves).savefig(staging / LEARNING_CURVES_FILE, dpi=100)
+        if len(mistakes):
+            captions = [
+                f"{m.true} as\n{m.predicted} ({m.confidence:.0%})" for m in mistakes.itertuples()
+            ]
+            rows = -(-len(mistakes) // GALLERY_PER_PAIR)
+            title = f"{best.name}: its most confident mistakes on its most frequent confusions"
+            gallery = plot_misclassified(
+                test_images[mistakes.position.to_numpy()], captions, rows, title
+            )
+            gallery.savefig(staging / GALLERY_FILE, dpi=100)
         markdown = render_markdown(
             run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test),
-            sorted(curves),
+            sorted(curves), strengths, best.name if len(mistakes) else None,
         )  # fmt: skip
         (staging / "report.md").write_text(markdown)
 
@@ -435,8 +516,10 @@ def report_task(
     context: dict,
     seed: int,
 ) -> Path:
-    y_test, test_index = data.load("y_test", "test_index")
-    report = write_report(evaluations, y_test, test_index, output_dir, run_id, context, seed)
+    y_test, test_index, x_test = data.load("y_test", "test_index", "x_test")
+    report = write_report(
+        evaluations, y_test, test_index, output_dir, run_id, context, seed, x_test
+    )
     create_table_artifact(
         key="fashion-mnist-leaderboard",
         table=report.leaderboard.round(4).to_dict(orient="records"),

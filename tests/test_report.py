@@ -13,12 +13,14 @@ from tasks.report import (
     confused_pairs,
     leaderboard,
     learning_curves,
+    misclassified_examples,
     pareto_front,
     write_report,
 )
 from tasks.storage import array_refs, save_arrays
 
 Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
+IMAGES = np.random.default_rng(0).random((100, 784), dtype=np.float32)
 
 
 def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvaluation:
@@ -105,7 +107,14 @@ def test_hardest_class_is_shirt(evaluations):
 def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     test_index = np.arange(100) * 7
     report = write_report(
-        evaluations, Y_TEST, test_index, tmp_path / "reports", "run-1", {"seed": 5}, seed=5
+        evaluations,
+        Y_TEST,
+        test_index,
+        tmp_path / "reports",
+        "run-1",
+        {"seed": 5},
+        seed=5,
+        test_images=IMAGES,
     )
     out = report.directory
     assert report.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
@@ -153,24 +162,32 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
 def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
     reports = tmp_path / "reports"
     first = write_report(
-        evaluations, Y_TEST, np.arange(100), reports, "run-1", {}, seed=0
+        evaluations, Y_TEST, np.arange(100), reports, "run-1", {}, seed=0, test_images=IMAGES
     ).directory
     broken = evaluations[0]
     broken.test_predictions.path.write_bytes(b"changed")  # its hash no longer matches
     with pytest.raises(RuntimeError, match=r"content hash"):
-        write_report(evaluations, Y_TEST, np.arange(100), reports, "run-2", {}, seed=0)
+        write_report(
+            evaluations, Y_TEST, np.arange(100), reports, "run-2", {}, seed=0, test_images=IMAGES
+        )
     assert sorted(p.name for p in reports.iterdir()) == ["latest", "run-1"]
     assert (reports / "latest").resolve() == first.resolve()
 
 
 def test_existing_run_is_never_overwritten(tmp_path, evaluations):
-    write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0)
+    write_report(
+        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0, test_images=IMAGES
+    )
     with pytest.raises(FileExistsError, match=r"run-1: already exists"):
-        write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0)
+        write_report(
+            evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0, test_images=IMAGES
+        )
 
 
 def test_report_says_which_differences_are_significant(tmp_path, evaluations):
-    out = write_report(evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1)
+    out = write_report(
+        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1, test_images=IMAGES
+    )
     board = pd.read_csv(out.directory / "leaderboard.csv")
     assert (board.accuracy_low <= board.test_accuracy).all()
     assert (board.test_accuracy <= board.accuracy_high).all()
@@ -222,7 +239,27 @@ def test_learning_curves_come_from_the_saved_training_history(tmp_path, evaluati
     )
     assert "shirtless" not in curves
 
-    out = write_report(evaluations, Y_TEST, np.arange(100), tmp_path / "r", "run-1", {}, seed=0)
+    out = write_report(
+        evaluations, Y_TEST, np.arange(100), tmp_path / "r", "run-1", {}, seed=0, test_images=IMAGES
+    )
     assert (out.directory / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out.directory / "report.md").read_text()
     assert "Training and validation error of mixed, perfect per step" in report
+
+
+def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, evaluations):
+    mixed, _, shirtless = evaluations  # the best of these two is `shirtless`
+    mistakes = misclassified_examples(shirtless, Y_TEST)
+    # Its only confusion: all 10 Shirts (positions 60-69) taken for T-shirts.
+    assert set(mistakes.position) == set(range(60, 66))  # 6 per pair at most
+    assert set(zip(mistakes.true, mistakes.predicted, strict=True)) == {("Shirt", "T-shirt/top")}
+
+    out = write_report([mixed, shirtless], Y_TEST, np.arange(100), tmp_path, "run-1", {},
+                       seed=0, test_images=IMAGES).directory  # fmt: skip
+    assert (out / "misclassified_best_model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "## Mistakes of shirtless" in report
+    assert "**shirtless** is strongest on " in report
+    assert "and weakest on Shirt (0.00)" in report
+    # mixed and shirtless differ on 3 T-shirts and 2 Coats: 5 of 100 images.
+    assert "The 2 models disagree on 5.0% of the test images" in report
