@@ -65,7 +65,8 @@ def build_ensemble(
     inputs = [
         (m.name, m.validation_probabilities.sha256, m.test_probabilities.sha256) for m in members
     ]
-    key = content_key(inputs, data.arrays["y_val"].sha256, code_version(__file__))
+    labels = [data.arrays[name].sha256 for name in ("y_val", "y_test")]
+    key = content_key(inputs, labels, code_version(__file__))
     target = cache_dir / "evaluations" / ENSEMBLE_NAME / key
 
     def mix_and_measure(staging: Path) -> None:
@@ -91,7 +92,7 @@ def build_ensemble(
         logger.info("reused the ensemble from %s", target)
     params = json.loads((target / WEIGHTS_FILE).read_text())
     fit_seconds = sum(m.fit_seconds for m in members)  # training it means training them all
-    return read_evaluation(target, ENSEMBLE_NAME, fit_seconds, target, params)
+    return read_evaluation(target, ENSEMBLE_NAME, fit_seconds, target, params, history={})
 
 
 @task(name="soft-voting-ensemble")

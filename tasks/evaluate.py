@@ -66,6 +66,7 @@ class ModelEvaluation:
     model_dir: Path
     params: dict
     confusion_figure: Path
+    history: dict[str, list[float]]
 
 
 def expected_calibration_error(
@@ -175,7 +176,7 @@ def write_evaluation(
 
 
 def read_evaluation(
-    entry: Path, name: str, fit_seconds: float, model_dir: Path, params: dict
+    entry: Path, name: str, fit_seconds: float, model_dir: Path, params: dict, history: dict
 ) -> ModelEvaluation:
     """The evaluation stored in a cache entry by `write_evaluation`."""
     return ModelEvaluation(
@@ -185,6 +186,7 @@ def read_evaluation(
         model_dir=model_dir,
         params=params,
         confusion_figure=entry / FIGURE_FILE,
+        history=history,
         **json.loads((entry / METRICS_FILE).read_text()),
     )
 
@@ -220,8 +222,9 @@ def evaluate_model(
     if cached_directory(target, predict_and_measure, refresh, logger):
         logger.info("reused the evaluation of %s from %s", trained.name, target)
     return read_evaluation(
-        target, trained.name, trained.fit_seconds, trained.directory, trained.params
-    )
+        target, trained.name, trained.fit_seconds, trained.directory, trained.params,
+        trained.history,
+    )  # fmt: skip
 
 
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")

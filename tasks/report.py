@@ -42,7 +42,6 @@ from tasks.significance import (
     rank_comparisons,
 )
 from tasks.storage import write_new_directory
-from tasks.train import PARAMS_FILE
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
@@ -65,6 +64,7 @@ GALLERY_PER_PAIR = 6
 GALLERY_FILE = "misclassified_best_model.png"
 CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
+F1_HEATMAP_FILE = "f1_by_class.png"
 
 
 def leaderboard(evaluations: list[ModelEvaluation], intervals: pd.DataFrame) -> pd.DataFrame:
@@ -108,13 +108,10 @@ def f1_by_class(evaluations: list[ModelEvaluation], models: list[str]) -> pd.Dat
 
 def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, tuple[str, list, list]]:
     """Training and validation error per step of the models whose training recorded them
-    (XGBoost rounds, CNN epochs), read from the `params.json` saved with each model."""
+    (XGBoost rounds, CNN epochs)."""
     curves = {}
     for e in evaluations:
-        params_file = e.model_dir / PARAMS_FILE
-        if not params_file.is_file():
-            continue
-        history = json.loads(params_file.read_text())["history"]
+        history = e.history
         if "validation_merror" in history:
             curves[e.name] = ("boosting round", history["train_merror"],
                               history["validation_merror"])  # fmt: skip
@@ -125,19 +122,17 @@ def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, tuple[str, 
 
 
 def misclassified_examples(
-    evaluation: ModelEvaluation, y_test: np.ndarray, pairs: int = GALLERY_PAIRS,
-    per_pair: int = GALLERY_PER_PAIR,
+    confusion: list[list[int]], predicted: np.ndarray, probabilities: np.ndarray,
+    y_test: np.ndarray, pairs: int = GALLERY_PAIRS, per_pair: int = GALLERY_PER_PAIR,
 ) -> pd.DataFrame:  # fmt: skip
-    """The model's most confident mistakes on its `pairs` most frequent (true, predicted)
+    """A model's most confident mistakes on its `pairs` most frequent (true, predicted)
     confusions: one row per test image, by position in the test arrays."""
-    confusion = np.asarray(evaluation.confusion)
-    np.fill_diagonal(confusion, 0)
-    top = np.dstack(np.unravel_index(np.argsort(confusion, axis=None)[::-1], confusion.shape))[0]
-    predicted = evaluation.test_predictions.load()
-    confidence = evaluation.test_probabilities.load().max(axis=1)
+    errors = np.asarray(confusion) * (1 - np.eye(len(CLASS_NAMES), dtype=int))
+    most_frequent = np.argsort(errors, axis=None, kind="stable")[::-1][:pairs]
+    confidence = probabilities.max(axis=1)
     rows = []
-    for true, wrong in top[:pairs]:
-        if confusion[true, wrong] == 0:
+    for true, wrong in zip(*np.unravel_index(most_frequent, errors.shape), strict=True):
+        if errors[true, wrong] == 0:
             break
         positions = np.flatnonzero((y_test == true) & (predicted == wrong))
         for position in positions[np.argsort(-confidence[positions], kind="stable")][:per_pair]:
@@ -149,24 +144,28 @@ def misclassified_examples(
 
 
 def strengths_and_limitations(
-    evaluations: list[ModelEvaluation], board: pd.DataFrame, y_test: np.ndarray
+    f1: pd.DataFrame, predicted: dict[str, np.ndarray], y_test: np.ndarray
 ) -> list[str]:
-    """Per model, the classes it handles best and worst; then where the models disagree."""
-    f1 = f1_by_class(evaluations, list(board.model))
+    """Per model, the classes it handles best and worst; then where the models disagree.
+
+    Args:
+        f1: per-class F1, one row per model (`f1_by_class`).
+        predicted: each model's test predictions.
+    """
     sentences = []
     for model, scores in f1.iterrows():
         ordered = scores.sort_values()
         best = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[::-1][:2].items())
         worst = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[:2].items())
         sentences.append(f"**{model}** is strongest on {best} and weakest on {worst} (F1).")
-    predictions = np.stack([e.test_predictions.load() for e in evaluations])
+    predictions = np.stack(list(predicted.values()))
     disagree = (predictions != predictions[0]).any(axis=0)
     by_class = pd.Series(
         [disagree[y_test == c].mean() for c in range(len(CLASS_NAMES))], index=list(CLASS_NAMES)
     ).sort_values(ascending=False)
     all_wrong = (predictions != y_test).all(axis=0)
     sentences.append(
-        f"The {len(evaluations)} models disagree on {disagree.mean():.1%} of the test images, "
+        f"The {len(predicted)} models disagree on {disagree.mean():.1%} of the test images, "
         f"most on {by_class.index[0]} ({by_class.iloc[0]:.1%} of them) and "
         f"{by_class.index[1]} ({by_class.iloc[1]:.1%}); {all_wrong.sum()} images "
         f"({all_wrong.mean():.1%}) fool every model."
@@ -287,17 +286,20 @@ def render_markdown(
     pairs: pd.DataFrame,
     difficulty: pd.DataFrame,
     findings: list[str],
-    evaluations: list[ModelEvaluation],
+    f1: pd.DataFrame,
+    fronts: dict[str, pd.Series],
     test_images: int,
     models_with_curves: list[str],
     strengths: list[str],
     gallery_model: str | None,
 ) -> str:
-    f1_table = f1_by_class(evaluations, list(board.model)).T.rename_axis("class").reset_index()
-    fronts = []
-    for cost, label, figure_file in PARETO_COSTS:
-        names = ", ".join(board.model[pareto_front(board, cost)])
-        fronts.append(f"Against {label}, the front is: {names}.\n\n![{label}]({figure_file})")
+    """report.md; `fronts` maps each Pareto cost column to its `pareto_front` mask."""
+    f1_table = f1.T.rename_axis("class").reset_index()
+    front_sections = [
+        f"Against {label}, the front is: {', '.join(board.model[fronts[cost]])}."
+        f"\n\n![{label}]({figure_file})"
+        for cost, label, figure_file in PARETO_COSTS
+    ]
     sections = [
         f"# Fashion-MNIST model comparison — run `{run_id}`",
         f"{len(board)} models, ranked by accuracy on {test_images} held-out test images. "
@@ -315,7 +317,7 @@ def render_markdown(
         "## Cost and accuracy",
         "A model is on the Pareto front when no other model is at least as accurate and at "
         "most as costly. Bars are the 95% confidence intervals.",
-        *fronts,
+        *front_sections,
         "## Strengths and limitations",
         "\n".join(f"- {sentence}" for sentence in strengths),
         "## Most confused class pairs (all models)",
@@ -323,7 +325,7 @@ def render_markdown(
         "## Hardest classes",
         _markdown_table(difficulty.reset_index(), ".3f"),
         "## Per-class F1",
-        "![per-class F1](f1_by_class.png)",
+        f"![per-class F1]({F1_HEATMAP_FILE})",
         _markdown_table(f1_table, ".3f"),
         "## Confusion matrices",
         "All models, each row scaled to its true class (the diagonal is recall):",
@@ -425,38 +427,43 @@ def write_report(
     """
     target = output_dir / run_id
     by_name = {e.name: e for e in evaluations}
+    # Each stored array is read (and its hash checked) once.
     predicted = {e.name: e.test_predictions.load() for e in evaluations}
+    probabilities = {e.name: e.test_probabilities.load() for e in evaluations}
     correct = {name: labels == y_test for name, labels in predicted.items()}
     board = leaderboard(evaluations, bootstrap_accuracy_intervals(correct, seed))
-    comparisons = rank_comparisons(board.model.tolist(), correct)
+    ranked = list(board.model)
+    comparisons = rank_comparisons(ranked, correct)
+    fronts = {cost: pareto_front(board, cost) for cost, _, _ in PARETO_COSTS}
+    f1 = f1_by_class(evaluations, ranked)
     pairs = confused_pairs(evaluations)
     difficulty = class_difficulty(evaluations)
     findings = write_analysis(board, comparisons, pairs, difficulty)
     curves = learning_curves(evaluations)
-    best = by_name[board.model.iloc[0]]
-    mistakes = misclassified_examples(best, y_test)
-    strengths = strengths_and_limitations(evaluations, board, y_test)
+    best = ranked[0]
+    mistakes = misclassified_examples(
+        by_name[best].confusion, predicted[best], probabilities[best], y_test
+    )
+    strengths = strengths_and_limitations(f1, {name: predicted[name] for name in ranked}, y_test)
 
     def write(staging: Path) -> None:
         board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
         predictions = pd.DataFrame({"index": test_index, "true_label": y_test})
-        for name in board.model:
+        for name in ranked:
             predictions[name] = predicted[name]
         predictions.to_csv(staging / "test_predictions.csv", index=False)
         np.savez_compressed(
-            staging / "test_probabilities.npz",
-            **{name: by_name[name].test_probabilities.load() for name in board.model},
+            staging / "test_probabilities.npz", **{name: probabilities[name] for name in ranked}
         )
         document = metrics_document(run_id, evaluations, board, comparisons, context)
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
             shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
         for cost, label, figure_file in PARETO_COSTS:
-            figure = plot_pareto(board, cost, label, pareto_front(board, cost))
+            figure = plot_pareto(board, cost, label, fronts[cost])
             figure.savefig(staging / figure_file, dpi=100)
-        heatmap = plot_f1_heatmap(f1_by_class(evaluations, list(board.model)))
-        heatmap.savefig(staging / "f1_by_class.png", dpi=100)
-        confusions = {name: by_name[name].confusion for name in board.model}
+        plot_f1_heatmap(f1).savefig(staging / F1_HEATMAP_FILE, dpi=100)
+        confusions = {name: by_name[name].confusion for name in ranked}
         grid = plot_confusion_grid(confusions, list(CLASS_NAMES))
         grid.savefig(staging / CONFUSION_GRID_FILE, dpi=100)
         if curves:
@@ -466,14 +473,14 @@ def write_report(
                 f"{m.true} as\n{m.predicted} ({m.confidence:.0%})" for m in mistakes.itertuples()
             ]
             rows = -(-len(mistakes) // GALLERY_PER_PAIR)
-            title = f"{best.name}: its most confident mistakes on its most frequent confusions"
+            title = f"{best}: its most confident mistakes on its most frequent confusions"
             gallery = plot_misclassified(
                 test_images[mistakes.position.to_numpy()], captions, rows, title
             )
             gallery.savefig(staging / GALLERY_FILE, dpi=100)
         markdown = render_markdown(
-            run_id, board, comparisons, pairs, difficulty, findings, evaluations, len(y_test),
-            sorted(curves), strengths, best.name if len(mistakes) else None,
+            run_id, board, comparisons, pairs, difficulty, findings, f1, fronts, len(y_test),
+            sorted(curves), strengths, best if len(mistakes) else None,
         )  # fmt: skip
         (staging / "report.md").write_text(markdown)
 

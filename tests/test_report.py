@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
         model_dir=directory,
         params={"depth": 3},
         confusion_figure=figure,
+        history={},
         **array_refs(directory, list(arrays)),
         **metrics,
     )
@@ -222,12 +224,15 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():
     assert board.model[front].tolist() == ["slow_best", "fast_good", "fast_tied", "cheapest"]
 
 
-def test_learning_curves_come_from_the_saved_training_history(tmp_path, evaluations):
-    boosted, trained_in_epochs = evaluations[0], evaluations[1]
+def test_learning_curves_come_from_the_training_history(tmp_path, evaluations):
+    boosted, trained_in_epochs, untracked = evaluations
     history = {"train_merror": [0.3, 0.2, 0.1], "validation_merror": [0.35, 0.3, 0.32]}
-    (boosted.model_dir / "params.json").write_text(json.dumps({"history": history}))
     epochs = {"accuracy": [0.7, 0.9], "val_accuracy": [0.75, 0.8], "loss": [1.0, 0.5]}
-    (trained_in_epochs.model_dir / "params.json").write_text(json.dumps({"history": epochs}))
+    evaluations = [
+        replace(boosted, history=history),
+        replace(trained_in_epochs, history=epochs),
+        untracked,
+    ]
 
     curves = learning_curves(evaluations)
     assert curves["mixed"] == ("boosting round", [0.3, 0.2, 0.1], [0.35, 0.3, 0.32])
@@ -249,7 +254,12 @@ def test_learning_curves_come_from_the_saved_training_history(tmp_path, evaluati
 
 def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, evaluations):
     mixed, _, shirtless = evaluations  # the best of these two is `shirtless`
-    mistakes = misclassified_examples(shirtless, Y_TEST)
+    mistakes = misclassified_examples(
+        shirtless.confusion,
+        shirtless.test_predictions.load(),
+        shirtless.test_probabilities.load(),
+        Y_TEST,
+    )
     # Its only confusion: all 10 Shirts (positions 60-69) taken for T-shirts.
     assert set(mistakes.position) == set(range(60, 66))  # 6 per pair at most
     assert set(zip(mistakes.true, mistakes.predicted, strict=True)) == {("Shirt", "T-shirt/top")}

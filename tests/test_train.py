@@ -54,6 +54,7 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
     assert record["fit_seconds"] > 0
 
     evaluation = evaluate_model(trained, processed, tmp_path, threads=1)
+    assert evaluation.history == trained.history  # the report's learning curves use it
     assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
     assert evaluation.confusion_figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     x_test, y_test = processed.load("x_test", "y_test")
