@@ -33,6 +33,7 @@ from tasks.figures import (
 )
 from tasks.ingest import CLASS_NAMES, RawDataset
 from tasks.preprocess import ProcessedDataset
+from tasks.report_html import render_html
 from tasks.significance import (
     ALPHA,
     BOOTSTRAP_RESAMPLES,
@@ -483,6 +484,8 @@ def write_report(
             sorted(curves), strengths, best if len(mistakes) else None,
         )  # fmt: skip
         (staging / "report.md").write_text(markdown)
+        page = render_html(markdown, staging, f"Fashion-MNIST model comparison, run {run_id}")
+        (staging / "report.html").write_text(page)
 
     write_new_directory(target, write)
     point_latest_at(target)
@@ -527,6 +530,7 @@ def report_task(
     report = write_report(
         evaluations, y_test, test_index, output_dir, run_id, context, seed, x_test
     )
+    html_report = report.directory.resolve() / "report.html"
     create_table_artifact(
         key="fashion-mnist-leaderboard",
         table=report.leaderboard.round(4).to_dict(orient="records"),
@@ -536,7 +540,8 @@ def report_task(
         f"# Run {run_id}",
         _markdown_table(readable_leaderboard(report.leaderboard)),
         *[f"- {finding}" for finding in report.findings],
-        f"Full report: `{report.directory.resolve() / 'report.md'}`",
+        f"Full report, one self-contained page: [report.html]({html_report.as_uri()}) "
+        f"(`{html_report}`; the same as markdown beside it in `report.md`)",
     ]
     create_markdown_artifact(
         key="fashion-mnist-summary",

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from sklearn.metrics import log_loss
 
 from flows.full_pipeline import full_pipeline, main
@@ -152,6 +154,53 @@ def test_quick_profile_on_real_data(quick_run):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-cnn"])), limit=1
         )
     assert [(a.type, a.data) for a in progress] == [("progress", 100.0)]
+
+
+@pytest.mark.slow
+def test_html_report_renders_in_headless_chromium(quick_run):
+    from playwright.sync_api import sync_playwright
+
+    _, report_dir, _ = quick_run
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("no chromium on PATH: apt-get install chromium (.ci/run does)")
+    page_file = report_dir / "report.html"
+    board = pd.read_csv(report_dir / "leaderboard.csv")
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (report_dir / "report.md").read_text())
+    problems, requested = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        page = browser.new_context(offline=True).new_page()  # readable with no network
+        page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all(
+            "img", "all => all.map(i => [i.complete, i.naturalWidth, i.width])"
+        )
+        leaderboard_rows = page.eval_on_selector(
+            "table", "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.innerText))"
+        )
+        headings = page.eval_on_selector_all("h2", "all => all.map(h => h.innerText)")
+        browser.close()
+
+    assert problems == []
+    assert [url for url in requested if not url.startswith("data:")] == [page_file.as_uri()]
+    assert len(images) == len(figures) >= 10
+    assert all(complete for complete, _, _ in images)
+    assert min(min(natural, shown) for _, natural, shown in images) > 300  # pixels wide
+    assert [row[1] for row in leaderboard_rows] == board.model.tolist()
+    assert [row[2] for row in leaderboard_rows] == [f"{a:.4f}" for a in board.test_accuracy]
+    assert headings[:3] == ["Leaderboard", "Analysis", "Which differences are real"]
+
+    with get_client(sync_client=True) as client:
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fashion-mnist-summary"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert f"[report.html]({page_file.as_uri()})" in summary.data
 
 
 def cache_entries(workdir: Path) -> dict[str, list[Path]]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
+    expected |= {"report.html"}
     expected |= {"test_probabilities.npz", "pareto_fit_time.png", "pareto_latency.png"}
     expected |= {"f1_by_class.png", "confusion_matrices_normalised.png"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}
@@ -159,6 +161,11 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
         assert f"]({figure})" in report
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.index("| 1 | perfect |") < report.index("| 3 | mixed |")
+    page = (out / "report.html").read_text()
+    figure_links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert len(figure_links) == 7
+    assert page.count('<img src="data:image/png;base64,') == len(figure_links)
+    assert "<td>perfect</td>" in page
 
 
 def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
