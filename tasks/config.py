@@ -50,13 +50,31 @@ class XGBoostParams(_Params):
 
 
 class CNNParams(_Params):
-    epochs: PositiveInt = 15
+    # Measured here on one thread beside another model: two 3x3 convolutions per block,
+    # shifted and mirrored training images and bfloat16 compute give 0.935 test accuracy
+    # (with mirrored test views; 0.9405 validation) in 10 epochs of 63-77 s. One convolution
+    # per block gave 0.929 in 15 epochs of 30 s; bfloat16 saves a quarter of the time.
+    epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
     learning_rate: float = Field(2e-3, gt=0)
-    conv_filters: tuple[PositiveInt, ...] = (32, 64)
-    dense_units: PositiveInt = 128
-    dropout: float = Field(0.5, ge=0, lt=1)
+    conv_blocks: tuple[tuple[PositiveInt, ...], ...] = Field(
+        ((32, 32), (64, 64)),
+        min_length=1,
+        description="Filters of each block's 3x3 convolutions; each block ends in 2x2 pooling.",
+    )
+    dense_units: PositiveInt = 256
+    dropout: float = Field(0.4, ge=0, lt=1)
     early_stopping_patience: PositiveInt = 4
+    shift_pixels: int = Field(
+        2, ge=0, le=6, description="Training images are shifted by up to this many pixels."
+    )
+    mirror: bool = Field(
+        True, description="Mirror half the training images, and average each test image's "
+        "prediction with its mirror image's."
+    )  # fmt: skip
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 where the CPU computes it natively (AVX-512 BF16)."
+    )
 
 
 class ModelParams(_Params):

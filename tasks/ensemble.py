@@ -20,6 +20,7 @@ from scipy.special import softmax
 from tasks.evaluate import ModelEvaluation, read_evaluation, write_evaluation
 from tasks.preprocess import ProcessedDataset
 from tasks.storage import cached_directory, code_version, content_key
+from tasks.train import TrainedModel
 
 ENSEMBLE_NAME = "ensemble"
 WEIGHTS_FILE = "weights.json"
@@ -82,6 +83,7 @@ def build_ensemble(
         # Predicting with the ensemble means predicting with every member.
         cost = {
             "predict_seconds": sum(m.predict_seconds for m in members),
+            "predict_cpu_seconds": sum(m.predict_cpu_seconds for m in members),
             "model_size_mb": sum(m.model_size_mb for m in members),
         }
         write_evaluation(
@@ -91,8 +93,12 @@ def build_ensemble(
     if cached_directory(target, mix_and_measure, refresh, logger):
         logger.info("reused the ensemble from %s", target)
     params = json.loads((target / WEIGHTS_FILE).read_text())
-    fit_seconds = sum(m.fit_seconds for m in members)  # training it means training them all
-    return read_evaluation(target, ENSEMBLE_NAME, fit_seconds, target, params, history={})
+    # Training it means training them all.
+    fit = TrainedModel(
+        ENSEMBLE_NAME, target, sum(m.fit_seconds for m in members),
+        sum(m.fit_cpu_seconds for m in members), params,
+    )  # fmt: skip
+    return read_evaluation(target, fit)
 
 
 @task(name="soft-voting-ensemble")

@@ -59,6 +59,8 @@ class ModelEvaluation:
     fit_seconds: float
     predict_seconds: float
     predict_ms_per_1000: float
+    fit_cpu_seconds: float  # as `TrainedModel.fit_cpu_seconds`
+    predict_cpu_seconds: float
     model_size_mb: float
     test_predictions: ArrayRef
     test_probabilities: ArrayRef
@@ -146,7 +148,7 @@ def write_evaluation(
 
     Args:
         title: the model's name, shown on its confusion-matrix figure.
-        cost: `predict_seconds` and `model_size_mb`.
+        cost: `predict_seconds`, `predict_cpu_seconds` and `model_size_mb`.
     """
     validation_probabilities = _as_stored(validation_probabilities)
     probabilities = _as_stored(test_probabilities)
@@ -163,6 +165,7 @@ def write_evaluation(
         "validation_accuracy": float(accuracy_score(y_val, validation_probabilities.argmax(1))),
         "predict_seconds": cost["predict_seconds"],
         "predict_ms_per_1000": 1e6 * cost["predict_seconds"] / len(y_test),
+        "predict_cpu_seconds": cost["predict_cpu_seconds"],
         "model_size_mb": cost["model_size_mb"],
         "log_loss": float(log_loss(y_test, probabilities, labels=LABELS)),
         "calibration_error": expected_calibration_error(y_test, probabilities),
@@ -175,18 +178,18 @@ def write_evaluation(
     figure.savefig(staging / FIGURE_FILE, dpi=100)
 
 
-def read_evaluation(
-    entry: Path, name: str, fit_seconds: float, model_dir: Path, params: dict, history: dict
-) -> ModelEvaluation:
-    """The evaluation stored in a cache entry by `write_evaluation`."""
+def read_evaluation(entry: Path, fit: TrainedModel) -> ModelEvaluation:
+    """The evaluation stored in a cache entry by `write_evaluation`, with the model's
+    name, directory, parameters, fit times and learning curves from `fit`."""
     return ModelEvaluation(
-        name=name,
-        fit_seconds=fit_seconds,
+        name=fit.name,
+        fit_seconds=fit.fit_seconds,
+        fit_cpu_seconds=fit.fit_cpu_seconds,
         **array_refs(entry, PROBABILITY_ARRAYS),
-        model_dir=model_dir,
-        params=params,
+        model_dir=fit.directory,
+        params=fit.params,
         confusion_figure=entry / FIGURE_FILE,
-        history=history,
+        history=fit.history,
         **json.loads((entry / METRICS_FILE).read_text()),
     )
 
@@ -210,21 +213,20 @@ def evaluate_model(
         classifier = load_model(trained.directory, threads)
         x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
         validation_probabilities = classifier.predict_proba(x_val)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         probabilities = classifier.predict_proba(x_test)
-        predict_seconds = time.perf_counter() - started
-        model_bytes = sum(p.stat().st_size for p in trained.directory.glob("model.*"))
-        cost = {"predict_seconds": predict_seconds, "model_size_mb": model_bytes / 1e6}
+        cost = {
+            "predict_seconds": time.perf_counter() - started,
+            "predict_cpu_seconds": time.process_time() - cpu_started,
+            "model_size_mb": sum(p.stat().st_size for p in trained.directory.glob("model.*")) / 1e6,
+        }
         write_evaluation(
             staging, trained.name, y_val, validation_probabilities, y_test, probabilities, cost
         )
 
     if cached_directory(target, predict_and_measure, refresh, logger):
         logger.info("reused the evaluation of %s from %s", trained.name, target)
-    return read_evaluation(
-        target, trained.name, trained.fit_seconds, trained.directory, trained.params,
-        trained.history,
-    )  # fmt: skip
+    return read_evaluation(target, trained)
 
 
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")

@@ -259,7 +259,7 @@ COLUMN_FORMATS = {
 }  # fmt: skip
 
 
-def _markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
+def markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
     """Floats with `floats` digits, except times and sizes, which need fewer."""
     formats = [COLUMN_FORMATS.get(column, floats) for column in frame.columns]
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(formats)]
@@ -307,14 +307,14 @@ def render_markdown(
         f"The 95% confidence intervals come from {BOOTSTRAP_RESAMPLES} paired bootstrap "
         "resamples of the test set.",
         "## Leaderboard",
-        _markdown_table(readable_leaderboard(board)),
+        markdown_table(readable_leaderboard(board)),
         "## Analysis",
         "\n".join(f"- {finding}" for finding in findings),
         "## Which differences are real",
         "McNemar's exact test on the test images, for each model against the one ranked "
         f"just above it and against the best; significant means p < {ALPHA}.",
         "\n".join(f"- {sentence}" for sentence in describe_comparisons(comparisons)),
-        _markdown_table(comparisons, ".3g"),
+        markdown_table(comparisons, ".3g"),
         "## Cost and accuracy",
         "A model is on the Pareto front when no other model is at least as accurate and at "
         "most as costly. Bars are the 95% confidence intervals.",
@@ -322,12 +322,12 @@ def render_markdown(
         "## Strengths and limitations",
         "\n".join(f"- {sentence}" for sentence in strengths),
         "## Most confused class pairs (all models)",
-        _markdown_table(pairs),
+        markdown_table(pairs),
         "## Hardest classes",
-        _markdown_table(difficulty.reset_index(), ".3f"),
+        markdown_table(difficulty.reset_index(), ".3f"),
         "## Per-class F1",
         f"![per-class F1]({F1_HEATMAP_FILE})",
-        _markdown_table(f1_table, ".3f"),
+        markdown_table(f1_table, ".3f"),
         "## Confusion matrices",
         "All models, each row scaled to its true class (the diagonal is recall):",
         f"![confusion matrices, row-normalised]({CONFUSION_GRID_FILE})",
@@ -383,6 +383,8 @@ def metrics_document(
         models[e.name] = {
             "rank": int(ranked.loc[e.name, "rank"]),
             **{key: float(ranked.loc[e.name, key]) for key in LEADERBOARD_COLUMNS[2:]},
+            "fit_cpu_seconds": e.fit_cpu_seconds,
+            "predict_cpu_seconds": e.predict_cpu_seconds,
             "per_class": per_class,
             "confusion_matrix": e.confusion,
             "params": e.params,
@@ -538,7 +540,7 @@ def report_task(
     )
     summary = [
         f"# Run {run_id}",
-        _markdown_table(readable_leaderboard(report.leaderboard)),
+        markdown_table(readable_leaderboard(report.leaderboard)),
         *[f"- {finding}" for finding in report.findings],
         f"Full report, one self-contained page: [report.html]({html_report.as_uri()}) "
         f"(`{html_report}`; the same as markdown beside it in `report.md`)",

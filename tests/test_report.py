@@ -46,6 +46,8 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
         fit_seconds=12.0,
         predict_seconds=0.5,
         predict_ms_per_1000=5.0,
+        fit_cpu_seconds=11.0,
+        predict_cpu_seconds=0.4,
         model_size_mb=1.5,
         model_dir=directory,
         params={"depth": 3},

@@ -17,13 +17,17 @@ from tasks.train import (
     build_model,
     load_model,
     native_stderr_without,
+    shift_and_mirror,
     train_model,
 )
 
 SMALL = ModelParams(
     random_forest=RandomForestParams(n_estimators=20),
     xgboost=XGBoostParams(n_estimators=30, early_stopping_rounds=5),
-    cnn=CNNParams(epochs=4, batch_size=32, conv_filters=(8, 16), dense_units=32),
+    # Class k is a band of rows 2 apart, so shifting would blur the classes into each other.
+    cnn=CNNParams(
+        epochs=4, batch_size=32, conv_blocks=((8,), (16,)), dense_units=32, shift_pixels=0
+    ),
 )
 MODEL_FILES = {
     "logistic_regression": "model.joblib",
@@ -151,3 +155,21 @@ def test_blas_limit_outlives_a_fit_so_a_parallel_fit_keeps_it(tmp_path, processe
     blas_pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas_pools
     assert {pool["num_threads"] for pool in blas_pools} == {1}
+
+
+def test_shift_and_mirror_moves_each_image_within_bounds():
+    images = np.zeros((400, 28, 28, 1), dtype=np.float32)
+    images[:, 10, 5] = 1.0  # one bright pixel, far enough from every edge
+    shifted = shift_and_mirror(images, 2, mirror=True, rng=np.random.default_rng(0))
+    again = shift_and_mirror(images, 2, mirror=True, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(shifted, again)
+    assert images[:, 10, 5].all()  # the input is left as it was
+    _, rows, columns, _ = np.nonzero(shifted)
+    assert len(rows) == len(images)  # no pixel lost or duplicated
+    assert set(rows) == set(range(8, 13))
+    mirrored = columns > 13
+    assert set(columns[~mirrored]) == set(range(3, 8))
+    assert set(columns[mirrored]) == set(range(20, 25))  # column 27 - 5 = 22, shifted
+    assert 0.4 < mirrored.mean() < 0.6
+    unchanged = shift_and_mirror(images, 0, mirror=False, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(unchanged, images)
