@@ -35,7 +35,7 @@ from tasks.config import PipelineConfig, build_config
 from tasks.ensemble import ENSEMBLE_NAME, build_ensemble
 from tasks.evaluate import ModelEvaluation, evaluate_model
 from tasks.ingest import ingest_dataset
-from tasks.preprocess import preprocess_dataset
+from tasks.preprocess import ProcessedDataset, preprocess_dataset
 from tasks.report import markdown_table, run_context, write_report
 from tasks.train import TrainingContext, train_model
 from tasks.validate import validate_raw_dataset
@@ -58,7 +58,9 @@ def timed(times: dict[str, float], stage: str) -> Iterator[None]:
     times[stage] = time.perf_counter() - started
 
 
-def _train_and_evaluate(name: str, config: PipelineConfig, data) -> ModelEvaluation:
+def _train_and_evaluate(
+    name: str, config: PipelineConfig, data: ProcessedDataset
+) -> ModelEvaluation:
     context = TrainingContext(config.seed, config.model_threads)
     trained = train_model(name, config.params, data, config.cache_dir, context)
     return evaluate_model(trained, data, config.cache_dir, config.model_threads)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
+import mimetypes
 from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-               ".svg": "image/svg+xml"}  # fmt: skip
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
@@ -31,8 +30,8 @@ code { background: #f6f8fa; padding: .1em .3em; border-radius: 4px; }
 
 
 def _data_uri(path: Path) -> str:
-    media_type = IMAGE_TYPES.get(path.suffix.lower())
-    if media_type is None:
+    media_type, _ = mimetypes.guess_type(path.name)
+    if media_type is None or not media_type.startswith("image/"):
         raise ValueError(f"{path}: the report refers to a figure of unknown type")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the report refers to this figure, which does not exist")
