@@ -31,10 +31,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
@@ -65,6 +67,9 @@ class TrainingContext:
     threads: int
     logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
     report_progress: Callable[[float], None] = lambda fraction: None
+    # Validation accuracy part-way through a fit (step: boosting round or epoch); the
+    # tuning stage prunes a trial by raising from it.
+    report_validation: Callable[[int, float], None] = lambda step, accuracy: None
 
 
 class Classifier(Protocol):
@@ -138,6 +143,7 @@ class XGBoostProgress(xgboost.callback.TrainingCallback):
         self.rounds = rounds
         self.logger = context.logger
         self.report_progress = context.report_progress
+        self.report_validation = context.report_validation
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
         if (epoch + 1) % XGBOOST_LOG_EVERY == 0:
@@ -147,6 +153,7 @@ class XGBoostProgress(xgboost.callback.TrainingCallback):
                 "xgboost round %d: validation error %.4f, log-loss %.4f",
                 epoch + 1, validation["merror"][-1], validation["mlogloss"][-1],
             )  # fmt: skip
+            self.report_validation(epoch + 1, 1 - validation["merror"][-1])
         return False
 
 
@@ -269,10 +276,12 @@ def build_cnn_network(params: CNNParams, seed: int, policy: str = "float32"):
     import keras
     from keras import layers
 
+    from tasks.keras_layers import FusedBatchNormalization
+
     # Momentum 0.9 (Keras: 0.99) lets BatchNorm's moving statistics settle within the
     # few hundred steps of a short run; with 0.99 a two-epoch model predicts near chance.
     def normalise(x):
-        return layers.BatchNormalization(momentum=0.9, dtype=policy)(x)
+        return FusedBatchNormalization(momentum=0.9, dtype=policy)(x)
 
     inputs = keras.Input(shape=(*IMAGE_SHAPE, 1))
     x = inputs
@@ -309,6 +318,11 @@ def shift_and_mirror(
     return images
 
 
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """Class indices as one-hot rows: the targets label smoothing works on."""
+    return np.eye(N_CLASSES, dtype=np.float32)[labels]
+
+
 def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int):
     """Shuffled training batches, freshly shifted and mirrored each epoch in numpy (a few
     milliseconds per batch, against seconds for Keras' random-transform layers).
@@ -332,7 +346,8 @@ def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int
         def __getitem__(self, index: int):
             rows = self.order[index * params.batch_size : (index + 1) * params.batch_size]
             rng = np.random.default_rng([seed, self.epoch, index])
-            return shift_and_mirror(x[rows], params.shift_pixels, params.mirror, rng), y[rows]
+            images = shift_and_mirror(x[rows], params.shift_pixels, params.mirror, rng)
+            return images, one_hot(y[rows])
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -366,13 +381,13 @@ class KerasCNN:
         # No jit_compile: XLA made an epoch 4x slower on a 2-core CPU.
         self.model.compile(
             optimizer=keras.optimizers.Adam(schedule),
-            loss="sparse_categorical_crossentropy",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.params.label_smoothing),
             metrics=["accuracy"],
         )
-        logger, report_progress, epochs = (
-            self.context.logger,
+        logger, epochs = self.context.logger, self.params.epochs
+        report_progress, report_validation = (
             self.context.report_progress,
-            self.params.epochs,
+            self.context.report_validation,
         )
 
         class LogProgress(keras.callbacks.Callback):
@@ -382,11 +397,12 @@ class KerasCNN:
                     "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
                     epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
                 )  # fmt: skip
+                report_validation(epoch + 1, logs["val_accuracy"])
 
         history = self.model.fit(
             batches,
             epochs=self.params.epochs,
-            validation_data=(to_image_tensor(x_val), y_val),
+            validation_data=(to_image_tensor(x_val), one_hot(y_val)),
             callbacks=[
                 keras.callbacks.EarlyStopping(
                     monitor="val_accuracy",
@@ -415,6 +431,8 @@ class KerasCNN:
         start_tensorflow(threads)
         import keras
 
+        import tasks.keras_layers  # noqa: F401  (registers the CNN's own layers for loading)
+
         params = CNNParams(**json.loads((directory / PARAMS_FILE).read_text())["params"])
         loaded = cls(params, TrainingContext(seed=0, threads=threads))
         loaded.model = keras.models.load_model(directory / cls.model_file)
@@ -441,6 +459,8 @@ def build_svm(p: SVMParams, context: TrainingContext):
     svm = SVC(
         kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=context.seed
     )
+    if p.pca_components:
+        svm = make_pipeline(PCA(p.pca_components, random_state=context.seed), svm)
     return SklearnClassifier(svm, context.threads, context.logger)
 
 

@@ -173,3 +173,23 @@ def test_shift_and_mirror_moves_each_image_within_bounds():
     assert 0.4 < mirrored.mean() < 0.6
     unchanged = shift_and_mirror(images, 0, mirror=False, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(unchanged, images)
+
+
+@pytest.mark.parametrize("shape", [(16, 5, 5, 3), (16, 7)])
+def test_fused_batch_normalisation_matches_keras(shape):
+    import keras
+
+    from tasks.keras_layers import FusedBatchNormalization
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype(np.float32)
+    fused, reference = (
+        FusedBatchNormalization(momentum=0.9),
+        keras.layers.BatchNormalization(momentum=0.9),
+    )
+    np.testing.assert_allclose(fused(x, training=True), reference(x, training=True), atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, rtol=1e-5)
+    assert np.all(np.asarray(fused.moving_variance) > 1)  # moved from 1 towards the data's 9
+    reference.moving_variance.assign(fused.moving_variance)
+    np.testing.assert_allclose(fused(x), reference(x), atol=1e-5)  # inference statistics
+    restored = FusedBatchNormalization.from_config(fused.get_config())
+    assert (restored.momentum, restored.epsilon) == (0.9, 1e-3)
