@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -25,9 +25,17 @@ from tasks.ensemble import ensemble_task
 from tasks.errors import PipelineInputError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
-from tasks.preprocess import preprocess_task
+from tasks.preprocess import ProcessedDataset, preprocess_task
 from tasks.report import CONSOLE_COLUMNS, report_task, run_context
 from tasks.train import train_task
+from tasks.tune import (
+    TrialRequest,
+    TuningSession,
+    TuningSummary,
+    trial_task,
+    tuned_params,
+    write_profile,
+)
 from tasks.validate import validate_task
 
 
@@ -49,6 +57,31 @@ def training_runner(config: PipelineConfig) -> TaskRunner:
     # One single-threaded worker process per model slot, reachable on loopback only.
     cluster = {"n_workers": config.parallel_models, "threads_per_worker": 1, "processes": True}
     return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
+
+
+def tune_models(
+    pool: TaskRunner, config: PipelineConfig, data: ProcessedDataset, study_dir: Path
+) -> list[TuningSummary]:
+    """Run the session's trials on `pool`, `parallel_models` at a time, until every
+    model's budget is used."""
+    session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
+    running: dict[PrefectFuture, TrialRequest] = {}
+    while True:
+        while len(running) < config.parallel_models and (request := session.next_trial()):
+            parameters = {
+                "request": request,
+                "params": config.params,
+                "data": data,
+                "study_dir": study_dir,
+                "train_subset_size": config.tune.train_subset_size,
+                "seed": config.seed,
+                "threads": config.model_threads,
+            }
+            running[pool.submit(trial_task, parameters)] = request
+        if not running:
+            return session.summaries()
+        finished = next(as_completed(list(running)))
+        session.record(running.pop(finished), finished.result())
 
 
 @flow(name="fashion-mnist-pipeline")
@@ -79,14 +112,24 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
         "stage 3/5: train %s, %d at a time (%s)",
         ", ".join(config.models), config.parallel_models, config.task_runner,
     )  # fmt: skip
-    threads = config.model_threads
+    threads, params, tuning = config.model_threads, config.params, []
     with training_runner(config) as pool:
+        if config.tune.enabled:
+            logger.info(
+                "tuning %s on the validation split, %.1f min each, %d trials at a time",
+                ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
+            )  # fmt: skip
+            tuning = tune_models(pool, config, data, cache / "tuning" / run_id)
+            params = tuned_params(params, tuning)
+            if config.tune.save_profile:
+                write_profile(config.tune.save_profile, tuning)
+                logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
         trainings = [
             pool.submit(
                 train_task,
                 {
                     "name": name,
-                    "params": config.params,
+                    "params": params,
                     "data": data,
                     "cache_dir": cache,
                     "seed": config.seed,
@@ -117,7 +160,7 @@ def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B
         ensemble = ensemble_task(results, data, cache, config.ensemble_size, refresh)
         results = [*results, ensemble]
     context = run_context(config, raw, validation, data)
-    return report_task(results, data, config.output_dir, run_id, context, config.seed)
+    return report_task(results, data, config.output_dir, run_id, context, config.seed, tuning)
 
 
 class _OneLineInputErrors(logging.Filter):
@@ -163,6 +206,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"
     )
+    parser.add_argument(
+        "--profile-file",
+        type=Path,
+        help="JSON of configuration values over the profile, e.g. one written by --save-profile",
+    )
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument(
+        "--tune",
+        action="store_true",
+        help="search each model's parameters on the validation split before training",
+    )
+    tuning.add_argument(
+        "--tune-budget",
+        type=float,
+        metavar="MINUTES",
+        help="trial time per model (default: 5); trials run parallel_models at a time",
+    )
+    tuning.add_argument(
+        "--save-profile",
+        type=Path,
+        metavar="FILE",
+        help="also write the best parameters to FILE, for later runs' --profile-file",
+    )
     return parser.parse_args(argv)
 
 
@@ -172,6 +238,14 @@ def _describe(error: ValidationError) -> str:
         where = ".".join(map(str, issue["loc"])) or "config"
         issues.append(f"{where}: {issue['msg'].removeprefix('Value error, ')}")
     return "; ".join(issues)
+
+
+def tune_options(args: argparse.Namespace) -> dict | None:
+    """The `tune` section the tuning flags give; the budget alone does not switch tuning on."""
+    given = {"enabled": args.tune or None, "budget_minutes": args.tune_budget}
+    given["save_profile"] = args.save_profile
+    given = {key: value for key, value in given.items() if value is not None}
+    return given or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             refresh=args.refresh or None,
             task_runner=args.task_runner,
             dask_address=args.dask_address,
+            profile_file=args.profile_file,
+            tune=tune_options(args),
         )
     except ValidationError as error:
         print(f"error: {_describe(error)}", file=sys.stderr)

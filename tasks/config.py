@@ -6,6 +6,7 @@ it as a form in the UI, and every task receives only the fields it needs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -126,6 +127,36 @@ QUICK_PROFILE: dict = {
 }
 
 
+class TuneConfig(_Params):
+    """The optional tuning stage: a search on the validation split before training."""
+
+    enabled: bool = Field(False, description="Tune every model's parameters before training.")
+    budget_minutes: float = Field(
+        5.0, gt=0, description="Trial time each model may use; trials run in parallel."
+    )
+    train_subset_size: PositiveInt | None = Field(
+        15_000,
+        description="Trials fit on this stratified subset of the training split (None: all).",
+    )
+    save_profile: Path | None = Field(
+        None,
+        description="Also write the best parameters to this file, for runs' profile_file.",
+    )
+
+
+def read_profile_file(path: Path) -> dict:
+    """Configuration values saved as JSON, such as the parameters a tuning run found."""
+    try:
+        values = json.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"profile file {path}: cannot be read ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"profile file {path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"profile file {path}: holds {type(values).__name__}, not an object")
+    return values
+
+
 def _merge(defaults: dict, given: dict) -> dict:
     merged = dict(defaults)
     for key, value in given.items():
@@ -178,12 +209,22 @@ class PipelineConfig(BaseModel):
         None, description="Scheduler of an existing Dask cluster (tcp://host:port)."
     )
 
+    profile_file: Path | None = Field(
+        None,
+        description="JSON of configuration values over the profile's defaults, such as "
+        "tuned parameters; values given explicitly win.",
+    )
+    tune: TuneConfig = TuneConfig()
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("profile") == "quick":
-            return _merge(QUICK_PROFILE, data)
-        return data
+        if not isinstance(data, dict):
+            return data
+        defaults = QUICK_PROFILE if data.get("profile") == "quick" else {}
+        if data.get("profile_file"):
+            defaults = _merge(defaults, read_profile_file(Path(data["profile_file"])))
+        return _merge(defaults, data)
 
     @field_validator("models")
     @classmethod
@@ -202,6 +243,12 @@ class PipelineConfig(BaseModel):
     def _dask_address_needs_dask(self) -> PipelineConfig:
         if self.dask_address and self.task_runner != "dask":
             raise ValueError("dask_address is only used with task_runner 'dask'")
+        return self
+
+    @model_validator(mode="after")
+    def _save_profile_needs_tuning(self) -> PipelineConfig:
+        if self.tune.save_profile and not self.tune.enabled:
+            raise ValueError("tune.save_profile is only written when tune.enabled (--tune)")
         return self
 
     @model_validator(mode="after")

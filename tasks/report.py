@@ -43,6 +43,7 @@ from tasks.significance import (
     rank_comparisons,
 )
 from tasks.storage import write_new_directory
+from tasks.tune import TuningSummary, profile_values
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
@@ -66,6 +67,8 @@ GALLERY_FILE = "misclassified_best_model.png"
 CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
 F1_HEATMAP_FILE = "f1_by_class.png"
+TUNING_DIR = "tuning"
+TUNED_PROFILE_FILE = "tuned-profile.json"
 
 
 def leaderboard(evaluations: list[ModelEvaluation], intervals: pd.DataFrame) -> pd.DataFrame:
@@ -280,6 +283,25 @@ def readable_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def tuning_table(tuning: list[TuningSummary]) -> pd.DataFrame:
+    """One row per tuned model: its search, and the defaults' and best validation accuracy."""
+    return pd.DataFrame(
+        {
+            "model": s.model,
+            "trials": s.trials,
+            "pruned": s.pruned,
+            "minutes": s.seconds / 60,
+            "default validation accuracy": s.default_accuracy,
+            "best validation accuracy": s.best_accuracy,
+            "gain": s.best_accuracy - s.default_accuracy,
+            "best trial": s.best_trial,
+            "best parameters": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in s.best_params.items()),
+        }
+        for s in tuning
+    )  # fmt: skip
+
+
 def render_markdown(
     run_id: str,
     board: pd.DataFrame,
@@ -293,6 +315,7 @@ def render_markdown(
     models_with_curves: list[str],
     strengths: list[str],
     gallery_model: str | None,
+    tuning: list[TuningSummary],
 ) -> str:
     """report.md; `fronts` maps each Pareto cost column to its `pareto_front` mask."""
     f1_table = f1.T.rename_axis("class").reset_index()
@@ -344,6 +367,18 @@ def render_markdown(
             f"its {GALLERY_PAIRS} most frequent confusions (true class as predicted class, "
             "with the predicted class's probability).",
             f"![mistakes of {gallery_model}]({GALLERY_FILE})",
+        ]
+    if tuning:
+        sections += [
+            "## Tuning",
+            "Each model's parameters were searched by Optuna (TPE sampler, median pruning of "
+            f"XGBoost and CNN trials) before training. Trials fit on {tuning[0].train_images} "
+            "training images (a stratified subset) and are scored on the validation split "
+            "only; trial 0 is the defaults. The models above were trained with the best "
+            "parameters. Every trial is in "
+            f"`{TUNING_DIR}/<model>-trials.csv`; the best parameters, as a profile file for "
+            f"later runs, in `{TUNED_PROFILE_FILE}`.",
+            markdown_table(tuning_table(tuning)),
         ]
     if models_with_curves:
         sections += [
@@ -420,6 +455,7 @@ def write_report(
     context: dict,
     seed: int,
     test_images: np.ndarray,
+    tuning: list[TuningSummary] = (),
 ) -> Report:
     """Write the complete report for a run and point `<output_dir>/latest` at it.
 
@@ -427,6 +463,7 @@ def write_report(
         context: JSON-ready facts about the run (config, seed, data hashes, validation).
         seed: seed of the bootstrap resamples.
         test_images: the test images, scaled to [0, 1], for the gallery of mistakes.
+        tuning: the tuning stage's searches, when it ran.
     """
     target = output_dir / run_id
     by_name = {e.name: e for e in evaluations}
@@ -459,6 +496,14 @@ def write_report(
             staging / "test_probabilities.npz", **{name: probabilities[name] for name in ranked}
         )
         document = metrics_document(run_id, evaluations, board, comparisons, context)
+        document["tuning"] = [asdict(summary) for summary in tuning]
+        if tuning:
+            (staging / TUNING_DIR).mkdir()
+            for summary in tuning:
+                trials_file = summary.trials_file
+                shutil.copyfile(trials_file, staging / TUNING_DIR / trials_file.name)
+            profile = json.dumps(profile_values(tuning), indent=2) + "\n"
+            (staging / TUNED_PROFILE_FILE).write_text(profile)
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
             shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
@@ -483,7 +528,7 @@ def write_report(
             gallery.savefig(staging / GALLERY_FILE, dpi=100)
         markdown = render_markdown(
             run_id, board, comparisons, pairs, difficulty, findings, f1, fronts, len(y_test),
-            sorted(curves), strengths, best if len(mistakes) else None,
+            sorted(curves), strengths, best if len(mistakes) else None, tuning,
         )  # fmt: skip
         (staging / "report.md").write_text(markdown)
         page = render_html(markdown, staging, f"Fashion-MNIST model comparison, run {run_id}")
@@ -527,10 +572,11 @@ def report_task(
     run_id: str,
     context: dict,
     seed: int,
+    tuning: list[TuningSummary],
 ) -> Path:
     y_test, test_index, x_test = data.load("y_test", "test_index", "x_test")
     report = write_report(
-        evaluations, y_test, test_index, output_dir, run_id, context, seed, x_test
+        evaluations, y_test, test_index, output_dir, run_id, context, seed, x_test, tuning
     )
     html_report = report.directory.resolve() / "report.html"
     create_table_artifact(

@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+import yaml
 
-from tasks.config import DEFAULT_MODELS
+from tasks.config import DEFAULT_MODELS, PipelineConfig
 from tests.conftest import REAL_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +130,10 @@ def test_quick_deployment_runs_on_server_and_worker(tmp_path):
         if worker is not None:
             stop(worker)
         stop(server)
+
+
+def test_every_deployment_gives_a_valid_config():
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    configs = {d["name"]: PipelineConfig(**d["parameters"]["config"]) for d in deployments}
+    assert configs["monthly-tune"].tune.enabled
+    assert configs["monthly-tune"].tune.save_profile == Path("profiles/tuned.json")

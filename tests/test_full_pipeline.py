@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
 from prefect.client.schemas.sorting import ArtifactSort
 from sklearn.metrics import log_loss
 
@@ -243,6 +248,57 @@ def test_changed_hyperparameter_retrains_only_that_model(quick_run):
     others = [m for m in first.index if m not in ("random_forest", "ensemble")]
     pd.testing.assert_series_equal(first.fit_seconds[others], second.fit_seconds[others])
     assert first.fit_seconds["random_forest"] != second.fit_seconds["random_forest"]
+
+
+@pytest.mark.slow
+def test_tuning_searches_on_validation_and_saves_a_profile_later_runs_use(quick_run):
+    workdir, _, _ = quick_run
+    models = ["logistic_regression", "xgboost"]  # the CNN's trials: tests/test_tune.py
+    args = [*QUICK_ARGS, "--models", ",".join(models), "--task-runner", "processes"]
+    tuning = ["--tune", "--tune-budget", "0.4", "--save-profile", "profiles/tuned.json"]
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, *tuning]) == 0
+    report_dir = (workdir / "reports" / "latest").resolve()
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    summaries = {summary["model"]: summary for summary in metrics["tuning"]}
+    assert sorted(summaries) == sorted(models)
+    defaults = build_config("quick").params
+    trial_runs = 0
+    for model, summary in summaries.items():
+        trials = pd.read_csv(report_dir / "tuning" / f"{model}-trials.csv")
+        assert len(trials) == summary["trials"] >= 2
+        trial_runs += len(trials)
+        first = trials.iloc[0]  # the defaults, scored like every other trial
+        for name, value in summary["best_params"].items():
+            assert first[f"params_{name}"] == getattr(getattr(defaults, model), name)
+            # The models in the report were trained with the best parameters.
+            assert metrics["models"][model]["params"][name] == value
+        assert summary["default_accuracy"] == first.value
+        assert summary["best_accuracy"] == trials.value.max() >= summary["default_accuracy"]
+        assert summary["train_images"] == 5000  # the quick profile's whole training split
+    report = (report_dir / "report.md").read_text()
+    assert "## Tuning" in report
+    assert "| xgboost |" in report.split("## Tuning")[1]
+    saved = json.loads((workdir / "profiles" / "tuned.json").read_text())
+    assert saved == json.loads((report_dir / "tuned-profile.json").read_text())
+    assert saved == {"params": {m: s["best_params"] for m, s in summaries.items()}}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="tune-")), limit=200
+        )
+    assert len({run.id for run in runs}) >= trial_runs  # every trial went through Prefect
+
+    # A scheduled run with the saved profile trains the tuned models without searching:
+    # it reuses the very models the tuning run trained.
+    entries = cache_entries(workdir)
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, "--profile-file", "profiles/tuned.json"]) == 0
+    assert cache_entries(workdir) == entries
+    rerun = (workdir / "reports" / "latest").resolve()
+    assert "## Tuning" not in (rerun / "report.md").read_text()
+    pd.testing.assert_frame_equal(
+        pd.read_csv(report_dir / "leaderboard.csv"), pd.read_csv(rerun / "leaderboard.csv")
+    )
 
 
 @pytest.mark.slow

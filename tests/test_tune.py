@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from tasks.config import MODEL_NAMES, ModelParams, PipelineConfig, XGBoostParams
+from tasks.preprocess import ProcessedDataset
+from tasks.storage import array_refs, save_arrays
+from tasks.tune import (
+    PRUNING_WARMUP_STEPS,
+    SEARCH_SPACES,
+    TrialRequest,
+    TuningSession,
+    journal,
+    run_trial,
+    tuned_params,
+    write_profile,
+)
+from tests.test_train import SMALL
+
+
+def tune_synchronously(session: TuningSession, data, subset=None) -> None:
+    """The flow's loop, one trial at a time and without Prefect."""
+    while request := session.next_trial():
+        outcome = run_trial(
+            request, SMALL, data, session.directory, subset, seed=0, threads=1,
+            logger=optuna.logging.get_logger("test"),
+        )  # fmt: skip
+        session.record(request, outcome)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_search_space_names_config_fields_and_holds_the_defaults(model):
+    defaults = getattr(ModelParams(), model)
+    for name, distribution in SEARCH_SPACES[model].items():
+        value = getattr(defaults, name)
+        if isinstance(distribution, CategoricalDistribution):
+            assert value in distribution.choices, (model, name)
+        else:
+            assert distribution.low <= value <= distribution.high, (model, name)
+
+
+def test_session_starts_from_the_defaults_and_keeps_to_the_budget(tmp_path, processed, monkeypatch):
+    read = []
+    original_load = ProcessedDataset.load
+
+    def recording_load(self, *names):
+        read.extend(names)
+        return original_load(self, *names)
+
+    monkeypatch.setattr(ProcessedDataset, "load", recording_load)
+    budget_minutes = 0.03
+    session = TuningSession(
+        ["logistic_regression", "random_forest"], SMALL, budget_minutes, tmp_path / "study"
+    )
+    tune_synchronously(session, processed, subset=120)
+
+    assert set(read) == {"x_train", "y_train", "x_val", "y_val"}
+    summaries = {summary.model: summary for summary in session.summaries()}
+    for model, summary in summaries.items():
+        trials = pd.read_csv(summary.trials_file)
+        assert len(trials) == summary.trials >= 2
+        first = trials.iloc[0]
+        for name in SEARCH_SPACES[model]:
+            assert first[f"params_{name}"] == getattr(getattr(SMALL, model), name)
+        assert summary.default_accuracy == first.value
+        assert summary.best_accuracy == trials.value.max() >= summary.default_accuracy
+        best = trials.set_index("number").loc[summary.best_trial]
+        assert best.value == summary.best_accuracy
+        assert summary.best_params == {
+            name: best[f"params_{name}"] for name in SEARCH_SPACES[model]
+        }
+        assert summary.train_images == 120
+        # The budget stops new trials; only the last one may run past it.
+        seconds = trials.user_attrs_seconds
+        assert summary.seconds == pytest.approx(seconds.sum())
+        assert seconds.sum() - seconds.iloc[-1] < 60 * budget_minutes
+
+
+@pytest.mark.parametrize(
+    ("model", "step"),
+    [("xgboost", 25), ("cnn", 1)],  # XGBoost reports every 25 rounds, the CNN every epoch
+)
+def test_trial_below_the_median_is_pruned(tmp_path, model, step):
+    # Labels without any relation to the images: nothing reaches the earlier trials' 0.9.
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.random((300, 784), dtype=np.float32),
+        "y_train": rng.integers(0, 10, 300).astype(np.uint8),
+        "x_val": rng.random((100, 784), dtype=np.float32),
+        "y_val": rng.integers(0, 10, 100).astype(np.uint8),
+    }
+    save_arrays(tmp_path, arrays)
+    data = ProcessedDataset(tmp_path, array_refs(tmp_path, list(arrays)))
+    params = SMALL.model_copy(
+        update={
+            "xgboost": XGBoostParams(n_estimators=200, early_stopping_rounds=200),
+            "cnn": SMALL.cnn.model_copy(update={"epochs": 6, "early_stopping_patience": 6}),
+        }
+    )
+    study = optuna.create_study(study_name=model, storage=journal(tmp_path), direction="maximize")
+    name, distribution = next(iter(SEARCH_SPACES[model].items()))
+    for _ in range(2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={name: getattr(getattr(params, model), name)},
+                distributions={name: distribution},
+                value=0.9,
+                intermediate_values={s: 0.9 for s in range(step, 201, step)},
+            )
+        )
+    outcome = run_trial(
+        TrialRequest(model, 0), params, data, tmp_path, None, seed=0, threads=1,
+        logger=optuna.logging.get_logger("test"),
+    )  # fmt: skip
+    assert outcome.pruned
+    trial = optuna.load_study(study_name=model, storage=journal(tmp_path)).trials[-1]
+    assert trial.state == TrialState.PRUNED
+    # Pruned at the first step after the warm-up, not fitted to the end.
+    assert max(trial.intermediate_values) == PRUNING_WARMUP_STEPS[model]
+    assert trial.user_attrs["seconds"] == outcome.seconds
+
+
+def test_best_parameters_round_trip_through_a_profile_file(tmp_path, processed):
+    session = TuningSession(["logistic_regression"], SMALL, 0.01, tmp_path / "study")
+    tune_synchronously(session, processed)
+    summaries = session.summaries()
+    profile = tmp_path / "profiles" / "tuned.json"
+    write_profile(profile, summaries)
+
+    tuned = tuned_params(ModelParams(), summaries)
+    assert summaries[0].best_params["C"] == tuned.logistic_regression.C
+    config = PipelineConfig(profile_file=profile)
+    assert config.params == tuned
+    explicit = PipelineConfig(profile_file=profile, params={"logistic_regression": {"C": 3.0}})
+    assert explicit.params.logistic_regression.C == 3.0
+    assert list(profile.parent.iterdir()) == [profile]  # no staging file left behind
+
+
+def test_unreadable_profile_file_is_named_in_the_error(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ValidationError, match=re.escape(f"profile file {missing}: cannot be read")):
+        PipelineConfig(profile_file=missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"params": ')
+    with pytest.raises(ValidationError, match=re.escape(f"profile file {broken}: not valid JSON")):
+        PipelineConfig(profile_file=broken)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"params": {"svm_rbf": {"C": -1}}}')
+    with pytest.raises(ValidationError, match=r"params\.svm_rbf\.C"):
+        PipelineConfig(profile_file=wrong)
