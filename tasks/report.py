@@ -227,8 +227,13 @@ def write_analysis(
     if len(board) > 1:
         runner_up = board.iloc[1]
         gap = 100 * (best.test_accuracy - runner_up.test_accuracy)
+        lead = (
+            f"It is {gap:.2f} points ahead of {runner_up.model}"
+            if gap > 0
+            else f"It ties with {runner_up.model}, which ranks second"
+        )
         findings.append(
-            f"It is {gap:.1f} points ahead of {runner_up.model} ({runner_up.test_accuracy:.4f}); "
+            f"{lead} ({runner_up.test_accuracy:.4f}); "
             f"the last, {board.iloc[-1].model}, reaches {board.iloc[-1].test_accuracy:.4f}."
         )
         findings.append(describe_comparisons(comparisons)[0])
@@ -290,7 +295,7 @@ def tuning_table(tuning: list[TuningSummary]) -> pd.DataFrame:
             "model": s.model,
             "trials": s.trials,
             "pruned": s.pruned,
-            "minutes": s.seconds / 60,
+            "minutes": f"{s.seconds / 60:.1f}",
             "default validation accuracy": s.default_accuracy,
             "best validation accuracy": s.best_accuracy,
             "gain": s.best_accuracy - s.default_accuracy,
@@ -373,7 +378,7 @@ def render_markdown(
             "## Tuning",
             "Each model's parameters were searched by Optuna (TPE sampler, median pruning of "
             f"XGBoost and CNN trials) before training. Trials fit on {tuning[0].train_images} "
-            "training images (a stratified subset) and are scored on the validation split "
+            "training images, stratified by class, and are scored on the validation split "
             "only; trial 0 is the defaults. The models above were trained with the best "
             "parameters. Every trial is in "
             f"`{TUNING_DIR}/<model>-trials.csv`; the best parameters, as a profile file for "

@@ -282,3 +282,16 @@ def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, eval
     assert "and weakest on Shirt (0.00)" in report
     # mixed and shirtless differ on 3 T-shirts and 2 Coats: 5 of 100 images.
     assert "The 2 models disagree on 5.0% of the test images" in report
+
+
+def test_lead_of_the_best_model_is_its_gap_or_a_tie(tmp_path, evaluations):
+    out = write_report(
+        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1, test_images=IMAGES
+    )
+    assert "It is 10.00 points ahead of shirtless (0.9000)" in out.findings[1]
+    twin = evaluation("twin", Y_TEST.copy(), tmp_path)
+    tied = write_report(
+        [*evaluations, twin], Y_TEST, np.arange(100), tmp_path, "run-2", {}, seed=1,
+        test_images=IMAGES,
+    )  # fmt: skip
+    assert tied.findings[1].startswith("It ties with twin, which ranks second (1.0000)")
