@@ -242,10 +242,12 @@ def _describe(error: ValidationError) -> str:
 
 def tune_options(args: argparse.Namespace) -> dict | None:
     """The `tune` section the tuning flags give; the budget alone does not switch tuning on."""
-    given = {"enabled": args.tune or None, "budget_minutes": args.tune_budget}
-    given["save_profile"] = args.save_profile
-    given = {key: value for key, value in given.items() if value is not None}
-    return given or None
+    given = {
+        "enabled": args.tune or None,
+        "budget_minutes": args.tune_budget,
+        "save_profile": args.save_profile,
+    }
+    return {key: value for key, value in given.items() if value is not None} or None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from tasks.significance import (
     rank_comparisons,
 )
 from tasks.storage import write_new_directory
-from tasks.tune import TuningSummary, profile_values
+from tasks.tune import TuningSummary, profile_text
 from tasks.validate import ValidationSummary
 
 LEADERBOARD_COLUMNS = [
@@ -507,8 +507,7 @@ def write_report(
             for summary in tuning:
                 trials_file = summary.trials_file
                 shutil.copyfile(trials_file, staging / TUNING_DIR / trials_file.name)
-            profile = json.dumps(profile_values(tuning), indent=2) + "\n"
-            (staging / TUNED_PROFILE_FILE).write_text(profile)
+            (staging / TUNED_PROFILE_FILE).write_text(profile_text(tuning))
         (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         for e in evaluations:
             shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")

@@ -96,9 +96,6 @@ class TrialRequest:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    model: str
-    number: int
-    params: dict
     validation_accuracy: float | None  # None when the trial was pruned
     seconds: float
     train_images: int
@@ -183,7 +180,7 @@ def run_trial(
             "%s trial %d: validation accuracy %.4f in %.1f s with %s",
             model, trial.number, accuracy, seconds, trial.params,
         )  # fmt: skip
-    return TrialOutcome(model, trial.number, trial.params, accuracy, seconds, len(rows))
+    return TrialOutcome(accuracy, seconds, len(rows))
 
 
 @task(name="tune-trial", task_run_name="tune-{request.model}")
@@ -284,9 +281,11 @@ def tuned_params(params: ModelParams, summaries: list[TuningSummary]) -> ModelPa
     return params
 
 
-def profile_values(summaries: list[TuningSummary]) -> dict:
-    """The best parameters as configuration values, for a later run's `profile_file`."""
-    return {"params": {summary.model: summary.best_params for summary in summaries}}
+def profile_text(summaries: list[TuningSummary]) -> str:
+    """The best parameters as a profile file's JSON: configuration values for a later
+    run's `profile_file`."""
+    values = {"params": {summary.model: summary.best_params for summary in summaries}}
+    return json.dumps(values, indent=2) + "\n"
 
 
 def write_profile(path: Path, summaries: list[TuningSummary]) -> None:
@@ -294,5 +293,5 @@ def write_profile(path: Path, summaries: list[TuningSummary]) -> None:
     never reads half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(json.dumps(profile_values(summaries), indent=2) + "\n")
+    staging.write_text(profile_text(summaries))
     os.replace(staging, path)
