@@ -21,17 +21,17 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from pydantic import ValidationError
 
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
+from tasks.contracts import ProcessedDataset, TuningSummary
 from tasks.ensemble import ensemble_task
 from tasks.errors import PipelineInputError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
-from tasks.preprocess import ProcessedDataset, preprocess_task
+from tasks.preprocess import preprocess_task
 from tasks.report import CONSOLE_COLUMNS, report_task, run_context
 from tasks.train import train_task
 from tasks.tune import (
     TrialRequest,
     TuningSession,
-    TuningSummary,
     trial_task,
     tuned_params,
     write_profile,

@@ -17,10 +17,9 @@ from prefect.logging import get_run_logger
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from tasks.evaluate import ModelEvaluation, read_evaluation, write_evaluation
-from tasks.preprocess import ProcessedDataset
+from tasks.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.evaluate import read_evaluation, write_evaluation
 from tasks.storage import cached_directory, code_version, content_key
-from tasks.train import TrainedModel
 
 ENSEMBLE_NAME = "ensemble"
 WEIGHTS_FILE = "weights.json"

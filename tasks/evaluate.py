@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tasks.ingest import CLASS_NAMES
-from tasks.preprocess import ProcessedDataset
+from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.storage import (
-    ArrayRef,
     array_refs,
     cached_directory,
     code_version,
@@ -31,7 +28,7 @@ from tasks.storage import (
     manifest_digest,
     save_arrays,
 )
-from tasks.train import TrainedModel, load_model
+from tasks.train import load_model
 
 LABELS = list(range(len(CLASS_NAMES)))
 EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
@@ -39,36 +36,6 @@ PROBABILITY_ARRAYS = ("test_predictions", "test_probabilities", "validation_prob
 CALIBRATION_BINS = 15
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "confusion_matrix.png"
-
-
-@dataclass(frozen=True)
-class ModelEvaluation:
-    """A model's test metrics; per-class lists follow `CLASS_NAMES`."""
-
-    name: str
-    test_accuracy: float
-    macro_f1: float
-    validation_accuracy: float
-    precision: list[float]
-    recall: list[float]
-    f1: list[float]
-    support: list[int]
-    confusion: list[list[int]]
-    log_loss: float
-    calibration_error: float
-    fit_seconds: float
-    predict_seconds: float
-    predict_ms_per_1000: float
-    fit_cpu_seconds: float  # as `TrainedModel.fit_cpu_seconds`
-    predict_cpu_seconds: float
-    model_size_mb: float
-    test_predictions: ArrayRef
-    test_probabilities: ArrayRef
-    validation_probabilities: ArrayRef
-    model_dir: Path
-    params: dict
-    confusion_figure: Path
-    history: dict[str, list[float]]
 
 
 def expected_calibration_error(
@@ -180,7 +147,7 @@ def write_evaluation(
 
 def read_evaluation(entry: Path, fit: TrainedModel) -> ModelEvaluation:
     """The evaluation stored in a cache entry by `write_evaluation`, with the model's
-    name, directory, parameters, fit times and learning curves from `fit`."""
+    name, directory, parameters, fit times and learning curve from `fit`."""
     return ModelEvaluation(
         name=fit.name,
         fit_seconds=fit.fit_seconds,
@@ -189,7 +156,7 @@ def read_evaluation(entry: Path, fit: TrainedModel) -> ModelEvaluation:
         model_dir=fit.directory,
         params=fit.params,
         confusion_figure=entry / FIGURE_FILE,
-        history=fit.history,
+        curve=fit.curve,
         **json.loads((entry / METRICS_FILE).read_text()),
     )
 

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tasks.contracts import LearningCurve
+
 
 def plot_pareto(board: pd.DataFrame, cost: str, cost_label: str, front: pd.Series) -> Figure:
     """Test accuracy (with its 95% interval) against a cost on a log scale.
@@ -81,22 +83,19 @@ def plot_confusion_grid(confusions: dict[str, list[list[int]]], class_names: lis
     return figure
 
 
-def plot_learning_curves(curves: dict[str, tuple[str, list[float], list[float]]]) -> Figure:
-    """Training and validation error per step, one panel per iteratively trained model.
-
-    Args:
-        curves: per model, (the step's name, training errors, validation errors).
-    """
+def plot_learning_curves(curves: dict[str, LearningCurve]) -> Figure:
+    """Training and validation error per step, one panel per iteratively trained model."""
     figure = Figure(figsize=(6 * len(curves), 4.5), layout="constrained")
-    for axes, (name, (step, train, validation)) in zip(
+    for axes, (name, curve) in zip(
         figure.subplots(1, len(curves), squeeze=False).flat, curves.items(), strict=True
     ):
+        train, validation = curve.train_error, curve.validation_error
         steps = np.arange(1, len(train) + 1)
         axes.plot(steps, train, label="training")
         axes.plot(steps, validation, label="validation")
         best = int(np.argmin(validation))
         axes.axvline(best + 1, color="0.6", linestyle="--", label=f"best validation ({best + 1})")
-        axes.set_xlabel(step)
+        axes.set_xlabel(curve.step)
         axes.set_ylabel("error rate")
         axes.set_title(name)
         axes.legend()

@@ -27,9 +27,9 @@ from prefect import task
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
+from tasks.contracts import IMAGE_SHAPE, RawDataset
 from tasks.errors import DatasetFileError
 from tasks.storage import (
-    ArrayRef,
     array_refs,
     cached_directory,
     code_version,
@@ -38,11 +38,6 @@ from tasks.storage import (
     sha256_file,
 )
 
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-IMAGE_SHAPE = (28, 28)
 IMAGES_MAGIC = 0x0803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x0801  # unsigned bytes, 1 dimension
 
@@ -81,15 +76,6 @@ FASHION_MNIST_FILES: dict[str, IdxFile] = {
     ),
 }
 RAW_ARRAYS = tuple(FASHION_MNIST_FILES)
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    """The parsed files, by reference, with where they came from."""
-
-    source_dir: Path
-    file_sha256: dict[str, str]
-    arrays: dict[str, ArrayRef]
 
 
 def read_gzip(path: Path) -> bytes:

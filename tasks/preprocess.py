@@ -7,7 +7,6 @@ and model selection use the validation split carved out of the training images.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 from sklearn.model_selection import train_test_split
 
-from tasks.ingest import IMAGE_SHAPE, RawDataset
+from tasks.contracts import IMAGE_SHAPE, ProcessedDataset, RawDataset
 from tasks.storage import (
-    ArrayRef,
     array_refs,
     cached_directory,
     code_version,
@@ -26,20 +24,6 @@ from tasks.storage import (
 )
 
 PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "test_index")
-
-
-@dataclass(frozen=True)
-class ProcessedDataset:
-    """Flat float32 features and uint8 labels of each split, by reference.
-
-    `test_index` holds each test row's position in the original 10,000 test images.
-    """
-
-    directory: Path
-    arrays: dict[str, ArrayRef]
-
-    def load(self, *names: str) -> tuple[np.ndarray, ...]:
-        return tuple(self.arrays[name].load() for name in names)
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:

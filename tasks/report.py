@@ -23,7 +23,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.config import PipelineConfig
-from tasks.evaluate import ModelEvaluation
+from tasks.contracts import (
+    CLASS_NAMES,
+    LearningCurve,
+    ModelEvaluation,
+    ProcessedDataset,
+    RawDataset,
+    TuningSummary,
+    ValidationSummary,
+)
 from tasks.figures import (
     plot_confusion_grid,
     plot_f1_heatmap,
@@ -31,8 +39,6 @@ from tasks.figures import (
     plot_misclassified,
     plot_pareto,
 )
-from tasks.ingest import CLASS_NAMES, RawDataset
-from tasks.preprocess import ProcessedDataset
 from tasks.report_html import render_html
 from tasks.significance import (
     ALPHA,
@@ -43,8 +49,7 @@ from tasks.significance import (
     rank_comparisons,
 )
 from tasks.storage import write_new_directory
-from tasks.tune import TuningSummary, profile_text
-from tasks.validate import ValidationSummary
+from tasks.tune import profile_text
 
 LEADERBOARD_COLUMNS = [
     "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss",
@@ -110,19 +115,9 @@ def f1_by_class(evaluations: list[ModelEvaluation], models: list[str]) -> pd.Dat
     return pd.DataFrame([by_name[m] for m in models], index=models, columns=list(CLASS_NAMES))
 
 
-def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, tuple[str, list, list]]:
-    """Training and validation error per step of the models whose training recorded them
-    (XGBoost rounds, CNN epochs)."""
-    curves = {}
-    for e in evaluations:
-        history = e.history
-        if "validation_merror" in history:
-            curves[e.name] = ("boosting round", history["train_merror"],
-                              history["validation_merror"])  # fmt: skip
-        elif "val_accuracy" in history:
-            errors = [[1 - a for a in history[key]] for key in ("accuracy", "val_accuracy")]
-            curves[e.name] = ("epoch", *errors)
-    return curves
+def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, LearningCurve]:
+    """The learning curves of the models whose training recorded one (XGBoost, CNN)."""
+    return {e.name: e.curve for e in evaluations if e.curve}
 
 
 def misclassified_examples(

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -48,15 +48,19 @@ from tasks.config import (
     SVMParams,
     XGBoostParams,
 )
-from tasks.ingest import CLASS_NAMES, IMAGE_SHAPE
-from tasks.preprocess import ProcessedDataset, to_image_tensor
+from tasks.contracts import (
+    IMAGE_SHAPE,
+    N_CLASSES,
+    TRAINING_ARRAYS,
+    LearningCurve,
+    ProcessedDataset,
+    TrainedModel,
+)
+from tasks.preprocess import to_image_tensor
 from tasks.storage import cached_directory, code_version, content_key
 
-N_CLASSES = len(CLASS_NAMES)
 PARAMS_FILE = "params.json"
 XGBOOST_LOG_EVERY = 25
-
-History = dict[str, list[float]]
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class Classifier(Protocol):
 
     def fit(
         self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
-    ) -> History:
-        """Fit on the training split; return per-iteration learning curves (may be empty)."""
+    ) -> LearningCurve | None:
+        """Fit on the training split; return the learning curve of iterative models."""
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, one column per class; the prediction is the most probable."""
@@ -103,7 +107,7 @@ class SklearnClassifier:
     logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
     model_file: ClassVar[str] = "model.joblib"
 
-    def fit(self, x_train, y_train, x_val, y_val) -> History:
+    def fit(self, x_train, y_train, x_val, y_val) -> None:
         # An iteration cap is a deliberate time budget: one log line says when it was
         # reached, instead of scikit-learn's multi-line warning (filters are process-wide).
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
@@ -121,7 +125,6 @@ class SklearnClassifier:
             frozen = FrozenEstimator(self.estimator)
             self.estimator = CalibratedClassifierCV(frozen, method="temperature")
             self.estimator.fit(x_val, y_val)
-        return {}
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         limit_blas_threads(self.threads)
@@ -162,17 +165,15 @@ class XGBoostClassifier:
     model: xgboost.XGBClassifier
     model_file: ClassVar[str] = "model.ubj"
 
-    def fit(self, x_train, y_train, x_val, y_val) -> History:
+    def fit(self, x_train, y_train, x_val, y_val) -> LearningCurve:
         # Evaluated on both splits for the learning curves; the last set drives early stopping.
         self.model.fit(
             x_train, y_train, eval_set=[(x_train, y_train), (x_val, y_val)], verbose=False
         )
-        curves = self.model.evals_result()
-        return {
-            f"{split}_{metric}": values
-            for split, key in (("train", "validation_0"), ("validation", "validation_1"))
-            for metric, values in curves[key].items()
-        }
+        curves = self.model.evals_result()  # eval sets are named by position
+        return LearningCurve(
+            "boosting round", curves["validation_0"]["merror"], curves["validation_1"]["merror"]
+        )
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(x)
@@ -363,7 +364,7 @@ class KerasCNN:
     model: object = None
     model_file: ClassVar[str] = "model.keras"
 
-    def fit(self, x_train, y_train, x_val, y_val) -> History:
+    def fit(self, x_train, y_train, x_val, y_val) -> LearningCurve:
         start_tensorflow(self.context.threads)
         import keras
 
@@ -413,7 +414,12 @@ class KerasCNN:
             ],
             verbose=0,
         )
-        return {key: [float(v) for v in values] for key, values in history.history.items()}
+        accuracy = history.history
+        return LearningCurve(
+            "epoch",
+            [1 - float(a) for a in accuracy["accuracy"]],
+            [1 - float(a) for a in accuracy["val_accuracy"]],
+        )
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         images = to_image_tensor(x)
@@ -498,7 +504,6 @@ _LOADERS = {
     XGBoostClassifier.model_file: XGBoostClassifier.load,
     KerasCNN.model_file: KerasCNN.load,
 }
-TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 
 
 def build_model(name: str, params: ModelParams, context: TrainingContext) -> Classifier:
@@ -514,19 +519,6 @@ def load_model(directory: Path, threads: int) -> Classifier:
         if (directory / model_file).is_file():
             return load(directory, threads)
     raise FileNotFoundError(f"{directory}: no saved model ({', '.join(_LOADERS)})")
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    name: str
-    directory: Path
-    fit_seconds: float
-    # CPU time of the process during the fit: the model's own where each model trains
-    # in its own process (processes and dask runners); with threads it also counts the
-    # model trained alongside.
-    fit_cpu_seconds: float
-    params: dict
-    history: History = field(default_factory=dict)
 
 
 def train_model(
@@ -555,13 +547,13 @@ def train_model(
             "training %s on %d images with %d thread(s)", name, len(y_train), context.threads
         )
         started, cpu_started = time.perf_counter(), time.process_time()
-        history = classifier.fit(x_train, y_train, x_val, y_val)
+        curve = classifier.fit(x_train, y_train, x_val, y_val)
         fit_seconds = time.perf_counter() - started
         fit_cpu_seconds = time.process_time() - cpu_started
         classifier.save(staging)
         record = {"model": name, "seed": context.seed, "threads": context.threads}
         record |= {"params": model_params, "fit_seconds": fit_seconds}
-        record |= {"fit_cpu_seconds": fit_cpu_seconds, "history": history}
+        record |= {"fit_cpu_seconds": fit_cpu_seconds, "curve": curve and asdict(curve)}
         (staging / PARAMS_FILE).write_text(json.dumps(record, indent=2))
         logger.info("trained %s in %.1f s", name, fit_seconds)
 
@@ -569,10 +561,10 @@ def train_model(
         logger.info("reused %s, trained before, from %s", name, target)
     context.report_progress(1.0)
     record = json.loads((target / PARAMS_FILE).read_text())
+    curve = record["curve"] and LearningCurve(**record["curve"])
     return TrainedModel(
-        name, target, record["fit_seconds"], record["fit_cpu_seconds"], model_params,
-        record["history"],
-    )  # fmt: skip
+        name, target, record["fit_seconds"], record["fit_cpu_seconds"], model_params, curve
+    )
 
 
 def artifact_key(text: str) -> str:

@@ -35,8 +35,9 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from tasks.config import ModelParams
-from tasks.preprocess import ProcessedDataset, stratified_subset
-from tasks.train import TRAINING_ARRAYS, TrainingContext, build_model
+from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
+from tasks.preprocess import stratified_subset
+from tasks.train import TrainingContext, build_model
 
 # Names are the models' configuration fields, so the best values are config values.
 SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
@@ -103,22 +104,6 @@ class TrialOutcome:
     @property
     def pruned(self) -> bool:
         return self.validation_accuracy is None
-
-
-@dataclass(frozen=True)
-class TuningSummary:
-    """What the search found for one model; accuracies are on the validation split."""
-
-    model: str
-    trials: int
-    pruned: int
-    seconds: float
-    default_accuracy: float
-    best_accuracy: float
-    best_trial: int
-    best_params: dict
-    train_images: int  # each trial's training set
-    trials_file: Path
 
 
 def with_overrides(params: ModelParams, model: str, overrides: dict) -> ModelParams:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from pandera.errors import SchemaErrors
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tasks.contracts import CLASS_NAMES, IMAGE_SHAPE, RawDataset, ValidationSummary
 from tasks.errors import DataValidationError
-from tasks.ingest import CLASS_NAMES, IMAGE_SHAPE, RawDataset
 from tasks.storage import cached_directory, code_version, content_key
 
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -48,12 +48,6 @@ LABEL_SCHEMA = pa.DataFrameSchema(
     columns={"label": pa.Column(np.uint8, pa.Check.isin(range(N_CLASSES)))},
     strict=True,
 )
-
-
-@dataclass(frozen=True)
-class ValidationSummary:
-    rows: dict[str, int]
-    class_counts: dict[str, list[int]]
 
 
 def images_frame(images: np.ndarray) -> pd.DataFrame:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import ModelEvaluation, classification_metrics, plot_confusion_matrix
+from tasks.contracts import LearningCurve, ModelEvaluation
+from tasks.evaluate import classification_metrics, plot_confusion_matrix
 from tasks.report import (
     class_difficulty,
     confused_pairs,
@@ -52,7 +53,7 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
         model_dir=directory,
         params={"depth": 3},
         confusion_figure=figure,
-        history={},
+        curve=None,
         **array_refs(directory, list(arrays)),
         **metrics,
     )
@@ -233,25 +234,17 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():
     assert board.model[front].tolist() == ["slow_best", "fast_good", "fast_tied", "cheapest"]
 
 
-def test_learning_curves_come_from_the_training_history(tmp_path, evaluations):
+def test_learning_curves_come_from_the_trained_models(tmp_path, evaluations):
     boosted, trained_in_epochs, untracked = evaluations
-    history = {"train_merror": [0.3, 0.2, 0.1], "validation_merror": [0.35, 0.3, 0.32]}
-    epochs = {"accuracy": [0.7, 0.9], "val_accuracy": [0.75, 0.8], "loss": [1.0, 0.5]}
+    rounds = LearningCurve("boosting round", [0.3, 0.2, 0.1], [0.35, 0.3, 0.32])
+    epochs = LearningCurve("epoch", [0.3, 0.1], [0.25, 0.2])
     evaluations = [
-        replace(boosted, history=history),
-        replace(trained_in_epochs, history=epochs),
+        replace(boosted, curve=rounds),
+        replace(trained_in_epochs, curve=epochs),
         untracked,
     ]
 
-    curves = learning_curves(evaluations)
-    assert curves["mixed"] == ("boosting round", [0.3, 0.2, 0.1], [0.35, 0.3, 0.32])
-    step, train, validation = curves["perfect"]
-    assert (step, train, validation) == (
-        "epoch",
-        pytest.approx([0.3, 0.1]),
-        pytest.approx([0.25, 0.2]),
-    )
-    assert "shirtless" not in curves
+    assert learning_curves(evaluations) == {"mixed": rounds, "perfect": epochs}
 
     out = write_report(
         evaluations, Y_TEST, np.arange(100), tmp_path / "r", "run-1", {}, seed=0, test_images=IMAGES

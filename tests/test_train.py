@@ -58,7 +58,7 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
     assert record["fit_seconds"] > 0
 
     evaluation = evaluate_model(trained, processed, tmp_path, threads=1)
-    assert evaluation.history == trained.history  # the report's learning curves use it
+    assert evaluation.curve == trained.curve  # the report's learning curves use it
     assert evaluation.test_accuracy >= 0.8, f"{name} did not learn the synthetic classes"
     assert evaluation.confusion_figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     x_test, y_test = processed.load("x_test", "y_test")
@@ -73,12 +73,15 @@ def test_model_learns_saves_and_reloads(name, tmp_path, processed):
 
 def test_iterative_models_record_learning_curves(tmp_path, processed):
     xgb = train_model("xgboost", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1))
-    assert set(xgb.history) == {
-        "train_merror", "train_mlogloss", "validation_merror", "validation_mlogloss",
-    }  # fmt: skip
-    assert len(xgb.history["validation_mlogloss"]) <= SMALL.xgboost.n_estimators
+    assert xgb.curve.step == "boosting round"
+    assert 0 < len(xgb.curve.validation_error) == len(xgb.curve.train_error)
+    assert len(xgb.curve.validation_error) <= SMALL.xgboost.n_estimators
     cnn = train_model("cnn", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1))
-    assert len(cnn.history["val_accuracy"]) == len(cnn.history["loss"]) <= SMALL.cnn.epochs
+    assert cnn.curve.step == "epoch"
+    assert 0 < len(cnn.curve.validation_error) == len(cnn.curve.train_error) <= SMALL.cnn.epochs
+    assert all(0 <= error <= 1 for error in cnn.curve.validation_error)
+    forest = train_model("random_forest", SMALL, processed, tmp_path, TrainingContext(0, 1))
+    assert forest.curve is None
 
 
 def test_same_seed_same_forest(tmp_path, processed):

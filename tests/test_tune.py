@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from tasks.config import MODEL_NAMES, ModelParams, PipelineConfig, XGBoostParams
-from tasks.preprocess import ProcessedDataset
+from tasks.contracts import ProcessedDataset
 from tasks.storage import array_refs, save_arrays
 from tasks.tune import (
     PRUNING_WARMUP_STEPS,

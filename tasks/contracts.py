@@ -1,0 +1,120 @@
+"""The records stages hand each other: datasets, trained models and evaluations.
+
+Stages import these instead of each other's modules, so reading a record never pulls
+in a library that only the stage producing it needs (optuna, XGBoost, TensorFlow).
+Arrays travel as `ArrayRef`s (a path and its content hash), never as payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.storage import ArrayRef
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+N_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28)
+TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """The parsed files, by reference, with where they came from."""
+
+    source_dir: Path
+    file_sha256: dict[str, str]
+    arrays: dict[str, ArrayRef]
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    rows: dict[str, int]
+    class_counts: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class ProcessedDataset:
+    """Flat float32 features and uint8 labels of each split, by reference.
+
+    `test_index` holds each test row's position in the original 10,000 test images.
+    """
+
+    directory: Path
+    arrays: dict[str, ArrayRef]
+
+    def load(self, *names: str) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name].load() for name in names)
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """Training and validation error per step, in the same form for every model."""
+
+    step: str  # what one step is: "boosting round", "epoch"
+    train_error: list[float]
+    validation_error: list[float]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    directory: Path
+    fit_seconds: float
+    # CPU time of the process during the fit: the model's own where each model trains
+    # in its own process (processes and dask runners); with threads it also counts the
+    # model trained alongside.
+    fit_cpu_seconds: float
+    params: dict
+    curve: LearningCurve | None = None
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """A model's test metrics; per-class lists follow `CLASS_NAMES`."""
+
+    name: str
+    test_accuracy: float
+    macro_f1: float
+    validation_accuracy: float
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]
+    log_loss: float
+    calibration_error: float
+    fit_seconds: float
+    predict_seconds: float
+    predict_ms_per_1000: float
+    fit_cpu_seconds: float  # as `TrainedModel.fit_cpu_seconds`
+    predict_cpu_seconds: float
+    model_size_mb: float
+    test_predictions: ArrayRef
+    test_probabilities: ArrayRef
+    validation_probabilities: ArrayRef
+    model_dir: Path
+    params: dict
+    confusion_figure: Path
+    curve: LearningCurve | None
+
+
+@dataclass(frozen=True)
+class TuningSummary:
+    """What the search found for one model; accuracies are on the validation split."""
+
+    model: str
+    trials: int
+    pruned: int
+    seconds: float
+    default_accuracy: float
+    best_accuracy: float
+    best_trial: int
+    best_params: dict
+    train_images: int  # each trial's training set
+    trials_file: Path
