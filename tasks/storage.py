@@ -8,6 +8,7 @@ with a manifest of their files' hashes, and reused only while every file matches
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -18,11 +19,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 _CHUNK = 1 << 20
 MANIFEST_FILE = "manifest.json"
+T = TypeVar("T")
+PROJECT_PACKAGE = Path(__file__).parent
 
 
 class CorruptArrayError(RuntimeError):
@@ -64,6 +68,60 @@ def content_key(*parts: object) -> str:
 def code_version(module_file: str) -> str:
     """Hash of a stage's source, so outputs keyed with it are rebuilt when the code changes."""
     return hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:16]
+
+
+def project_code_version(module: str, package_dir: Path = PROJECT_PACKAGE) -> str:
+    """Hash of `module`'s source and of every module of the package it imports, directly
+    or through others: the code a result keyed with it was computed by, and no more."""
+    digest = hashlib.sha256()
+    for path in sorted(_project_imports(module, package_dir)):
+        digest.update(path.relative_to(package_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _module_file(name: str, package_dir: Path) -> Path | None:
+    """The source file of a module of the package, found without importing anything."""
+    package, _, rest = name.partition(".")
+    if package != package_dir.name:
+        return None
+    base = package_dir.joinpath(*rest.split(".")) if rest else package_dir
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # a name imported from a module, or another package
+
+
+def _project_imports(module: str, package_dir: Path) -> set[Path]:
+    found, pending = set(), [module]
+    while pending:
+        path = _module_file(pending.pop(), package_dir)
+        if path is None or path in found:
+            continue
+        found.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from tasks.models import cnn` may import a module, not a name.
+                pending += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return found
+
+
+def cached_stage(
+    target: Path,
+    build: Callable[[Path], None],
+    read: Callable[[Path], T],
+    label: str,
+    refresh: bool = False,
+    logger: logging.Logger | None = None,
+) -> T:
+    """A stage's result: the cache entry `target` reused, or built by `build(staging)`,
+    then read back by `read(target)`, so a rebuilt and a reused result are the same."""
+    logger = logger or logging.getLogger(__name__)
+    reused = cached_directory(target, build, refresh, logger)
+    logger.info("%s %s: %s", "reused" if reused else "built", label, target)
+    return read(target)
 
 
 def write_new_directory(target: Path, write: Callable[[Path], None]) -> Path:
