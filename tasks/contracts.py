@@ -28,7 +28,7 @@ class RawDataset:
     """The parsed files, by reference, with where they came from."""
 
     source_dir: Path
-    file_sha256: dict[str, str]
+    file_sha256: dict[str, str]  # of each file's decompressed content
     arrays: dict[str, ArrayRef]
 
 
@@ -36,6 +36,7 @@ class RawDataset:
 class ValidationSummary:
     rows: dict[str, int]
     class_counts: dict[str, list[int]]
+    gates: dict[str, str]  # each gate the data passed, and what it checked
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from scipy.special import softmax
 
 from tasks.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.evaluate import read_evaluation, write_evaluation
-from tasks.storage import cached_directory, code_version, content_key
+from tasks.storage import cached_stage, code_version, content_key
 
 ENSEMBLE_NAME = "ensemble"
 WEIGHTS_FILE = "weights.json"
@@ -60,7 +60,6 @@ def build_ensemble(
     logger: logging.Logger | None = None,
 ) -> ModelEvaluation:
     """Mix the best `size` models' probabilities; cached per members' probabilities."""
-    logger = logger or logging.getLogger(__name__)
     members = choose_members(evaluations, size)
     inputs = [
         (m.name, m.validation_probabilities.sha256, m.test_probabilities.sha256) for m in members
@@ -89,15 +88,16 @@ def build_ensemble(
             staging, ENSEMBLE_NAME, y_val, mix("validation"), y_test, mix("test"), cost
         )
 
-    if cached_directory(target, mix_and_measure, refresh, logger):
-        logger.info("reused the ensemble from %s", target)
-    params = json.loads((target / WEIGHTS_FILE).read_text())
-    # Training it means training them all.
-    fit = TrainedModel(
-        ENSEMBLE_NAME, target, sum(m.fit_seconds for m in members),
-        sum(m.fit_cpu_seconds for m in members), params,
-    )  # fmt: skip
-    return read_evaluation(target, fit)
+    def read(entry: Path) -> ModelEvaluation:
+        params = json.loads((entry / WEIGHTS_FILE).read_text())
+        # Training it means training them all.
+        fit = TrainedModel(
+            ENSEMBLE_NAME, entry, sum(m.fit_seconds for m in members),
+            sum(m.fit_cpu_seconds for m in members), params,
+        )  # fmt: skip
+        return read_evaluation(entry, fit)
+
+    return cached_stage(target, mix_and_measure, read, "the ensemble", refresh, logger)
 
 
 @task(name="soft-voting-ensemble")

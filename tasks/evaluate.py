@@ -22,7 +22,7 @@ from sklearn.metrics import (
 from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.storage import (
     array_refs,
-    cached_directory,
+    cached_stage,
     code_version,
     content_key,
     manifest_digest,
@@ -171,7 +171,6 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Class probabilities and metrics on the validation and test splits, timing the test
     prediction; cached per model content, evaluation data and code version."""
-    logger = logger or logging.getLogger(__name__)
     inputs = {name: data.arrays[name].sha256 for name in EVALUATION_ARRAYS}
     key = content_key(manifest_digest(trained.directory), inputs, code_version(__file__))
     target = cache_dir / "evaluations" / trained.name / key
@@ -191,9 +190,14 @@ def evaluate_model(
             staging, trained.name, y_val, validation_probabilities, y_test, probabilities, cost
         )
 
-    if cached_directory(target, predict_and_measure, refresh, logger):
-        logger.info("reused the evaluation of %s from %s", trained.name, target)
-    return read_evaluation(target, trained)
+    return cached_stage(
+        target,
+        predict_and_measure,
+        lambda entry: read_evaluation(entry, trained),
+        f"the evaluation of {trained.name}",
+        refresh,
+        logger,
+    )
 
 
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")

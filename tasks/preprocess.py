@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from tasks.contracts import IMAGE_SHAPE, ProcessedDataset, RawDataset
 from tasks.storage import (
     array_refs,
-    cached_directory,
+    cached_stage,
     code_version,
     content_key,
     save_arrays,
@@ -95,7 +95,6 @@ def preprocess_dataset(
     The key covers the raw data's hashes, the parameters and this module's code,
     so runs with other settings never overwrite each other's arrays.
     """
-    logger = logger or logging.getLogger(__name__)
     parameters = (validation_size, seed, train_subset_size, test_subset_size)
     raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
     target = cache_dir / "processed" / content_key(raw_hashes, parameters, code_version(__file__))
@@ -104,9 +103,10 @@ def preprocess_dataset(
         arrays = {name: ref.load() for name, ref in raw.arrays.items()}
         save_arrays(staging, preprocess_arrays(arrays, *parameters))
 
-    reused = cached_directory(target, write, refresh, logger)
-    logger.info("%s the processed arrays in %s", "reused" if reused else "wrote", target)
-    return ProcessedDataset(target, array_refs(target, PROCESSED_ARRAYS))
+    def read(entry: Path) -> ProcessedDataset:
+        return ProcessedDataset(entry, array_refs(entry, PROCESSED_ARRAYS))
+
+    return cached_stage(target, write, read, "the processed arrays", refresh, logger)
 
 
 @task(name="preprocess")
