@@ -19,6 +19,11 @@ BOOTSTRAP_RESAMPLES = 2000
 _RESAMPLES_PER_CHUNK = 250  # 250 x 10,000 indices: ~20 MB at a time
 
 
+def percent(level: float) -> str:
+    """A level as the text reports show: 0.95 as "95%", 0.975 as "97.5%"."""
+    return f"{100 * level:g}%"
+
+
 def bootstrap_accuracy_intervals(
     correct: Mapping[str, np.ndarray],
     seed: int,
@@ -113,6 +118,6 @@ def describe_comparisons(comparisons: pd.DataFrame) -> list[str]:
         else:
             sentences.append(
                 f"{row.compared_to} and {row.model} are statistically tied at the "
-                f"{ALPHA:.0%} level ({evidence})."
+                f"{percent(ALPHA)} level ({evidence})."
             )
     return sentences

@@ -9,20 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.contracts import LearningCurve, ModelEvaluation
+from tasks.contracts import LearningCurve, ModelEvaluation, ProcessedDataset
 from tasks.evaluate import classification_metrics, plot_confusion_matrix
-from tasks.report import (
+from tasks.report import write_report
+from tasks.report.analysis import (
     class_difficulty,
     confused_pairs,
     leaderboard,
     learning_curves,
     misclassified_examples,
     pareto_front,
-    write_report,
 )
 from tasks.storage import array_refs, save_arrays
 
 Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
+TEST_INDEX = np.arange(100) * 7  # positions in the original test set
 IMAGES = np.random.default_rng(0).random((100, 784), dtype=np.float32)
 
 
@@ -59,8 +60,17 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
     )
 
 
-@pytest.fixture
-def evaluations(tmp_path):
+def sample_split(directory: Path) -> ProcessedDataset:
+    """The split the evaluations were scored on, with the test arrays the report reads."""
+    directory = directory / "processed"
+    directory.mkdir()
+    arrays = {"y_test": Y_TEST, "test_index": TEST_INDEX, "x_test": IMAGES}
+    save_arrays(directory, arrays)
+    return ProcessedDataset(directory, array_refs(directory, list(arrays)))
+
+
+def sample_evaluations(directory: Path) -> list[ModelEvaluation]:
+    """Three models: one perfect, one taking every Shirt for a T-shirt, one worse still."""
     perfect = Y_TEST.copy()
     shirt_as_tshirt = Y_TEST.copy()
     shirt_as_tshirt[Y_TEST == 6] = 0  # every Shirt taken for a T-shirt/top
@@ -68,10 +78,20 @@ def evaluations(tmp_path):
     mixed[np.flatnonzero(Y_TEST == 0)[:3]] = 6  # and 3 T-shirts taken for Shirts
     mixed[np.flatnonzero(Y_TEST == 4)[:2]] = 2  # 2 Coats taken for Pullovers
     return [
-        evaluation("mixed", mixed, tmp_path),
-        evaluation("perfect", perfect, tmp_path),
-        evaluation("shirtless", shirt_as_tshirt, tmp_path),
+        evaluation("mixed", mixed, directory),
+        evaluation("perfect", perfect, directory),
+        evaluation("shirtless", shirt_as_tshirt, directory),
     ]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return sample_split(tmp_path)
+
+
+@pytest.fixture
+def evaluations(tmp_path):
+    return sample_evaluations(tmp_path)
 
 
 def test_leaderboard_ranks_by_accuracy(evaluations):
@@ -110,20 +130,16 @@ def test_hardest_class_is_shirt(evaluations):
     assert difficulty.iloc[0].best_model == "perfect"
 
 
-def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
-    test_index = np.arange(100) * 7
+def test_report_directory_is_complete_and_consistent(tmp_path, evaluations, data):
     report = write_report(
-        evaluations,
-        Y_TEST,
-        test_index,
-        tmp_path / "reports",
-        "run-1",
-        {"seed": 5},
+        evaluations=evaluations,
+        data=data,
+        report_dir=tmp_path / "reports" / "run-1",
+        context={"seed": 5},
         seed=5,
-        test_images=IMAGES,
     )
     out = report.directory
-    assert report.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
+    assert report.findings.leaderboard.model.tolist() == ["perfect", "shirtless", "mixed"]
     assert out == tmp_path / "reports" / "run-1"
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     assert out.stat().st_mode & 0o777 == 0o755
@@ -142,7 +158,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
             np.testing.assert_array_equal(probabilities[e.name], e.test_probabilities.load())
     predictions = pd.read_csv(out / "test_predictions.csv")
     assert predictions.columns.tolist() == ["index", "true_label", "perfect", "shirtless", "mixed"]
-    assert predictions["index"].tolist() == test_index.tolist()
+    assert predictions["index"].tolist() == TEST_INDEX.tolist()
     board = pd.read_csv(out / "leaderboard.csv")
     for row in board.itertuples():
         recomputed = (predictions[row.model] == predictions.true_label).mean()
@@ -171,34 +187,31 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations):
     assert "<td>perfect</td>" in page
 
 
-def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, monkeypatch):
+def test_failed_write_leaves_no_report_and_keeps_latest(tmp_path, evaluations, data):
     reports = tmp_path / "reports"
     first = write_report(
-        evaluations, Y_TEST, np.arange(100), reports, "run-1", {}, seed=0, test_images=IMAGES
+        evaluations=evaluations, data=data, report_dir=reports / "run-1", context={}, seed=0
     ).directory
     broken = evaluations[0]
     broken.test_predictions.path.write_bytes(b"changed")  # its hash no longer matches
     with pytest.raises(RuntimeError, match=r"content hash"):
         write_report(
-            evaluations, Y_TEST, np.arange(100), reports, "run-2", {}, seed=0, test_images=IMAGES
+            evaluations=evaluations, data=data, report_dir=reports / "run-2", context={}, seed=0
         )
     assert sorted(p.name for p in reports.iterdir()) == ["latest", "run-1"]
     assert (reports / "latest").resolve() == first.resolve()
 
 
-def test_existing_run_is_never_overwritten(tmp_path, evaluations):
-    write_report(
-        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0, test_images=IMAGES
-    )
+def test_existing_run_is_never_overwritten(tmp_path, evaluations, data):
+    run = tmp_path / "run-1"
+    write_report(evaluations=evaluations, data=data, report_dir=run, context={}, seed=0)
     with pytest.raises(FileExistsError, match=r"run-1: already exists"):
-        write_report(
-            evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=0, test_images=IMAGES
-        )
+        write_report(evaluations=evaluations, data=data, report_dir=run, context={}, seed=0)
 
 
-def test_report_says_which_differences_are_significant(tmp_path, evaluations):
+def test_report_says_which_differences_are_significant(tmp_path, evaluations, data):
     out = write_report(
-        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1, test_images=IMAGES
+        evaluations=evaluations, data=data, report_dir=tmp_path / "run-1", context={}, seed=1
     )
     board = pd.read_csv(out.directory / "leaderboard.csv")
     assert (board.accuracy_low <= board.test_accuracy).all()
@@ -234,7 +247,7 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():
     assert board.model[front].tolist() == ["slow_best", "fast_good", "fast_tied", "cheapest"]
 
 
-def test_learning_curves_come_from_the_trained_models(tmp_path, evaluations):
+def test_learning_curves_come_from_the_trained_models(tmp_path, evaluations, data):
     boosted, trained_in_epochs, untracked = evaluations
     rounds = LearningCurve("boosting round", [0.3, 0.2, 0.1], [0.35, 0.3, 0.32])
     epochs = LearningCurve("epoch", [0.3, 0.1], [0.25, 0.2])
@@ -247,27 +260,28 @@ def test_learning_curves_come_from_the_trained_models(tmp_path, evaluations):
     assert learning_curves(evaluations) == {"mixed": rounds, "perfect": epochs}
 
     out = write_report(
-        evaluations, Y_TEST, np.arange(100), tmp_path / "r", "run-1", {}, seed=0, test_images=IMAGES
+        evaluations=evaluations, data=data, report_dir=tmp_path / "r" / "run-1", context={}, seed=0
     )
     assert (out.directory / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out.directory / "report.md").read_text()
     assert "Training and validation error of mixed, perfect per step" in report
 
 
-def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, evaluations):
+def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, evaluations, data):
     mixed, _, shirtless = evaluations  # the best of these two is `shirtless`
     mistakes = misclassified_examples(
-        shirtless.confusion,
-        shirtless.test_predictions.load(),
-        shirtless.test_probabilities.load(),
-        Y_TEST,
+        confusion=shirtless.confusion,
+        predicted=shirtless.test_predictions.load(),
+        probabilities=shirtless.test_probabilities.load(),
+        y_test=Y_TEST,
     )
     # Its only confusion: all 10 Shirts (positions 60-69) taken for T-shirts.
     assert set(mistakes.position) == set(range(60, 66))  # 6 per pair at most
     assert set(zip(mistakes.true, mistakes.predicted, strict=True)) == {("Shirt", "T-shirt/top")}
 
-    out = write_report([mixed, shirtless], Y_TEST, np.arange(100), tmp_path, "run-1", {},
-                       seed=0, test_images=IMAGES).directory  # fmt: skip
+    out = write_report(
+        evaluations=[mixed, shirtless], data=data, report_dir=tmp_path / "run-1", context={}, seed=0
+    ).directory
     assert (out / "misclassified_best_model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Mistakes of shirtless" in report
@@ -277,14 +291,17 @@ def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, eval
     assert "The 2 models disagree on 5.0% of the test images" in report
 
 
-def test_lead_of_the_best_model_is_its_gap_or_a_tie(tmp_path, evaluations):
+def test_lead_of_the_best_model_is_its_gap_or_a_tie(tmp_path, evaluations, data):
     out = write_report(
-        evaluations, Y_TEST, np.arange(100), tmp_path, "run-1", {}, seed=1, test_images=IMAGES
+        evaluations=evaluations, data=data, report_dir=tmp_path / "run-1", context={}, seed=1
     )
-    assert "It is 10.00 points ahead of shirtless (0.9000)" in out.findings[1]
+    assert "It is 10.00 points ahead of shirtless (0.9000)" in out.findings.analysis[1]
     twin = evaluation("twin", Y_TEST.copy(), tmp_path)
     tied = write_report(
-        [*evaluations, twin], Y_TEST, np.arange(100), tmp_path, "run-2", {}, seed=1,
-        test_images=IMAGES,
-    )  # fmt: skip
-    assert tied.findings[1].startswith("It ties with twin, which ranks second (1.0000)")
+        evaluations=[*evaluations, twin],
+        data=data,
+        report_dir=tmp_path / "run-2",
+        context={},
+        seed=1,
+    )
+    assert tied.findings.analysis[1].startswith("It ties with twin, which ranks second (1.0000)")

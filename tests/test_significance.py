@@ -9,6 +9,7 @@ from tasks.significance import (
     bootstrap_accuracy_intervals,
     describe_comparisons,
     mcnemar_exact,
+    percent,
     rank_comparisons,
 )
 
@@ -77,3 +78,8 @@ def test_each_model_is_compared_with_the_one_above_and_the_best():
     sentences = describe_comparisons(comparisons)
     assert sentences[0].startswith("best and tied are statistically tied at the 5% level (McNemar")
     assert sentences[1].startswith("tied is significantly more accurate than worse (McNemar")
+
+
+@pytest.mark.parametrize(("level", "text"), [(0.95, "95%"), (0.9, "90%"), (0.975, "97.5%")])
+def test_levels_read_as_percentages(level, text):
+    assert percent(level) == text

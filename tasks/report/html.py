@@ -29,13 +29,18 @@ code { background: #f6f8fa; padding: .1em .3em; border-radius: 4px; }
 """
 
 
-def _data_uri(path: Path) -> str:
+def data_uri(payload: bytes, media_type: str) -> str:
+    """`payload` inline, as an image source that needs no file beside the page."""
+    return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+def _figure_uri(path: Path) -> str:
     media_type, _ = mimetypes.guess_type(path.name)
     if media_type is None or not media_type.startswith("image/"):
         raise ValueError(f"{path}: the report refers to a figure of unknown type")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the report refers to this figure, which does not exist")
-    return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    return data_uri(path.read_bytes(), media_type)
 
 
 def render_html(markdown: str, figures_dir: Path, title: str) -> str:
@@ -48,7 +53,7 @@ def render_html(markdown: str, figures_dir: Path, title: str) -> str:
     for block in tokens:
         for token in block.children or []:
             if token.type == "image":
-                token.attrSet("src", _data_uri(figures_dir / str(token.attrGet("src"))))
+                token.attrSet("src", _figure_uri(figures_dir / str(token.attrGet("src"))))
     body = parser.renderer.render(tokens, parser.options, {})
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

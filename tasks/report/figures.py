@@ -1,21 +1,69 @@
-"""The comparison report's figures. Each function returns a Figure; the caller saves it."""
+"""The comparison report's figures. Each `plot_` function returns a Figure;
+`save_figures` writes those report.md shows."""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tasks.contracts import LearningCurve
+from tasks.contracts import CLASS_NAMES, LearningCurve
+from tasks.report.analysis import GALLERY_PER_PAIR, PARETO_COSTS, Findings
+from tasks.significance import percent
+
+FIGURE_DPI = 100
+GALLERY_FILE = "misclassified_best_model.png"
+CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
+LEARNING_CURVES_FILE = "learning_curves.png"
+F1_HEATMAP_FILE = "f1_by_class.png"
 
 
-def plot_pareto(board: pd.DataFrame, cost: str, cost_label: str, front: pd.Series) -> Figure:
-    """Test accuracy (with its 95% interval) against a cost on a log scale.
+def save_figures(findings: Findings, test_images: np.ndarray, directory: Path) -> None:
+    """Write the Pareto plots, F1 heatmap, confusion grid, learning curves and gallery.
 
     Args:
-        cost: the leaderboard column plotted on the x axis.
-        front: per row of `board`, whether the model is on the Pareto front.
+        test_images: the test images, scaled to [0, 1], for the gallery of mistakes.
     """
+    for cost, label, figure_file in PARETO_COSTS:
+        plot_pareto(findings, cost, label).savefig(directory / figure_file, dpi=FIGURE_DPI)
+    plot_f1_heatmap(findings.f1).savefig(directory / F1_HEATMAP_FILE, dpi=FIGURE_DPI)
+    grid = plot_confusion_grid(findings.confusions, list(CLASS_NAMES))
+    grid.savefig(directory / CONFUSION_GRID_FILE, dpi=FIGURE_DPI)
+    if findings.curves:
+        curves = plot_learning_curves(findings.curves)
+        curves.savefig(directory / LEARNING_CURVES_FILE, dpi=FIGURE_DPI)
+    if findings.gallery_model:
+        mistakes = findings.mistakes
+        captions = [
+            f"{m.true} as\n{m.predicted} ({m.confidence:.0%})" for m in mistakes.itertuples()
+        ]
+        gallery = plot_misclassified(
+            images=test_images[mistakes.position.to_numpy()],
+            captions=captions,
+            rows=-(-len(mistakes) // GALLERY_PER_PAIR),
+            title=f"{findings.gallery_model}: its most confident mistakes on its most "
+            "frequent confusions",
+        )
+        gallery.savefig(directory / GALLERY_FILE, dpi=FIGURE_DPI)
+
+
+def png_bytes(figure: Figure, dpi: float) -> bytes:
+    """The figure as a PNG file's bytes, for embedding rather than saving."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def plot_pareto(findings: Findings, cost: str, cost_label: str) -> Figure:
+    """Test accuracy, with its confidence interval, against a cost on a log scale.
+
+    Args:
+        cost: the leaderboard column plotted on the x axis, one of `PARETO_COSTS`.
+    """
+    board, front = findings.leaderboard, findings.fronts[cost]
     figure = Figure(figsize=(8, 5.5), layout="constrained")
     axes = figure.add_subplot()
     errors = [board.test_accuracy - board.accuracy_low, board.accuracy_high - board.test_accuracy]
@@ -31,7 +79,7 @@ def plot_pareto(board: pd.DataFrame, cost: str, cost_label: str, front: pd.Serie
                       textcoords="offset points", xytext=(5, 5), fontsize=8)  # fmt: skip
     axes.set_xscale("log")
     axes.set_xlabel(f"{cost_label} (log scale)")
-    axes.set_ylabel("test accuracy (95% CI)")
+    axes.set_ylabel(f"test accuracy ({percent(findings.confidence)} CI)")
     axes.set_title(f"Accuracy against {cost_label}")
     axes.legend(loc="lower right")
     return figure

@@ -1,0 +1,85 @@
+"""The report's Prefect layer: the compare-models task and the artifacts it publishes.
+
+The summary artifact carries its two key figures inline, at a low resolution, so the
+Prefect UI shows them without the report's directory and the server stores little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TuningSummary
+from tasks.report.analysis import PARETO_COSTS, Findings
+from tasks.report.figures import plot_confusion_grid, plot_pareto, png_bytes
+from tasks.report.html import data_uri
+from tasks.report.tables import markdown_table, readable_leaderboard
+from tasks.report.writer import write_report
+from tasks.runtime import in_task_run
+
+ARTIFACT_DPI = 72  # six models: about 200 KB of markdown, most of it the confusion grid
+
+
+def summary_markdown(findings: Findings, report_dir: Path) -> str:
+    """Leaderboard, findings, the row-normalised confusion grid and accuracy against fit
+    time, and a link to the full report in `report_dir`."""
+    html_report = report_dir.resolve() / "report.html"
+    cost, label, _ = PARETO_COSTS[0]
+    grid = plot_confusion_grid(findings.confusions, list(CLASS_NAMES))
+    sections = [
+        f"# Run {report_dir.name}",
+        markdown_table(readable_leaderboard(findings.leaderboard, findings.confidence)),
+        *[f"- {finding}" for finding in findings.analysis],
+        "## Confusion matrices, each row scaled to its true class",
+        _inline_image(grid, "confusion matrices, row-normalised"),
+        f"## Accuracy against {label}",
+        _inline_image(plot_pareto(findings, cost, label), label),
+        f"Full report, one self-contained page: [report.html]({html_report.as_uri()}) "
+        f"(`{html_report}`; the same as markdown beside it in `report.md`)",
+    ]
+    return "\n\n".join(sections)
+
+
+def _inline_image(figure: Figure, alt: str) -> str:
+    return f"![{alt}]({data_uri(png_bytes(figure, ARTIFACT_DPI), 'image/png')})"
+
+
+def publish_artifacts(findings: Findings, report_dir: Path) -> None:
+    """The leaderboard as a table artifact and the summary as a markdown artifact."""
+    create_table_artifact(
+        key="fashion-mnist-leaderboard",
+        table=findings.leaderboard.round(4).to_dict(orient="records"),
+        description=f"Models ranked by test accuracy, run {report_dir.name}",
+    )
+    create_markdown_artifact(
+        key="fashion-mnist-summary",
+        markdown=summary_markdown(findings, report_dir),
+        description="Leaderboard, findings, confusion matrices and accuracy against fit time",
+    )
+
+
+@task(name="compare-models")
+def report_task(
+    evaluations: list[ModelEvaluation],
+    data: ProcessedDataset,
+    output_dir: Path,
+    run_id: str,
+    context: dict,
+    seed: int,
+    tuning: list[TuningSummary],
+) -> Path:
+    """Write the run's report to `<output_dir>/<run_id>` and publish its artifacts."""
+    report = write_report(
+        evaluations=evaluations,
+        data=data,
+        report_dir=output_dir / run_id,
+        context=context,
+        seed=seed,
+        tuning=tuning,
+    )
+    if in_task_run():  # not when the benchmark calls it without Prefect
+        publish_artifacts(report.findings, report.directory)
+    return report.directory

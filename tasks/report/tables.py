@@ -1,0 +1,71 @@
+"""The leaderboard and tuning tables as the report, the artifacts and the console show them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.contracts import TuningSummary
+from tasks.significance import percent
+
+# What the command line prints: the ranking and its uncertainty, and the time it cost.
+CONSOLE_COLUMNS = [
+    "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1",
+    "fit_seconds", "predict_seconds",
+]  # fmt: skip
+COLUMN_FORMATS = {
+    "fit_seconds": ".1f", "predict_seconds": ".2f", "predict_ms_per_1000": ".1f",
+    "model_size_mb": ".2f",
+}  # fmt: skip
+
+
+def console_table(report_dir: Path) -> str:
+    """The leaderboard as the command line prints it, read back from the run's files."""
+    board = pd.read_csv(report_dir / "leaderboard.csv", usecols=CONSOLE_COLUMNS)
+    return board.to_string(index=False, float_format=lambda value: f"{value:.4f}")
+
+
+def markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
+    """Floats with `floats` digits, except times and sizes, which need fewer."""
+    formats = [COLUMN_FORMATS.get(column, floats) for column in frame.columns]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(formats)]
+    for row in frame.itertuples(index=False):
+        cells = [
+            format(value, spec) if isinstance(value, float) else str(value)
+            for value, spec in zip(row, formats, strict=True)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readable_leaderboard(board: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """The leaderboard with each accuracy interval in one `[low, high]` column.
+
+    Args:
+        confidence: level of the intervals, named in the column's header.
+    """
+    shown = board.drop(columns=["accuracy_low", "accuracy_high"])
+    intervals = [f"[{r.accuracy_low:.4f}, {r.accuracy_high:.4f}]" for r in board.itertuples()]
+    shown.insert(shown.columns.get_loc("test_accuracy") + 1, f"{percent(confidence)} CI", intervals)
+    return shown
+
+
+def tuning_table(tuning: Sequence[TuningSummary]) -> pd.DataFrame:
+    """One row per tuned model: its search, and the defaults' and best validation accuracy."""
+    return pd.DataFrame(
+        {
+            "model": s.model,
+            "trials": s.trials,
+            "pruned": s.pruned,
+            "minutes": f"{s.seconds / 60:.1f}",
+            "default validation accuracy": s.default_accuracy,
+            "best validation accuracy": s.best_accuracy,
+            "gain": s.best_accuracy - s.default_accuracy,
+            "best trial": s.best_trial,
+            "best parameters": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in s.best_params.items()),
+        }
+        for s in tuning
+    )  # fmt: skip

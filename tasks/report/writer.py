@@ -1,0 +1,103 @@
+"""The run's report directory: every view of the findings, published at once.
+
+Everything is written into a hidden staging directory and renamed to the report's
+directory only when complete; `latest` beside it then points at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.contracts import ModelEvaluation, ProcessedDataset, TuningSummary
+from tasks.report.analysis import Findings, analyse
+from tasks.report.figures import save_figures
+from tasks.report.html import render_html
+from tasks.report.markdown import render_markdown
+from tasks.report.metrics import metrics_document
+from tasks.report.profile import write_tuning_files
+from tasks.storage import write_new_directory
+
+
+@dataclass(frozen=True)
+class Report:
+    """A published report: its directory, and the findings every file in it shows."""
+
+    directory: Path
+    findings: Findings
+
+
+def write_report(
+    evaluations: list[ModelEvaluation],
+    data: ProcessedDataset,
+    report_dir: Path,
+    context: dict,
+    seed: int,
+    tuning: Sequence[TuningSummary] = (),
+) -> Report:
+    """Write the complete report for a run and point `latest` beside it at it.
+
+    Args:
+        data: the split whose test arrays the models were evaluated on.
+        report_dir: the report's directory, named after the run id; it must not exist.
+        context: JSON-ready facts about the run (`run_context`).
+        seed: seed of the bootstrap resamples.
+        tuning: the tuning stage's searches, when it ran.
+    """
+    y_test, test_index, x_test = data.load("y_test", "test_index", "x_test")
+    # Each stored array is read (and its hash checked) once.
+    predicted = {e.name: e.test_predictions.load() for e in evaluations}
+    probabilities = {e.name: e.test_probabilities.load() for e in evaluations}
+    findings = analyse(
+        evaluations=evaluations,
+        y_test=y_test,
+        predicted=predicted,
+        probabilities=probabilities,
+        seed=seed,
+        tuning=tuning,
+    )
+    run_id = report_dir.name
+    ranked = list(findings.leaderboard.model)
+
+    def write(staging: Path) -> None:
+        findings.leaderboard.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
+        predictions = pd.DataFrame({"index": test_index, "true_label": y_test})
+        for name in ranked:
+            predictions[name] = predicted[name]
+        predictions.to_csv(staging / "test_predictions.csv", index=False)
+        np.savez_compressed(
+            staging / "test_probabilities.npz", **{name: probabilities[name] for name in ranked}
+        )
+        document = metrics_document(
+            findings=findings, evaluations=evaluations, run_id=run_id, context=context
+        )
+        (staging / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
+        if tuning:
+            write_tuning_files(tuning, staging)
+        for e in evaluations:
+            shutil.copyfile(e.confusion_figure, staging / f"confusion_matrix_{e.name}.png")
+        save_figures(findings, x_test, staging)
+        markdown = render_markdown(findings, run_id)
+        (staging / "report.md").write_text(markdown)
+        page = render_html(markdown, staging, f"Fashion-MNIST model comparison, run {run_id}")
+        (staging / "report.html").write_text(page)
+
+    write_new_directory(report_dir, write)
+    point_latest_at(report_dir)
+    return Report(report_dir, findings)
+
+
+def point_latest_at(report_dir: Path) -> None:
+    """Swap `latest` to `report_dir` in one rename, so it never points at nothing."""
+    latest = report_dir.parent / "latest"
+    staging = report_dir.parent / f".latest.{uuid.uuid4().hex}"
+    staging.symlink_to(report_dir.name, target_is_directory=True)
+    os.replace(staging, latest)
