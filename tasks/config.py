@@ -11,7 +11,24 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from tasks.models import SPECS
+
+# The sections of `ModelParams`, importable from the configuration as they always were.
+from tasks.models.cnn import CNNParams as CNNParams
+from tasks.models.sklearn_models import LogisticRegressionParams as LogisticRegressionParams
+from tasks.models.sklearn_models import RandomForestParams as RandomForestParams
+from tasks.models.sklearn_models import SVMParams as SVMParams
+from tasks.models.xgboost_model import XGBoostParams as XGBoostParams
 
 ProfileName = Literal["quick", "full"]
 
@@ -20,97 +37,16 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LogisticRegressionParams(_Params):
-    C: float = Field(1.0, gt=0)
-    max_iter: PositiveInt = 200
-
-
-class RandomForestParams(_Params):
-    n_estimators: PositiveInt = 100
-    max_features: Literal["sqrt", "log2"] = "sqrt"
-    min_samples_leaf: PositiveInt = 1
-
-
-class SVMParams(_Params):
-    # Measured here (54k images, 1 thread): on 128 principal components the RBF SVM fits
-    # in 51 s and predicts 16k images in 20 s at 0.900 test accuracy; on the 784 pixels
-    # it took 282 s and 86 s for 0.899. 64 components: 33 s, 0.893.
-    C: float = Field(10.0, gt=0)
-    gamma: Literal["scale", "auto"] | float = "scale"
-    pca_components: PositiveInt | None = Field(
-        128, le=784, description="Project the pixels on this many principal components first."
-    )
-    # libsvm's kernel cache; the 200 MB default makes the 54k-image fit recompute kernels.
-    cache_size_mb: PositiveInt = 2000
-
-
-class XGBoostParams(_Params):
-    # Measured here (54k images, 1 thread): stops near round 175 at 0.898 test accuracy in
-    # ~220 s. Learning rate 0.1 reached 0.898 too, in twice the time; sampling half the
-    # columns saved 10 % of the time and cost 0.2 points.
-    n_estimators: PositiveInt = 500
-    learning_rate: float = Field(0.2, gt=0, le=1)
-    max_depth: PositiveInt = 6
-    max_bin: PositiveInt = 64
-    colsample_bytree: float = Field(1.0, gt=0, le=1)
-    early_stopping_rounds: PositiveInt = 20
-
-
-class CNNParams(_Params):
-    # Measured here on one thread: two 3x3 convolutions per block, shifted and mirrored
-    # training images, bfloat16 compute and fused BatchNorm give 44 s epochs and 0.942
-    # test accuracy after 18 epochs (with mirrored test views; 0.939 after 15, 0.935 after
-    # 10). Keras' own BatchNorm made an epoch 60 s; two threads make it 37 s, not 22.
-    epochs: PositiveInt = 18
-    batch_size: PositiveInt = 128
-    learning_rate: float = Field(2e-3, gt=0)
-    conv_blocks: tuple[tuple[PositiveInt, ...], ...] = Field(
-        ((32, 32), (64, 64)),
-        min_length=1,
-        description="Filters of each block's 3x3 convolutions; each block ends in 2x2 pooling.",
-    )
-    dense_units: PositiveInt = 256
-    dropout: float = Field(0.4, ge=0, lt=1)
-    early_stopping_patience: PositiveInt = 4
-    # 0.1 gave 0.9381 test accuracy against 0.9391 without, in 15 epochs.
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="Targets: 1 - s + s/10 for the true class, s/10 for others."
-    )
-    shift_pixels: int = Field(
-        2, ge=0, le=6, description="Training images are shifted by up to this many pixels."
-    )
-    mirror: bool = Field(
-        True, description="Mirror half the training images, and average each test image's "
-        "prediction with its mirror image's."
-    )  # fmt: skip
-    precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bfloat16 where the CPU computes it natively (AVX-512 BF16)."
-    )
-
-
-class ModelParams(_Params):
-    """Hyper-parameters of every registered model; the field names are the model names."""
-
-    logistic_regression: LogisticRegressionParams = LogisticRegressionParams()
-    random_forest: RandomForestParams = RandomForestParams()
-    svm_rbf: SVMParams = SVMParams()
-    xgboost: XGBoostParams = XGBoostParams()
-    cnn: CNNParams = CNNParams()
-
-
-MODEL_NAMES: tuple[str, ...] = tuple(ModelParams.model_fields)
-
-# Longest first (fit + predict on one thread, measured: cnn ~800 s, xgboost ~190 s,
-# svm ~75 s, random forest ~65 s): the pool starts the slow models early and the short
-# ones fill the gaps at the end instead of leaving a core idle.
-DEFAULT_MODELS: tuple[str, ...] = (
-    "cnn",
-    "xgboost",
-    "svm_rbf",
-    "random_forest",
-    "logistic_regression",
+# Quickest model first: the order the Prefect form and the CLI have always listed them in.
+ModelParams = create_model(
+    "ModelParams",
+    __base__=_Params,
+    __doc__="Hyper-parameters of every registered model; the field names are the model names.",
+    **{spec.name: (spec.params, spec.params()) for spec in reversed(SPECS)},
 )
 
+MODEL_NAMES: tuple[str, ...] = tuple(ModelParams.model_fields)
+DEFAULT_MODELS: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 
 # What the `quick` profile changes: a small stratified subset and short training, so a
 # smoke run of every stage takes about a minute. Values given explicitly win.
@@ -118,12 +54,7 @@ QUICK_PROFILE: dict = {
     "train_subset_size": 6000,
     "validation_size": 1000,
     "test_subset_size": 2000,
-    "params": {
-        "logistic_regression": {"max_iter": 100},
-        "random_forest": {"n_estimators": 30},
-        "xgboost": {"n_estimators": 30, "early_stopping_rounds": 5},
-        "cnn": {"epochs": 2, "early_stopping_patience": 1},
-    },
+    "params": {spec.name: dict(spec.quick) for spec in reversed(SPECS) if spec.quick},
 }
 
 

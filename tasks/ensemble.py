@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.logging import get_run_logger
 from scipy.optimize import minimize
 from scipy.special import softmax
 
 from tasks.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.evaluate import read_evaluation, write_evaluation
+from tasks.runtime import stage_logger
 from tasks.storage import cached_stage, code_version, content_key
 
 ENSEMBLE_NAME = "ensemble"
@@ -108,7 +108,7 @@ def ensemble_task(
     size: int,
     refresh: bool,
 ) -> ModelEvaluation:
-    logger = get_run_logger()
+    logger = stage_logger()
     ensemble = build_ensemble(evaluations, data, cache_dir, size, refresh, logger)
     logger.info(
         "ensemble of %s with weights %s: test accuracy %.4f",

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from prefect import task
-from prefect.logging import get_run_logger
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -20,6 +19,8 @@ from sklearn.metrics import (
 )
 
 from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.models import load_model
+from tasks.runtime import stage_logger
 from tasks.storage import (
     array_refs,
     cached_stage,
@@ -28,7 +29,6 @@ from tasks.storage import (
     manifest_digest,
     save_arrays,
 )
-from tasks.train import load_model
 
 LABELS = list(range(len(CLASS_NAMES)))
 EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
@@ -204,7 +204,7 @@ def evaluate_model(
 def evaluate_task(
     trained: TrainedModel, data: ProcessedDataset, cache_dir: Path, threads: int, refresh: bool
 ) -> ModelEvaluation:
-    logger = get_run_logger()
+    logger = stage_logger()
     evaluation = evaluate_model(trained, data, cache_dir, threads, refresh, logger)
     logger.info(
         "%s: test accuracy %.4f, macro-F1 %.4f (predicted in %.1f s)",

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from tasks.contracts import IMAGE_SHAPE, RawDataset
 from tasks.errors import DatasetFileError
+from tasks.runtime import stage_logger
 from tasks.storage import (
     array_refs,
     cached_stage,
@@ -271,4 +271,4 @@ def _retry_on_network_error(task, task_run, state) -> bool:
     retry_condition_fn=_retry_on_network_error,
 )
 def ingest_task(data_dir: Path | None, cache_dir: Path, refresh: bool) -> RawDataset:
-    return ingest_dataset(data_dir, cache_dir, refresh=refresh, logger=get_run_logger())
+    return ingest_dataset(data_dir, cache_dir, refresh=refresh, logger=stage_logger())

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.logging import get_run_logger
 from sklearn.model_selection import train_test_split
 
-from tasks.contracts import IMAGE_SHAPE, ProcessedDataset, RawDataset
+from tasks.contracts import ProcessedDataset, RawDataset
+from tasks.runtime import stage_logger
 from tasks.storage import (
     array_refs,
     cached_stage,
@@ -29,11 +29,6 @@ PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", 
 def scale_images(images: np.ndarray) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, 784) float32 in [0, 1], the layout scikit-learn and XGBoost take."""
     return (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32)
-
-
-def to_image_tensor(features: np.ndarray) -> np.ndarray:
-    """(N, 784) -> (N, 28, 28, 1), the layout a Keras CNN takes (a view, no copy)."""
-    return features.reshape(len(features), *IMAGE_SHAPE, 1)
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -121,5 +116,5 @@ def preprocess_task(
 ) -> ProcessedDataset:
     return preprocess_dataset(
         raw, cache_dir, validation_size, seed, train_subset_size, test_subset_size,
-        refresh, get_run_logger(),
+        refresh, stage_logger(),
     )  # fmt: skip

@@ -13,7 +13,6 @@ flow submits them to the same task runner that trains the models.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,52 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from prefect import task
-from prefect.logging import get_run_logger
 
 from tasks.config import ModelParams
 from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
+from tasks.models import TrainingContext, build_model, model_spec
 from tasks.preprocess import stratified_subset
-from tasks.train import TrainingContext, build_model
+from tasks.report.profile import profile_text
+from tasks.runtime import stage_logger
 
-# Names are the models' configuration fields, so the best values are config values.
-SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
-    "logistic_regression": {"C": FloatDistribution(1e-3, 10.0, log=True)},
-    "random_forest": {
-        "max_features": CategoricalDistribution(["sqrt", "log2"]),
-        "min_samples_leaf": IntDistribution(1, 4),
-    },
-    "svm_rbf": {
-        "C": FloatDistribution(1.0, 100.0, log=True),
-        "gamma": CategoricalDistribution(["scale", 0.005, 0.01, 0.02, 0.04]),
-        "pca_components": CategoricalDistribution([64, 96, 128, 192]),
-    },
-    "xgboost": {
-        "learning_rate": FloatDistribution(0.05, 0.4, log=True),
-        "max_depth": IntDistribution(3, 10),
-        "colsample_bytree": FloatDistribution(0.2, 1.0),
-    },
-    "cnn": {
-        "learning_rate": FloatDistribution(5e-4, 5e-3, log=True),
-        "dropout": FloatDistribution(0.2, 0.6),
-        "dense_units": CategoricalDistribution([128, 256, 512]),
-        "batch_size": CategoricalDistribution([64, 128, 256]),
-        "shift_pixels": IntDistribution(0, 3),
-        "label_smoothing": FloatDistribution(0.0, 0.2),
-    },
-}
-# Steps are boosting rounds for XGBoost and epochs for the CNN: the first few say too
-# little to prune on. Trials of the other models report nothing before they finish.
-PRUNING_WARMUP_STEPS = {"xgboost": 50, "cnn": 2}
 UNPRUNED_TRIALS = 2  # the defaults and one more, before any trial is compared
+DEFAULTS_TRIAL = 0  # each study's first trial: the configured defaults, enqueued
 # Random proposals before TPE models the results: budgets of minutes allow few trials.
 RANDOM_TRIALS = 4
 JOURNAL_FILE = "study.journal"
@@ -78,7 +44,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def pruner(model: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(
-        n_startup_trials=UNPRUNED_TRIALS, n_warmup_steps=PRUNING_WARMUP_STEPS.get(model, 0)
+        n_startup_trials=UNPRUNED_TRIALS, n_warmup_steps=model_spec(model).pruning_warmup_steps
     )
 
 
@@ -134,11 +100,13 @@ def run_trial(
         ),
         pruner=pruner(model),
     )
-    trial = study.ask(SEARCH_SPACES[model])
+    trial = study.ask(model_spec(model).search_space)
 
     def report_validation(step: int, accuracy: float) -> None:
         trial.report(accuracy, step)
-        if trial.should_prune():
+        # The defaults are what the search is measured against: their score is always a
+        # whole fit's, even when later trials finished first and set a higher median.
+        if trial.number != DEFAULTS_TRIAL and trial.should_prune():
             raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at step {step}")
 
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
@@ -179,7 +147,7 @@ def trial_task(
     threads: int,
 ) -> TrialOutcome:
     return run_trial(
-        request, params, data, study_dir, train_subset_size, seed, threads, get_run_logger()
+        request, params, data, study_dir, train_subset_size, seed, threads, stage_logger()
     )
 
 
@@ -201,7 +169,8 @@ class TuningSession:
         for model in models:
             study = optuna.create_study(study_name=model, storage=storage, direction="maximize")
             defaults = getattr(params, model)
-            study.enqueue_trial({name: getattr(defaults, name) for name in SEARCH_SPACES[model]})
+            search_space = model_spec(model).search_space
+            study.enqueue_trial({name: getattr(defaults, name) for name in search_space})
             self.studies[model] = study
         self.spent = dict.fromkeys(models, 0.0)
         self.train_images: dict[str, int] = {}
@@ -264,13 +233,6 @@ def tuned_params(params: ModelParams, summaries: list[TuningSummary]) -> ModelPa
     for summary in summaries:
         params = with_overrides(params, summary.model, summary.best_params)
     return params
-
-
-def profile_text(summaries: list[TuningSummary]) -> str:
-    """The best parameters as a profile file's JSON: configuration values for a later
-    run's `profile_file`."""
-    values = {"params": {summary.model: summary.best_params for summary in summaries}}
-    return json.dumps(values, indent=2) + "\n"
 
 
 def write_profile(path: Path, summaries: list[TuningSummary]) -> None:

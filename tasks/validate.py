@@ -20,11 +20,11 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from prefect import task
-from prefect.logging import get_run_logger
 
 from tasks.contracts import CLASS_NAMES, IMAGE_SHAPE, RawDataset, ValidationSummary
 from tasks.errors import DatasetFileError, DataValidationError
 from tasks.ingest import FASHION_MNIST_FILES, IdxFile, checksum_mismatch
+from tasks.runtime import stage_logger
 from tasks.storage import cached_stage, code_version, content_key
 
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -174,4 +174,4 @@ def validate_raw_dataset(
 
 @task(name="validate-data")
 def validate_task(raw: RawDataset, cache_dir: Path, refresh: bool) -> ValidationSummary:
-    return validate_raw_dataset(raw, cache_dir, refresh=refresh, logger=get_run_logger())
+    return validate_raw_dataset(raw, cache_dir, refresh=refresh, logger=stage_logger())

@@ -9,7 +9,8 @@ import pytest
 from tasks.config import ModelParams
 from tasks.ensemble import build_ensemble, choose_members, choose_weights
 from tasks.evaluate import evaluate_model
-from tasks.train import TrainingContext, train_model
+from tasks.models import TrainingContext
+from tasks.train import train_model
 
 
 def test_members_are_chosen_by_validation_accuracy_not_test():

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from tasks.ingest import ingest_dataset
+from tasks.models.cnn import to_image_tensor
 from tasks.preprocess import (
     preprocess_arrays,
     preprocess_dataset,
     scale_images,
     split_train_validation,
     stratified_subset,
-    to_image_tensor,
 )
 
 

@@ -1,25 +1,16 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
+import shutil
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams, XGBoostParams
 from tasks.evaluate import evaluate_model
-from tasks.train import (
-    MODEL_BUILDERS,
-    TENSORFLOW_STARTUP_NOISE,
-    TrainingContext,
-    build_model,
-    load_model,
-    native_stderr_without,
-    shift_and_mirror,
-    train_model,
-)
+from tasks.models import SPECS, TrainingContext, build_model, load_model
+from tasks.storage import PROJECT_PACKAGE
+from tasks.train import model_code_version, train_model
 
 SMALL = ModelParams(
     random_forest=RandomForestParams(n_estimators=20),
@@ -36,17 +27,6 @@ MODEL_FILES = {
     "xgboost": "model.ubj",
     "cnn": "model.keras",
 }
-
-
-def test_registry_covers_every_configured_model():
-    assert tuple(MODEL_BUILDERS) == MODEL_NAMES
-
-
-def test_unknown_model_lists_the_valid_ones():
-    with pytest.raises(
-        ValueError, match=r"unknown model 'svm'; valid models: logistic_regression, "
-    ):
-        build_model("svm", ModelParams(), TrainingContext(seed=0, threads=1))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -132,67 +112,25 @@ def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, cap
     assert load_model(again.directory, threads=1).predict_proba(x_test).shape == (len(x_test), 10)
 
 
-def test_iteration_cap_is_one_log_line_not_a_warning(tmp_path, processed, caplog, recwarn):
-    capped = ModelParams(logistic_regression={"max_iter": 2})
-    context = TrainingContext(seed=0, threads=1)
-    with caplog.at_level("INFO", logger="tasks.train"):
-        train_model("logistic_regression", capped, processed, tmp_path, context)
-    assert "LogisticRegression stopped at its cap of max_iter=2 iterations" in caplog.text
-    assert [w for w in recwarn if "converge" in str(w.message)] == []
-
-
-def test_stderr_filter_drops_native_notices_and_passes_the_rest(capfd):
-    with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
-        os.write(2, b"I0000 00:00:1795 port.cc:153] oneDNN custom operations are on.\n")
-        writer = threading.Thread(target=os.write, args=(2, b"worker log line\n"))
-        writer.start()
-        writer.join()
-        os.write(2, b"To enable the following instructions: AVX2 FMA\n")
-        os.write(2, b"E0000 00:00:1795 real native error\n")
-    os.write(2, b"after\n")
-    assert capfd.readouterr().err == "worker log line\nE0000 00:00:1795 real native error\nafter\n"
-
-
-def test_blas_limit_outlives_a_fit_so_a_parallel_fit_keeps_it(tmp_path, processed):
-    train_model("logistic_regression", SMALL, processed, tmp_path, TrainingContext(0, threads=1))
-    blas_pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
-    assert blas_pools
-    assert {pool["num_threads"] for pool in blas_pools} == {1}
-
-
-def test_shift_and_mirror_moves_each_image_within_bounds():
-    images = np.zeros((400, 28, 28, 1), dtype=np.float32)
-    images[:, 10, 5] = 1.0  # one bright pixel, far enough from every edge
-    shifted = shift_and_mirror(images, 2, mirror=True, rng=np.random.default_rng(0))
-    again = shift_and_mirror(images, 2, mirror=True, rng=np.random.default_rng(0))
-    np.testing.assert_array_equal(shifted, again)
-    assert images[:, 10, 5].all()  # the input is left as it was
-    _, rows, columns, _ = np.nonzero(shifted)
-    assert len(rows) == len(images)  # no pixel lost or duplicated
-    assert set(rows) == set(range(8, 13))
-    mirrored = columns > 13
-    assert set(columns[~mirrored]) == set(range(3, 8))
-    assert set(columns[mirrored]) == set(range(20, 25))  # column 27 - 5 = 22, shifted
-    assert 0.4 < mirrored.mean() < 0.6
-    unchanged = shift_and_mirror(images, 0, mirror=False, rng=np.random.default_rng(0))
-    np.testing.assert_array_equal(unchanged, images)
-
-
-@pytest.mark.parametrize("shape", [(16, 5, 5, 3), (16, 7)])
-def test_fused_batch_normalisation_matches_keras(shape):
-    import keras
-
-    from tasks.keras_layers import FusedBatchNormalization
-
-    x = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype(np.float32)
-    fused, reference = (
-        FusedBatchNormalization(momentum=0.9),
-        keras.layers.BatchNormalization(momentum=0.9),
+def test_a_model_is_retrained_only_when_the_code_it_runs_changes(tmp_path):
+    package = shutil.copytree(
+        PROJECT_PACKAGE, tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__")
     )
-    np.testing.assert_allclose(fused(x, training=True), reference(x, training=True), atol=1e-4)
-    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, rtol=1e-5)
-    assert np.all(np.asarray(fused.moving_variance) > 1)  # moved from 1 towards the data's 9
-    reference.moving_variance.assign(fused.moving_variance)
-    np.testing.assert_allclose(fused(x), reference(x), atol=1e-5)  # inference statistics
-    restored = FusedBatchNormalization.from_config(fused.get_config())
-    assert (restored.momentum, restored.epsilon) == (0.9, 1e-3)
+
+    def retrained_after_editing(module_file: str) -> set[str]:
+        before = {spec.name: model_code_version(spec.name, package) for spec in SPECS}
+        with (package / module_file).open("a") as source:
+            source.write("\n# edited\n")
+        return {
+            spec.name
+            for spec in SPECS
+            if model_code_version(spec.name, package) != before[spec.name]
+        }
+
+    assert retrained_after_editing("models/cnn.py") == {"cnn"}
+    assert retrained_after_editing("models/keras_layers.py") == {"cnn"}
+    assert retrained_after_editing("models/xgboost_model.py") == {"xgboost"}
+    sklearn_models = {"logistic_regression", "random_forest", "svm_rbf"}
+    assert retrained_after_editing("models/sklearn_models.py") == sklearn_models
+    assert retrained_after_editing("models/__init__.py") == set()  # the registry fits nothing
+    assert retrained_after_editing("train.py") == set(MODEL_NAMES)  # it writes params.json

@@ -6,16 +6,15 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from tasks.config import MODEL_NAMES, ModelParams, PipelineConfig, XGBoostParams
-from tasks.contracts import ProcessedDataset
+from tasks.config import ModelParams, PipelineConfig, XGBoostParams
+from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset
+from tasks.models import TrainingContext, build_model, model_spec
 from tasks.storage import array_refs, save_arrays
 from tasks.tune import (
-    PRUNING_WARMUP_STEPS,
-    SEARCH_SPACES,
+    TrialOutcome,
     TrialRequest,
     TuningSession,
     journal,
@@ -34,17 +33,6 @@ def tune_synchronously(session: TuningSession, data, subset=None) -> None:
             logger=optuna.logging.get_logger("test"),
         )  # fmt: skip
         session.record(request, outcome)
-
-
-@pytest.mark.parametrize("model", MODEL_NAMES)
-def test_search_space_names_config_fields_and_holds_the_defaults(model):
-    defaults = getattr(ModelParams(), model)
-    for name, distribution in SEARCH_SPACES[model].items():
-        value = getattr(defaults, name)
-        if isinstance(distribution, CategoricalDistribution):
-            assert value in distribution.choices, (model, name)
-        else:
-            assert distribution.low <= value <= distribution.high, (model, name)
 
 
 def test_session_starts_from_the_defaults_and_keeps_to_the_budget(tmp_path, processed, monkeypatch):
@@ -68,14 +56,14 @@ def test_session_starts_from_the_defaults_and_keeps_to_the_budget(tmp_path, proc
         trials = pd.read_csv(summary.trials_file)
         assert len(trials) == summary.trials >= 2
         first = trials.iloc[0]
-        for name in SEARCH_SPACES[model]:
+        for name in model_spec(model).search_space:
             assert first[f"params_{name}"] == getattr(getattr(SMALL, model), name)
         assert summary.default_accuracy == first.value
         assert summary.best_accuracy == trials.value.max() >= summary.default_accuracy
         best = trials.set_index("number").loc[summary.best_trial]
         assert best.value == summary.best_accuracy
         assert summary.best_params == {
-            name: best[f"params_{name}"] for name in SEARCH_SPACES[model]
+            name: best[f"params_{name}"] for name in model_spec(model).search_space
         }
         assert summary.train_images == 120
         # The budget stops new trials; only the last one may run past it.
@@ -84,12 +72,9 @@ def test_session_starts_from_the_defaults_and_keeps_to_the_budget(tmp_path, proc
         assert seconds.sum() - seconds.iloc[-1] < 60 * budget_minutes
 
 
-@pytest.mark.parametrize(
-    ("model", "step"),
-    [("xgboost", 25), ("cnn", 1)],  # XGBoost reports every 25 rounds, the CNN every epoch
-)
-def test_trial_below_the_median_is_pruned(tmp_path, model, step):
-    # Labels without any relation to the images: nothing reaches the earlier trials' 0.9.
+@pytest.fixture
+def unlearnable(tmp_path) -> ProcessedDataset:
+    """Labels without any relation to the images: nothing reaches earlier trials' 0.9."""
     rng = np.random.default_rng(0)
     arrays = {
         "x_train": rng.random((300, 784), dtype=np.float32),
@@ -98,34 +83,69 @@ def test_trial_below_the_median_is_pruned(tmp_path, model, step):
         "y_val": rng.integers(0, 10, 100).astype(np.uint8),
     }
     save_arrays(tmp_path, arrays)
-    data = ProcessedDataset(tmp_path, array_refs(tmp_path, list(arrays)))
-    params = SMALL.model_copy(
-        update={
-            "xgboost": XGBoostParams(n_estimators=200, early_stopping_rounds=200),
-            "cnn": SMALL.cnn.model_copy(update={"epochs": 6, "early_stopping_patience": 6}),
-        }
-    )
-    study = optuna.create_study(study_name=model, storage=journal(tmp_path), direction="maximize")
-    name, distribution = next(iter(SEARCH_SPACES[model].items()))
+    return ProcessedDataset(tmp_path, array_refs(tmp_path, list(arrays)))
+
+
+# Fitted to the end unless pruned: no early stopping before the last round or epoch.
+UNSTOPPED = SMALL.model_copy(
+    update={
+        "xgboost": XGBoostParams(n_estimators=200, early_stopping_rounds=200),
+        "cnn": SMALL.cnn.model_copy(update={"epochs": 6, "early_stopping_patience": 6}),
+    }
+)
+
+
+def add_finished_trials(study: optuna.Study, model: str, step: int) -> None:
+    """Two trials that scored 0.9 at every step: the median a new trial is held to."""
+    name, distribution = next(iter(model_spec(model).search_space.items()))
     for _ in range(2):
         study.add_trial(
             optuna.trial.create_trial(
-                params={name: getattr(getattr(params, model), name)},
+                params={name: getattr(getattr(UNSTOPPED, model), name)},
                 distributions={name: distribution},
                 value=0.9,
                 intermediate_values={s: 0.9 for s in range(step, 201, step)},
             )
         )
-    outcome = run_trial(
-        TrialRequest(model, 0), params, data, tmp_path, None, seed=0, threads=1,
+
+
+def run_one_trial(model: str, data: ProcessedDataset, study_dir) -> TrialOutcome:
+    return run_trial(
+        TrialRequest(model, 0), UNSTOPPED, data, study_dir, None, seed=0, threads=1,
         logger=optuna.logging.get_logger("test"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "step"),
+    [("xgboost", 25), ("cnn", 1)],  # XGBoost reports every 25 rounds, the CNN every epoch
+)
+def test_trial_below_the_median_is_pruned(tmp_path, unlearnable, model, step):
+    study = optuna.create_study(study_name=model, storage=journal(tmp_path), direction="maximize")
+    add_finished_trials(study, model, step)
+    outcome = run_one_trial(model, unlearnable, tmp_path)
     assert outcome.pruned
     trial = optuna.load_study(study_name=model, storage=journal(tmp_path)).trials[-1]
     assert trial.state == TrialState.PRUNED
     # Pruned at the first step after the warm-up, not fitted to the end.
-    assert max(trial.intermediate_values) == PRUNING_WARMUP_STEPS[model]
+    assert max(trial.intermediate_values) == model_spec(model).pruning_warmup_steps
     assert trial.user_attrs["seconds"] == outcome.seconds
+
+
+def test_the_defaults_trial_is_never_pruned(tmp_path, unlearnable):
+    # Trials 1 and 2 finish first, as they may when trials run in parallel.
+    session = TuningSession(["xgboost"], UNSTOPPED, budget_minutes=1, directory=tmp_path)
+    add_finished_trials(session.studies["xgboost"], "xgboost", step=25)
+    outcome = run_one_trial("xgboost", unlearnable, tmp_path)
+
+    defaults = optuna.load_study(study_name="xgboost", storage=journal(tmp_path)).trials[0]
+    assert defaults.state == TrialState.COMPLETE
+    classifier = build_model("xgboost", UNSTOPPED, TrainingContext(seed=0, threads=1))
+    x_train, y_train, x_val, y_val = unlearnable.load(*TRAINING_ARRAYS)
+    classifier.fit(x_train, y_train, x_val, y_val)
+    accuracy = np.mean(classifier.predict_proba(x_val).argmax(axis=1) == y_val)
+    assert defaults.value == outcome.validation_accuracy == pytest.approx(accuracy)
+    assert max(defaults.intermediate_values) == UNSTOPPED.xgboost.n_estimators
 
 
 def test_best_parameters_round_trip_through_a_profile_file(tmp_path, processed):

@@ -1,6 +1,6 @@
 """Keras layers of the CNN that run faster on a CPU than Keras' own.
 
-Imports TensorFlow, so `tasks.train` imports this module only when it fits or loads a CNN.
+Imports TensorFlow, so `tasks.models.cnn` imports this module only when it fits or loads a CNN.
 """
 
 from __future__ import annotations

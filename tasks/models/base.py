@@ -1,0 +1,89 @@
+"""What every model shares: the classifier interface, how it is trained, and its spec.
+
+A `ModelSpec` holds everything the pipeline knows about one model, next to the code
+that fits it; the registry in `tasks.models` lists the specs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from pydantic import BaseModel, ConfigDict
+
+from tasks.contracts import LearningCurve
+
+# Written by the training stage next to every saved model; the CNN reads its parameters back.
+PARAMS_FILE = "params.json"
+
+
+class HyperParameters(BaseModel):
+    """A model's hyper-parameters: a frozen configuration section that rejects unknown names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """How a model is trained, apart from its hyper-parameters."""
+
+    seed: int
+    threads: int
+    logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
+    report_progress: Callable[[float], None] = lambda fraction: None
+    # Validation accuracy part-way through a fit (step: boosting round or epoch); the
+    # tuning stage prunes a trial by raising from it.
+    report_validation: Callable[[int, float], None] = lambda step, accuracy: None
+
+
+class Classifier(Protocol):
+    model_file: ClassVar[str]
+
+    def fit(
+        self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+    ) -> LearningCurve | None:
+        """Fit on the training split; return the learning curve of iterative models."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, one column per class; the prediction is the most probable."""
+
+    def save(self, directory: Path) -> None:
+        """Write the fitted model into `directory` as `model_file`, in its library's format."""
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> Classifier:
+        """The model `save` wrote, ready to predict with `threads` threads."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pipeline knows about one model.
+
+    Attributes:
+        name: the model's name in the configuration, the registry and the reports.
+        params: its hyper-parameters; the configuration has one section of this class.
+        build: an unfitted classifier for `params` and a training context.
+        adapter: the class `build` returns: its `model_file` holds a saved model, which
+            its `load` reads back.
+        search_space: tuning distributions, named after fields of `params`.
+        pruning_warmup_steps: steps (rounds, epochs) a trial reports before it may be pruned.
+        quick: the `quick` profile's changes to the default hyper-parameters.
+    """
+
+    name: str
+    params: type[HyperParameters]
+    build: Callable[[Any, TrainingContext], Classifier]
+    adapter: type[Classifier]
+    search_space: Mapping[str, BaseDistribution]
+    pruning_warmup_steps: int = 0
+    quick: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        """The module that builds the model: trained models are keyed with its code."""
+        return self.build.__module__

@@ -1,0 +1,107 @@
+"""Starting TensorFlow in this process: quietly, with a fixed number of threads, and
+with the compute precision this CPU runs fastest.
+
+TensorFlow is imported only when a CNN is fitted or loaded, so runs whose CNN is
+cached never pay its start-up (seconds, and most of a gigabyte).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# TensorFlow's native start-up notices (oneDNN, CUDA probing, CPU features) are written
+# straight to file descriptor 2 before any log setting applies. Warnings and errors pass.
+TENSORFLOW_STARTUP_NOISE = re.compile(
+    rb"^(?:I\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following)"
+)
+_tensorflow_start = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr_without(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """Route file descriptor 2 through a pipe that drops the lines matching `noise`.
+
+    Native libraries bypass Python's logging, so only the descriptor can filter them;
+    everything else written meanwhile, by any thread, is passed on in order.
+    """
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.match(line):
+                    os.write(original, line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder drains and ends
+        forwarder.join(timeout=5)
+        if not forwarder.is_alive():  # else a child process still holds the pipe open
+            os.close(original)
+
+
+def start_tensorflow(threads: int) -> None:
+    """Import TensorFlow on first use, without its start-up notices, with `threads` threads."""
+    with _tensorflow_start:
+        if "tensorflow" in sys.modules:
+            configure_tensorflow_threads(threads)
+            return
+        with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
+            import tensorflow as tf
+
+            configure_tensorflow_threads(threads)
+            tf.config.list_logical_devices()  # device probing prints its own notices
+
+
+def configure_tensorflow_threads(threads: int) -> None:
+    """Size TensorFlow's thread pools, or warn that they are fixed at another size.
+
+    The pools are process-wide and fixed once TensorFlow has run an operation: a second
+    model in the same process with another thread count keeps the first one's.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        kept = tf.config.threading.get_intra_op_parallelism_threads()
+        logger.warning(
+            "TensorFlow's thread pools were already initialised in this process: asked for "
+            "%d thread(s), it keeps %s",
+            threads, kept or "its default of one per core",
+        )  # fmt: skip
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has native bfloat16 instructions, which oneDNN uses for convolutions."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    return bool(flags) and bool({"avx512_bf16", "amx_bf16"} & set(flags.group(1).split()))
+
+
+def compute_dtype_policy(precision: str) -> str:
+    """Keras dtype policy: bfloat16 compute with float32 weights, or float32 throughout."""
+    if precision == "auto":
+        precision = "bfloat16" if cpu_computes_bfloat16() else "float32"
+    return "mixed_bfloat16" if precision == "bfloat16" else "float32"

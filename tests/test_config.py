@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.config import MODEL_NAMES, ModelParams, PipelineConfig, SVMParams
+
+
+def test_model_params_built_from_the_specs_validate_like_a_written_class():
+    # Quickest first: the order the Prefect form and the CLI's help list the models in.
+    assert MODEL_NAMES == ("logistic_regression", "random_forest", "svm_rbf", "xgboost", "cnn")
+    params = ModelParams(svm_rbf={"C": 3.0})
+    assert params.svm_rbf == SVMParams(C=3.0)
+    assert pickle.loads(pickle.dumps(params)) == params  # process and Dask runners send it
+    with pytest.raises(ValidationError, match=r"svm\n  Extra inputs are not permitted"):
+        ModelParams(svm={})
+    with pytest.raises(ValidationError, match="Instance is frozen"):
+        params.svm_rbf = SVMParams()
+
+
+def test_quick_profile_shortens_the_iterative_models():
+    quick = PipelineConfig(profile="quick").params
+    assert (quick.xgboost.n_estimators, quick.xgboost.early_stopping_rounds) == (30, 5)
+    assert (quick.cnn.epochs, quick.cnn.early_stopping_patience) == (2, 1)
+    assert (quick.random_forest.n_estimators, quick.logistic_regression.max_iter) == (30, 100)
+    assert quick.svm_rbf == SVMParams()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from optuna.distributions import CategoricalDistribution
+
+from tasks.config import DEFAULT_MODELS, MODEL_NAMES, QUICK_PROFILE, ModelParams
+from tasks.models import SPECS, TrainingContext, build_model
+from tasks.storage import PROJECT_PACKAGE, _module_file, _project_imports
+
+
+def test_registry_covers_every_configured_model():
+    assert sorted(spec.name for spec in SPECS) == sorted(MODEL_NAMES)
+    assert tuple(spec.name for spec in SPECS) == DEFAULT_MODELS
+    for spec in SPECS:
+        assert type(getattr(ModelParams(), spec.name)) is spec.params
+        assert QUICK_PROFILE["params"].get(spec.name, {}) == spec.quick
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(
+        ValueError,
+        match=r"unknown model 'svm'; valid models: "
+        r"cnn, xgboost, svm_rbf, random_forest, logistic_regression$",
+    ):
+        build_model("svm", ModelParams(), TrainingContext(seed=0, threads=1))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_search_space_names_config_fields_and_holds_the_defaults(spec):
+    defaults = spec.params()
+    for name, distribution in spec.search_space.items():
+        value = getattr(defaults, name)
+        if isinstance(distribution, CategoricalDistribution):
+            assert value in distribution.choices, (spec.name, name)
+        else:
+            assert distribution.low <= value <= distribution.high, (spec.name, name)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_model_module_imports_neither_the_registry_nor_other_models(spec):
+    """Else its trained models' cache key would cover every model's code."""
+    imported = _project_imports(spec.module, PROJECT_PACKAGE)
+    others = {_module_file(other.module, PROJECT_PACKAGE) for other in SPECS} - {
+        _module_file(spec.module, PROJECT_PACKAGE)
+    }
+    assert PROJECT_PACKAGE / "models" / "__init__.py" not in imported
+    assert imported.isdisjoint(others)
+
+
+def test_tensorflow_is_imported_only_to_fit_or_load_a_cnn():
+    # A fresh interpreter: this one may have imported TensorFlow for another test.
+    imports = "import sys, tasks.config, tasks.train, tasks.tune; print(sorted(sys.modules))"
+    modules = subprocess.run(
+        [sys.executable, "-c", imports], capture_output=True, text=True, check=True
+    ).stdout
+    assert "'tensorflow'" not in modules
+    assert "'keras'" not in modules
+    assert "'tasks.models.cnn'" in modules  # the CNN's module is loaded; only Keras waits
