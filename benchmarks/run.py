@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -31,24 +34,65 @@ import pandas as pd
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from flows.graph import run_stages
 from tasks.config import PipelineConfig, build_config
-from tasks.ensemble import ENSEMBLE_NAME, build_ensemble
-from tasks.evaluate import ModelEvaluation, evaluate_model
-from tasks.ingest import ingest_dataset
-from tasks.preprocess import ProcessedDataset, preprocess_dataset
-from tasks.report import markdown_table, run_context, write_report
-from tasks.train import TrainingContext, train_model
-from tasks.validate import validate_raw_dataset
+from tasks.ensemble import ENSEMBLE_NAME
+from tasks.report import markdown_table
 
 STAGES = ("ingest", "validate", "preprocess", "train and evaluate", "ensemble", "report")
 # The start of each Prefect task run's name, and the stage it belongs to.
 TASK_STAGES = {
-    "ingest-fashion-mnist": "ingest", "validate-schema": "validate", "preprocess": "preprocess",
+    "ingest-fashion-mnist": "ingest", "validate-data": "validate", "preprocess": "preprocess",
     "train": "train and evaluate", "evaluate": "train and evaluate",
     "soft-voting-ensemble": "ensemble", "compare-models": "report",
 }  # fmt: skip
 MODEL_COLUMNS = ("test_accuracy", "fit_seconds", "fit_cpu_seconds", "predict_seconds",
                  "predict_cpu_seconds")  # fmt: skip
+
+
+def _call_task_function(module: str, name: str, parameters: dict) -> Any:
+    """A stage's function without Prefect, in a worker process (a Task object does not
+    pickle by reference, its module and name do)."""
+    return getattr(importlib.import_module(module), name).fn(**parameters)
+
+
+class PlainPool:
+    """The graph's pool as a pool of spawned worker processes, one model per process."""
+
+    def __init__(self, executor: ProcessPoolExecutor, threads: int):
+        self.executor, self.threads_per_model = executor, threads
+
+    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future:
+        # The graph passes what a submission depends on already computed.
+        function = stage.fn
+        return self.executor.submit(
+            _call_task_function, function.__module__, function.__name__, parameters
+        )
+
+    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
+        return as_completed(list(futures))
+
+
+class PlainStages:
+    """The graph's runner as plain calls of the same stage functions, timed per stage."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("benchmark")
+        self.times: dict[str, float] = {}
+
+    def call(self, stage: Any, parameters: dict) -> Any:
+        (name,) = {s for prefix, s in TASK_STAGES.items() if stage.name.startswith(prefix)}
+        with timed(self.times, name):
+            return stage.fn(**parameters)
+
+    @contextlib.contextmanager
+    def pool(self, config: PipelineConfig) -> Iterator[PlainPool]:
+        spawn = multiprocessing.get_context("spawn")
+        with (
+            timed(self.times, "train and evaluate"),
+            ProcessPoolExecutor(config.parallel_models, mp_context=spawn) as executor,
+        ):
+            yield PlainPool(executor, config.model_threads)
 
 
 @contextlib.contextmanager
@@ -58,44 +102,11 @@ def timed(times: dict[str, float], stage: str) -> Iterator[None]:
     times[stage] = time.perf_counter() - started
 
 
-def _train_and_evaluate(
-    name: str, config: PipelineConfig, data: ProcessedDataset
-) -> ModelEvaluation:
-    context = TrainingContext(config.seed, config.model_threads)
-    trained = train_model(name, config.params, data, config.cache_dir, context)
-    return evaluate_model(trained, data, config.cache_dir, config.model_threads)
-
-
 def run_plain(config: PipelineConfig) -> dict[str, float]:
-    """The flow's stages as plain calls, models in a pool of worker processes."""
-    times: dict[str, float] = {}
-    cache = config.cache_dir
-    with timed(times, "ingest"):
-        raw = ingest_dataset(config.data_dir, cache)
-    with timed(times, "validate"):
-        validation = validate_raw_dataset(raw, cache)
-    with timed(times, "preprocess"):
-        data = preprocess_dataset(
-            raw, cache, config.validation_size, config.seed, config.train_subset_size,
-            config.test_subset_size,
-        )  # fmt: skip
-    with timed(times, "train and evaluate"):
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(config.parallel_models, mp_context=spawn) as pool:
-            futures = [
-                pool.submit(_train_and_evaluate, name, config, data) for name in config.models
-            ]
-            evaluations = [future.result() for future in as_completed(futures)]
-    with timed(times, "ensemble"):
-        evaluations.append(build_ensemble(evaluations, data, cache, config.ensemble_size))
-    with timed(times, "report"):
-        y_test, test_index, x_test = data.load("y_test", "test_index", "x_test")
-        context = run_context(config, raw, validation, data)
-        write_report(
-            evaluations, y_test, test_index, config.output_dir, "plain", context, config.seed,
-            x_test,
-        )  # fmt: skip
-    return times
+    """The flow's stage graph as plain calls; returns each stage's wall time."""
+    stages = PlainStages()
+    run_stages(config, stages, "plain")
+    return stages.times
 
 
 def run_prefect(config: PipelineConfig) -> tuple[dict[str, float], float]:

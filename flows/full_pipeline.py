@@ -6,13 +6,15 @@ python -m flows.full_pipeline [--profile quick|full] [--models cnn,xgboost] ...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 from prefect import flow
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
@@ -20,23 +22,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from pydantic import ValidationError
 
+from flows.graph import run_stages
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
-from tasks.contracts import ProcessedDataset, TuningSummary
-from tasks.ensemble import ensemble_task
 from tasks.errors import PipelineInputError
-from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task
-from tasks.preprocess import preprocess_task
-from tasks.report import CONSOLE_COLUMNS, report_task, run_context
-from tasks.train import train_task
-from tasks.tune import (
-    TrialRequest,
-    TuningSession,
-    trial_task,
-    tuned_params,
-    write_profile,
-)
-from tasks.validate import validate_task
+from tasks.report import console_table
 
 
 def new_run_id(profile: str) -> str:
@@ -59,108 +48,55 @@ def training_runner(config: PipelineConfig) -> TaskRunner:
     return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
 
 
-def tune_models(
-    pool: TaskRunner, config: PipelineConfig, data: ProcessedDataset, study_dir: Path
-) -> list[TuningSummary]:
-    """Run the session's trials on `pool`, `parallel_models` at a time, until every
-    model's budget is used."""
-    session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
-    running: dict[PrefectFuture, TrialRequest] = {}
-    while True:
-        while len(running) < config.parallel_models and (request := session.next_trial()):
-            parameters = {
-                "request": request,
-                "params": config.params,
-                "data": data,
-                "study_dir": study_dir,
-                "train_subset_size": config.tune.train_subset_size,
-                "seed": config.seed,
-                "threads": config.model_threads,
-            }
-            running[pool.submit(trial_task, parameters)] = request
-        if not running:
-            return session.summaries()
-        finished = next(as_completed(list(running)))
-        session.record(running.pop(finished), finished.result())
+def dask_threads_per_model(worker_cores: dict[str, int], worker_slots: dict[str, int]) -> int:
+    """Threads each model may use on a Dask cluster: the cores of the smallest share, where
+    a worker runs as many models at once as it has task slots."""
+    return max(1, min(worker_cores[w] // max(1, worker_slots[w]) for w in worker_slots))
+
+
+def threads_per_model(config: PipelineConfig, runner: TaskRunner) -> int:
+    """The configured threads, or the cores of the machines the models train on, shared
+    evenly: on a remote Dask cluster those are the workers', not this host's."""
+    if config.threads_per_model or not config.dask_address:
+        return config.model_threads
+    client = runner.client
+    return dask_threads_per_model(client.run(os.cpu_count), client.nthreads())
+
+
+class PrefectPool:
+    """The graph's pool on a Prefect task runner: each submission is a task run."""
+
+    def __init__(self, runner: TaskRunner, threads: int):
+        self.runner, self.threads_per_model = runner, threads
+
+    def submit(
+        self, stage: Any, parameters: dict, wait_for: Iterable[PrefectFuture] = ()
+    ) -> PrefectFuture:
+        return self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
+
+    def as_completed(self, futures: Iterable[PrefectFuture]) -> Iterator[PrefectFuture]:
+        return as_completed(list(futures))
+
+
+class PrefectStages:
+    """The graph's runner inside a flow run: each stage is a task run of this flow run."""
+
+    def __init__(self) -> None:
+        self.logger = get_run_logger()
+
+    def call(self, stage: Any, parameters: dict) -> Any:
+        return stage(**parameters)
+
+    @contextlib.contextmanager
+    def pool(self, config: PipelineConfig) -> Iterator[PrefectPool]:
+        with training_runner(config) as runner:
+            yield PrefectPool(runner, threads_per_model(config, runner))
 
 
 @flow(name="fashion-mnist-pipeline")
 def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B008
     """Train and compare every configured model; return the run's report directory."""
-    logger = get_run_logger()
-    run_id = new_run_id(config.profile)
-    cache, refresh = config.cache_dir, config.refresh
-
-    logger.info("stage 1/5: ingest and validate the Fashion-MNIST files")
-    raw = ingest_task(config.data_dir, cache, refresh)
-    validation = validate_task(raw, cache, refresh)
-
-    logger.info("stage 2/5: preprocess (scale, split)")
-    data = preprocess_task(
-        raw,
-        cache,
-        config.validation_size,
-        config.seed,
-        config.train_subset_size,
-        config.test_subset_size,
-        refresh,
-    )
-
-    # Each model is evaluated as soon as it is trained, so evaluation never holds a
-    # worker waiting for a model.
-    logger.info(
-        "stage 3/5: train %s, %d at a time (%s)",
-        ", ".join(config.models), config.parallel_models, config.task_runner,
-    )  # fmt: skip
-    threads, params, tuning = config.model_threads, config.params, []
-    with training_runner(config) as pool:
-        if config.tune.enabled:
-            logger.info(
-                "tuning %s on the validation split, %.1f min each, %d trials at a time",
-                ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
-            )  # fmt: skip
-            tuning = tune_models(pool, config, data, cache / "tuning" / run_id)
-            params = tuned_params(params, tuning)
-            if config.tune.save_profile:
-                write_profile(config.tune.save_profile, tuning)
-                logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
-        trainings = [
-            pool.submit(
-                train_task,
-                {
-                    "name": name,
-                    "params": params,
-                    "data": data,
-                    "cache_dir": cache,
-                    "seed": config.seed,
-                    "threads": threads,
-                    "refresh": refresh,
-                },
-            )
-            for name in config.models
-        ]
-        evaluations = [
-            pool.submit(
-                evaluate_task,
-                {
-                    "trained": trained.result(),
-                    "data": data,
-                    "cache_dir": cache,
-                    "threads": threads,
-                    "refresh": refresh,
-                },
-            )
-            for trained in as_completed(trainings)
-        ]
-        logger.info("stage 4/5: evaluate on the test set as models finish")
-        results = [evaluation.result() for evaluation in evaluations]
-
-    logger.info("stage 5/5: compare and write the report")
-    if min(config.ensemble_size, len(results)) >= 2:
-        ensemble = ensemble_task(results, data, cache, config.ensemble_size, refresh)
-        results = [*results, ensemble]
-    context = run_context(config, raw, validation, data)
-    return report_task(results, data, config.output_dir, run_id, context, config.seed, tuning)
+    return run_stages(config, PrefectStages(), new_run_id(config.profile))
 
 
 class _OneLineInputErrors(logging.Filter):
@@ -281,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    board = pd.read_csv(report_dir / "leaderboard.csv", usecols=CONSOLE_COLUMNS)
-    print(board.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    print(console_table(report_dir))
     print(f"report: {report_dir / 'report.md'}")
     return 0
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 from sklearn.metrics import log_loss
 
-from flows.full_pipeline import full_pipeline, main
+from flows.full_pipeline import dask_threads_per_model, full_pipeline, main
 from tasks.config import DEFAULT_MODELS, build_config
 from tasks.ingest import FASHION_MNIST_FILES
 from tests.conftest import REAL_DATA_DIR
@@ -48,6 +48,13 @@ def test_unknown_model_is_one_line_before_anything_runs(tmp_path, monkeypatch, c
         "valid models: logistic_regression, random_forest, svm_rbf, xgboost, cnn"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remote_dask_threads_come_from_the_workers_cores():
+    # Two workers: 8 cores running 2 models at once, and 4 cores running 1.
+    assert dask_threads_per_model({"a": 8, "b": 4}, {"a": 2, "b": 1}) == 4
+    assert dask_threads_per_model({"a": 8, "b": 4}, {"a": 2, "b": 4}) == 1
+    assert dask_threads_per_model({"a": 2}, {"a": 4}) == 1  # never below one thread
 
 
 def test_missing_data_directory_fails_cleanly(tmp_path, monkeypatch, capsys):
@@ -138,6 +145,8 @@ def test_quick_profile_on_real_data(quick_run):
         s.name: s.sha256 for s in FASHION_MNIST_FILES.values()
     }
     assert metrics["validation"]["class_counts"]["train"] == [6000] * 10
+    assert metrics["validation"]["gates"]["checksums"].startswith("passed: the 4 files match")
+    assert metrics["validation"]["gates"]["schema"].startswith("passed: 784 uint8 pixels")
     for model, record in metrics["models"].items():
         assert sum(map(sum, record["confusion_matrix"])) == 2000
         assert (workdir / record["model_dir"]).is_dir(), model
@@ -159,6 +168,13 @@ def test_quick_profile_on_real_data(quick_run):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-cnn"])), limit=1
         )
     assert [(a.type, a.data) for a in progress] == [("progress", 100.0)]
+    with get_client(sync_client=True) as client:
+        task_runs = {run.id: run for run in client.read_task_runs(limit=200)}
+    evaluations = [run for run in task_runs.values() if run.name.startswith("evaluate-")]
+    assert {run.name for run in evaluations} >= {f"evaluate-{m}" for m in DEFAULT_MODELS}
+    for run in evaluations:  # Prefect records which training each evaluation waited for
+        upstream = {task_runs[i.id].name for i in run.task_inputs["wait_for"] if i.id in task_runs}
+        assert upstream == {run.name.replace("evaluate-", "train-")}, run.task_inputs
 
 
 @pytest.mark.slow
@@ -343,6 +359,8 @@ def test_killed_run_resumes_without_retraining(tmp_path, prefect_harness):
         os.killpg(run.pid, signal.SIGKILL)
     finally:
         run.wait()
+    # Without a finished model the resume below would prove nothing.
+    assert finished, "no model finished within 180 s, before the kill"
     done_before_kill = {p.parent for p in finished}
     assert "cnn" not in {entry.parent.name for entry in done_before_kill}
     assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())

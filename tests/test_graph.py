@@ -1,0 +1,93 @@
+"""The stage graph on an in-process runner: the wiring the flow and the benchmark share."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import Future
+
+import pandas as pd
+import pytest
+
+from flows.graph import checked, run_stages, submit
+from tasks.config import build_config
+from tasks.train import train_task
+
+
+class InlinePool:
+    """Runs each submission at once, in this process, recording the order and inputs."""
+
+    threads_per_model = 1
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, dict, list]] = []
+
+    def submit(self, stage, parameters, wait_for=()):
+        self.submitted.append((stage.name, parameters, list(wait_for)))
+        future = Future()
+        future.set_result(stage.fn(**parameters))
+        return future
+
+    def as_completed(self, futures):
+        return iter(list(futures))
+
+
+class InlineStages:
+    """A sequential runner: the same stage functions, without Prefect."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("test-graph")
+        self.called: list[str] = []
+        self.inline_pool = InlinePool()
+
+    def call(self, stage, parameters):
+        self.called.append(stage.name)
+        return stage.fn(**parameters)
+
+    @contextlib.contextmanager
+    def pool(self, config):
+        yield self.inline_pool
+
+
+def test_a_misspelled_parameter_fails_before_anything_is_submitted():
+    pool = InlinePool()
+    parameters = {"name": "x", "params": 0, "data": 0, "cache_dir": 0, "threads": 1}
+    with pytest.raises(TypeError, match=r"^train-model: missing a required argument: 'seed'"):
+        submit(pool, train_task, seeds=1, refresh=False, **parameters)
+    assert pool.submitted == []
+    unexpected = r"^train-model: got an unexpected keyword argument 'seeds'"
+    with pytest.raises(TypeError, match=unexpected):
+        checked(train_task, {"seed": 1, "seeds": 1, "refresh": False, **parameters})
+
+
+@pytest.mark.slow
+def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_data_dir):
+    config = build_config(
+        "quick",
+        models=["random_forest", "logistic_regression"],
+        data_dir=real_data_dir,
+        cache_dir=tmp_path / "data",
+        output_dir=tmp_path / "reports",
+        train_subset_size=1200,
+        validation_size=200,
+        test_subset_size=300,
+    )
+    runner = InlineStages()
+    report_dir = run_stages(config, runner, "inline")
+
+    assert report_dir == tmp_path / "reports" / "inline"
+    assert runner.called == [
+        "ingest-fashion-mnist", "validate-data", "preprocess", "soft-voting-ensemble",
+        "compare-models",
+    ]  # fmt: skip
+    submitted = runner.inline_pool.submitted
+    assert [name for name, _, _ in submitted] == ["train-model"] * 2 + ["evaluate-model"] * 2
+    trainings = [s for s in submitted if s[0] == "train-model"]
+    for _, parameters, wait_for in submitted[2:]:
+        # Each evaluation waits for the training whose result it evaluates.
+        (training,) = wait_for
+        assert training.result() == parameters["trained"]
+    assert [parameters["name"] for _, parameters, _ in trainings] == config.models
+    board = pd.read_csv(report_dir / "leaderboard.csv")
+    assert sorted(board.model) == ["ensemble", "logistic_regression", "random_forest"]
+    assert (board.test_accuracy > 0.6).all()
