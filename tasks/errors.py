@@ -11,3 +11,7 @@ class DatasetFileError(PipelineInputError):
 
 class DataValidationError(PipelineInputError):
     """The parsed data breaks the dataset's schema or its dataset-level checks."""
+
+
+class PredictionInputError(PipelineInputError):
+    """Prediction cannot start: no run or model to use, a model failing its manifest, no inputs."""

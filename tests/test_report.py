@@ -144,7 +144,7 @@ def test_report_directory_is_complete_and_consistent(tmp_path, evaluations, data
     assert (tmp_path / "reports" / "latest").resolve() == out.resolve()
     assert out.stat().st_mode & 0o777 == 0o755
     expected = {"leaderboard.csv", "metrics.json", "test_predictions.csv", "report.md"}
-    expected |= {"report.html"}
+    expected |= {"report.html", "model_card.md"}
     expected |= {"test_probabilities.npz", "pareto_fit_time.png", "pareto_latency.png"}
     expected |= {"f1_by_class.png", "confusion_matrices_normalised.png"}
     expected |= {f"confusion_matrix_{e.name}.png" for e in evaluations}

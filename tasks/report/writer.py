@@ -23,6 +23,7 @@ from tasks.report.figures import save_figures
 from tasks.report.html import render_html
 from tasks.report.markdown import render_markdown
 from tasks.report.metrics import metrics_document
+from tasks.report.model_card import render_model_card
 from tasks.report.profile import write_tuning_files
 from tasks.storage import write_new_directory
 
@@ -89,6 +90,8 @@ def write_report(
         (staging / "report.md").write_text(markdown)
         page = render_html(markdown, staging, f"Fashion-MNIST model comparison, run {run_id}")
         (staging / "report.html").write_text(page)
+        card = render_model_card(findings, evaluations, context, report_dir)
+        (staging / "model_card.md").write_text(card)
 
     write_new_directory(report_dir, write)
     point_latest_at(report_dir)

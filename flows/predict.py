@@ -1,0 +1,128 @@
+"""Classify new images with a model a run trained, and write one CSV row per image.
+
+python -m flows.predict PATH [PATH ...] [--run DIR] [--model NAME] [--output FILE] [--top-k K]
+
+The same work is the Prefect flow `batch-predict`, which prefect.yaml deploys. The command
+line calls it directly, without starting a temporary Prefect server (about 6 s).
+Exit status: 0 when every input was classified, 3 when some could not be read (their
+rows say why), 1 when prediction cannot start (no run, unknown model, model files
+failing their manifest, no inputs), 2 for a malformed command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+from pydantic import Field
+
+from tasks.contracts import N_CLASSES
+from tasks.errors import PredictionInputError
+from tasks.predict import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
+
+EXIT_UNREADABLE = 3
+DEFAULT_RUN = Path("reports/latest")
+DEFAULT_OUTPUT = Path("predictions.csv")
+
+
+@task(name="predict-images")
+def predict_task(
+    paths: list[Path], run: Path, model: str | None, output: Path, top_k: int
+) -> PredictionSummary:
+    return predict_images(paths, run, model, output, top_k)
+
+
+@flow(name="batch-predict")
+def batch_predict(
+    paths: list[Path],
+    run: Path = DEFAULT_RUN,
+    model: str | None = None,
+    output: Path = DEFAULT_OUTPUT,
+    top_k: Annotated[int, Field(ge=1, le=N_CLASSES)] = DEFAULT_TOP_K,
+) -> PredictionSummary:
+    """Classify image files, folders of them, IDX files and .npy arrays with a run's model.
+
+    Args:
+        paths: relative paths start from the directory the flow runs in.
+        run: a run's report directory.
+        model: one of the run's models; empty: its best-ranked one.
+        output: the CSV to write; its provenance record goes beside it.
+        top_k: classes listed per image, most probable first.
+    """
+    summary = predict_task(paths, run, model, output, top_k)
+    text = describe_summary(summary)
+    logger = get_run_logger()
+    logger.info("%s", text)
+    if summary.unreadable:
+        logger.warning("%d inputs could not be read; see `error` in %s",
+                       len(summary.unreadable), summary.output)  # fmt: skip
+    create_markdown_artifact(
+        key="batch-predictions", markdown=f"```\n{text}\n```", description="batch prediction"
+    )
+    return summary
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _whole_number(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+            expected = f"from {low} to {high}" if high else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number {expected}")
+        return int(text)
+
+    return parse
+
+
+parse_top_k, parse_threads = _whole_number(1, N_CLASSES), _whole_number(1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _OneLineErrors(
+        prog="python -m flows.predict",
+        description="Classify images with a model a run trained; write one CSV row per image.",
+    )
+    parser.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH",
+        help="image files (PNG, JPEG, anything Pillow reads), folders of them (searched "
+        "recursively), IDX images files (gzipped or not), .npy arrays of shape (n, 28, 28) "
+        "or (n, 784)",
+    )  # fmt: skip
+    options = (  # flag, metavar, type, default, help
+        ("--run", "DIR", Path, DEFAULT_RUN, "the run's report directory"),
+        ("--model", "NAME", str, None, "one of the run's models (default: its best-ranked one)"),
+        ("--output", "FILE", Path, DEFAULT_OUTPUT, "the CSV to write"),
+        ("--top-k", "K", parse_top_k, DEFAULT_TOP_K, "classes per image, most probable first"),
+        ("--threads", "N", parse_threads, None, "threads for the model (default: every core)"),
+    )
+    for flag, metavar, kind, default, text in options:
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(flag, metavar=metavar, type=kind, default=default, help=text + shown)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA notices on a CPU machine
+    try:
+        summary = predict_images(
+            args.paths, args.run, args.model, args.output, args.top_k, args.threads
+        )
+    except PredictionInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(describe_summary(summary))
+    return EXIT_UNREADABLE if summary.unreadable else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The model a run trained, loaded once, after its saved files pass their manifest check.
+
+A run's report directory names its models' cache entries in `metrics.json`, relative to
+the directory the run was started from; the ensemble is its members' entries and weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import PredictionInputError
+from tasks.models import Classifier, load_model
+from tasks.storage import MANIFEST_FILE, entry_problem
+
+LEADERBOARD_FILE = "leaderboard.csv"
+METRICS_FILE = "metrics.json"
+
+
+def as_stored(probabilities: np.ndarray) -> np.ndarray:
+    """float32 rows summing to 1, as the evaluation stores every model's probabilities
+    (tasks/evaluate.py): predictions made from them match the run's to the last tie."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """One of a run's models, ready to predict, with what identifies it.
+
+    Attributes:
+        files: each saved model file it predicts with, and the SHA-256 its manifest holds.
+        weights: the ensemble's weight of each classifier; None for a single model.
+    """
+
+    run_dir: Path
+    run_id: str
+    name: str
+    rank: int
+    test_accuracy: float
+    accuracy_interval: tuple[float, float]
+    confidence: float  # level of the interval
+    files: dict[str, str]
+    classifiers: tuple[Classifier, ...]
+    weights: tuple[float, ...] | None = None
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities of flat float32 features in [0, 1], one row per image."""
+        stored = [as_stored(c.predict_proba(features)) for c in self.classifiers]
+        if self.weights is None:
+            return stored[0]
+        # The ensemble's own mix (tasks/ensemble.py), stored as its evaluation stores it.
+        mixed = np.tensordot(np.asarray(self.weights), np.stack(stored).astype(np.float64), 1)
+        return as_stored(mixed)
+
+    def provenance(self) -> dict:
+        """What names the model: JSON-ready."""
+        low, high = self.accuracy_interval
+        return {
+            "run_id": self.run_id, "run_dir": str(self.run_dir), "model": self.name,
+            "rank": self.rank, "test_accuracy": self.test_accuracy,
+            "test_accuracy_interval": [low, high], "confidence": self.confidence,
+            "model_files_sha256": self.files,
+        }  # fmt: skip
+
+
+def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """A run's leaderboard and metrics document.
+
+    Raises:
+        PredictionInputError: when `run_dir` is not a run's report directory.
+    """
+    if not run_dir.is_dir():
+        raise PredictionInputError(
+            f"{run_dir}: no run found; train one with `python -m flows.full_pipeline` "
+            "or name a run's report directory with --run"
+        )
+    try:
+        board = pd.read_csv(run_dir / LEADERBOARD_FILE)
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise PredictionInputError(
+            f"{run_dir}: not a run's report directory ({exc.__class__.__name__}: {exc})"
+        ) from None
+    return board, metrics
+
+
+def model_directory(recorded: str, run_dir: Path) -> Path:
+    """A model's cache entry as the run recorded it: relative to the current directory, or
+    else to the directory the run was started from (the one holding its output directory).
+
+    Raises:
+        PredictionInputError: when neither holds it.
+    """
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [path, run_dir.resolve().parent.parent / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise PredictionInputError(
+        f"{recorded}: the run's saved model is not in {' nor in '.join(map(str, candidates))}"
+    )
+
+
+def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
+    """The run's `model` (default: its best-ranked one, the ensemble included), loaded.
+
+    Raises:
+        PredictionInputError: no run in `run_dir`, a model it has not, or saved model
+            files missing or failing their manifest check.
+    """
+    board, metrics = read_run(run_dir)
+    run_id = metrics.get("run_id", run_dir.resolve().name)
+    ranked = board.model[board["rank"].notna()].tolist()  # a model that failed has no rank
+    name = model or next(iter(ranked), None)
+    if name not in ranked:
+        failed = dict(zip(board.model, board.get("error", board.model), strict=True))
+        reason = f"{name!r} {failed[name]}" if name in failed else f"unknown model {name!r}"
+        raise PredictionInputError(f"{reason}; run {run_id} has: {', '.join(ranked) or 'none'}")
+    params = metrics["models"][name]["params"]
+    is_ensemble = set(params) == {"members", "weights"}
+    members = params["members"] if is_ensemble else [name]
+    directories = [model_directory(metrics["models"][m]["model_dir"], run_dir) for m in members]
+    files = {}
+    for member, directory in zip(members, directories, strict=True):
+        if problem := entry_problem(directory):
+            raise PredictionInputError(
+                f"{directory}: refusing the saved {member} model: {problem} (manifest check)"
+            )
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        files |= {str(directory / f): sha for f, sha in manifest.items() if f.startswith("model.")}
+    row = board.set_index("model").loc[name]
+    return RunModel(
+        run_dir=run_dir,
+        run_id=run_id,
+        name=name,
+        rank=int(row["rank"]),
+        test_accuracy=float(row.test_accuracy),
+        accuracy_interval=(float(row.accuracy_low), float(row.accuracy_high)),
+        confidence=metrics.get("accuracy_interval", {}).get("confidence", 0.95),
+        files=files,
+        classifiers=tuple(load_model(directory, threads) for directory in directories),
+        weights=tuple(params["weights"]) if is_ensemble else None,
+    )
