@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ _CHUNK = 1 << 20
 MANIFEST_FILE = "manifest.json"
 T = TypeVar("T")
 PROJECT_PACKAGE = Path(__file__).parent
+_AST_PARSE = threading.Lock()
 
 
 class CorruptArrayError(RuntimeError):
@@ -99,7 +101,9 @@ def _project_imports(module: str, package_dir: Path) -> set[Path]:
         if path is None or path in found:
             continue
         found.add(path)
-        for node in ast.walk(ast.parse(path.read_text())):
+        with _AST_PARSE:  # CPython 3.11's parser is not thread-safe: models key in threads
+            tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 pending += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
