@@ -6,26 +6,37 @@ python -m flows.full_pipeline [--profile quick|full] [--models cnn,xgboost] ...
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
+import signal
 import sys
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.futures import PrefectFuture, as_completed
-from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.settings import get_current_settings
+from prefect.states import Cancelled, State
 from pydantic import ValidationError
 
 from flows.graph import run_stages
+from flows.runner import STOPS, PrefectStages, quiet_tracebacks, stop_signal_of
+from flows.runner import dask_threads_per_model as dask_threads_per_model
+from flows.server import prefect_api
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
-from tasks.errors import PipelineInputError
+from tasks.errors import ModelsFailedError, PipelineError
+from tasks.preflight import check_run
 from tasks.report import console_table
+from tasks.stopping import (
+    RunStopped,
+    abandoned_fits,
+    clear_stop,
+    request_stop,
+    signal_name,
+    stop_handlers,
+    stop_handlers_installed,
+    stop_signal,
+)
 
 
 def new_run_id(profile: str) -> str:
@@ -33,79 +44,26 @@ def new_run_id(profile: str) -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{profile}-{flow_run.get_id()[:8]}"
 
 
-def training_runner(config: PipelineConfig) -> TaskRunner:
-    """The pool that trains `parallel_models` models at once: threads, processes or Dask."""
-    if config.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=config.parallel_models)
-    if config.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=config.parallel_models)
-    from prefect_dask import DaskTaskRunner
-
-    if config.dask_address:
-        return DaskTaskRunner(address=config.dask_address)
-    # One single-threaded worker process per model slot, reachable on loopback only.
-    cluster = {"n_workers": config.parallel_models, "threads_per_worker": 1, "processes": True}
-    return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
-
-
-def dask_threads_per_model(worker_cores: dict[str, int], worker_slots: dict[str, int]) -> int:
-    """Threads each model may use on a Dask cluster: the cores of the smallest share, where
-    a worker runs as many models at once as it has task slots."""
-    return max(1, min(worker_cores[w] // max(1, worker_slots[w]) for w in worker_slots))
-
-
-def threads_per_model(config: PipelineConfig, runner: TaskRunner) -> int:
-    """The configured threads, or the cores of the machines the models train on, shared
-    evenly: on a remote Dask cluster those are the workers', not this host's."""
-    if config.threads_per_model or not config.dask_address:
-        return config.model_threads
-    client = runner.client
-    return dask_threads_per_model(client.run(os.cpu_count), client.nthreads())
-
-
-class PrefectPool:
-    """The graph's pool on a Prefect task runner: each submission is a task run."""
-
-    def __init__(self, runner: TaskRunner, threads: int):
-        self.runner, self.threads_per_model = runner, threads
-
-    def submit(
-        self, stage: Any, parameters: dict, wait_for: Iterable[PrefectFuture] = ()
-    ) -> PrefectFuture:
-        return self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
-
-    def as_completed(self, futures: Iterable[PrefectFuture]) -> Iterator[PrefectFuture]:
-        return as_completed(list(futures))
-
-
-class PrefectStages:
-    """The graph's runner inside a flow run: each stage is a task run of this flow run."""
-
-    def __init__(self) -> None:
-        self.logger = get_run_logger()
-
-    def call(self, stage: Any, parameters: dict) -> Any:
-        return stage(**parameters)
-
-    @contextlib.contextmanager
-    def pool(self, config: PipelineConfig) -> Iterator[PrefectPool]:
-        with training_runner(config) as runner:
-            yield PrefectPool(runner, threads_per_model(config, runner))
-
-
 @flow(name="fashion-mnist-pipeline")
 def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B008
-    """Train and compare every configured model; return the run's report directory."""
-    return run_stages(config, PrefectStages(), new_run_id(config.profile))
+    """Train and compare every configured model; return the run's report directory.
 
-
-class _OneLineInputErrors(logging.Filter):
-    """Input errors are the user's to fix: log their message, not a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PipelineInputError):
-            record.exc_info = None
-        return True
+    SIGTERM (a worker cancelling the run, `timeout`, systemd) or SIGINT (Ctrl-C) stops
+    it within seconds and ends it Cancelled; the finished models stay in the cache.
+    """
+    quiet_tracebacks()
+    try:
+        return run_stages(config, PrefectStages(), new_run_id(config.profile))
+    except STOPS as stop:
+        request_stop(stop_signal_of(stop))
+        if not stop_handlers_installed():
+            # A worker's engine runs this flow: Prefect records the cancellation it was
+            # asked for (Crashed, for a SIGTERM nobody asked Prefect for) and exits.
+            raise
+        return Cancelled(
+            message=f"stopped by {signal_name(stop_signal())}; the finished models stay "
+            f"in {config.cache_dir}/ and a rerun resumes from them"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,6 +146,23 @@ def tune_options(args: argparse.Namespace) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with stop_handlers():
+        try:
+            status = _run(args)
+        except RunStopped as stop:  # before the flow run started, or after it ended
+            print(f"stopped by {signal_name(stop.signum)}", file=sys.stderr)
+            status = 128 + (stop.signum or signal.SIGINT)
+    if abandoned_fits():
+        # A scikit-learn fit that cannot be interrupted still runs in a thread: end the
+        # process now, rather than let the interpreter's exit wait on or tear down it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    clear_stop()
     try:
         config = build_config(
             args.profile,
@@ -209,16 +184,34 @@ def main(argv: list[str] | None = None) -> int:
     # reach its telemetry host (it logs an ERROR on a closed network).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    one_line = _OneLineInputErrors()
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(name).addFilter(one_line)
     try:
-        report_dir = full_pipeline(config)
-    except PipelineInputError as error:
+        api_url = get_current_settings().api.url
+        check_run(config, api_url)  # before a temporary server starts, or anything else
+        with prefect_api(api_url):
+            state = full_pipeline(config, return_state=True)
+            outcome = state.result(raise_on_failure=False)
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(console_table(report_dir))
-    print(f"report: {report_dir / 'report.md'}")
+        return error.exit_status
+    return _print_outcome(state, outcome)
+
+
+def _print_outcome(state: State, outcome: Any) -> int:
+    """The leaderboard and the report's path, then one line for what went wrong, if
+    anything did; returns the exit status."""
+    if state.is_cancelled():
+        print(state.message, file=sys.stderr)
+        signum = stop_signal()
+        return 128 + signum if signum else 1
+    report_dir = outcome.report_dir if isinstance(outcome, ModelsFailedError) else outcome
+    if isinstance(report_dir, Path):
+        print(console_table(report_dir))
+        print(f"report: {report_dir / 'report.md'}")
+    if isinstance(outcome, PipelineError):
+        print(f"error: {outcome}", file=sys.stderr)
+        return outcome.exit_status
+    if isinstance(outcome, BaseException):
+        raise outcome  # a bug: its traceback is what helps
     return 0
 
 

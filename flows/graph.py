@@ -3,6 +3,7 @@
 ingest -> validate -> preprocess -> [tune] -> train and evaluate each model in a pool
 -> ensemble -> report. A `StageRunner` decides how a stage runs; the graph only says
 which stage gets which inputs, so the flow and the benchmark can never drift apart.
+A model that fails is recorded and left out; the report and the run's end name it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tasks.config import PipelineConfig
-from tasks.contracts import ModelEvaluation, ProcessedDataset, TuningSummary
-from tasks.ensemble import ensemble_task
+from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.ensemble import ENSEMBLE_NAME, ensemble_task
+from tasks.errors import ModelsFailedError, RunEnvironmentError, StorageError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
+from tasks.preflight import check_run, space_needed
 from tasks.preprocess import preprocess_task
 from tasks.report import report_task, run_context
+from tasks.stopping import RunStopped, stop_requested, stop_signal
+from tasks.storage import sweep_scratch
 from tasks.train import train_task
 from tasks.tune import TrialRequest, TuningSession, trial_task, tuned_params, write_profile
 from tasks.validate import validate_task
@@ -65,7 +70,30 @@ def submit(pool: Pool, stage: Any, wait_for: Iterable[Future] = (), **parameters
 
 
 def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path:
-    """Every stage of one run; returns the run's report directory."""
+    """Every stage of one run; returns the run's report directory.
+
+    A model that fails is recorded and the others go on; the report names it.
+
+    Raises:
+        PipelineError: a pre-flight check failed, before any work.
+        ModelsFailedError: models failed; raised after the others' report is written.
+        StorageError: a write failed; the message says about how much the run writes.
+        RunStopped: the run was told to stop (or TerminationSignal, KeyboardInterrupt).
+    """
+    check_run(config)
+    scratch_roots = (config.cache_dir, config.output_dir)
+    sweep_scratch(scratch_roots, runner.logger)  # what killed runs left
+    try:
+        return _run_stages(config, runner, run_id)
+    except StorageError as error:
+        if not error.disk_full:
+            raise
+        raise error.needing(space_needed(config, error.path)) from None
+    finally:
+        sweep_scratch(scratch_roots, runner.logger)  # what stopped worker processes left
+
+
+def _run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path:
     logger, cache, refresh = runner.logger, config.cache_dir, config.refresh
 
     def call(stage: Any, **parameters: Any) -> Any:
@@ -91,27 +119,38 @@ def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path
         "stage 3/5: train %s, %d at a time (%s)",
         ", ".join(config.models), config.parallel_models, config.task_runner,
     )  # fmt: skip
+    tuning, failures = [], []
     with runner.pool(config) as pool:
-        tuning = tune_models(pool, config, data, run_id, logger) if config.tune.enabled else []
+        if config.tune.enabled:
+            tuning, failures = tune_models(pool, config, data, run_id, logger)
         params = tuned_params(config.params, tuning)
         if tuning and config.tune.save_profile:
             write_profile(config.tune.save_profile, tuning)
             logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
         logger.info("stage 4/5: evaluate on the test set as models finish")
-        results = train_and_evaluate(pool, config, data, params)
+        untuned = {failure.model for failure in failures}
+        models = [name for name in config.models if name not in untuned]
+        results, failed = train_and_evaluate(pool, config, data, params, models, logger)
+        failures += failed
 
     logger.info("stage 5/5: compare and write the report")
-    if min(config.ensemble_size, len(results)) >= 2:
-        ensemble = call(
-            ensemble_task,
-            evaluations=results,
-            data=data,
-            cache_dir=cache,
-            size=config.ensemble_size,
-            refresh=refresh,
-        )
-        results = [*results, ensemble]
-    return call(
+    if not results:
+        raise ModelsFailedError(f"all {len(config.models)} models failed: {_listed(failures)}")
+    if min(config.ensemble_size, len(results)) >= 2:  # of the models that succeeded
+        try:
+            ensemble = call(
+                ensemble_task,
+                evaluations=results,
+                data=data,
+                cache_dir=cache,
+                size=config.ensemble_size,
+                refresh=refresh,
+            )
+        except Exception as error:
+            failures.append(isolated(ENSEMBLE_NAME, "ensemble", error, logger))
+        else:
+            results = [*results, ensemble]
+    report_dir = call(
         report_task,
         evaluations=results,
         data=data,
@@ -120,32 +159,77 @@ def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path
         context=run_context(config, raw, validation, data),
         seed=config.seed,
         tuning=tuning,
+        failures=failures,
     )
+    if failures:
+        failed = [failure for failure in failures if failure.model != ENSEMBLE_NAME]
+        which = f"{len(failed)} of {len(config.models)} models" if failed else "the ensemble"
+        raise ModelsFailedError(
+            f"{which} failed: {_listed(failures)}; a rerun retrains only what failed",
+            report_dir,
+        )
+    return report_dir
+
+
+def _listed(failures: list[ModelFailure]) -> str:
+    return "; ".join(map(str, failures))
+
+
+def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFailure:
+    """The record of a model that failed, so that the run goes on without it, unless the
+    error is not the model's: a stop request, or a machine that cannot store results."""
+    if isinstance(error, RunStopped):  # a worker process was told to stop
+        raise error
+    if stop_requested():  # a task that failed because the run is stopping
+        raise RunStopped(stop_signal()) from error
+    if isinstance(error, RunEnvironmentError):
+        raise error
+    failure = ModelFailure.from_exception(model, stage, error)
+    logger.error("%s failed in %s: %s", model, stage, failure.error)
+    return failure
 
 
 def train_and_evaluate(
-    pool: Pool, config: PipelineConfig, data: ProcessedDataset, params: Any
-) -> list[ModelEvaluation]:
+    pool: Pool,
+    config: PipelineConfig,
+    data: ProcessedDataset,
+    params: Any,
+    models: list[str],
+    logger: Any,
+) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
-    waiting for a model; each evaluation declares the training it depends on."""
+    waiting for a model; each evaluation declares the training it depends on. A model
+    whose training or evaluation fails is recorded and the others go on."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
-    trainings = [
-        submit(pool, train_task, name=name, params=params, seed=config.seed, **common)
-        for name in config.models
-    ]
-    evaluations = [
-        submit(pool, evaluate_task, wait_for=[trained], trained=trained.result(), **common)
-        for trained in pool.as_completed(trainings)
-    ]
-    return [evaluation.result() for evaluation in evaluations]
+    trainings = {
+        submit(pool, train_task, name=name, params=params, seed=config.seed, **common): name
+        for name in models
+    }
+    evaluations, failures = {}, []
+    for trained in pool.as_completed(trainings):
+        try:
+            model = trained.result()
+        except Exception as error:
+            failures.append(isolated(trainings[trained], "training", error, logger))
+            continue
+        evaluation = submit(pool, evaluate_task, wait_for=[trained], trained=model, **common)
+        evaluations[evaluation] = model.name
+    results = []
+    for evaluation, name in evaluations.items():
+        try:
+            results.append(evaluation.result())
+        except Exception as error:
+            failures.append(isolated(name, "evaluation", error, logger))
+    return results, failures
 
 
 def tune_models(
     pool: Pool, config: PipelineConfig, data: ProcessedDataset, run_id: str, logger: Any
-) -> list[TuningSummary]:
+) -> tuple[list[TuningSummary], list[ModelFailure]]:
     """Run the session's trials `parallel_models` at a time until every model's budget
-    is used; trials are tasks of the same pool the models train in."""
+    is used; trials are tasks of the same pool the models train in. A model whose trial
+    fails gets no more trials; without a completed one it is not trained."""
     logger.info(
         "tuning %s on the validation split, %.1f min each, %d trials at a time",
         ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
@@ -166,6 +250,15 @@ def tune_models(
             }
             running[submit(pool, trial_task, **parameters)] = request
         if not running:
-            return session.summaries()
+            failures = [
+                ModelFailure(model, "tuning", error) for model, error in session.failures().items()
+            ]
+            return session.summaries(), failures
         finished = next(pool.as_completed(list(running)))
-        session.record(running.pop(finished), finished.result())
+        request = running.pop(finished)
+        try:
+            outcome = finished.result()
+        except Exception as error:
+            session.fail(request, isolated(request.model, "tuning", error, logger).error)
+        else:
+            session.record(request, outcome)

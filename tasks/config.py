@@ -107,18 +107,25 @@ class PipelineConfig(BaseModel):
         "full", description="full: all data, all models; quick: a one-minute smoke run."
     )
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
-    seed: int = 42
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed of the split and every model (0 to 2^32-1)."
+    )
     data_dir: Path | None = Field(
         None, description="Directory holding the four IDX .gz files; used alone when given."
     )
     cache_dir: Path = Field(Path("data"), description="Downloaded, parsed and processed data.")
     output_dir: Path = Field(Path("reports"), description="Where run reports are written.")
-    validation_size: PositiveInt = 6000
-    train_subset_size: PositiveInt | None = Field(
-        None, description="Stratified subset of the 60,000 training images (before the split)."
+    validation_size: int = Field(
+        6000, ge=10, description="Validation images, at least one per class."
     )
-    test_subset_size: PositiveInt | None = Field(
-        None, description="Stratified subset of the 10,000 test images."
+    train_subset_size: int | None = Field(
+        None,
+        ge=20,
+        le=60_000,
+        description="Stratified subset of the 60,000 training images (before the split).",
+    )
+    test_subset_size: int | None = Field(
+        None, ge=10, le=10_000, description="Stratified subset of the 10,000 test images."
     )
     parallel_models: PositiveInt = Field(2, description="Models trained at the same time.")
     threads_per_model: PositiveInt | None = Field(
@@ -185,10 +192,10 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:
         train_size = self.train_subset_size or 60_000
-        if self.validation_size >= train_size:
+        if self.validation_size > train_size - 10:  # a stratified split needs each class
             raise ValueError(
-                f"validation_size {self.validation_size} must be smaller than the "
-                f"{train_size} training images it is taken from"
+                f"validation_size {self.validation_size} must leave at least 10 of the "
+                f"{train_size} training images it is taken from for training"
             )
         return self
 

@@ -7,6 +7,7 @@ Arrays travel as `ArrayRef`s (a path and its content hash), never as payloads.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +120,28 @@ class TuningSummary:
     best_params: dict
     train_images: int  # each trial's training set
     trials_file: Path
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    """A model the run could not tune, train or evaluate, or an ensemble it could not
+    build; the report names it with its error, the rest of the run goes on."""
+
+    model: str
+    stage: str  # "tuning", "training", "evaluation" or "ensemble"
+    error: str  # one line: the exception's type and the first line of its message
+    traceback: str = ""  # the whole of it, for metrics.json
+
+    @classmethod
+    def from_exception(cls, model: str, stage: str, error: BaseException) -> ModelFailure:
+        return cls(model, stage, one_line(error), "".join(traceback.format_exception(error)))
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.stage}: {self.error})"
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, shortened to `limit` characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -21,6 +21,7 @@ from sklearn.metrics import (
 from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.models import load_model
 from tasks.runtime import stage_logger
+from tasks.stopping import run_until_stopped
 from tasks.storage import (
     array_refs,
     cached_stage,
@@ -178,9 +179,9 @@ def evaluate_model(
     def predict_and_measure(staging: Path) -> None:
         classifier = load_model(trained.directory, threads)
         x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
-        validation_probabilities = classifier.predict_proba(x_val)
+        validation_probabilities = run_until_stopped(classifier.predict_proba, x_val)
         started, cpu_started = time.perf_counter(), time.process_time()
-        probabilities = classifier.predict_proba(x_test)
+        probabilities = run_until_stopped(classifier.predict_proba, x_test)
         cost = {
             "predict_seconds": time.perf_counter() - started,
             "predict_cpu_seconds": time.process_time() - cpu_started,
@@ -200,6 +201,7 @@ def evaluate_model(
     )
 
 
+# No retries: predicting with a saved model is deterministic.
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")
 def evaluate_task(
     trained: TrainedModel, data: ProcessedDataset, cache_dir: Path, threads: int, refresh: bool

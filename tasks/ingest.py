@@ -29,7 +29,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from tasks.contracts import IMAGE_SHAPE, RawDataset
-from tasks.errors import DatasetFileError
+from tasks.errors import DatasetFileError, UsageError
 from tasks.runtime import stage_logger
 from tasks.storage import (
     array_refs,
@@ -201,6 +201,21 @@ def download_file(url: str, target: Path, spec: IdxFile) -> None:
         partial.unlink(missing_ok=True)
 
 
+def check_data_dir(data_dir: Path, files: Mapping[str, IdxFile] = FASHION_MNIST_FILES) -> None:
+    """A directory the user named holds the files, or the error says what it lacks.
+
+    Raises:
+        UsageError: `data_dir` is a file.
+        DatasetFileError: it does not exist or lacks files.
+    """
+    if data_dir.is_file():
+        raise UsageError(f"{data_dir}: is a file, not a directory")
+    if not data_dir.is_dir():
+        raise DatasetFileError(f"{data_dir}: data directory does not exist")
+    if missing := _missing(data_dir, files):
+        raise DatasetFileError(f"{data_dir}: missing {', '.join(missing)}")
+
+
 def resolve_source(
     data_dir: Path | None,
     cache_dir: Path,
@@ -210,10 +225,7 @@ def resolve_source(
 ) -> Path:
     """The directory to read; downloads into `<cache_dir>/raw` only when no source has the files."""
     if data_dir is not None:
-        if not data_dir.is_dir():
-            raise DatasetFileError(f"{data_dir}: data directory does not exist")
-        if missing := _missing(data_dir, files):
-            raise DatasetFileError(f"{data_dir}: missing {', '.join(missing)}")
+        check_data_dir(data_dir, files)
         return data_dir
     raw_dir = cache_dir / "raw"
     for candidate in (raw_dir, system_dir):
@@ -264,6 +276,7 @@ def _retry_on_network_error(task, task_run, state) -> bool:
     return is_network_error(state.result(raise_on_failure=False))
 
 
+# Retried: a download is the one step whose failure may be gone a minute later.
 @task(
     name="ingest-fashion-mnist",
     retries=3,

@@ -9,20 +9,25 @@ with a manifest of their files' hashes, and reused only while every file matches
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
+import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from tasks.errors import StorageError
 
 _CHUNK = 1 << 20
 MANIFEST_FILE = "manifest.json"
@@ -132,10 +137,13 @@ def write_new_directory(target: Path, write: Callable[[Path], None]) -> Path:
     """Run `write(staging)` and rename the result to `target`, which must not exist yet.
 
     Readers never see a half-written directory: it gets its name only when complete.
+
+    Raises:
+        StorageError: writing failed (a full disk, no permission); nothing is left behind.
     """
     if target.exists():
         raise FileExistsError(f"{target}: already exists")
-    _build_and_swap(target, write)
+    _build_and_swap(target, write, keep_existing=None)
     return target
 
 
@@ -148,10 +156,14 @@ def cached_directory(
     """Reuse `target` if every file matches its manifest; otherwise (re)build it.
 
     Cache entries are named after a key of their inputs' hashes, their parameters and
-    their code version, so a verified entry holds the same result as a rebuild.
+    their code version, so a verified entry holds the same result as a rebuild. When
+    another run sharing the cache publishes the same entry first, theirs is kept.
 
     Returns:
         True when an existing entry was reused.
+
+    Raises:
+        StorageError: writing failed (a full disk, no permission); nothing is left behind.
     """
     logger = logger or logging.getLogger(__name__)
     if target.exists() and not refresh:
@@ -165,7 +177,10 @@ def cached_directory(
         digests = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / MANIFEST_FILE).write_text(json.dumps(digests, indent=2))
 
-    _build_and_swap(target, write_with_manifest)
+    def keep_existing(entry: Path) -> bool:  # one another run published meanwhile
+        return not refresh and entry_problem(entry) is None
+
+    _build_and_swap(target, write_with_manifest, keep_existing)
     return False
 
 
@@ -189,19 +204,107 @@ def manifest_digest(directory: Path) -> str:
     return sha256_file(directory / MANIFEST_FILE)
 
 
-def _build_and_swap(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide published results from other users
-    stale = target.parent / f".{target.name}.stale-{uuid.uuid4().hex}"
+def _machine() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def scratch_name(target: Path, kind: str = "staging") -> str:
+    """A hidden name beside `target` for a directory being written (`staging`) or one
+    being replaced (`stale`), which says which process on which machine owns it."""
+    return f".{target.name}.{kind}-{_machine()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_SCRATCH = re.compile(r"^\..+\.(staging|stale)-(?P<machine>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _process_is_gone(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
+
+
+def sweep_scratch(roots: Iterable[Path], logger: logging.Logger | None = None) -> list[Path]:
+    """Remove the staging and stale directories that killed runs on this machine left
+    under `roots` (two levels deep, where entries live). Those of live processes, and
+    of other machines sharing the directory, stay: another run may be writing them.
+
+    Returns:
+        The directories removed.
+    """
+    removed = []
+    for root in roots:
+        parents = [root, *_subdirectories(root)]
+        parents += [grandchild for parent in parents[1:] for grandchild in _subdirectories(parent)]
+        for parent in parents:
+            for path in parent.glob(".*"):
+                match = _SCRATCH.match(path.name)
+                if match and match["machine"] == _machine() and _process_is_gone(int(match["pid"])):
+                    _remove(path)
+                    removed.append(path)
+    if removed:
+        (logger or logging.getLogger(__name__)).info(
+            "removed %d unfinished cache or report directories of stopped runs", len(removed)
+        )
+    return removed
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_and_swap(
+    target: Path, write: Callable[[Path], None], keep_existing: Callable[[Path], bool] | None
+) -> None:
+    """Write into a staging directory beside `target`, then publish it in one rename.
+
+    `keep_existing(target)` says whether an entry found at `target` when publishing
+    stays (another run's) or is replaced; None means `target` must not exist. On any
+    error the staging directory is removed and the previous entry put back.
+    """
+    staging = target.parent / scratch_name(target)
+    stale = target.parent / scratch_name(target, "stale")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        staging.chmod(0o755)  # a umask of 077 would hide published results from other users
         write(staging)
-        if target.exists():
+        if target.exists() and keep_existing is not None:
+            if keep_existing(target):
+                return
             os.rename(target, stale)
-        os.rename(staging, target)
+        _publish(staging, target, keep_existing)
+    except OSError as error:
+        raise StorageError.from_os_error(target, error) from error
     finally:
+        if stale.exists() and not target.exists():
+            with contextlib.suppress(OSError):  # the new entry never made it: keep the old
+                os.rename(stale, target)
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _publish(staging: Path, target: Path, keep_existing: Callable[[Path], bool] | None) -> None:
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        # Another run published `target` between the check and the rename.
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or keep_existing is None:
+            raise
+        if not keep_existing(target):
+            raise
 
 
 def save_arrays(directory: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -19,6 +19,7 @@ from tasks.contracts import TRAINING_ARRAYS, LearningCurve, ProcessedDataset, Tr
 from tasks.models import build_model, model_spec
 from tasks.models.base import PARAMS_FILE, TrainingContext
 from tasks.runtime import in_task_run, stage_logger
+from tasks.stopping import check_stop, run_until_stopped
 from tasks.storage import (
     PROJECT_PACKAGE,
     cached_stage,
@@ -69,7 +70,8 @@ def train_model(
             "training %s on %d images with %d thread(s)", name, len(y_train), context.threads
         )
         started, cpu_started = time.perf_counter(), time.process_time()
-        curve = classifier.fit(x_train, y_train, x_val, y_val)
+        # In a thread of its own, so that a stop request ends this task within a moment.
+        curve = run_until_stopped(classifier.fit, x_train, y_train, x_val, y_val)
         fit_seconds = time.perf_counter() - started
         fit_cpu_seconds = time.process_time() - cpu_started
         classifier.save(staging)
@@ -90,6 +92,8 @@ def artifact_key(text: str) -> str:
     return text.lower().replace("_", "-")
 
 
+# No retries: a fit that failed fails the same way again (same data, parameters and
+# seed), and would cost its whole training time again before saying so.
 @task(name="train-model", task_run_name="train-{name}")
 def train_task(
     name: str,
@@ -100,7 +104,7 @@ def train_task(
     threads: int,
     refresh: bool,
 ) -> TrainedModel:
-    context = TrainingContext(seed, threads, stage_logger())
+    context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
     if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
         progress = create_progress_artifact(
             progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"

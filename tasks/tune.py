@@ -28,10 +28,13 @@ from prefect import task
 
 from tasks.config import ModelParams
 from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
+from tasks.errors import StorageError
 from tasks.models import TrainingContext, build_model, model_spec
 from tasks.preprocess import stratified_subset
 from tasks.report.profile import profile_text
 from tasks.runtime import stage_logger
+from tasks.stopping import check_stop, run_until_stopped
+from tasks.storage import scratch_name
 
 UNPRUNED_TRIALS = 2  # the defaults and one more, before any trial is compared
 DEFAULTS_TRIAL = 0  # each study's first trial: the configured defaults, enqueued
@@ -96,7 +99,7 @@ def run_trial(
         study_name=model,
         storage=journal(study_dir),
         sampler=optuna.samplers.TPESampler(
-            n_startup_trials=RANDOM_TRIALS, seed=seed + request.sequence
+            n_startup_trials=RANDOM_TRIALS, seed=(seed + request.sequence) % 2**32
         ),
         pruner=pruner(model),
     )
@@ -111,13 +114,16 @@ def run_trial(
 
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
     rows = stratified_subset(y_train, train_subset_size, seed)
-    context = TrainingContext(seed, threads, logger, report_validation=report_validation)
+    context = TrainingContext(
+        seed, threads, logger, report_validation=report_validation, check_stop=check_stop
+    )
     started = time.perf_counter()
     accuracy = None
     try:
         classifier = build_model(model, with_overrides(params, model, trial.params), context)
-        classifier.fit(x_train[rows], y_train[rows], x_val, y_val)
-        accuracy = float(np.mean(classifier.predict_proba(x_val).argmax(axis=1) == y_val))
+        run_until_stopped(classifier.fit, x_train[rows], y_train[rows], x_val, y_val)
+        predicted = run_until_stopped(classifier.predict_proba, x_val).argmax(axis=1)
+        accuracy = float(np.mean(predicted == y_val))
     except optuna.TrialPruned as pruned:
         logger.info("%s trial %d pruned: %s", model, trial.number, pruned)
     except BaseException:
@@ -175,6 +181,7 @@ class TuningSession:
         self.spent = dict.fromkeys(models, 0.0)
         self.train_images: dict[str, int] = {}
         self.running: dict[TrialRequest, float] = {}  # start times
+        self.failed: dict[str, str] = {}  # the error of each model's failed trial
         self.asked = 0
 
     def committed_seconds(self, model: str) -> float:
@@ -185,7 +192,11 @@ class TuningSession:
     def next_trial(self) -> TrialRequest | None:
         """A trial of the model with budget left that has the fewest trials running and
         has used the least time; None when every budget is used."""
-        open_models = [m for m in self.studies if self.committed_seconds(m) < self.budget_seconds]
+        open_models = [
+            m
+            for m in self.studies
+            if m not in self.failed and self.committed_seconds(m) < self.budget_seconds
+        ]
         if not open_models:
             return None
         running = Counter(request.model for request in self.running)
@@ -200,13 +211,27 @@ class TuningSession:
         self.spent[request.model] += outcome.seconds
         self.train_images[request.model] = outcome.train_images
 
+    def fail(self, request: TrialRequest, error: str) -> None:
+        """A trial raised `error` (one line): the model gets no more trials, as the next
+        ones would most likely fail alike; a trial completed before still counts."""
+        self.spent[request.model] += time.monotonic() - self.running.pop(request)
+        self.failed.setdefault(request.model, error)
+
+    def failures(self) -> dict[str, str]:
+        """Why each model without a completed trial has none."""
+        return {
+            model: self.failed.get(model, "no trial completed within the budget")
+            for model, study in self.studies.items()
+            if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        }
+
     def summaries(self) -> list[TuningSummary]:
-        """Each model's search, with its trials written to `<model>-trials.csv`."""
+        """Each search that completed a trial, its trials written to `<model>-trials.csv`."""
         summaries = []
         for model, study in self.studies.items():
             trials = study.get_trials(deepcopy=False)
             if not any(trial.state == TrialState.COMPLETE for trial in trials):
-                raise RuntimeError(f"tuning {model}: no trial completed within the budget")
+                continue  # in `failures()`
             trials_file = self.directory / f"{model}-trials.csv"
             columns = ("number", "state", "value", "params", "user_attrs")
             study.trials_dataframe(attrs=columns).to_csv(trials_file, index=False)
@@ -217,7 +242,8 @@ class TuningSession:
                     trials=len(trials),
                     pruned=sum(trial.state == TrialState.PRUNED for trial in trials),
                     seconds=self.spent[model],
-                    default_accuracy=float(trials[0].value),
+                    # NaN when the defaults' trial failed and a later one did not
+                    default_accuracy=float("nan" if trials[0].value is None else trials[0].value),
                     best_accuracy=float(best.value),
                     best_trial=best.number,
                     best_params=best.params,
@@ -238,7 +264,11 @@ def tuned_params(params: ModelParams, summaries: list[TuningSummary]) -> ModelPa
 def write_profile(path: Path, summaries: list[TuningSummary]) -> None:
     """Write the best parameters as a profile file, in one rename so that a scheduled run
     never reads half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(profile_text(summaries))
-    os.replace(staging, path)
+    staging = path.with_name(scratch_name(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(profile_text(summaries))
+        os.replace(staging, path)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        raise StorageError.from_os_error(path, error) from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from concurrent.futures import Future
 
@@ -11,6 +12,8 @@ import pytest
 
 from flows.graph import checked, run_stages, submit
 from tasks.config import build_config
+from tasks.errors import ModelsFailedError
+from tasks.report import console_table
 from tasks.train import train_task
 
 
@@ -25,7 +28,10 @@ class InlinePool:
     def submit(self, stage, parameters, wait_for=()):
         self.submitted.append((stage.name, parameters, list(wait_for)))
         future = Future()
-        future.set_result(stage.fn(**parameters))
+        try:
+            future.set_result(stage.fn(**parameters))
+        except Exception as error:  # as a worker would hand it back
+            future.set_exception(error)
         return future
 
     def as_completed(self, futures):
@@ -60,18 +66,24 @@ def test_a_misspelled_parameter_fails_before_anything_is_submitted():
         checked(train_task, {"seed": 1, "seeds": 1, "refresh": False, **parameters})
 
 
-@pytest.mark.slow
-def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_data_dir):
-    config = build_config(
+def small_config(tmp_path, data_dir, models: list[str], **overrides):
+    """The quick profile on 1,200 training images, in tmp_path."""
+    return build_config(
         "quick",
-        models=["random_forest", "logistic_regression"],
-        data_dir=real_data_dir,
+        models=models,
+        data_dir=data_dir,
         cache_dir=tmp_path / "data",
         output_dir=tmp_path / "reports",
         train_subset_size=1200,
         validation_size=200,
         test_subset_size=300,
+        **overrides,
     )
+
+
+@pytest.mark.slow
+def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_data_dir):
+    config = small_config(tmp_path, real_data_dir, ["random_forest", "logistic_regression"])
     runner = InlineStages()
     report_dir = run_stages(config, runner, "inline")
 
@@ -91,3 +103,49 @@ def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_da
     board = pd.read_csv(report_dir / "leaderboard.csv")
     assert sorted(board.model) == ["ensemble", "logistic_regression", "random_forest"]
     assert (board.test_accuracy > 0.6).all()
+
+
+def xgboost_refuses_to_fit(monkeypatch) -> None:
+    """XGBoost raising its own error from inside its fit, as when it refuses a model."""
+    import xgboost
+
+    def fit(self, *args, **kwargs):
+        raise xgboost.core.XGBoostError("injected: the booster could not be built")
+
+    monkeypatch.setattr(xgboost.XGBClassifier, "fit", fit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["training", "tuning"])
+def test_a_failing_model_is_named_and_the_others_are_trained_ranked_and_reported(
+    tmp_path, real_data_dir, monkeypatch, stage
+):
+    xgboost_refuses_to_fit(monkeypatch)
+    models = ["xgboost", "random_forest", "logistic_regression"]
+    tune = {"enabled": stage == "tuning", "budget_minutes": 0.05, "train_subset_size": 600}
+    config = small_config(tmp_path, real_data_dir, models, tune=tune)
+    with pytest.raises(ModelsFailedError) as raised:
+        run_stages(config, InlineStages(), "inline")
+    error = "XGBoostError: injected: the booster could not be built"
+    assert str(raised.value) == (
+        f"1 of 3 models failed: xgboost ({stage}: {error}); a rerun retrains only what failed"
+    )
+    report_dir = raised.value.report_dir
+    assert report_dir == tmp_path / "reports" / "inline"
+    board = pd.read_csv(report_dir / "leaderboard.csv")
+    assert board.model.tolist()[-1] == "xgboost"
+    assert sorted(board.model[:-1]) == ["ensemble", "logistic_regression", "random_forest"]
+    assert board["rank"].tolist()[:-1] == [1, 2, 3]
+    assert board.error.tolist()[-1] == f"failed in {stage}: {error}"
+    assert board.test_accuracy[:-1].notna().all()
+    assert board.test_accuracy.isna().tolist()[-1]
+    assert console_table(report_dir).splitlines()[-1] == f"xgboost: failed in {stage}: {error}"
+    assert f"- **xgboost** failed in {stage}: `{error}`" in (report_dir / "report.md").read_text()
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    (failure,) = metrics["failures"]
+    assert (failure["model"], failure["stage"], failure["error"]) == ("xgboost", stage, error)
+    members = metrics["models"]["ensemble"]["params"]["members"]
+    assert sorted(members) == ["logistic_regression", "random_forest"]  # of those that succeeded
+    assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir() if any(p.iterdir())) == [
+        "logistic_regression", "random_forest",
+    ]  # fmt: skip

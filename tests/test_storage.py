@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from tasks.errors import StorageError
 from tasks.storage import (
     MANIFEST_FILE,
     array_refs,
     cached_directory,
     entry_problem,
     save_arrays,
+    scratch_name,
+    sweep_scratch,
     write_new_directory,
 )
 
@@ -76,3 +83,65 @@ def test_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="killed mid-write"):
         write_new_directory(tmp_path / "report", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_os_error_while_writing_is_one_line_naming_the_path_and_nothing_is_left(tmp_path):
+    def full_disk(staging):
+        (staging / "half.npy").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(StorageError) as raised:
+        cached_directory(tmp_path / "models" / "key", full_disk)
+    assert str(raised.value) == f"{tmp_path / 'models' / 'key'}: no space left on device"
+    assert raised.value.disk_full
+    assert str(raised.value.needing(12.4)).endswith("no space left on device (needs about 12 MB)")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_rebuild_that_fails_while_publishing_puts_the_old_entry_back(tmp_path, monkeypatch):
+    calls = []
+    target = tmp_path / "key"
+    cached_directory(target, write_numbers(calls))
+
+    def interrupted(staging, entry, keep_existing):  # after the old entry was moved aside
+        raise RuntimeError("stopped between the two renames")
+
+    monkeypatch.setattr("tasks.storage._publish", interrupted)
+    with pytest.raises(RuntimeError, match="stopped between the two renames"):
+        cached_directory(target, write_numbers(calls), refresh=True)
+    assert entry_problem(target) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_an_entry_another_run_published_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "key"
+
+    def slower_run(staging):  # the other run publishes while this one writes
+        cached_directory(target, write_numbers([]))
+        (staging / "numbers.npy").write_bytes(b"this run's copy")
+
+    assert cached_directory(target, slower_run) is False
+    assert entry_problem(target) is None  # theirs, complete: this run's copy is dropped
+    np.testing.assert_array_equal(np.load(target / "numbers.npy"), np.arange(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_scratch_left_by_killed_runs_is_swept_and_live_runs_scratch_is_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    models = tmp_path / "models" / "cnn"
+    models.mkdir(parents=True)
+    killed = models / scratch_name(models / "key").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    killed.mkdir()
+    (killed / "model.keras").write_bytes(b"half")
+    live = models / scratch_name(models / "other")
+    live.mkdir()
+    elsewhere = models / f".key.staging-othermachine-{dead.pid}-0123abcd"
+    elsewhere.mkdir()
+    published = models / "key"
+    published.mkdir()
+
+    assert sweep_scratch([tmp_path]) == [killed]
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        [live.name, elsewhere.name, published.name]
+    )

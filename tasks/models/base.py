@@ -39,6 +39,8 @@ class TrainingContext:
     # Validation accuracy part-way through a fit (step: boosting round or epoch); the
     # tuning stage prunes a trial by raising from it.
     report_validation: Callable[[int, float], None] = lambda step, accuracy: None
+    # Called between training steps (rounds, batches): raises once the run is told to stop.
+    check_stop: Callable[[], None] = lambda: None
 
 
 class Classifier(Protocol):
@@ -73,6 +75,8 @@ class ModelSpec:
         search_space: tuning distributions, named after fields of `params`.
         pruning_warmup_steps: steps (rounds, epochs) a trial reports before it may be pruned.
         quick: the `quick` profile's changes to the default hyper-parameters.
+        saved_mb: about how many MB the saved model takes, given `params` and the number
+            of training images: what the disk-space check counts on.
     """
 
     name: str
@@ -82,6 +86,7 @@ class ModelSpec:
     search_space: Mapping[str, BaseDistribution]
     pruning_warmup_steps: int = 0
     quick: Mapping[str, Any] = field(default_factory=dict)
+    saved_mb: Callable[[Any, int], float] = lambda params, train_images: 1.0
 
     @property
     def module(self) -> str:

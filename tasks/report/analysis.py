@@ -13,7 +13,13 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from tasks.contracts import CLASS_NAMES, LearningCurve, ModelEvaluation, TuningSummary
+from tasks.contracts import (
+    CLASS_NAMES,
+    LearningCurve,
+    ModelEvaluation,
+    ModelFailure,
+    TuningSummary,
+)
 from tasks.significance import (
     CONFIDENCE,
     bootstrap_accuracy_intervals,
@@ -58,6 +64,7 @@ class Findings:
     gallery_model: str | None  # the best model, if it makes any mistake
     tuning: tuple[TuningSummary, ...]
     test_images: int
+    failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
 
 
 def analyse(
@@ -67,6 +74,7 @@ def analyse(
     probabilities: dict[str, np.ndarray],
     seed: int,
     tuning: Sequence[TuningSummary] = (),
+    failures: Sequence[ModelFailure] = (),
 ) -> Findings:
     """The findings of a run, computed once for every view of them.
 
@@ -75,6 +83,7 @@ def analyse(
         probabilities: each model's test class probabilities.
         seed: seed of the bootstrap resamples.
         tuning: the tuning stage's searches, when it ran.
+        failures: the models that failed, named by every view.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
     intervals = bootstrap_accuracy_intervals(correct, seed, confidence=CONFIDENCE)
@@ -105,6 +114,7 @@ def analyse(
         gallery_model=best if len(mistakes) else None,
         tuning=tuple(tuning),
         test_images=len(y_test),
+        failures=tuple(failures),
     )
 
 

@@ -12,11 +12,22 @@ from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TuningSummary
+from tasks.contracts import (
+    CLASS_NAMES,
+    ModelEvaluation,
+    ModelFailure,
+    ProcessedDataset,
+    TuningSummary,
+)
 from tasks.report.analysis import PARETO_COSTS, Findings
 from tasks.report.figures import plot_confusion_grid, plot_pareto, png_bytes
 from tasks.report.html import data_uri
-from tasks.report.tables import markdown_table, readable_leaderboard
+from tasks.report.tables import (
+    failure_lines,
+    leaderboard_with_failures,
+    markdown_table,
+    readable_leaderboard,
+)
 from tasks.report.writer import write_report
 from tasks.runtime import in_task_run
 
@@ -32,6 +43,7 @@ def summary_markdown(findings: Findings, report_dir: Path) -> str:
     sections = [
         f"# Run {report_dir.name}",
         markdown_table(readable_leaderboard(findings.leaderboard, findings.confidence)),
+        *(["## Failed models", "\n".join(failure_lines(findings))] if findings.failures else []),
         *[f"- {finding}" for finding in findings.analysis],
         "## Confusion matrices, each row scaled to its true class",
         _inline_image(grid, "confusion matrices, row-normalised"),
@@ -49,10 +61,11 @@ def _inline_image(figure: Figure, alt: str) -> str:
 
 def publish_artifacts(findings: Findings, report_dir: Path) -> None:
     """The leaderboard as a table artifact and the summary as a markdown artifact."""
+    board = leaderboard_with_failures(findings).round(4).astype(object)
     create_table_artifact(
         key="fashion-mnist-leaderboard",
-        table=findings.leaderboard.round(4).to_dict(orient="records"),
-        description=f"Models ranked by test accuracy, run {report_dir.name}",
+        table=board.where(board.notna(), None).to_dict(orient="records"),  # no NaN in JSON
+        description=f"Models ranked by test accuracy, then any that failed: run {report_dir.name}",
     )
     create_markdown_artifact(
         key="fashion-mnist-summary",
@@ -70,6 +83,7 @@ def report_task(
     context: dict,
     seed: int,
     tuning: list[TuningSummary],
+    failures: list[ModelFailure],
 ) -> Path:
     """Write the run's report to `<output_dir>/<run_id>` and publish its artifacts."""
     report = write_report(
@@ -79,6 +93,7 @@ def report_task(
         context=context,
         seed=seed,
         tuning=tuning,
+        failures=failures,
     )
     if in_task_run():  # not when the benchmark calls it without Prefect
         publish_artifacts(report.findings, report.directory)

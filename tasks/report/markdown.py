@@ -10,7 +10,12 @@ from tasks.report.figures import (
     LEARNING_CURVES_FILE,
 )
 from tasks.report.profile import TUNED_PROFILE_FILE, TUNING_DIR
-from tasks.report.tables import markdown_table, readable_leaderboard, tuning_table
+from tasks.report.tables import (
+    failure_lines,
+    markdown_table,
+    readable_leaderboard,
+    tuning_table,
+)
 from tasks.significance import ALPHA, BOOTSTRAP_RESAMPLES, describe_comparisons, percent
 
 
@@ -30,6 +35,7 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         "bootstrap resamples of the test set.",
         "## Leaderboard",
         markdown_table(readable_leaderboard(board, findings.confidence)),
+        *_failed_section(findings),
         "## Analysis",
         "\n".join(f"- {finding}" for finding in findings.analysis),
         "## Which differences are real",
@@ -60,6 +66,16 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         ),
     ]
     return "\n\n".join(sections + _optional_sections(findings)) + "\n"
+
+
+def _failed_section(findings: Findings) -> list[str]:
+    if not findings.failures:
+        return []
+    return [
+        "These models failed and are not ranked; a rerun retrains only them, and reuses "
+        "the models above:",
+        "\n".join(failure_lines(findings)),
+    ]
 
 
 def _optional_sections(findings: Findings) -> list[str]:

@@ -69,6 +69,7 @@ def metrics_document(
                               BOOTSTRAP_RESAMPLES},
         "mcnemar_exact": findings.comparisons.to_dict(orient="records"),
         "tuning": [asdict(summary) for summary in findings.tuning],
+        "failures": [asdict(failure) for failure in findings.failures],
     }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.contracts import TuningSummary
+from tasks.report.analysis import Findings
 from tasks.significance import percent
 
 # What the command line prints: the ranking and its uncertainty, and the time it cost.
@@ -22,9 +23,30 @@ COLUMN_FORMATS = {
 
 
 def console_table(report_dir: Path) -> str:
-    """The leaderboard as the command line prints it, read back from the run's files."""
-    board = pd.read_csv(report_dir / "leaderboard.csv", usecols=CONSOLE_COLUMNS)
-    return board.to_string(index=False, float_format=lambda value: f"{value:.4f}")
+    """The leaderboard as the command line prints it, read back from the run's files: the
+    ranked models, then one line for each model that failed."""
+    board = pd.read_csv(report_dir / "leaderboard.csv")
+    ranked = board[board["rank"].notna()][CONSOLE_COLUMNS].astype({"rank": int})
+    lines = [ranked.to_string(index=False, float_format=lambda value: f"{value:.4f}")]
+    if "error" in board:
+        lines += [f"{row.model}: {row.error}" for row in board[board["rank"].isna()].itertuples()]
+    return "\n".join(lines)
+
+
+def leaderboard_with_failures(findings: Findings) -> pd.DataFrame:
+    """The ranked models, then a row for each failed one with no rank, no metrics and its
+    error in one line: the leaderboard's file and table."""
+    failed = pd.DataFrame(
+        [{"model": f.model, "error": f"failed in {f.stage}: {f.error}"} for f in findings.failures],
+        columns=["model", "error"],
+    )
+    board = pd.concat([findings.leaderboard.assign(error=""), failed], ignore_index=True)
+    return board.astype({"rank": "Int64"})
+
+
+def failure_lines(findings: Findings) -> list[str]:
+    """One markdown line per failed model, for the report and the run's summary."""
+    return [f"- **{f.model}** failed in {f.stage}: `{f.error}`" for f in findings.failures]
 
 
 def markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:

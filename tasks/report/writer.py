@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.contracts import ModelEvaluation, ProcessedDataset, TuningSummary
+from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.errors import StorageError
 from tasks.report.analysis import Findings, analyse
 from tasks.report.figures import save_figures
 from tasks.report.html import render_html
@@ -25,7 +25,8 @@ from tasks.report.markdown import render_markdown
 from tasks.report.metrics import metrics_document
 from tasks.report.model_card import render_model_card
 from tasks.report.profile import write_tuning_files
-from tasks.storage import write_new_directory
+from tasks.report.tables import leaderboard_with_failures
+from tasks.storage import scratch_name, write_new_directory
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def write_report(
     context: dict,
     seed: int,
     tuning: Sequence[TuningSummary] = (),
+    failures: Sequence[ModelFailure] = (),
 ) -> Report:
     """Write the complete report for a run and point `latest` beside it at it.
 
@@ -52,6 +54,10 @@ def write_report(
         context: JSON-ready facts about the run (`run_context`).
         seed: seed of the bootstrap resamples.
         tuning: the tuning stage's searches, when it ran.
+        failures: the models that failed; the leaderboard lists them after the others.
+
+    Raises:
+        StorageError: the report could not be written; nothing half-written is left.
     """
     y_test, test_index, x_test = data.load("y_test", "test_index", "x_test")
     # Each stored array is read (and its hash checked) once.
@@ -64,12 +70,14 @@ def write_report(
         probabilities=probabilities,
         seed=seed,
         tuning=tuning,
+        failures=failures,
     )
     run_id = report_dir.name
     ranked = list(findings.leaderboard.model)
 
     def write(staging: Path) -> None:
-        findings.leaderboard.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
+        board = leaderboard_with_failures(findings)
+        board.to_csv(staging / "leaderboard.csv", index=False, float_format="%.6f")
         predictions = pd.DataFrame({"index": test_index, "true_label": y_test})
         for name in ranked:
             predictions[name] = predicted[name]
@@ -101,6 +109,10 @@ def write_report(
 def point_latest_at(report_dir: Path) -> None:
     """Swap `latest` to `report_dir` in one rename, so it never points at nothing."""
     latest = report_dir.parent / "latest"
-    staging = report_dir.parent / f".latest.{uuid.uuid4().hex}"
-    staging.symlink_to(report_dir.name, target_is_directory=True)
-    os.replace(staging, latest)
+    staging = report_dir.parent / scratch_name(latest)
+    try:
+        staging.symlink_to(report_dir.name, target_is_directory=True)
+        os.replace(staging, latest)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        raise StorageError.from_os_error(latest, error) from error

@@ -1,0 +1,43 @@
+"""A crash injected into XGBoost's fit, for the tests of failure isolation.
+
+Python imports `sitecustomize` from PYTHONPATH when any interpreter starts, so putting
+this directory on PYTHONPATH reaches every process of a run: the command line's, and the
+worker processes the processes and dask runners spawn. With FASHION_MNIST_FAULT=xgboost,
+`xgboost.XGBClassifier.fit` raises XGBoost's own error, as the library does when it
+refuses a model; nothing in the pipeline knows about it. The patch is applied when
+xgboost is imported, so processes that never import it are unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+MESSAGE = "injected fault: the booster could not be built"
+
+
+class _PatchXGBoostOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "xgboost.sklearn":
+            return None
+        sys.meta_path.remove(self)  # find the real module, then wrap its loader
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            from xgboost.core import XGBoostError
+
+            def fit(self, *args, **kwargs):
+                raise XGBoostError(MESSAGE)
+
+            module.XGBClassifier.fit = fit
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if os.environ.get("FASHION_MNIST_FAULT") == "xgboost":
+    sys.meta_path.insert(0, _PatchXGBoostOnImport())
