@@ -25,7 +25,7 @@ from flows.runner import dask_threads_per_model as dask_threads_per_model
 from flows.server import prefect_api
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
 from tasks.errors import ModelsFailedError, PipelineError
-from tasks.preflight import check_run
+from tasks.preflight import check_cluster_server, check_run
 from tasks.report import console_table
 from tasks.stopping import (
     RunStopped,
@@ -187,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         api_url = get_current_settings().api.url
         check_run(config, api_url)  # before a temporary server starts, or anything else
+        check_cluster_server(config, api_url)
         with prefect_api(api_url):
             state = full_pipeline(config, return_state=True)
             outcome = state.result(raise_on_failure=False)

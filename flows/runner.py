@@ -1,5 +1,6 @@
-"""The flow's Prefect runner: the task runners models train on, and how a stop reaches
-the tasks they run (threads, worker processes, a local Dask cluster's workers)."""
+"""The flow's Prefect runner: the task runners models train on, the Prefect API their
+workers report to, and how a stop reaches the tasks they run (threads, worker processes,
+a local Dask cluster's workers)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.context import refresh_global_settings_context
 from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
+from prefect.settings import get_current_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
-from tasks.errors import PipelineError
+from tasks.errors import PipelineError, RunEnvironmentError
+from tasks.preflight import CLUSTER_NEEDS_SERVER, api_problem
 from tasks.stopping import (
     FIT_STOP_SECONDS,
     RunStopped,
@@ -57,21 +62,39 @@ def quiet_tracebacks() -> None:
             logger.addFilter(_OneLineErrors(every_error))
 
 
-def prepare_worker_process() -> None:
-    """Each worker process of the processes and local Dask runners: SIGTERM and SIGINT
-    stop the task it runs, and failed task runs are logged in one line."""
+def prepare_worker_process(api_url: str | None = None) -> None:
+    """Each worker process of the processes and local Dask runners: it reports to the
+    flow's Prefect API (`api_url`) rather than start a temporary server of its own,
+    SIGTERM and SIGINT stop the task it runs, and failed task runs are logged in one line."""
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        refresh_global_settings_context()
     install_worker_stop_handlers()
     quiet_tracebacks()
 
 
-def training_runner(config: PipelineConfig) -> TaskRunner:
-    """The pool that trains `parallel_models` models at once: threads, processes or Dask."""
+def flow_api_url() -> str | None:
+    """The Prefect API this process reports to: PREFECT_API_URL (the command line's
+    temporary server sets it too), or else the temporary server Prefect itself started
+    for a flow called without one."""
+    if url := get_current_settings().api.url:
+        return url
+    url = str(get_client(sync_client=True).api_url).rstrip("/")
+    return url if url.startswith("http") and "ephemeral-prefect" not in url else None
+
+
+def training_runner(config: PipelineConfig, api_url: str | None = None) -> TaskRunner:
+    """The pool that trains `parallel_models` models at once: threads, processes or Dask.
+    Worker processes started here report to `api_url`."""
     if config.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=config.parallel_models)
     if config.task_runner == "processes":
-        # Its workers turn SIGTERM and SIGINT into a stop of the task they run.
+        # Its workers report to the flow's API and turn SIGTERM and SIGINT into a stop
+        # of the task they run.
         return ProcessPoolTaskRunner(
-            max_workers=config.parallel_models, initializer=prepare_worker_process
+            max_workers=config.parallel_models,
+            initializer=prepare_worker_process,
+            initargs=(api_url,),
         )
     from prefect_dask import DaskTaskRunner
 
@@ -80,6 +103,65 @@ def training_runner(config: PipelineConfig) -> TaskRunner:
     # One single-threaded worker process per model slot, reachable on loopback only.
     cluster = {"n_workers": config.parallel_models, "threads_per_worker": 1, "processes": True}
     return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
+
+
+def worker_api_view(api_url: str) -> tuple[str | None, str | None]:
+    """Run on a Dask worker: the Prefect API it is set to report to (None when unset), and
+    why it cannot reach the flow's, `api_url` (None when it can)."""
+    return get_current_settings().api.url, api_problem(api_url, timeout_seconds=3)
+
+
+def check_cluster_api(client: Any, api_url: str | None, logger: Any) -> None:
+    """Before anything trains on an external Dask cluster: every worker reaches the flow's
+    Prefect API `api_url` (the run is refused otherwise, since nothing trained there would
+    be recorded), and each is set to report there (a warning otherwise: Prefect sends the
+    flow's settings with each task, so this run's records still land).
+
+    Raises:
+        RunEnvironmentError: no API is set, or a worker cannot reach it or run the check.
+    """
+    if not api_url:
+        raise RunEnvironmentError(CLUSTER_NEEDS_SERVER)
+    views = client.run(worker_api_view, api_url, on_error="return")
+    failed = {worker: view for worker, view in views.items() if isinstance(view, Exception)}
+    if failed:
+        error = next(iter(failed.values()))
+        raise RunEnvironmentError(
+            f"Dask {_workers(failed)} failed the Prefect API check "
+            f"({type(error).__name__}: {error}): every worker needs this project installed "
+            "(`pip install -e .`)"
+        )
+    unreachable = {worker: problem for worker, (_, problem) in views.items() if problem}
+    if unreachable:
+        raise RunEnvironmentError(
+            f"Dask {_workers(unreachable)} cannot reach the flow's Prefect API at {api_url} "
+            f"({next(iter(unreachable.values()))}), so training there would go unrecorded: "
+            "serve it on an address the workers reach (`prefect server start --host 0.0.0.0`) "
+            "and set PREFECT_API_URL to that address here and for every worker"
+        )
+    by_setting: dict[str, list[str]] = {}
+    for worker, (own, _) in sorted(views.items()):
+        if (own or "").rstrip("/") != api_url.rstrip("/"):
+            setting = f"PREFECT_API_URL={own}" if own else "no PREFECT_API_URL"
+            by_setting.setdefault(setting, []).append(worker)
+    if by_setting:
+        found = "; ".join(f"{_workers(w)}: {setting}" for setting, w in by_setting.items())
+        logger.warning(
+            "Dask workers not set to report to the flow's Prefect API (%s): start every "
+            "worker with PREFECT_API_URL=%s (this run's task runs still go there: Prefect "
+            "sends the flow's settings with each task)",
+            found,
+            api_url,
+        )
+
+
+def _workers(workers: Iterable[str], shown: int = 3) -> str:
+    """The workers named: "worker A", "workers A, B", "workers A, B, C and 4 more"."""
+    names = sorted(workers)
+    if len(names) == 1:
+        return f"worker {names[0]}"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"workers {', '.join(names[:shown])}{more}"
 
 
 def dask_threads_per_model(worker_cores: dict[str, int], worker_slots: dict[str, int]) -> int:
@@ -139,9 +221,12 @@ class PrefectStages:
     @contextlib.contextmanager
     def pool(self, config: PipelineConfig) -> Iterator[PrefectPool]:
         clear_stop()
-        with training_runner(config) as runner:
-            if config.task_runner == "dask" and not config.dask_address:
-                runner.client.run(prepare_worker_process)  # our own workers only
+        api_url = flow_api_url()
+        with training_runner(config, api_url) as runner:
+            if config.dask_address:  # someone else's workers: check, never reconfigure
+                check_cluster_api(runner.client, get_current_settings().api.url, self.logger)
+            elif config.task_runner == "dask":
+                runner.client.run(prepare_worker_process, api_url)
             pool = PrefectPool(runner, threads_per_model(config, runner))
             try:
                 yield pool

@@ -29,6 +29,13 @@ TRAINING_IMAGES, TEST_IMAGES, PIXELS = 60_000, 10_000, 784
 # Measured on a quick run: figures and the HTML page that embeds them, then per model its
 # confusion matrix (twice: the PNG and the page) and its share of the figures.
 REPORT_BASE_MB, REPORT_PER_MODEL_MB = 0.5, 0.25
+# A temporary server listens on this host's loopback for one run, while a long-lived
+# Dask worker process keeps sending events to the first Prefect API it reported to.
+CLUSTER_NEEDS_SERVER = (
+    "an external Dask cluster needs a Prefect server its workers reach, not this run's "
+    "temporary one (loopback only, gone after the run): start `prefect server start --host "
+    "0.0.0.0` and set PREFECT_API_URL=http://<server>:4200/api here and for every worker"
+)
 
 
 def check_run(config: PipelineConfig, api_url: str | None = None) -> None:
@@ -49,6 +56,17 @@ def check_run(config: PipelineConfig, api_url: str | None = None) -> None:
     check_disk_space(estimate_writes(config))
     if api_url:
         check_api(api_url)
+
+
+def check_cluster_server(config: PipelineConfig, api_url: str | None) -> None:
+    """A run on an external Dask cluster names the Prefect server its workers report to
+    (`api_url`, from PREFECT_API_URL): refused before a temporary server would start.
+
+    Raises:
+        RunEnvironmentError: `dask_address` is set and `api_url` is not.
+    """
+    if config.dask_address and not api_url:
+        raise RunEnvironmentError(CLUSTER_NEEDS_SERVER)
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -112,14 +130,21 @@ def check_disk_space(needs_mb: dict[Path, float]) -> None:
 def check_api(url: str, timeout_seconds: float = 5.0) -> None:
     """The Prefect API at `url` answers; any HTTP answer will do (Prefect Cloud asks for
     a key), only no answer at all is an error."""
+    if reason := api_problem(url, timeout_seconds):
+        raise RunEnvironmentError(
+            f"cannot reach the Prefect API at {url} ({reason}): start the server "
+            "(`prefect server start`), or unset PREFECT_API_URL to run on a temporary one"
+        )
+
+
+def api_problem(url: str, timeout_seconds: float = 5.0) -> str | None:
+    """Why the Prefect API at `url` gives no answer at all, such as "connection refused";
+    None when it answers."""
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_seconds)
     except httpx.HTTPError as error:
-        reason = str(error).split("] ")[-1].strip() or type(error).__name__
-        raise RunEnvironmentError(
-            f"cannot reach the Prefect API at {url} ({reason.lower()}): start the server "
-            "(`prefect server start`), or unset PREFECT_API_URL to run on a temporary one"
-        ) from None
+        return (str(error).split("] ")[-1].strip() or type(error).__name__).lower()
+    return None
 
 
 def space_needed(config: PipelineConfig, path: Path) -> float:

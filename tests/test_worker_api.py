@@ -1,0 +1,275 @@
+"""Worker processes and Dask workers report to the flow's own Prefect server: checked on
+real parts (a Prefect server, a `dask scheduler` and `dask worker` processes on loopback)
+through the server's API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.full_pipeline import main
+from flows.runner import check_cluster_api
+from tasks.errors import RunEnvironmentError
+from tests.test_deployment import free_loopback_port, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUICK = ["--profile", "quick", "--models", "xgboost,logistic_regression"]
+# The run's processes and the Dask workers carry this variable in their environment, so
+# every process they start (a Prefect server among them) can be found, even orphaned.
+MARK = "FASHION_MNIST_TEST_PROCESS"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without Prefect settings, this checkout importable, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    return env | {
+        "PYTHONPATH": str(REPO),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        **extra,
+    }
+
+
+def marked_processes(mark: str) -> dict[int, str]:
+    """pid -> command line of every live process carrying `mark` in its environment."""
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"{MARK}={mark}".encode() in environ.read_bytes():
+                command = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                found[int(environ.parent.name)] = command.decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def prefect_servers(processes: dict[int, str]) -> dict[int, str]:
+    """The Prefect servers among them: `prefect server start`, or the uvicorn process of a
+    temporary server Prefect starts by itself."""
+    return {
+        pid: command
+        for pid, command in processes.items()
+        if "uvicorn" in command or "server start" in command
+    }
+
+
+def run_pipeline(args: list[str], env: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, set]:
+    """The command line's quick run, and the Prefect servers its processes ran meanwhile."""
+    mark = env[MARK]
+    with (cwd / "run.err").open("w+") as err, (cwd / "run.out").open("w+") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "flows.full_pipeline", *QUICK, *args],
+            env=env, cwd=cwd, stdout=out, stderr=err,
+        )  # fmt: skip
+        servers = set()
+        deadline = time.monotonic() + 900
+        while run.poll() is None and time.monotonic() < deadline:
+            servers |= set(prefect_servers(marked_processes(mark)).items())
+            time.sleep(0.5)
+        if run.poll() is None:
+            run.kill()
+            pytest.fail("the quick run took more than 15 minutes")
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(run.args, run.returncode, out.read(), err.read())
+    return done, servers
+
+
+def at(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
+
+
+def flow_run_of(stderr: str) -> str:
+    return re.search(r"/runs/flow-run/([0-9a-f-]{36})", stderr).group(1)
+
+
+def train_runs(api: str) -> list[dict]:
+    """Every train-* task run on the server."""
+    body = {"task_runs": {"name": {"like_": "train-"}}}
+    return httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
+
+
+def assert_one_record(api: str, flow_run_id: str) -> None:
+    """The flow run completed with both models' train-* task runs Completed, each with
+    its logs; and no train-* task run on the server belongs to no flow run of it."""
+    flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert flow_run["state"]["type"] == "COMPLETED"
+    flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+    every = train_runs(api)
+    assert {run["flow_run_id"] for run in every} <= {run["id"] for run in flow_runs}
+    ours = [run for run in every if run["flow_run_id"] == flow_run_id]
+    assert sorted(run["name"] for run in ours) == ["train-logistic_regression", "train-xgboost"]
+    assert {run["state"]["type"] for run in ours} == {"COMPLETED"}
+    for run in ours:
+        body = {"logs": {"task_run_id": {"any_": [run["id"]]}}}
+        logs = httpx.post(f"{api}/logs/filter", json=body, timeout=10).json()
+        assert any(log["message"].startswith("training ") for log in logs), run["name"]
+
+
+def start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to its process group (a Dask worker's nanny and worker), SIGKILL after 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on loopback, with a database of its own; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_loopback_port()
+    api = f"http://127.0.0.1:{port}/api"
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+               str(port), "--no-ui"]  # fmt: skip
+    server = start(command, clean_env(PREFECT_HOME=str(home)), home, home / "server.log")
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 180, "the Prefect server")
+        yield api
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task_runner", ["processes", "dask"])
+def test_local_workers_start_no_server_of_their_own(task_runner, tmp_path):
+    """Without PREFECT_API_URL the run starts one temporary server, and the worker
+    processes of a process pool or a local Dask cluster report to it."""
+    mark = uuid.uuid4().hex
+    env = clean_env(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),  # the temporary server's database
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # a fresh one, a busy machine
+        **{MARK: mark},
+    )
+    done, servers = run_pipeline(["--task-runner", task_runner], env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len({pid for pid, _ in servers}) == 1, servers  # the run's own (flows/server.py)
+    assert all("-m prefect server start" in command for _, command in servers), servers
+    assert "Starting temporary server" not in done.stderr  # Prefect's own, in a worker
+    assert marked_processes(mark) == {}
+
+
+@pytest.mark.slow
+def test_process_workers_report_to_the_flows_server(prefect_server, tmp_path):
+    mark = uuid.uuid4().hex
+    env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path), **{MARK: mark})
+    done, servers = run_pipeline(["--task-runner", "processes"], env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert servers == set()  # no worker started a Prefect server of its own
+    assert "Starting temporary server" not in done.stderr
+    assert_one_record(prefect_server, flow_run_of(done.stderr))
+    assert marked_processes(mark) == {}  # nothing of the run is left
+
+
+@pytest.mark.slow
+def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_path):
+    """Two `dask worker` processes, one started with PREFECT_API_URL and one without: the
+    run warns about that one in one line before training, and records everything on the
+    flow's server; an API the workers cannot reach is refused."""
+    mark = uuid.uuid4().hex
+    env = clean_env(PREFECT_HOME=str(tmp_path), **{MARK: mark})
+    scheduler_port, set_port, unset_port = (free_loopback_port() for _ in range(3))
+    scheduler = f"tcp://127.0.0.1:{scheduler_port}"
+    started = [
+        start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+               str(scheduler_port), "--dashboard-address", ":0"],
+              env, tmp_path, tmp_path / "scheduler.log"),
+    ]  # fmt: skip
+    try:
+        # Workers start where the flow runs: they read its data/ by the same paths.
+        for port, worker_env in (
+            (set_port, env | {"PREFECT_API_URL": prefect_server}),
+            (unset_port, env),
+        ):
+            command = [str(BIN / "dask"), "worker", scheduler, "--nthreads", "1",
+                       "--host", "127.0.0.1", "--worker-port", str(port),
+                       "--dashboard-address", ":0"]  # fmt: skip
+            started.append(start(command, worker_env, tmp_path, tmp_path / f"worker-{port}.log"))
+        from distributed import Client
+
+        with Client(scheduler, timeout=60) as client:
+            client.wait_for_workers(2, timeout=180)
+            closed = f"http://127.0.0.1:{free_loopback_port()}/api"
+            with pytest.raises(RunEnvironmentError) as refused:
+                check_cluster_api(client, closed, logging.getLogger(__name__))
+        first, second = sorted(f"tcp://127.0.0.1:{port}" for port in (set_port, unset_port))
+        assert str(refused.value) == (
+            f"Dask workers {first}, {second} cannot reach the flow's Prefect API "
+            f"at {closed} (connection refused), so training there would go unrecorded: serve "
+            "it on an address the workers reach (`prefect server start --host 0.0.0.0`) and "
+            "set PREFECT_API_URL to that address here and for every worker"
+        )
+
+        args = ["--task-runner", "dask", "--dask-address", scheduler]
+        done, servers = run_pipeline(args, env | {"PREFECT_API_URL": prefect_server}, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        warnings = [line for line in done.stderr.splitlines() if "Dask workers" in line]
+        assert len(warnings) == 1, done.stderr[-3000:]
+        assert warnings[0].endswith(
+            "Dask workers not set to report to the flow's Prefect API (worker "
+            f"tcp://127.0.0.1:{unset_port}: no PREFECT_API_URL): start every worker with "
+            f"PREFECT_API_URL={prefect_server} (this run's task runs still go there: Prefect "
+            "sends the flow's settings with each task)"
+        )
+        flow_run_id = flow_run_of(done.stderr)
+        assert_one_record(prefect_server, flow_run_id)
+        # The warning came before any training: the flow run's log against the task runs.
+        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 30}}}
+        logs = httpx.post(f"{prefect_server}/logs/filter", json=body, timeout=10).json()
+        warned = [at(log["timestamp"]) for log in logs if "not set to report" in log["message"]]
+        ours = [run for run in train_runs(prefect_server) if run["flow_run_id"] == flow_run_id]
+        assert len(warned) == 1
+        assert all(warned[0] < at(run["start_time"]) for run in ours)
+    finally:
+        for process in reversed(started):
+            stop(process)
+    workers_log = "".join(path.read_text() for path in tmp_path.glob("worker-*.log"))
+    assert "Starting temporary server" not in workers_log
+    assert prefect_servers(marked_processes(mark)) == {}  # none left behind by the workers
+    assert servers == set()
+
+
+def test_external_cluster_without_a_server_is_refused_before_anything_runs(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        status = main([*QUICK, "--task-runner", "dask", "--dask-address", "tcp://127.0.0.1:1"])
+    assert status == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: an external Dask cluster needs a Prefect server its workers reach, not this "
+        "run's temporary one (loopback only, gone after the run): start `prefect server start "
+        "--host 0.0.0.0` and set PREFECT_API_URL=http://<server>:4200/api here and for every "
+        "worker"
+    )
+    assert not (tmp_path / "reports").exists()
