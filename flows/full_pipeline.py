@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,21 @@ def new_run_id(profile: str) -> str:
 
 
 @flow(name="fashion-mnist-pipeline")
-def full_pipeline(config: PipelineConfig = PipelineConfig()) -> Path:  # noqa: B008
+def full_pipeline(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    started_at: float | None = None,
+) -> Path:
     """Train and compare every configured model; return the run's report directory.
+
+    `started_at` (a `time.time()`) is when the run's time budget began: the command's
+    start; a deployment's run counts from its flow run's start.
 
     SIGTERM (a worker cancelling the run, `timeout`, systemd) or SIGINT (Ctrl-C) stops
     it within seconds and ends it Cancelled; the finished models stay in the cache.
     """
     quiet_tracebacks()
     try:
-        return run_stages(config, PrefectStages(), new_run_id(config.profile))
+        return run_stages(config, PrefectStages(), new_run_id(config.profile), started_at)
     except STOPS as stop:
         request_stop(stop_signal_of(stop))
         if not stop_handlers_installed():
@@ -87,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--output-dir", type=Path, help="where run reports are written (default: reports/)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="minutes the whole run may take (default: 15 for full, 3 for quick; 0: none); "
+        "the run measures what its models cost here and plans to finish in time",
     )
     parser.add_argument("--seed", type=int, help="seed for the split and every model")
     parser.add_argument(
@@ -145,10 +159,11 @@ def tune_options(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started_at = time.time()
     args = parse_args(argv)
     with stop_handlers():
         try:
-            status = _run(args)
+            status = _run(args, started_at)
         except RunStopped as stop:  # before the flow run started, or after it ended
             print(f"stopped by {signal_name(stop.signum)}", file=sys.stderr)
             status = 128 + (stop.signum or signal.SIGINT)
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, started_at: float) -> int:
     clear_stop()
     try:
         config = build_config(
@@ -170,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             output_dir=args.output_dir,
             seed=args.seed,
+            time_budget_minutes=args.time_budget,
             refresh=args.refresh or None,
             task_runner=args.task_runner,
             dask_address=args.dask_address,
@@ -189,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
         check_run(config, api_url)  # before a temporary server starts, or anything else
         check_cluster_server(config, api_url)
         with prefect_api(api_url):
-            state = full_pipeline(config, return_state=True)
+            state = full_pipeline(config, started_at, return_state=True)
             outcome = state.result(raise_on_failure=False)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)

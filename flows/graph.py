@@ -9,17 +9,29 @@ A model that fails is recorded and left out; the report and the run's end name i
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasks.budget import (
+    DEDICATED_MODEL,
+    cached_plan,
+    make_plan,
+    measure_task,
+    pinned_fields,
+    plan_key,
+    planned_params,
+    reserve_seconds,
+)
 from tasks.config import PipelineConfig
 from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
 from tasks.ensemble import ENSEMBLE_NAME, ensemble_task
 from tasks.errors import ModelsFailedError, RunEnvironmentError, StorageError
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
+from tasks.planner import Plan, describe_plan
 from tasks.preflight import check_run, space_needed
 from tasks.preprocess import preprocess_task
 from tasks.report import report_task, run_context
@@ -69,7 +81,9 @@ def submit(pool: Pool, stage: Any, wait_for: Iterable[Future] = (), **parameters
     return pool.submit(stage, checked(stage, parameters), wait_for)
 
 
-def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path:
+def run_stages(
+    config: PipelineConfig, runner: StageRunner, run_id: str, started_at: float | None = None
+) -> Path:
     """Every stage of one run; returns the run's report directory.
 
     A model that fails is recorded and the others go on; the report names it.
@@ -80,11 +94,12 @@ def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path
         StorageError: a write failed; the message says about how much the run writes.
         RunStopped: the run was told to stop (or TerminationSignal, KeyboardInterrupt).
     """
+    started_at = started_at or time.time()
     check_run(config)
     scratch_roots = (config.cache_dir, config.output_dir)
     sweep_scratch(scratch_roots, runner.logger)  # what killed runs left
     try:
-        return _run_stages(config, runner, run_id)
+        return _run_stages(config, runner, run_id, started_at)
     except StorageError as error:
         if not error.disk_full:
             raise
@@ -93,7 +108,9 @@ def run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path
         sweep_scratch(scratch_roots, runner.logger)  # what stopped worker processes left
 
 
-def _run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Path:
+def _run_stages(
+    config: PipelineConfig, runner: StageRunner, run_id: str, started_at: float
+) -> Path:
     logger, cache, refresh = runner.logger, config.cache_dir, config.refresh
 
     def call(stage: Any, **parameters: Any) -> Any:
@@ -127,10 +144,17 @@ def _run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Pat
         if tuning and config.tune.save_profile:
             write_profile(config.tune.save_profile, tuning)
             logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
-        logger.info("stage 4/5: evaluate on the test set as models finish")
         untuned = {failure.model for failure in failures}
         models = [name for name in config.models if name not in untuned]
-        results, failed = train_and_evaluate(pool, config, data, params, models, logger)
+        plan, deadline = None, None
+        if config.time_budget_minutes and models:
+            plan, unmeasured = plan_training(pool, config, data, params, models, started_at, logger)
+            failures += unmeasured
+            params = planned_params(params, plan)
+            models = [model.model for model in plan.models]
+            deadline = started_at + plan.budget_seconds - plan.reserve_seconds
+        logger.info("stage 4/5: evaluate on the test set as models finish")
+        results, failed = train_and_evaluate(pool, config, data, params, models, logger, deadline)
         failures += failed
 
     logger.info("stage 5/5: compare and write the report")
@@ -156,7 +180,7 @@ def _run_stages(config: PipelineConfig, runner: StageRunner, run_id: str) -> Pat
         data=data,
         output_dir=config.output_dir,
         run_id=run_id,
-        context=run_context(config, raw, validation, data),
+        context=run_context(config, raw, validation, data) | {"plan": plan and plan.as_dict()},
         seed=config.seed,
         tuning=tuning,
         failures=failures,
@@ -189,6 +213,51 @@ def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFail
     return failure
 
 
+def plan_training(
+    pool: Pool,
+    config: PipelineConfig,
+    data: ProcessedDataset,
+    params: Any,
+    models: list[str],
+    started_at: float,
+    logger: Any,
+) -> tuple[Plan, list[ModelFailure]]:
+    """Measure the models' costs here, the CNN beside the others as they will train, and
+    plan them to the budget; a rerun reuses the plan, and so the models it trained. A model
+    whose measurement fails is left out of the plan and returned as a failure."""
+    key = plan_key(config, data, params, pool.threads_per_model)
+
+    def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
+        pinned = {name: pinned_fields(config, name) for name in models}
+        groups = [
+            [n for n in models if n == DEDICATED_MODEL],
+            [n for n in models if n != DEDICATED_MODEL],
+        ]
+        left = config.time_budget_minutes * 60 - (time.time() - started_at)
+        common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
+        common["seconds"] = left - reserve_seconds(len(models))
+        futures = [
+            submit(pool, measure_task, names=group, threads=pool.threads_per_model, **common)
+            for group in groups
+            if group
+        ]
+        measured, failures = {}, []
+        for future in futures:
+            found, failed = future.result()
+            measured |= found
+            failures += failed  # logged by the task; a stop or a full disk raised instead
+        if not measured:
+            raise ModelsFailedError(f"all {len(models)} models failed: {_listed(failures)}")
+        return make_plan(config, measured, time.time() - started_at), failures
+
+    plan, failures = cached_plan(
+        config.cache_dir / "plans" / key, measure_and_plan, config.refresh, logger
+    )
+    for line in describe_plan(plan):
+        logger.info(line)
+    return plan, failures
+
+
 def train_and_evaluate(
     pool: Pool,
     config: PipelineConfig,
@@ -196,6 +265,7 @@ def train_and_evaluate(
     params: Any,
     models: list[str],
     logger: Any,
+    deadline: float | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
     waiting for a model; each evaluation declares the training it depends on. A model
@@ -203,7 +273,15 @@ def train_and_evaluate(
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
     trainings = {
-        submit(pool, train_task, name=name, params=params, seed=config.seed, **common): name
+        submit(
+            pool,
+            train_task,
+            name=name,
+            params=params,
+            seed=config.seed,
+            deadline=deadline,
+            **common,
+        ): name
         for name in models
     }
     evaluations, failures = {}, []

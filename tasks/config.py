@@ -51,6 +51,7 @@ DEFAULT_MODELS: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 # What the `quick` profile changes: a small stratified subset and short training, so a
 # smoke run of every stage takes about a minute. Values given explicitly win.
 QUICK_PROFILE: dict = {
+    "time_budget_minutes": 3.0,
     "train_subset_size": 6000,
     "validation_size": 1000,
     "test_subset_size": 2000,
@@ -126,6 +127,13 @@ class PipelineConfig(BaseModel):
     )
     test_subset_size: int | None = Field(
         None, ge=10, le=10_000, description="Stratified subset of the 10,000 test images."
+    )
+    time_budget_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="Minutes the whole run may take, from start to report: the run measures "
+        "what its models cost on this machine and plans epochs, rounds and which models fit. "
+        "0: no budget, every model trains as configured.",
     )
     parallel_models: PositiveInt = Field(2, description="Models trained at the same time.")
     threads_per_model: PositiveInt | None = Field(

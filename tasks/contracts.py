@@ -128,7 +128,7 @@ class ModelFailure:
     build; the report names it with its error, the rest of the run goes on."""
 
     model: str
-    stage: str  # "tuning", "training", "evaluation" or "ensemble"
+    stage: str  # "tuning", "measuring", "training", "evaluation" or "ensemble"
     error: str  # one line: the exception's type and the first line of its message
     traceback: str = ""  # the whole of it, for metrics.json
 
@@ -145,3 +145,20 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Seconds one model takes on one lane of this machine, scaled to the run's data.
+
+    Attributes:
+        fixed: everything but the steps: start-up, setup, predicting the validation and
+            test sets, saving.
+        per_step: one epoch or boosting round; 0 for a model fitted in one go.
+    """
+
+    fixed: float
+    per_step: float = 0.0
+
+    def seconds(self, steps: int | None) -> float:
+        return self.fixed + self.per_step * (steps or 0)

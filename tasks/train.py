@@ -103,8 +103,11 @@ def train_task(
     seed: int,
     threads: int,
     refresh: bool,
+    deadline: float | None = None,
 ) -> TrainedModel:
-    context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
+    context = TrainingContext(
+        seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline
+    )
     if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
         progress = create_progress_artifact(
             progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from concurrent.futures import Future
 
 import pandas as pd
@@ -93,9 +94,14 @@ def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_da
         "compare-models",
     ]  # fmt: skip
     submitted = runner.inline_pool.submitted
-    assert [name for name, _, _ in submitted] == ["train-model"] * 2 + ["evaluate-model"] * 2
+    # The time budget's measurements first, in the pool the models train in.
+    assert [name for name, _, _ in submitted] == (
+        ["measure-costs"] + ["train-model"] * 2 + ["evaluate-model"] * 2
+    )
+    assert submitted[0][1]["names"] == config.models
     trainings = [s for s in submitted if s[0] == "train-model"]
-    for _, parameters, wait_for in submitted[2:]:
+    assert all(parameters["deadline"] > time.time() - 600 for _, parameters, _ in trainings)
+    for _, parameters, wait_for in submitted[3:]:
         # Each evaluation waits for the training whose result it evaluates.
         (training,) = wait_for
         assert training.result() == parameters["trained"]
@@ -116,14 +122,16 @@ def xgboost_refuses_to_fit(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["training", "tuning"])
+@pytest.mark.parametrize("stage", ["measuring", "training", "tuning"])
 def test_a_failing_model_is_named_and_the_others_are_trained_ranked_and_reported(
     tmp_path, real_data_dir, monkeypatch, stage
 ):
     xgboost_refuses_to_fit(monkeypatch)
     models = ["xgboost", "random_forest", "logistic_regression"]
     tune = {"enabled": stage == "tuning", "budget_minutes": 0.05, "train_subset_size": 600}
-    config = small_config(tmp_path, real_data_dir, models, tune=tune)
+    # A time budget measures every model first: the first fit, and so the first failure.
+    budget = 3 if stage == "measuring" else 0
+    config = small_config(tmp_path, real_data_dir, models, tune=tune, time_budget_minutes=budget)
     with pytest.raises(ModelsFailedError) as raised:
         run_stages(config, InlineStages(), "inline")
     error = "XGBoostError: injected: the booster could not be built"

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import json
+import math
+import time
+import types
 import zipfile
 
 import numpy as np
 import pytest
 
-from tasks.models.cnn import shift_and_mirror
+from tasks.models.base import TrainingContext
+from tasks.models.keras_training import CosineToDeadline, shift_and_mirror
 from tasks.models.tensorflow_runtime import start_tensorflow
 
 
@@ -75,3 +79,44 @@ def test_networks_saved_when_the_layer_lived_in_tasks_keras_layers_still_load(ke
     loaded = keras.models.load_model(old_file)
     assert isinstance(loaded.layers[1], FusedBatchNormalization)
     assert loaded.layers[1].momentum == 0.8
+
+
+class FakeNetwork:
+    """What the schedule touches on a Keras model."""
+
+    def __init__(self) -> None:
+        self.optimizer = types.SimpleNamespace(learning_rate=None)
+        self.stop_training = False
+
+
+def run_epoch(schedule: CosineToDeadline, network: FakeNetwork, epoch: int, seconds: float):
+    rates = []
+    schedule.on_epoch_begin(epoch)
+    schedule.epoch_started -= seconds  # as if the epoch had taken `seconds`
+    for batch in range(schedule.steps_per_epoch):
+        schedule.on_train_batch_begin(batch)
+        rates.append(network.optimizer.learning_rate)
+    schedule.on_epoch_end(epoch)
+    return rates
+
+
+def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():
+    network = FakeNetwork()
+    schedule = CosineToDeadline(network, 0.002, 10, 3, TrainingContext(seed=0, threads=1))
+    rates = [rate for epoch in range(3) for rate in run_epoch(schedule, network, epoch, 50)]
+    expected = [0.001 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
+    np.testing.assert_allclose(rates, expected)
+    assert not network.stop_training
+
+
+def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
+    network = FakeNetwork()
+    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 200)
+    schedule = CosineToDeadline(network, 0.002, 10, 10, context)
+    first = run_epoch(schedule, network, 0, seconds=80)  # 10 planned, but 80 s an epoch
+    assert first[0] == pytest.approx(0.002)
+    # 200 s left at 80 s an epoch: 2 more epochs, and the decay ends with the third.
+    rates = run_epoch(schedule, network, 1, seconds=80) + run_epoch(schedule, network, 2, 80)
+    assert rates[0] < first[-1]
+    assert rates[-1] < 0.0001
+    assert network.stop_training

@@ -7,6 +7,7 @@ that fits it; the registry in `tasks.models` lists the specs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,46 @@ class TrainingContext:
     report_validation: Callable[[int, float], None] = lambda step, accuracy: None
     # Called between training steps (rounds, batches): raises once the run is told to stop.
     check_stop: Callable[[], None] = lambda: None
+    # The time (`time.time()`) by which the run's budget wants training over: iterative
+    # fits stop at their next step after it, keeping what they have learnt.
+    deadline: float | None = None
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """What the cost measurements fit on: the run's arrays, and the sizes to scale to."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    test_images: int
+
+
+def _as_configured(params: Any, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+    return [("as configured", {}, 0)]
+
+
+@dataclass(frozen=True)
+class Budgeting:
+    """How the time-budget planner handles a model (see `tasks.planner`).
+
+    Attributes:
+        measure: the model's cost here for the given parameters, measured on a sample of
+            the data and scaled to all of it.
+        step_field: the parameter that counts its steps (epochs, boosting rounds), which
+            the plan fills; None for a model fitted in one go.
+        variants: the ways to train it, most accurate first, given the parameters and
+            the fields the user set: a label, the parameter values it sets, and the fewest
+            steps worth training it for.
+    """
+
+    measure: Callable[[Any, ProbeData, TrainingContext], Any]
+    step_field: str | None = None
+    variants: Callable[[Any, frozenset[str]], list[tuple[str, dict, int]]] = _as_configured
 
 
 class Classifier(Protocol):
@@ -77,6 +118,7 @@ class ModelSpec:
         quick: the `quick` profile's changes to the default hyper-parameters.
         saved_mb: about how many MB the saved model takes, given `params` and the number
             of training images: what the disk-space check counts on.
+        budgeting: how a time budget plans it.
     """
 
     name: str
@@ -87,6 +129,7 @@ class ModelSpec:
     pruning_warmup_steps: int = 0
     quick: Mapping[str, Any] = field(default_factory=dict)
     saved_mb: Callable[[Any, int], float] = lambda params, train_images: 1.0
+    budgeting: Budgeting | None = None
 
     @property
     def module(self) -> str:

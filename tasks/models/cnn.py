@@ -7,6 +7,7 @@ TensorFlow is imported only inside the functions that fit or load a network.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -15,21 +16,40 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import Field, PositiveInt
 
-from tasks.contracts import IMAGE_SHAPE, N_CLASSES, LearningCurve
-from tasks.models.base import PARAMS_FILE, HyperParameters, ModelSpec, TrainingContext
+from tasks.contracts import IMAGE_SHAPE, N_CLASSES, Cost, LearningCurve
+from tasks.models.base import (
+    PARAMS_FILE,
+    Budgeting,
+    HyperParameters,
+    ModelSpec,
+    ProbeData,
+    TrainingContext,
+)
+from tasks.models.keras_training import (
+    CosineToDeadline,
+    EpochProgress,
+    augmented_batches,
+    one_hot,
+)
 from tasks.models.tensorflow_runtime import compute_dtype_policy, start_tensorflow
+
+# Two networks for two kinds of CPU. The wide one, measured on an AVX-512 BF16 EPYC on one
+# thread (bfloat16, fused BatchNorm): 44 s epochs, 0.942 test accuracy after 18 epochs
+# (0.939 after 15, 0.935 after 10). On an AVX2-only EPYC (float32, oneDNN) its epoch
+# takes 139 s, while the small one's first block of 16 channels makes it 35 s, for
+# 0.924 after 12 epochs. A time budget picks the wide one only where it gets 10 epochs.
+WIDE_BLOCKS = ((32, 32), (64, 64))
+SMALL_BLOCKS = ((16,), (32, 32), (64,))
 
 
 class CNNParams(HyperParameters):
-    # Measured here on one thread: two 3x3 convolutions per block, shifted and mirrored
-    # training images, bfloat16 compute and fused BatchNorm give 44 s epochs and 0.942
-    # test accuracy after 18 epochs (with mirrored test views; 0.939 after 15, 0.935 after
-    # 10). Keras' own BatchNorm made an epoch 60 s; two threads make it 37 s, not 22.
-    epochs: PositiveInt = 18
+    epochs: PositiveInt = Field(
+        24, description="Epochs; under a time budget, the most the plan may give it."
+    )
     batch_size: PositiveInt = 128
     learning_rate: float = Field(2e-3, gt=0)
     conv_blocks: tuple[tuple[PositiveInt, ...], ...] = Field(
-        ((32, 32), (64, 64)),
+        WIDE_BLOCKS,
         min_length=1,
         description="Filters of each block's 3x3 convolutions; each block ends in 2x2 pooling.",
     )
@@ -97,78 +117,20 @@ def build_cnn_network(params: CNNParams, seed: int, policy: str = "float32"):
     return keras.Model(inputs, outputs, name="fashion_cnn")
 
 
-def shift_and_mirror(
-    images: np.ndarray, shift_pixels: int, mirror: bool, rng: np.random.Generator
-) -> np.ndarray:
-    """Each image (n, 28, 28, 1) moved by up to `shift_pixels` in each direction, the
-    space it leaves filled with background, and, with `mirror`, half of them mirrored."""
-    images = images.copy()
-    count = len(images)
-    if mirror:
-        flipped = rng.random(count) < 0.5
-        images[flipped] = images[flipped, :, ::-1]
-    if shift_pixels:
-        padded = np.pad(images, ((0, 0), (shift_pixels,) * 2, (shift_pixels,) * 2, (0, 0)))
-        top, left = rng.integers(0, 2 * shift_pixels + 1, size=(2, count))
-        rows = top[:, None, None] + np.arange(IMAGE_SHAPE[0])[None, :, None]
-        columns = left[:, None, None] + np.arange(IMAGE_SHAPE[1])[None, None, :]
-        images = padded[np.arange(count)[:, None, None], rows, columns]
-    return images
-
-
-def one_hot(labels: np.ndarray) -> np.ndarray:
-    """Class indices as one-hot rows: the targets label smoothing works on."""
-    return np.eye(N_CLASSES, dtype=np.float32)[labels]
-
-
-def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int):
-    """Shuffled training batches, freshly shifted and mirrored each epoch in numpy (a few
-    milliseconds per batch, against seconds for Keras' random-transform layers).
-
-    Each epoch's order and transforms depend only on the seed and the epoch number.
-    """
+def compiled_network(params: CNNParams, seed: int):
+    """The network, compiled with Adam; `CosineToDeadline` sets its learning rate."""
     import keras
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.epoch = 0
-            self.order = self._order()
-
-        def _order(self) -> np.ndarray:
-            return np.random.default_rng([seed, self.epoch]).permutation(len(x))
-
-        def __len__(self) -> int:
-            return -(-len(x) // params.batch_size)
-
-        def __getitem__(self, index: int):
-            rows = self.order[index * params.batch_size : (index + 1) * params.batch_size]
-            rng = np.random.default_rng([seed, self.epoch, index])
-            images = shift_and_mirror(x[rows], params.shift_pixels, params.mirror, rng)
-            return images, one_hot(y[rows])
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-            self.order = self._order()
-
-    return Batches()
-
-
-@dataclass(frozen=True)
-class EpochProgress:
-    """Keras' end-of-epoch hook (through a LambdaCallback, so this module needs no Keras
-    to import): log the epoch's scores, report progress and validation accuracy."""
-
-    epochs: int
-    context: TrainingContext
-
-    def __call__(self, epoch: int, logs: dict) -> None:
-        self.context.report_progress((epoch + 1) / self.epochs)
-        self.context.logger.info(
-            "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
-            epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
-        )  # fmt: skip
-        self.context.report_validation(epoch + 1, logs["val_accuracy"])
+    # Keras draws weight initialisations and dropout masks from its global seed.
+    keras.utils.set_random_seed(seed)
+    network = build_cnn_network(params, seed, compute_dtype_policy(params.precision))
+    # No jit_compile: XLA made an epoch 4x slower on a 2-core CPU.
+    network.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return network
 
 
 @dataclass
@@ -183,22 +145,16 @@ class KerasCNN:
         import keras
 
         self.context.check_stop()  # importing TensorFlow took seconds
-        # Keras draws weight initialisations and dropout masks from its global seed.
-        keras.utils.set_random_seed(self.context.seed)
-        policy = compute_dtype_policy(self.params.precision)
-        self.context.logger.info("cnn computes with the %s dtype policy", policy)
-        self.model = build_cnn_network(self.params, self.context.seed, policy)
+        self.context.logger.info(
+            "cnn computes with the %s dtype policy, blocks %s",
+            compute_dtype_policy(self.params.precision), self.params.conv_blocks,
+        )  # fmt: skip
         batches = augmented_batches(
             to_image_tensor(x_train), y_train, self.params, self.context.seed
         )
-        schedule = keras.optimizers.schedules.CosineDecay(
-            self.params.learning_rate, self.params.epochs * len(batches)
-        )
-        # No jit_compile: XLA made an epoch 4x slower on a 2-core CPU.
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.params.label_smoothing),
-            metrics=["accuracy"],
+        self.model = compiled_network(self.params, self.context.seed)
+        schedule = CosineToDeadline(
+            self.model, self.params.learning_rate, len(batches), self.params.epochs, self.context
         )
         history = self.model.fit(
             batches,
@@ -211,9 +167,14 @@ class KerasCNN:
                     restore_best_weights=True,
                 ),
                 keras.callbacks.LambdaCallback(
+                    on_epoch_begin=schedule.on_epoch_begin,
+                    on_train_batch_begin=schedule.on_train_batch_begin,
+                    on_epoch_end=schedule.on_epoch_end,
+                ),
+                keras.callbacks.LambdaCallback(
                     on_epoch_end=EpochProgress(self.params.epochs, self.context),
                     # A run told to stop stops within a batch, validation included.
-                    on_train_batch_end=lambda batch, logs: self.context.check_stop(),
+                    on_train_batch_end=lambda batch, logs: self._after_batch(),
                     on_test_batch_end=lambda batch, logs: self.context.check_stop(),
                 ),
             ],
@@ -225,6 +186,12 @@ class KerasCNN:
             [1 - float(a) for a in accuracy["accuracy"]],
             [1 - float(a) for a in accuracy["val_accuracy"]],
         )
+
+    def _after_batch(self) -> None:
+        self.context.check_stop()
+        if self.context.past_deadline() and not self.model.stop_training:
+            self.context.logger.info("cnn: stopped at the time budget's deadline")
+            self.model.stop_training = True
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         images = to_image_tensor(x)
@@ -254,6 +221,59 @@ def build_cnn(p: CNNParams, context: TrainingContext) -> KerasCNN:
     return KerasCNN(p, context)
 
 
+PROBE_STEPS = 6
+
+
+def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cost:
+    """A short fit on real, augmented batches and a prediction, timed here, the way the
+    model trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an
+    epoch is the steps of all the training images and a pass over the validation images;
+    the rest is TensorFlow's start, the first step's tracing, and predicting both views of
+    the validation and test images."""
+    started = time.perf_counter()
+    start_tensorflow(context.threads)
+    import keras
+
+    imported = time.perf_counter() - started
+    images = min(len(probe.y_train), (PROBE_STEPS + 2) * p.batch_size)
+    batches = augmented_batches(
+        to_image_tensor(probe.x_train[:images]), probe.y_train[:images], p, context.seed
+    )
+    network = compiled_network(p, context.seed)
+    ends = [time.perf_counter()]
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: (
+            ends.append(time.perf_counter()),
+            context.check_stop(),
+        )
+    )
+    network.fit(batches, epochs=1, callbacks=[record], verbose=0)
+    first, steps = ends[1] - ends[0], np.diff(ends[2:])
+    step = float(np.median(steps)) if len(steps) else first
+    shown = to_image_tensor(probe.x_val[:1024])
+    network.predict(shown, batch_size=1024, verbose=0)  # traced once
+    started = time.perf_counter()
+    network.predict(shown, batch_size=1024, verbose=0)
+    per_image = (time.perf_counter() - started) / len(shown)
+    keras.backend.clear_session()
+    views = 2 if p.mirror else 1
+    validation = len(probe.y_val)
+    epoch = -(-len(probe.y_train) // p.batch_size) * step + validation * per_image
+    predictions = views * (validation + probe.test_images) * per_image
+    return Cost(fixed=imported + first + predictions, per_step=epoch)
+
+
+def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+    """The wide network where it gets 10 epochs, else the small one: on AVX2 CPUs the
+    small one reaches more in the same minutes."""
+    if "conv_blocks" in pinned or p.conv_blocks != WIDE_BLOCKS:
+        return [(f"blocks {p.conv_blocks}", {}, 3)]
+    return [
+        ("wide network (32,32),(64,64)", {}, 10),
+        ("small network (16),(32,32),(64)", {"conv_blocks": SMALL_BLOCKS}, 3),
+    ]
+
+
 def saved_mb(p: CNNParams, train_images: int) -> float:
     """Every weight in float32, three times over with Adam's two moments (measured: 10.3 MB
     for the default network)."""
@@ -272,4 +292,5 @@ CNN = ModelSpec(
     # Pruning waits 2 epochs: the first ones say too little.
     search_space=SEARCH_SPACE, pruning_warmup_steps=2,
     quick={"epochs": 2, "early_stopping_patience": 1}, saved_mb=saved_mb,
+    budgeting=Budgeting(measure_cnn, step_field="epochs", variants=cnn_variants),
 )  # fmt: skip

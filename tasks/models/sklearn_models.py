@@ -30,7 +30,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from tasks.models.base import HyperParameters, ModelSpec, TrainingContext
+from tasks.models.base import Budgeting, HyperParameters, ModelSpec, TrainingContext
+from tasks.models.measuring import measure_one_fit
 
 
 def limit_blas_threads(threads: int) -> None:
@@ -125,6 +126,10 @@ LOGISTIC_REGRESSION = ModelSpec(
     build=build_logistic_regression, adapter=SklearnClassifier,
     search_space={"C": FloatDistribution(1e-3, 10.0, log=True)},
     quick={"max_iter": 100}, saved_mb=lambda p, train_images: 0.1,
+    # Its iterations are capped, each one linear in the images.
+    budgeting=Budgeting(
+        lambda p, probe, context: measure_one_fit(build_logistic_regression, p, probe, context, 1.0)
+    ),
 )  # fmt: skip
 
 
@@ -155,6 +160,10 @@ RANDOM_FOREST = ModelSpec(
     quick={"n_estimators": 30},
     # Measured: 32 bytes per tree and training image with leaves of one image.
     saved_mb=lambda p, train_images: p.n_estimators * train_images * 32e-6 / p.min_samples_leaf,
+    # Sorting at every split: n log n, and deeper trees.
+    budgeting=Budgeting(
+        lambda p, probe, context: measure_one_fit(build_random_forest, p, probe, context, 1.2)
+    ),
 )  # fmt: skip
 
 
@@ -180,6 +189,14 @@ def build_svm(p: SVMParams, context: TrainingContext):
     return SklearnClassifier(svm, context.threads, context.logger)
 
 
+def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+    """128 principal components, or 64 when those do not fit (0.893 against 0.900)."""
+    configured = f"{p.pca_components} components" if p.pca_components else "784 pixels"
+    if "pca_components" in pinned or p.pca_components != 128:
+        return [(configured, {}, 0)]
+    return [(configured, {}, 0), ("64 components", {"pca_components": 64}, 0)]
+
+
 def svm_saved_mb(p: SVMParams, train_images: int) -> float:
     """The projection, and about half the training images as support vectors (measured:
     3.3 MB for 5,000 images on 128 components)."""
@@ -196,4 +213,9 @@ SVM = ModelSpec(
         "pca_components": CategoricalDistribution([64, 96, 128, 192]),
     },
     saved_mb=svm_saved_mb,
+    budgeting=Budgeting(
+        # libsvm's time grows between n^1.5 and n^2; prediction with the support vectors.
+        lambda p, probe, context: measure_one_fit(build_svm, p, probe, context, 1.8, 1.0),
+        variants=svm_variants,
+    ),
 )  # fmt: skip

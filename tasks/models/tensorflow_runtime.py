@@ -63,6 +63,10 @@ def start_tensorflow(threads: int) -> None:
         if "tensorflow" in sys.modules:
             configure_tensorflow_threads(threads)
             return
+        # TensorFlow enables oneDNN by itself only on AVX-512 VNNI/BF16 and AMX CPUs; on an
+        # AVX2 EPYC it halved the CNN epoch on one thread (288 s against 139 s for the wide
+        # network, 61 s against 35 s for the small one).
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
         with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
             import tensorflow as tf
 

@@ -65,6 +65,7 @@ class Findings:
     tuning: tuple[TuningSummary, ...]
     test_images: int
     failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
+    plan: dict | None = None  # the time budget's plan (`tasks.planner.Plan.as_dict`)
 
 
 def analyse(
@@ -75,6 +76,7 @@ def analyse(
     seed: int,
     tuning: Sequence[TuningSummary] = (),
     failures: Sequence[ModelFailure] = (),
+    plan: dict | None = None,
 ) -> Findings:
     """The findings of a run, computed once for every view of them.
 
@@ -84,6 +86,7 @@ def analyse(
         seed: seed of the bootstrap resamples.
         tuning: the tuning stage's searches, when it ran.
         failures: the models that failed, named by every view.
+        plan: the time budget's plan, when the run had one.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
     intervals = bootstrap_accuracy_intervals(correct, seed, confidence=CONFIDENCE)
@@ -115,6 +118,7 @@ def analyse(
         tuning=tuple(tuning),
         test_images=len(y_test),
         failures=tuple(failures),
+        plan=plan,
     )
 
 

@@ -11,6 +11,7 @@ from tasks.report.figures import (
 )
 from tasks.report.profile import TUNED_PROFILE_FILE, TUNING_DIR
 from tasks.report.tables import (
+    budget_table,
     failure_lines,
     markdown_table,
     readable_leaderboard,
@@ -100,6 +101,19 @@ def _optional_sections(findings: Findings) -> list[str]:
             f"`{TUNING_DIR}/<model>-trials.csv`; the best parameters, as a profile file for "
             f"later runs, in `{TUNED_PROFILE_FILE}`.",
             markdown_table(tuning_table(tuning)),
+        ]
+    if plan := findings.plan:
+        sections += [
+            "## Time budget",
+            f"The run had {plan['budget_seconds'] / 60:.1f} minutes. After "
+            f"{plan['elapsed_seconds']:.0f} s of data preparation and measuring what each "
+            f"model costs on this machine, and with {plan['reserve_seconds']:.0f} s kept for "
+            f"this report, the plan gave training {plan['window_seconds']:.0f} s on "
+            f"{plan['lanes']} lane(s). Steps are epochs for the CNN and boosting rounds for "
+            "XGBoost, which both stop at the deadline if they run late; seconds are fit and "
+            "prediction.",
+            markdown_table(budget_table(findings)),
+            *[f"- {model} was left out: {why}." for model, why in plan["dropped"].items()],
         ]
     if findings.curves:
         sections += [

@@ -74,6 +74,27 @@ def readable_leaderboard(board: pd.DataFrame, confidence: float) -> pd.DataFrame
     return shown
 
 
+def budget_table(findings: Findings) -> pd.DataFrame:
+    """Per planned model: what the plan chose and estimated, and what training did."""
+    board = findings.leaderboard.set_index("model")
+    rows = []
+    for model in findings.plan["models"]:
+        name = model["model"]
+        curve = findings.curves.get(name)
+        measured = name in board.index
+        rows.append({
+            "model": name,
+            "variant": model["variant"],
+            "planned steps": model["steps"] or "",
+            "trained steps": len(curve.validation_error) if curve and model["steps"] else "",
+            "estimated seconds": f"{model['estimated_seconds']:.0f}",
+            "seconds": f"{board.fit_seconds[name] + board.predict_seconds[name]:.0f}"
+            if measured else "failed",
+            "trimmed": "; ".join(model["notes"]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def tuning_table(tuning: Sequence[TuningSummary]) -> pd.DataFrame:
     """One row per tuned model: its search, and the defaults' and best validation accuracy."""
     return pd.DataFrame(

@@ -71,6 +71,7 @@ def write_report(
         seed=seed,
         tuning=tuning,
         failures=failures,
+        plan=context.get("plan"),
     )
     run_id = report_dir.name
     ranked = list(findings.leaderboard.model)

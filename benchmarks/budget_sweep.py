@@ -1,0 +1,180 @@
+"""Accuracy for your minutes: the pipeline's command at several time budgets.
+
+    python benchmarks/budget_sweep.py [--budgets 3,5,10,15,30] [--avx2] [--output docs/benchmark]
+
+Each budget runs `python -m flows.full_pipeline --time-budget B` as a user would, in a
+fresh directory (empty caches: data preparation and measuring count against the budget).
+Recorded per budget: the wall time, the best single model's and the ensemble's test
+accuracy, and the CPU use of the command's processes (the temporary Prefect server
+included) over the whole run and over the training stage, from /proc. `--avx2` sets
+`ONEDNN_MAX_CPU_ISA=AVX2` and the CNN's float32 precision: on an AVX-512 machine that
+makes TensorFlow use the AVX2 kernels. Appends rows to `budget_sweep.csv` and redraws
+`budget_sweep.md` and `budget_sweep.png` in `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.report import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+TRAINING_STARTS, TRAINING_ENDS = "stage 4/5", "stage 5/5"
+
+
+def tree_cpu_seconds(session: int) -> float:
+    """CPU seconds of every live process in the session `session` (the command's)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # the session id
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / TICKS
+
+
+def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
+    """One run of the command at `minutes`, in a fresh directory."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    options = []
+    if avx2:
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        options = ["--profile-file", str(write_float32_profile())]
+    workdir = Path(tempfile.mkdtemp(prefix=f"budget-{minutes:g}-"))
+    command = [sys.executable, "-m", "flows.full_pipeline", "--time-budget", str(minutes)]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command + options + extra, cwd=workdir, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    marks, cpu_total = {}, 0.0
+    for line in process.stdout:
+        sys.stdout.write(line)
+        cpu_total = max(cpu_total, tree_cpu_seconds(process.pid))
+        for mark in (TRAINING_STARTS, TRAINING_ENDS):
+            if mark in line and mark not in marks:
+                marks[mark] = (time.perf_counter() - started, tree_cpu_seconds(process.pid))
+    # The last reading before the processes ended: the server stops with the command.
+    status = process.wait()
+    wall = time.perf_counter() - started
+    cpu_total = max(cpu_total, marks.get(TRAINING_ENDS, (0, 0))[1])
+    board = pd.read_csv(workdir / "reports" / "latest" / "leaderboard.csv")
+    ranked = board[board["rank"].notna()]
+    single = ranked[ranked.model != "ensemble"].iloc[0]
+    ensemble = ranked[ranked.model == "ensemble"]
+    metrics = json.loads((workdir / "reports" / "latest" / "metrics.json").read_text())
+    plan = metrics.get("plan") or {}
+    (t0, c0), (t1, c1) = marks[TRAINING_STARTS], marks[TRAINING_ENDS]
+    cores = os.cpu_count()
+    return {
+        "budget_minutes": minutes,
+        "setting": "AVX2 / float32" if avx2 else "native",
+        "exit_status": status,
+        "wall_seconds": round(wall, 1),
+        "best_single_model": single.model,
+        "best_single_accuracy": single.test_accuracy,
+        "ensemble_accuracy": float(ensemble.test_accuracy.iloc[0]) if len(ensemble) else None,
+        "cnn_plan": next(
+            (
+                f"{m['variant']}, {m['steps']} epochs"
+                for m in plan.get("models", [])
+                if m["model"] == "cnn"
+            ),
+            "left out",
+        ),
+        "left_out": ", ".join(plan.get("dropped", {})),
+        "cpu_use_run": round(cpu_total / (wall * cores), 3),
+        "cpu_use_training": round((c1 - c0) / ((t1 - t0) * cores), 3),
+        "training_seconds": round(t1 - t0, 1),
+        "cpu": cpu_name(),
+        "directory": str(workdir),
+    }
+
+
+def write_float32_profile() -> Path:
+    path = Path(tempfile.mkdtemp()) / "float32.json"
+    path.write_text(json.dumps({"params": {"cnn": {"precision": "float32"}}}))
+    return path
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo").read_text()
+    name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
+    flags = "AVX-512 BF16" if "avx512_bf16" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{name} ({flags}, {os.cpu_count()} cores)"
+
+
+def render(rows: pd.DataFrame, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for (setting, _kind), group in rows.groupby(["setting", "cpu"]):
+        group = group.sort_values("budget_minutes")
+        axis.plot(
+            group.budget_minutes, group.best_single_accuracy, "o-", label=f"best single, {setting}"
+        )
+        axis.plot(
+            group.budget_minutes, group.ensemble_accuracy, "s--", label=f"ensemble, {setting}"
+        )
+    axis.set_xscale("log")
+    axis.set_xticks(
+        sorted(rows.budget_minutes.unique()),
+        labels=[f"{m:g}" for m in sorted(rows.budget_minutes.unique())],
+    )
+    axis.set_xlabel("time budget (minutes)")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"Accuracy for your minutes: {rows.cpu.iloc[0]}", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output / "budget_sweep.png")
+    columns = [
+        "budget_minutes", "setting", "wall_seconds", "best_single_model", "best_single_accuracy",
+        "ensemble_accuracy", "cnn_plan", "left_out", "cpu_use_training", "cpu_use_run", "cpu",
+    ]  # fmt: skip
+    table = markdown_table(rows[columns].sort_values(["setting", "budget_minutes"]), ".4f")
+    (output / "budget_sweep.md").write_text(
+        "# Accuracy for your minutes\n\n"
+        "`python benchmarks/budget_sweep.py`: the command at each time budget, from empty "
+        "caches; CPU use is the command's processes' CPU time over wall time and cores.\n\n"
+        f"{table}\n\n![accuracy against budget](budget_sweep.png)\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", default="3,5,10,15,30")
+    parser.add_argument("--avx2", action="store_true", help="ONEDNN_MAX_CPU_ISA=AVX2, float32")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
+    args, extra = parser.parse_known_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    table = args.output / "budget_sweep.csv"
+    for minutes in [float(b) for b in args.budgets.split(",")]:
+        row = run_budget(minutes, args.avx2, extra)
+        print(json.dumps(row), flush=True)
+        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
+        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+        rows.to_csv(table, index=False)
+        render(rows, args.output)
+    print(f"python {platform.python_version()}; wrote {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

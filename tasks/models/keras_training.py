@@ -1,0 +1,150 @@
+"""The CNN's training loop, apart from the network: batches shuffled, shifted and mirrored
+in numpy each epoch; the learning rate's cosine decay to the deadline; progress reports.
+
+Keras is imported by the CNN's fit; its hooks here are plain callables.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.contracts import IMAGE_SHAPE, N_CLASSES
+from tasks.models.base import TrainingContext
+
+if TYPE_CHECKING:
+    from tasks.models.cnn import CNNParams
+
+
+def shift_and_mirror(
+    images: np.ndarray, shift_pixels: int, mirror: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Each image (n, 28, 28, 1) moved by up to `shift_pixels` in each direction, the
+    space it leaves filled with background, and, with `mirror`, half of them mirrored."""
+    images = images.copy()
+    count = len(images)
+    if mirror:
+        flipped = rng.random(count) < 0.5
+        images[flipped] = images[flipped, :, ::-1]
+    if shift_pixels:
+        padded = np.pad(images, ((0, 0), (shift_pixels,) * 2, (shift_pixels,) * 2, (0, 0)))
+        top, left = rng.integers(0, 2 * shift_pixels + 1, size=(2, count))
+        rows = top[:, None, None] + np.arange(IMAGE_SHAPE[0])[None, :, None]
+        columns = left[:, None, None] + np.arange(IMAGE_SHAPE[1])[None, None, :]
+        images = padded[np.arange(count)[:, None, None], rows, columns]
+    return images
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """Class indices as one-hot rows: the targets label smoothing works on."""
+    return np.eye(N_CLASSES, dtype=np.float32)[labels]
+
+
+def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int):
+    """Shuffled training batches, freshly shifted and mirrored each epoch in numpy (a few
+    milliseconds per batch, against seconds for Keras' random-transform layers).
+
+    Each epoch's order and transforms depend only on the seed and the epoch number.
+    """
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self) -> np.ndarray:
+            return np.random.default_rng([seed, self.epoch]).permutation(len(x))
+
+        def __len__(self) -> int:
+            return -(-len(x) // params.batch_size)
+
+        def __getitem__(self, index: int):
+            rows = self.order[index * params.batch_size : (index + 1) * params.batch_size]
+            rng = np.random.default_rng([seed, self.epoch, index])
+            images = shift_and_mirror(x[rows], params.shift_pixels, params.mirror, rng)
+            return images, one_hot(y[rows])
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """Keras' end-of-epoch hook (through a LambdaCallback, so this module needs no Keras
+    to import): log the epoch's scores, report progress and validation accuracy."""
+
+    epochs: int
+    context: TrainingContext
+
+    def __call__(self, epoch: int, logs: dict) -> None:
+        """Keras' end-of-epoch hook."""
+        self.context.report_progress((epoch + 1) / self.epochs)
+        self.context.logger.info(
+            "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
+            epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
+        )  # fmt: skip
+        self.context.report_validation(epoch + 1, logs["val_accuracy"])
+
+
+@dataclass
+class CosineToDeadline:
+    """The learning rate, set before each batch: a cosine decay to zero over the planned
+    epochs, as Keras' CosineDecay. With a deadline, each epoch's time is checked: when
+    the planned epochs would run past it, the rest of the decay is compressed into the
+    epochs that fit, and training stops after the last of them, fully decayed, instead of
+    being cut off half-way at the deadline."""
+
+    network: Any
+    learning_rate: float
+    steps_per_epoch: int
+    epochs: int
+    context: TrainingContext
+    step: int = 0
+    # The decay runs from `progress_from` at `step_from` to 1 at `end_step`.
+    progress_from: float = 0.0
+    step_from: int = 0
+    end_step: int = 0
+    epoch_started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.end_step = self.epochs * self.steps_per_epoch
+
+    def progress(self) -> float:
+        span = max(1, self.end_step - self.step_from)
+        done = (self.step - self.step_from) / span
+        return min(1.0, self.progress_from + (1 - self.progress_from) * done)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.time()
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
+        self.network.optimizer.learning_rate = rate
+        self.step += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.context.deadline is None:
+            return
+        done, now = epoch + 1, time.time()
+        epoch_seconds = now - self.epoch_started
+        fitting = done + math.floor((self.context.deadline - now) / epoch_seconds)
+        planned = -(-self.end_step // self.steps_per_epoch)
+        if fitting < planned:
+            self.context.logger.info(
+                "cnn: an epoch takes %.0f s here: %d epochs fit before the deadline, not %d; "
+                "the learning rate now decays to zero over those",
+                epoch_seconds, max(done, fitting), planned,
+            )  # fmt: skip
+            self.progress_from, self.step_from = self.progress(), self.step
+            self.end_step = max(done, fitting) * self.steps_per_epoch
+        if done * self.steps_per_epoch >= self.end_step:
+            self.network.stop_training = True

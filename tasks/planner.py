@@ -1,0 +1,280 @@
+"""Planning a run to its time budget, from what its work was measured to cost here.
+
+Plain functions over the measured costs: which variant of each model to train, how many
+epochs or boosting rounds, and which models to leave out, so that every lane of the
+training pool ends by the deadline and none idles long before the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from tasks.contracts import Cost
+from tasks.errors import UsageError
+
+# What the estimates may be off by, before a model would run past the deadline; the
+# CNN and XGBoost also stop at the deadline itself, the one-shot fits cannot.
+SAFETY = 0.9
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to train a model, with its measured cost.
+
+    Attributes:
+        model: the model's name.
+        label: what the variant is, for the plan's table ("wide network").
+        params: the hyper-parameter values it sets.
+        cost: what it costs here.
+        step_field: the parameter counting its steps (`epochs`, `n_estimators`), or None.
+        min_steps: the fewest steps worth training; below them the variant is left out.
+        max_steps: the most steps the run may take: the configured value.
+        steps_pinned: the user set the steps; the plan keeps them even when they do not fit.
+    """
+
+    model: str
+    label: str
+    params: dict
+    cost: Cost
+    step_field: str | None = None
+    min_steps: int = 0
+    max_steps: int = 0
+    steps_pinned: bool = False
+
+    @property
+    def iterative(self) -> bool:
+        return self.step_field is not None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    model: str
+    variant: str
+    params: dict
+    steps: int | None
+    estimated_seconds: float
+    lane: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run will train, and the arithmetic behind it (all in seconds)."""
+
+    budget_seconds: float
+    elapsed_seconds: float
+    reserve_seconds: float
+    window_seconds: float
+    lanes: int
+    models: tuple[ModelPlan, ...]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def params_for(self, model: str) -> dict:
+        return next((plan.params for plan in self.models if plan.model == model), {})
+
+    def lane_seconds(self) -> list[float]:
+        loads = [0.0] * self.lanes
+        for plan in self.models:
+            loads[plan.lane] += plan.estimated_seconds
+        return loads
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Plan:
+        models = tuple(
+            ModelPlan(**(model | {"notes": tuple(model["notes"])})) for model in values["models"]
+        )
+        return cls(**(values | {"models": models}))
+
+
+class BudgetTooSmallError(UsageError):
+    """Not even the cheapest useful plan fits the time budget."""
+
+
+def lanes_of(durations: list[float], lanes: int) -> tuple[list[int], list[float]]:
+    """Longest-first list scheduling, as the training pool runs its queue: each task goes
+    to the lane that frees up first. Returns each task's lane and each lane's load."""
+    loads, placed = [0.0] * lanes, [0] * len(durations)
+    for index in sorted(range(len(durations)), key=lambda i: -durations[i]):
+        lane = loads.index(min(loads))
+        placed[index], loads[lane] = lane, loads[lane] + durations[index]
+    return placed, loads
+
+
+def steps_within(variant: Variant, seconds: float) -> int:
+    """The most steps of `variant` that fit in `seconds`, at most its configured maximum."""
+    if variant.cost.per_step <= 0:
+        return variant.max_steps
+    return max(
+        0,
+        min(variant.max_steps, math.floor((seconds - variant.cost.fixed) / variant.cost.per_step)),
+    )
+
+
+def plan_run(
+    variants: dict[str, list[Variant]],
+    budget_seconds: float,
+    elapsed_seconds: float,
+    reserve_seconds: float,
+    lanes: int,
+    drop_order: tuple[str, ...],
+    dedicated: str | None = None,
+) -> Plan:
+    """Fit the models to the time left: `budget - elapsed - reserve`, on `lanes` lanes.
+
+    Args:
+        variants: each model's ways to train, most accurate first.
+        reserve_seconds: what comes after training (ensemble, report).
+        drop_order: which models to leave out first when the others do not fit.
+        dedicated: a model that gets a lane of its own when there are two or more (the
+            CNN: it gains the most from the time, and trains best on a core of its own).
+
+    Raises:
+        BudgetTooSmallError: not even the cheapest model fits; the message names the
+            budget that would.
+    """
+    window = (budget_seconds - elapsed_seconds - reserve_seconds) * SAFETY
+    cheapest = min(
+        (v.cost.seconds(v.min_steps), name) for name, options in variants.items() for v in options
+    )
+    if cheapest[0] > window:
+        minimum = elapsed_seconds + reserve_seconds + cheapest[0] / SAFETY
+        raise BudgetTooSmallError(
+            f"a time budget of {budget_seconds / 60:.1f} min cannot fit the cheapest useful "
+            f"plan on this machine: {cheapest[1]} alone needs about {math.ceil(minimum / 60)} "
+            f"min from the start (measured here; {elapsed_seconds:.0f} s have passed)"
+        )
+    dropped: dict[str, str] = {}
+    own_lane = dedicated if dedicated in variants and lanes >= 2 else None
+    others = {name: options for name, options in variants.items() if name != own_lane}
+    shared_lanes = lanes - 1 if own_lane else lanes
+    plans = _fill_lanes(
+        others, window, shared_lanes, drop_order, dropped, first_lane=int(bool(own_lane))
+    )
+    if own_lane:
+        chosen = _best_variant(variants[own_lane], window, dropped)
+        if chosen:
+            plans.insert(0, _model_plan(chosen[0], chosen[1], window, lane=0))
+    return Plan(
+        budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
+        tuple(plans), dropped,
+    )  # fmt: skip
+
+
+def _best_variant(
+    options: list[Variant], seconds: float, dropped: dict[str, str]
+) -> tuple[Variant, int] | None:
+    """The first (most accurate) variant that gets its fewest useful steps in `seconds`."""
+    for variant in options:
+        if variant.steps_pinned:
+            return variant, variant.max_steps
+        steps = steps_within(variant, seconds)
+        if variant.cost.seconds(variant.min_steps) <= seconds and steps >= variant.min_steps:
+            return variant, steps
+    cheapest = options[-1]
+    dropped[cheapest.model] = (
+        f"needs about {cheapest.cost.seconds(cheapest.min_steps):.0f} s "
+        f"({_steps_text(cheapest, cheapest.min_steps)}), more than the {seconds:.0f} s its lane has"
+    )
+    return None
+
+
+def _fill_lanes(
+    variants: dict[str, list[Variant]],
+    window: float,
+    lanes: int,
+    drop_order: tuple[str, ...],
+    dropped: dict[str, str],
+    first_lane: int,
+) -> list[ModelPlan]:
+    """The models sharing lanes: each at its first variant, the iterative ones with as
+    many steps as keep every lane within `window`; models left out in `drop_order` until
+    the others fit."""
+    kept = dict(variants)
+    while kept:
+        chosen = {name: options[0] for name, options in kept.items()}
+        steps = {name: v.max_steps if v.iterative else None for name, v in chosen.items()}
+        trimmable = [n for n, v in chosen.items() if v.iterative and not v.steps_pinned]
+        # Trim the iterative models' steps together, in proportion, until the lanes fit.
+        low, high = 0.0, 1.0
+        if not _fits(chosen, steps, window, lanes):
+            for _ in range(30):
+                middle = (low + high) / 2
+                trial = steps | {n: _scaled(chosen[n], middle) for n in trimmable}
+                low, high = (middle, high) if _fits(chosen, trial, window, lanes) else (low, middle)
+            steps |= {n: _scaled(chosen[n], low) for n in trimmable}
+        too_few = [n for n in trimmable if steps[n] < chosen[n].min_steps]
+        droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
+        if (_fits(chosen, steps, window, lanes) and not too_few) or not droppable:
+            placed, _ = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+            return [
+                _model_plan(chosen[name], steps[name], window, lane=first_lane + lane)
+                for name, lane in zip(chosen, placed, strict=True)
+            ]
+        # A cheaper variant of a model first (the SVM on fewer components), then leave
+        # models out: those with too few steps, then in `drop_order`.
+        cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
+        if cheaper:
+            kept[cheaper] = kept[cheaper][1:]
+            continue
+        victim = droppable[0]
+        dropped[victim] = f"the {window:.0f} s window does not hold it beside the models kept"
+        del kept[victim]
+    return []
+
+
+def _scaled(variant: Variant, fraction: float) -> int:
+    return math.floor(variant.max_steps * fraction)
+
+
+def _fits(
+    chosen: dict[str, Variant], steps: dict[str, int | None], window: float, lanes: int
+) -> bool:
+    _, loads = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+    return max(loads, default=0.0) <= window
+
+
+def _steps_text(variant: Variant, steps: int | None) -> str:
+    return f"{steps} {variant.step_field}" if variant.iterative else "one fit"
+
+
+def _model_plan(variant: Variant, steps: int | None, window: float, lane: int) -> ModelPlan:
+    notes = []
+    params = dict(variant.params)
+    if variant.iterative:
+        params[variant.step_field] = steps
+        if steps < variant.max_steps:
+            notes.append(f"{variant.step_field} {variant.max_steps} -> {steps} to fit the budget")
+        if variant.steps_pinned and variant.cost.seconds(steps) > window:
+            notes.append(
+                f"{variant.step_field}={steps} was set explicitly: about "
+                f"{variant.cost.seconds(steps):.0f} s, more than the {window:.0f} s window; "
+                "it stops at the deadline"
+            )
+    return ModelPlan(
+        variant.model, variant.label, params, steps, variant.cost.seconds(steps), lane, tuple(notes)
+    )
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan in log lines: the arithmetic, then each model and each one left out."""
+    lines = [
+        f"time budget {plan.budget_seconds / 60:.1f} min: {plan.elapsed_seconds:.0f} s spent "
+        f"before planning, {plan.reserve_seconds:.0f} s kept for the report, "
+        f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
+    ]
+    for model in plan.models:
+        steps = f", {model.steps} {_STEP_NAMES.get(model.model, 'steps')}" if model.steps else ""
+        notes = f" ({'; '.join(model.notes)})" if model.notes else ""
+        lines.append(
+            f"plan: {model.model}: {model.variant}{steps}, about "
+            f"{model.estimated_seconds:.0f} s on lane {model.lane + 1}{notes}"
+        )
+    lines += [f"plan: {model} left out: {why}" for model, why in plan.dropped.items()]
+    return lines
+
+
+_STEP_NAMES = {"cnn": "epochs", "xgboost": "boosting rounds"}

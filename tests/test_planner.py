@@ -1,0 +1,136 @@
+"""The time-budget planner as plain functions: measured costs and a budget in, a plan out."""
+
+import math
+
+import pytest
+
+from tasks.contracts import Cost
+from tasks.planner import (
+    SAFETY,
+    BudgetTooSmallError,
+    Plan,
+    Variant,
+    describe_plan,
+    lanes_of,
+    plan_run,
+)
+
+DROP_ORDER = ("random_forest", "xgboost", "logistic_regression", "svm_rbf", "cnn")
+
+
+def cnn(wide_epoch: float, small_epoch: float, max_epochs: int = 24) -> list[Variant]:
+    return [
+        Variant("cnn", "wide", {}, Cost(20, wide_epoch), "epochs", 10, max_epochs),
+        Variant(
+            "cnn", "small", {"conv_blocks": "small"}, Cost(15, small_epoch), "epochs", 3, max_epochs
+        ),
+    ]
+
+
+def others(round_seconds: float = 4.0, svm: float = 70.0) -> dict[str, list[Variant]]:
+    return {
+        "xgboost": [
+            Variant("xgboost", "hist", {}, Cost(10, round_seconds), "n_estimators", 20, 500)
+        ],
+        "svm_rbf": [
+            Variant("svm_rbf", "128 components", {}, Cost(svm)),
+            Variant("svm_rbf", "64 components", {"pca_components": 64}, Cost(svm / 2)),
+        ],
+        "random_forest": [Variant("random_forest", "forest", {}, Cost(60))],
+        "logistic_regression": [Variant("logistic_regression", "lr", {}, Cost(15))],
+    }
+
+
+def plan(variants, budget_minutes, elapsed=30.0, reserve=25.0, lanes=2) -> Plan:
+    return plan_run(variants, budget_minutes * 60, elapsed, reserve, lanes, DROP_ORDER, "cnn")
+
+
+def by_model(result: Plan) -> dict:
+    return {model.model: model for model in result.models}
+
+
+def test_lanes_of_places_longest_first_on_the_freest_lane():
+    placed, loads = lanes_of([10, 50, 30, 20], lanes=2)
+    assert placed == [0, 0, 1, 1]  # a tie goes to the first lane
+    assert loads == [60, 50]
+
+
+def test_an_avx2_machine_gets_the_small_cnn_and_trimmed_boosting_rounds():
+    # AVX2 figures: the wide network's epoch 139 s, the small one's 45 s.
+    result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=15)
+    window = (900 - 30 - 25) * SAFETY
+    assert result.window_seconds == pytest.approx(window)
+    models = by_model(result)
+    assert models["cnn"].variant == "small"
+    assert models["cnn"].steps == math.floor((window - 15) / 45) == 16
+    assert models["cnn"].params == {"conv_blocks": "small", "epochs": 16}
+    assert models["cnn"].lane == 0
+    # The others share lane 1: 70 + 60 + 15 + 10 s, the rest in 4 s rounds.
+    rounds = models["xgboost"].steps
+    assert rounds == math.floor((window - 155) / 4)
+    assert {m.lane for m in result.models if m.model != "cnn"} == {1}
+    assert max(result.lane_seconds()) <= window
+    assert result.dropped == {}
+
+
+def test_a_fast_machine_gets_the_wide_cnn_where_it_has_ten_epochs():
+    result = plan({"cnn": cnn(44, 12)} | others(1.0), budget_minutes=15)
+    models = by_model(result)
+    assert models["cnn"].variant == "wide"
+    assert models["cnn"].steps == math.floor(((900 - 55) * SAFETY - 20) / 44) == 16
+    # XGBoost has time for every configured round: nothing trimmed, no note.
+    assert models["xgboost"].steps == 500
+    assert models["xgboost"].notes == ()
+
+
+def test_a_small_budget_trims_rounds_and_takes_the_svm_on_fewer_components():
+    result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=5)
+    models = by_model(result)
+    window = (300 - 30 - 25) * SAFETY
+    assert models["cnn"].steps == math.floor((window - 15) / 45) == 4
+    # 128 components leave XGBoost 16 rounds, fewer than its 20: 64 components leave 25.
+    assert models["svm_rbf"].variant == "64 components"
+    assert models["xgboost"].steps == math.floor((window - 35 - 60 - 15 - 10) / 4) == 25
+    assert result.dropped == {}
+
+
+def test_a_smaller_budget_then_leaves_out_the_forest_first():
+    result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=4)
+    window = (240 - 30 - 25) * SAFETY
+    assert set(result.dropped) == {"random_forest"}
+    assert by_model(result)["xgboost"].steps == math.floor((window - 35 - 15 - 10) / 4)
+    assert max(result.lane_seconds()) <= window
+
+
+def test_a_cnn_without_three_epochs_is_left_out_and_says_why():
+    result = plan({"cnn": cnn(400, 200)} | others(), budget_minutes=6)
+    assert "cnn" not in by_model(result)
+    assert "more than the" in result.dropped["cnn"]
+
+
+def test_a_budget_below_the_cheapest_plan_is_refused_naming_the_minimum():
+    with pytest.raises(BudgetTooSmallError, match=r"logistic_regression alone needs about 2 min"):
+        plan({"cnn": cnn(139, 45)} | others(), budget_minutes=1, elapsed=50)
+
+
+def test_steps_the_user_set_are_kept_and_the_plan_says_they_do_not_fit():
+    pinned = Variant("xgboost", "hist", {}, Cost(10, 4), "n_estimators", 20, 500, steps_pinned=True)
+    result = plan({"xgboost": [pinned], "logistic_regression": others()["logistic_regression"]}, 10)
+    xgboost = by_model(result)["xgboost"]
+    assert xgboost.steps == 500
+    assert "set explicitly" in xgboost.notes[0]
+
+
+def test_one_lane_runs_everything_in_turn():
+    result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=15, lanes=1)
+    assert {model.lane for model in result.models} == {0}
+    assert sum(result.lane_seconds()) <= result.window_seconds
+
+
+def test_a_plan_reads_back_as_it_was_written_and_describes_itself():
+    result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=4)
+    assert Plan.from_dict(result.as_dict()) == result
+    lines = describe_plan(result)
+    assert lines[0].startswith("time budget 4.0 min: 30 s spent before planning")
+    assert "plan: cnn: small, 3 epochs" in lines[1]
+    assert lines[-1].startswith("plan: random_forest left out:")
