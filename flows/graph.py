@@ -146,15 +146,18 @@ def _run_stages(
             logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
         untuned = {failure.model for failure in failures}
         models = [name for name in config.models if name not in untuned]
-        plan, deadline = None, None
+        plan, deadline, most_steps = None, None, {}
         if config.time_budget_minutes and models:
             plan, unmeasured = plan_training(pool, config, data, params, models, started_at, logger)
             failures += unmeasured
             params = planned_params(params, plan)
             models = [model.model for model in plan.models]
             deadline = started_at + plan.budget_seconds - plan.reserve_seconds
+            most_steps = {model.model: model.max_steps for model in plan.models}
         logger.info("stage 4/5: evaluate on the test set as models finish")
-        results, failed = train_and_evaluate(pool, config, data, params, models, logger, deadline)
+        results, failed = train_and_evaluate(
+            pool, config, data, params, models, logger, deadline, most_steps
+        )
         failures += failed
 
     logger.info("stage 5/5: compare and write the report")
@@ -266,6 +269,7 @@ def train_and_evaluate(
     models: list[str],
     logger: Any,
     deadline: float | None = None,
+    most_steps: dict[str, int | None] | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
     waiting for a model; each evaluation declares the training it depends on. A model
@@ -280,6 +284,7 @@ def train_and_evaluate(
             params=params,
             seed=config.seed,
             deadline=deadline,
+            most_steps=(most_steps or {}).get(name),
             **common,
         ): name
         for name in models

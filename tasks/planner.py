@@ -56,6 +56,7 @@ class ModelPlan:
     estimated_seconds: float
     lane: int
     notes: tuple[str, ...] = ()
+    max_steps: int | None = None  # the configured steps: the most a fit may extend to
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,11 @@ def _fill_lanes(
         # models out: those with too few steps, then in `drop_order`.
         cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
         if cheaper:
-            kept[cheaper] = kept[cheaper][1:]
+            first, second, *rest = kept[cheaper]
+            if second.cost.seconds(second.min_steps) < first.cost.seconds(first.min_steps):
+                kept[cheaper] = [second, *rest]
+            else:  # measured no cheaper here
+                kept[cheaper] = [first, *rest]
             continue
         victim = droppable[0]
         dropped[victim] = f"the {window:.0f} s window does not hold it beside the models kept"
@@ -254,9 +259,11 @@ def _model_plan(variant: Variant, steps: int | None, window: float, lane: int) -
                 f"{variant.cost.seconds(steps):.0f} s, more than the {window:.0f} s window; "
                 "it stops at the deadline"
             )
+    most = variant.max_steps if variant.iterative else None
     return ModelPlan(
-        variant.model, variant.label, params, steps, variant.cost.seconds(steps), lane, tuple(notes)
-    )
+        variant.model, variant.label, params, steps, variant.cost.seconds(steps), lane,
+        tuple(notes), most,
+    )  # fmt: skip
 
 
 def describe_plan(plan: Plan) -> list[str]:

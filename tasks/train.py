@@ -104,10 +104,12 @@ def train_task(
     threads: int,
     refresh: bool,
     deadline: float | None = None,
+    most_steps: int | None = None,
 ) -> TrainedModel:
     context = TrainingContext(
-        seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline
-    )
+        seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
+        most_steps=most_steps,
+    )  # fmt: skip
     if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
         progress = create_progress_artifact(
             progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"

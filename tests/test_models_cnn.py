@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 import types
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,9 +92,12 @@ class FakeNetwork:
 
 
 def run_epoch(schedule: CosineToDeadline, network: FakeNetwork, epoch: int, seconds: float):
+    """One epoch of the schedule's hooks, as if it had taken `seconds`."""
     rates = []
     schedule.on_epoch_begin(epoch)
-    schedule.epoch_started -= seconds  # as if the epoch had taken `seconds`
+    schedule.epoch_started -= seconds
+    if schedule.context.deadline:  # the time left shrinks by as much
+        schedule.context = replace(schedule.context, deadline=schedule.context.deadline - seconds)
     for batch in range(schedule.steps_per_epoch):
         schedule.on_train_batch_begin(batch)
         rates.append(network.optimizer.learning_rate)
@@ -100,10 +105,19 @@ def run_epoch(schedule: CosineToDeadline, network: FakeNetwork, epoch: int, seco
     return rates
 
 
+def train(schedule: CosineToDeadline, network: FakeNetwork, seconds: float, epochs: int):
+    rates = []
+    for epoch in range(epochs):
+        rates += run_epoch(schedule, network, epoch, seconds)
+        if network.stop_training:
+            break
+    return rates
+
+
 def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():
     network = FakeNetwork()
     schedule = CosineToDeadline(network, 0.002, 10, 3, TrainingContext(seed=0, threads=1))
-    rates = [rate for epoch in range(3) for rate in run_epoch(schedule, network, epoch, 50)]
+    rates = train(schedule, network, seconds=50, epochs=3)
     expected = [0.001 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
     np.testing.assert_allclose(rates, expected)
     assert not network.stop_training
@@ -113,10 +127,21 @@ def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
     network = FakeNetwork()
     context = TrainingContext(seed=0, threads=1, deadline=time.time() + 200)
     schedule = CosineToDeadline(network, 0.002, 10, 10, context)
-    first = run_epoch(schedule, network, 0, seconds=80)  # 10 planned, but 80 s an epoch
-    assert first[0] == pytest.approx(0.002)
-    # 200 s left at 80 s an epoch: 2 more epochs, and the decay ends with the third.
-    rates = run_epoch(schedule, network, 1, seconds=80) + run_epoch(schedule, network, 2, 80)
-    assert rates[0] < first[-1]
-    assert rates[-1] < 0.0001
+    # 10 epochs planned, but at 80 s an epoch only 2 fit in the 200 s.
+    rates = train(schedule, network, seconds=80, epochs=10)
+    assert len(rates) == 20
     assert network.stop_training
+    assert rates[0] == pytest.approx(0.002)
+    assert rates[-1] < 0.00005  # decayed, not cut off half-way
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_epochs_faster_than_planned_stretch_the_decay_up_to_the_most_allowed():
+    network = FakeNetwork()
+    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 400, most_steps=6)
+    schedule = CosineToDeadline(network, 0.002, 10, 3, context)
+    rates = train(schedule, network, seconds=50, epochs=6)  # 8 would fit; 6 are allowed
+    assert len(rates) == 60
+    assert network.stop_training
+    assert rates[-1] < 0.00005
+    assert all(a >= b for a, b in itertools.pairwise(rates))

@@ -134,3 +134,12 @@ def test_a_plan_reads_back_as_it_was_written_and_describes_itself():
     assert lines[0].startswith("time budget 4.0 min: 30 s spent before planning")
     assert "plan: cnn: small, 3 epochs" in lines[1]
     assert lines[-1].startswith("plan: random_forest left out:")
+
+
+def test_a_variant_measured_no_cheaper_is_not_switched_to():
+    svm = others()["svm_rbf"]
+    svm[1] = Variant("svm_rbf", "64 components", {"pca_components": 64}, Cost(90))  # noisy
+    variants = {"svm_rbf": svm, "logistic_regression": others()["logistic_regression"]}
+    result = plan(variants, budget_minutes=2, elapsed=20, reserve=17, lanes=1)  # 75 s
+    assert by_model(result)["svm_rbf"].variant == "128 components"
+    assert set(result.dropped) == {"logistic_regression"}

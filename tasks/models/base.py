@@ -45,6 +45,8 @@ class TrainingContext:
     # The time (`time.time()`) by which the run's budget wants training over: iterative
     # fits stop at their next step after it, keeping what they have learnt.
     deadline: float | None = None
+    # With a deadline: the most steps a fit that runs faster than planned may extend to.
+    most_steps: int | None = None
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline

@@ -44,7 +44,7 @@ SMALL_BLOCKS = ((16,), (32, 32), (64,))
 
 class CNNParams(HyperParameters):
     epochs: PositiveInt = Field(
-        24, description="Epochs; under a time budget, the most the plan may give it."
+        18, description="Epochs; under a time budget, the most the plan may give it."
     )
     batch_size: PositiveInt = 128
     learning_rate: float = Field(2e-3, gt=0)
@@ -158,7 +158,11 @@ class KerasCNN:
         )
         history = self.model.fit(
             batches,
-            epochs=self.params.epochs,
+            # Under a deadline the schedule may stop earlier or, up to the most epochs the
+            # plan allows, later than planned.
+            epochs=max(self.params.epochs, self.context.most_steps or 0)
+            if self.context.deadline
+            else self.params.epochs,
             validation_data=(to_image_tensor(x_val), one_hot(y_val)),
             callbacks=[
                 keras.callbacks.EarlyStopping(

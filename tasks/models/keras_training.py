@@ -7,8 +7,9 @@ Keras is imported by the CNN's fit; its hooks here are plain callables.
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,10 +99,11 @@ class EpochProgress:
 @dataclass
 class CosineToDeadline:
     """The learning rate, set before each batch: a cosine decay to zero over the planned
-    epochs, as Keras' CosineDecay. With a deadline, each epoch's time is checked: when
-    the planned epochs would run past it, the rest of the decay is compressed into the
-    epochs that fit, and training stops after the last of them, fully decayed, instead of
-    being cut off half-way at the deadline."""
+    epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
+    one from the typical epoch's time (the median): fewer when they would run past the
+    deadline, more (up to `context.most_steps`) when they run faster than measured. The
+    rest of the decay is stretched or compressed to end with the new last epoch, where
+    training stops, fully decayed, rather than cut off at the deadline."""
 
     network: Any
     learning_rate: float
@@ -114,9 +116,14 @@ class CosineToDeadline:
     step_from: int = 0
     end_step: int = 0
     epoch_started: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
+
+    @property
+    def last_epoch(self) -> int:
+        return -(-self.end_step // self.steps_per_epoch)
 
     def progress(self) -> float:
         span = max(1, self.end_step - self.step_from)
@@ -135,16 +142,19 @@ class CosineToDeadline:
         if self.context.deadline is None:
             return
         done, now = epoch + 1, time.time()
-        epoch_seconds = now - self.epoch_started
-        fitting = done + math.floor((self.context.deadline - now) / epoch_seconds)
-        planned = -(-self.end_step // self.steps_per_epoch)
-        if fitting < planned:
+        self.epoch_seconds.append(now - self.epoch_started)
+        # The first epoch also traced the graph: typical epochs come after it.
+        typical = statistics.median(self.epoch_seconds[1:] or self.epoch_seconds)
+        most = max(self.context.most_steps or self.epochs, self.epochs)
+        fitting = done + math.floor((self.context.deadline - now) / typical)
+        last = max(done, min(most, fitting))
+        if last != self.last_epoch:
             self.context.logger.info(
-                "cnn: an epoch takes %.0f s here: %d epochs fit before the deadline, not %d; "
-                "the learning rate now decays to zero over those",
-                epoch_seconds, max(done, fitting), planned,
+                "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
+                "learning rate's decay %s to end with the last", typical, last,
+                self.last_epoch, "stretched" if last > self.last_epoch else "compressed",
             )  # fmt: skip
             self.progress_from, self.step_from = self.progress(), self.step
-            self.end_step = max(done, fitting) * self.steps_per_epoch
-        if done * self.steps_per_epoch >= self.end_step:
+            self.end_step = last * self.steps_per_epoch
+        if done >= self.last_epoch:
             self.network.stop_training = True
