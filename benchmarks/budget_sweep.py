@@ -87,14 +87,7 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         "best_single_model": single.model,
         "best_single_accuracy": single.test_accuracy,
         "ensemble_accuracy": float(ensemble.test_accuracy.iloc[0]) if len(ensemble) else None,
-        "cnn_plan": next(
-            (
-                f"{m['variant']}, {m['steps']} epochs"
-                for m in plan.get("models", [])
-                if m["model"] == "cnn"
-            ),
-            "left out",
-        ),
+        "cnn": cnn_epochs(workdir, plan),
         "left_out": ", ".join(plan.get("dropped", {})),
         "cpu_use_run": round(cpu_total / (wall * cores), 3),
         "cpu_use_training": round((c1 - c0) / ((t1 - t0) * cores), 3),
@@ -102,6 +95,18 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         "cpu": cpu_name(),
         "directory": str(workdir),
     }
+
+
+def cnn_epochs(workdir: Path, plan: dict) -> str:
+    """The CNN's network, and its planned and trained epochs."""
+    planned = next((m for m in plan.get("models", []) if m["model"] == "cnn"), None)
+    if planned is None:
+        return "left out"
+    metrics = json.loads((workdir / "reports" / "latest" / "metrics.json").read_text())
+    model_dir = workdir / metrics["models"]["cnn"]["model_dir"]
+    trained = len(json.loads((model_dir / "params.json").read_text())["curve"]["validation_error"])
+    network = planned["variant"].split(" (")[0]
+    return f"{network}, {planned['steps']} epochs planned, {trained} trained"
 
 
 def write_float32_profile() -> Path:
@@ -133,6 +138,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
             group.budget_minutes, group.ensemble_accuracy, "s--", label=f"ensemble, {setting}"
         )
     axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xticks(
         sorted(rows.budget_minutes.unique()),
         labels=[f"{m:g}" for m in sorted(rows.budget_minutes.unique())],
@@ -144,15 +150,28 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(output / "budget_sweep.png")
-    columns = [
-        "budget_minutes", "setting", "wall_seconds", "best_single_model", "best_single_accuracy",
-        "ensemble_accuracy", "cnn_plan", "left_out", "cpu_use_training", "cpu_use_run", "cpu",
-    ]  # fmt: skip
-    table = markdown_table(rows[columns].sort_values(["setting", "budget_minutes"]), ".4f")
+
+    def minutes(seconds: float) -> str:
+        return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+    shown = pd.DataFrame({
+        "budget (min)": rows.budget_minutes.map("{:g}".format),
+        "setting": rows.setting,
+        "wall time": rows.wall_seconds.map(minutes),
+        "best single model": rows.best_single_model + " "
+        + rows.best_single_accuracy.map("{:.4f}".format),
+        "ensemble": rows.ensemble_accuracy.map(lambda a: "—" if pd.isna(a) else f"{a:.4f}"),
+        "CNN": rows.cnn,
+        "left out": rows.left_out.fillna("—"),
+        "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
+        "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
+    })  # fmt: skip
+    table = markdown_table(shown.loc[rows.sort_values(["setting", "budget_minutes"]).index])
     (output / "budget_sweep.md").write_text(
         "# Accuracy for your minutes\n\n"
         "`python benchmarks/budget_sweep.py`: the command at each time budget, from empty "
-        "caches; CPU use is the command's processes' CPU time over wall time and cores.\n\n"
+        "caches. Cores busy: the CPU time of the command's processes (its temporary Prefect "
+        f"server included) over wall time and cores. Measured on {rows.cpu.iloc[0]}.\n\n"
         f"{table}\n\n![accuracy against budget](budget_sweep.png)\n"
     )
 
@@ -162,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="3,5,10,15,30")
     parser.add_argument("--avx2", action="store_true", help="ONEDNN_MAX_CPU_ISA=AVX2, float32")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
+    parser.add_argument("--render", action="store_true", help="only redraw from the CSV")
     args, extra = parser.parse_known_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     table = args.output / "budget_sweep.csv"
+    if args.render:
+        render(pd.read_csv(table), args.output)
+        return 0
     for minutes in [float(b) for b in args.budgets.split(",")]:
         row = run_budget(minutes, args.avx2, extra)
         print(json.dumps(row), flush=True)

@@ -194,7 +194,13 @@ def _fill_lanes(
     """The models sharing lanes: each at its first variant, the iterative ones with as
     many steps as keep every lane within `window`; models left out in `drop_order` until
     the others fit."""
-    kept = dict(variants)
+    kept = {}
+    for name, options in variants.items():  # what cannot fit even alone goes first
+        cheapest = min(v.cost.seconds(v.min_steps) for v in options)
+        if cheapest > window and not any(v.steps_pinned for v in options):
+            dropped[name] = f"needs about {cheapest:.0f} s, more than the {window:.0f} s window"
+        else:
+            kept[name] = options
     while kept:
         chosen = {name: options[0] for name, options in kept.items()}
         steps = {name: v.max_steps if v.iterative else None for name, v in chosen.items()}

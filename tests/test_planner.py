@@ -143,3 +143,14 @@ def test_a_variant_measured_no_cheaper_is_not_switched_to():
     result = plan(variants, budget_minutes=2, elapsed=20, reserve=17, lanes=1)  # 75 s
     assert by_model(result)["svm_rbf"].variant == "128 components"
     assert set(result.dropped) == {"logistic_regression"}
+
+
+def test_a_model_that_cannot_fit_even_alone_is_left_out_first():
+    # A 45 s window: XGBoost's 20 rounds (90 s) and the forest (60 s) cannot fit at all,
+    # so they go before the drop order reaches logistic regression; the SVM on 64
+    # components (35 s) and logistic regression (15 s) do not fit together.
+    result = plan(others(), budget_minutes=1.5, elapsed=20, reserve=20, lanes=1)
+    assert result.dropped["xgboost"] == "needs about 90 s, more than the 45 s window"
+    assert result.dropped["random_forest"] == "needs about 60 s, more than the 45 s window"
+    assert [(m.model, m.variant) for m in result.models] == [("svm_rbf", "64 components")]
+    assert "logistic_regression" in result.dropped
