@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def config(side: str) -> PipelineConfig:
         return build_config(
-            args.profile, data_dir=args.data_dir, cache_dir=workdir / side / "data",
+            args.profile, cache_dir=workdir / side / "data",
+            data={"dir": args.data_dir} if args.data_dir else None,
             output_dir=workdir / side / "reports", task_runner="processes",
         )  # fmt: skip
 

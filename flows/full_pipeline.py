@@ -25,7 +25,7 @@ from flows.runner import STOPS, PrefectStages, quiet_tracebacks, stop_signal_of
 from flows.runner import dask_threads_per_model as dask_threads_per_model
 from flows.server import prefect_api
 from tasks.config import MODEL_NAMES, PipelineConfig, build_config
-from tasks.errors import ModelsFailedError, PipelineError
+from tasks.errors import PipelineError
 from tasks.preflight import check_cluster_server, check_run
 from tasks.report import console_table
 from tasks.stopping import (
@@ -90,7 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of: {', '.join(MODEL_NAMES)}",
     )
     parser.add_argument(
-        "--data-dir", type=Path, help="directory with the four IDX .gz files (used alone)"
+        "--data-dir",
+        type=Path,
+        help="your data, used alone: four IDX files, Kaggle's two CSV files, or "
+        "train/<class>/ (and test/<class>/) image folders",
     )
     parser.add_argument(
         "--output-dir", type=Path, help="where run reports are written (default: reports/)"
@@ -113,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit with status 4 (the flow run Failed) when a model got significantly worse "
+        "since the previous run of the profile",
     )
     parser.add_argument(
         "--profile-file",
@@ -182,11 +191,12 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
         config = build_config(
             args.profile,
             models=args.models,
-            data_dir=args.data_dir,
+            data={"dir": args.data_dir} if args.data_dir else None,
             output_dir=args.output_dir,
             seed=args.seed,
             time_budget_minutes=args.time_budget,
             refresh=args.refresh or None,
+            fail_on_regression=args.fail_on_regression or None,
             task_runner=args.task_runner,
             dask_address=args.dask_address,
             profile_file=args.profile_file,
@@ -220,7 +230,7 @@ def _print_outcome(state: State, outcome: Any) -> int:
         print(state.message, file=sys.stderr)
         signum = stop_signal()
         return 128 + signum if signum else 1
-    report_dir = outcome.report_dir if isinstance(outcome, ModelsFailedError) else outcome
+    report_dir = getattr(outcome, "report_dir", outcome)  # a failure after the report
     if isinstance(report_dir, Path):
         print(console_table(report_dir))
         print(f"report: {report_dir / 'report.md'}")

@@ -1,59 +1,43 @@
 """The stage graph, defined once: the flow runs it on Prefect, the benchmark as plain calls.
 
-ingest -> validate -> preprocess -> [tune] -> train and evaluate each model in a pool
--> ensemble -> report. A `StageRunner` decides how a stage runs; the graph only says
+ingest -> validate -> preprocess -> [tune] -> measure and plan -> train and evaluate each
+model in a pool (flows/parallel.py) -> ensemble -> compare with the previous run -> report
+-> record the run in the history. A `StageRunner` decides how a stage runs; the graph only says
 which stage gets which inputs, so the flow and the benchmark can never drift apart.
 A model that fails is recorded and left out; the report and the run's end name it.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from tasks.budget import (
-    DEDICATED_MODEL,
-    cached_plan,
-    make_plan,
-    measure_task,
-    pinned_fields,
-    plan_key,
-    planned_params,
-    reserve_seconds,
+from flows.parallel import (
+    Pool,
+    checked,
+    isolated,
+    listed,
+    plan_training,
+    train_and_evaluate,
+    tune_models,
 )
+from tasks.budget import planned_params
+from tasks.changes import regressions
 from tasks.config import PipelineConfig
-from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.contracts import ProcessedDataset, RawDataset, ValidationSummary
 from tasks.ensemble import ENSEMBLE_NAME, ensemble_task
-from tasks.errors import ModelsFailedError, RunEnvironmentError, StorageError
-from tasks.evaluate import evaluate_task
+from tasks.errors import ModelsFailedError, StorageError
+from tasks.history import record_run_task, regression_error, since_previous_run_task
 from tasks.ingest import ingest_task
-from tasks.planner import Plan, describe_plan
 from tasks.preflight import check_run, space_needed
 from tasks.preprocess import preprocess_task
 from tasks.report import report_task, run_context
-from tasks.stopping import RunStopped, stop_requested, stop_signal
 from tasks.storage import sweep_scratch
-from tasks.train import train_task
-from tasks.tune import TrialRequest, TuningSession, trial_task, tuned_params, write_profile
+from tasks.tune import tuned_params, write_profile
 from tasks.validate import validate_task
-
-
-class Future(Protocol):
-    def result(self) -> Any: ...
-
-
-class Pool(Protocol):
-    """Runs stages side by side: Prefect's task runner, or a process pool."""
-
-    threads_per_model: int
-
-    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future: ...
-
-    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]: ...
 
 
 class StageRunner(Protocol):
@@ -63,22 +47,6 @@ class StageRunner(Protocol):
         """Run one stage here and return its result."""
 
     def pool(self, config: PipelineConfig) -> AbstractContextManager[Pool]: ...
-
-
-def checked(stage: Any, parameters: dict) -> dict:
-    """`parameters`, once they bind to the stage's signature: a misspelled or missing name
-    fails here, before anything is submitted, not in a worker."""
-    function: Callable = getattr(stage, "fn", stage)
-    try:
-        inspect.signature(function).bind(**parameters)
-    except TypeError as error:
-        raise TypeError(f"{getattr(stage, 'name', function.__name__)}: {error}") from None
-    return parameters
-
-
-def submit(pool: Pool, stage: Any, wait_for: Iterable[Future] = (), **parameters: Any) -> Future:
-    """Submit a stage to the pool once its parameters bind to its signature."""
-    return pool.submit(stage, checked(stage, parameters), wait_for)
 
 
 def run_stages(
@@ -116,21 +84,7 @@ def _run_stages(
     def call(stage: Any, **parameters: Any) -> Any:
         return runner.call(stage, checked(stage, parameters))
 
-    logger.info("stage 1/5: ingest and validate the Fashion-MNIST files")
-    raw = call(ingest_task, data_dir=config.data_dir, cache_dir=cache, refresh=refresh)
-    validation = call(validate_task, raw=raw, cache_dir=cache, refresh=refresh)
-
-    logger.info("stage 2/5: preprocess (scale, split)")
-    data = call(
-        preprocess_task,
-        raw=raw,
-        cache_dir=cache,
-        validation_size=config.validation_size,
-        seed=config.seed,
-        train_subset_size=config.train_subset_size,
-        test_subset_size=config.test_subset_size,
-        refresh=refresh,
-    )
+    raw, validation, data = prepare_data(call, config, logger)
 
     logger.info(
         "stage 3/5: train %s, %d at a time (%s)",
@@ -162,7 +116,7 @@ def _run_stages(
 
     logger.info("stage 5/5: compare and write the report")
     if not results:
-        raise ModelsFailedError(f"all {len(config.models)} models failed: {_listed(failures)}")
+        raise ModelsFailedError(f"all {len(config.models)} models failed: {listed(failures)}")
     if min(config.ensemble_size, len(results)) >= 2:  # of the models that succeeded
         try:
             ensemble = call(
@@ -177,171 +131,70 @@ def _run_stages(
             failures.append(isolated(ENSEMBLE_NAME, "ensemble", error, logger))
         else:
             results = [*results, ensemble]
+    history = {"output_dir": config.output_dir, "run_id": run_id, "profile": config.profile}
+    history |= {"raw": raw, "data": data, "evaluations": results}
+    since = call(
+        since_previous_run_task, **history, regression_tolerance=config.regression_tolerance
+    )
+    context = run_context(config, raw, validation, data)
+    context |= {"plan": plan and plan.as_dict(), "since_previous_run": since}
     report_dir = call(
         report_task,
         evaluations=results,
         data=data,
         output_dir=config.output_dir,
         run_id=run_id,
-        context=run_context(config, raw, validation, data) | {"plan": plan and plan.as_dict()},
+        context=context,
         seed=config.seed,
         tuning=tuning,
         failures=failures,
     )
+    call(record_run_task, **history)
+    if config.fail_on_regression and regressions(since):
+        raise regression_error(since, report_dir)
     if failures:
         failed = [failure for failure in failures if failure.model != ENSEMBLE_NAME]
         which = f"{len(failed)} of {len(config.models)} models" if failed else "the ensemble"
         raise ModelsFailedError(
-            f"{which} failed: {_listed(failures)}; a rerun retrains only what failed",
+            f"{which} failed: {listed(failures)}; a rerun retrains only what failed",
             report_dir,
         )
     return report_dir
 
 
-def _listed(failures: list[ModelFailure]) -> str:
-    return "; ".join(map(str, failures))
-
-
-def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFailure:
-    """The record of a model that failed, so that the run goes on without it, unless the
-    error is not the model's: a stop request, or a machine that cannot store results."""
-    if isinstance(error, RunStopped):  # a worker process was told to stop
-        raise error
-    if stop_requested():  # a task that failed because the run is stopping
-        raise RunStopped(stop_signal()) from error
-    if isinstance(error, RunEnvironmentError):
-        raise error
-    failure = ModelFailure.from_exception(model, stage, error)
-    logger.error("%s failed in %s: %s", model, stage, failure.error)
-    return failure
-
-
-def plan_training(
-    pool: Pool,
-    config: PipelineConfig,
-    data: ProcessedDataset,
-    params: Any,
-    models: list[str],
-    started_at: float,
-    logger: Any,
-) -> tuple[Plan, list[ModelFailure]]:
-    """Measure the models' costs here, the CNN beside the others as they will train, and
-    plan them to the budget; a rerun reuses the plan, and so the models it trained. A model
-    whose measurement fails is left out of the plan and returned as a failure."""
-    key = plan_key(config, data, params, pool.threads_per_model)
-
-    def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
-        pinned = {name: pinned_fields(config, name) for name in models}
-        groups = [
-            [n for n in models if n == DEDICATED_MODEL],
-            [n for n in models if n != DEDICATED_MODEL],
-        ]
-        left = config.time_budget_minutes * 60 - (time.time() - started_at)
-        common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
-        common["seconds"] = left - reserve_seconds(len(models))
-        futures = [
-            submit(pool, measure_task, names=group, threads=pool.threads_per_model, **common)
-            for group in groups
-            if group
-        ]
-        measured, failures = {}, []
-        for future in futures:
-            found, failed = future.result()
-            measured |= found
-            failures += failed  # logged by the task; a stop or a full disk raised instead
-        if not measured:
-            raise ModelsFailedError(f"all {len(models)} models failed: {_listed(failures)}")
-        return make_plan(config, measured, time.time() - started_at), failures
-
-    plan, failures = cached_plan(
-        config.cache_dir / "plans" / key, measure_and_plan, config.refresh, logger
+def prepare_data(
+    call: Callable, config: PipelineConfig, logger: Any
+) -> tuple[RawDataset, ValidationSummary, ProcessedDataset]:
+    """Stages 1 and 2: the data found, checked, and split; nothing is trained on data
+    that fails its checks."""
+    logger.info("stage 1/5: ingest and validate the data")
+    cache, refresh = config.cache_dir, config.refresh
+    raw = call(
+        ingest_task,
+        data_dir=config.data.dir,
+        cache_dir=cache,
+        test_fraction=config.data.test_fraction,
+        seed=config.seed,
+        refresh=refresh,
     )
-    for line in describe_plan(plan):
-        logger.info(line)
-    return plan, failures
-
-
-def train_and_evaluate(
-    pool: Pool,
-    config: PipelineConfig,
-    data: ProcessedDataset,
-    params: Any,
-    models: list[str],
-    logger: Any,
-    deadline: float | None = None,
-    most_steps: dict[str, int | None] | None = None,
-) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
-    """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
-    waiting for a model; each evaluation declares the training it depends on. A model
-    whose training or evaluation fails is recorded and the others go on."""
-    common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
-    common["threads"] = pool.threads_per_model
-    trainings = {
-        submit(
-            pool,
-            train_task,
-            name=name,
-            params=params,
-            seed=config.seed,
-            deadline=deadline,
-            most_steps=(most_steps or {}).get(name),
-            **common,
-        ): name
-        for name in models
-    }
-    evaluations, failures = {}, []
-    for trained in pool.as_completed(trainings):
-        try:
-            model = trained.result()
-        except Exception as error:
-            failures.append(isolated(trainings[trained], "training", error, logger))
-            continue
-        evaluation = submit(pool, evaluate_task, wait_for=[trained], trained=model, **common)
-        evaluations[evaluation] = model.name
-    results = []
-    for evaluation, name in evaluations.items():
-        try:
-            results.append(evaluation.result())
-        except Exception as error:
-            failures.append(isolated(name, "evaluation", error, logger))
-    return results, failures
-
-
-def tune_models(
-    pool: Pool, config: PipelineConfig, data: ProcessedDataset, run_id: str, logger: Any
-) -> tuple[list[TuningSummary], list[ModelFailure]]:
-    """Run the session's trials `parallel_models` at a time until every model's budget
-    is used; trials are tasks of the same pool the models train in. A model whose trial
-    fails gets no more trials; without a completed one it is not trained."""
-    logger.info(
-        "tuning %s on the validation split, %.1f min each, %d trials at a time",
-        ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
-    )  # fmt: skip
-    study_dir = config.cache_dir / "tuning" / run_id
-    session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
-    running: dict[Future, TrialRequest] = {}
-    while True:
-        while len(running) < config.parallel_models and (request := session.next_trial()):
-            parameters = {
-                "request": request,
-                "params": config.params,
-                "data": data,
-                "study_dir": study_dir,
-                "train_subset_size": config.tune.train_subset_size,
-                "seed": config.seed,
-                "threads": pool.threads_per_model,
-            }
-            running[submit(pool, trial_task, **parameters)] = request
-        if not running:
-            failures = [
-                ModelFailure(model, "tuning", error) for model, error in session.failures().items()
-            ]
-            return session.summaries(), failures
-        finished = next(pool.as_completed(list(running)))
-        request = running.pop(finished)
-        try:
-            outcome = finished.result()
-        except Exception as error:
-            session.fail(request, isolated(request.model, "tuning", error, logger).error)
-        else:
-            session.record(request, outcome)
+    validation = call(
+        validate_task,
+        raw=raw,
+        cache_dir=cache,
+        output_dir=config.output_dir,
+        min_images_per_class=config.data.min_images_per_class,
+        max_duplicate_fraction=config.data.max_duplicate_fraction,
+        refresh=refresh,
+    )
+    logger.info("stage 2/5: preprocess (scale, split)")
+    data = call(
+        preprocess_task,
+        raw=raw,
+        cache_dir=cache,
+        validation_size=config.validation_size,
+        seed=config.seed,
+        train_subset_size=config.train_subset_size,
+        test_subset_size=config.test_subset_size,
+        refresh=refresh,
+    )
+    return raw, validation, data

@@ -5,8 +5,8 @@ python -m flows.predict PATH [PATH ...] [--run DIR] [--model NAME] [--output FIL
 The same work is the Prefect flow `batch-predict`, which prefect.yaml deploys. The command
 line calls it directly, without starting a temporary Prefect server (about 6 s).
 Exit status: 0 when every input was classified, 3 when some could not be read (their
-rows say why), 1 when prediction cannot start (no run, unknown model, model files
-failing their manifest, no inputs), 2 for a malformed command line.
+rows say why), 1 when prediction cannot start (no run, unknown model, a top-k beyond the
+run's classes, model files failing their manifest, no inputs), 2 for a malformed command line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from tasks.contracts import N_CLASSES
+from tasks.contracts import MAX_CLASSES
 from tasks.errors import PredictionInputError
 from tasks.predict import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
 
@@ -44,7 +44,8 @@ def batch_predict(
     run: Path = DEFAULT_RUN,
     model: str | None = None,
     output: Path = DEFAULT_OUTPUT,
-    top_k: Annotated[int, Field(ge=1, le=N_CLASSES)] = DEFAULT_TOP_K,
+    # The run's classes bound it too, checked once the run is read.
+    top_k: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = DEFAULT_TOP_K,
 ) -> PredictionSummary:
     """Classify image files, folders of them, IDX files and .npy arrays with a run's model.
 
@@ -53,7 +54,7 @@ def batch_predict(
         run: a run's report directory.
         model: one of the run's models; empty: its best-ranked one.
         output: the CSV to write; its provenance record goes beside it.
-        top_k: classes listed per image, most probable first.
+        top_k: classes listed per image, most probable first; at most the run's classes.
     """
     summary = predict_task(paths, run, model, output, top_k)
     text = describe_summary(summary)
@@ -83,7 +84,8 @@ def _whole_number(low: int, high: int | None = None):
     return parse
 
 
-parse_top_k, parse_threads = _whole_number(1, N_CLASSES), _whole_number(1)
+# The run's classes bound --top-k too, checked once the run is read: it is not known here.
+parse_top_k, parse_threads = _whole_number(1, MAX_CLASSES), _whole_number(1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import task
@@ -70,8 +71,10 @@ def measure_variants(
     and the models whose measurement failed, which the run leaves out and reports.
 
     The cheapest variant is measured first; a costlier one is not measured when even the
-    cheaper one's steps would not fit its fewest useful ones in `seconds`.
+    cheaper one's steps would not fit its fewest useful ones in `seconds`. The models are
+    measured predicting the data's classes, whatever `context` says.
     """
+    context = replace(context, classes=len(data.class_names))
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
     probe = ProbeData(x_train, y_train, x_val, y_val, data.arrays["y_test"].shape[0])
     measured, failures = {}, []

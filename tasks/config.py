@@ -59,6 +59,31 @@ QUICK_PROFILE: dict = {
 }
 
 
+class DataConfig(_Params):
+    """Where the data is and what it must satisfy before anything is trained on it."""
+
+    dir: Path | None = Field(
+        None,
+        description="Your data, used alone when given: a folder of four IDX files, Kaggle's "
+        "fashion-mnist_train.csv and fashion-mnist_test.csv, or train/<class>/ image "
+        "folders (and test/<class>/). Default: Fashion-MNIST from the cache, Debian's "
+        "dataset-fashion-mnist package, or a download.",
+    )
+    test_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Image folders without test/: the stratified test share."
+    )
+    min_images_per_class: PositiveInt = Field(
+        10, description="Data with fewer images of a class in a split is refused."
+    )
+    max_duplicate_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Test images also in train (identical pixels) are reported; above this "
+        "share of the test split the data is refused.",
+    )
+
+
 class TuneConfig(_Params):
     """The optional tuning stage: a search on the validation split before training."""
 
@@ -111,22 +136,17 @@ class PipelineConfig(BaseModel):
     seed: int = Field(
         42, ge=0, le=2**32 - 1, description="Seed of the split and every model (0 to 2^32-1)."
     )
-    data_dir: Path | None = Field(
-        None, description="Directory holding the four IDX .gz files; used alone when given."
-    )
+    data: DataConfig = DataConfig()
     cache_dir: Path = Field(Path("data"), description="Downloaded, parsed and processed data.")
     output_dir: Path = Field(Path("reports"), description="Where run reports are written.")
     validation_size: int = Field(
         6000, ge=10, description="Validation images, at least one per class."
     )
     train_subset_size: int | None = Field(
-        None,
-        ge=20,
-        le=60_000,
-        description="Stratified subset of the 60,000 training images (before the split).",
+        None, ge=20, description="Stratified subset of the training images (before the split)."
     )
     test_subset_size: int | None = Field(
-        None, ge=10, le=10_000, description="Stratified subset of the 10,000 test images."
+        None, ge=10, description="Stratified subset of the test images."
     )
     time_budget_minutes: float = Field(
         15.0,
@@ -153,6 +173,17 @@ class PipelineConfig(BaseModel):
     )
     dask_address: str | None = Field(
         None, description="Scheduler of an existing Dask cluster (tcp://host:port)."
+    )
+
+    regression_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="A model whose test accuracy drops by more than this since the previous "
+        "run of the same profile, significantly (p < 0.05), has regressed.",
+    )
+    fail_on_regression: bool = Field(
+        False, description="End the run Failed (exit status 4) when a model regressed."
     )
 
     profile_file: Path | None = Field(
@@ -199,11 +230,10 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:
-        train_size = self.train_subset_size or 60_000
-        if self.validation_size > train_size - 10:  # a stratified split needs each class
+        if self.train_subset_size and self.validation_size > self.train_subset_size - 10:
             raise ValueError(
                 f"validation_size {self.validation_size} must leave at least 10 of the "
-                f"{train_size} training images it is taken from for training"
+                f"{self.train_subset_size} training images it is taken from for training"
             )
         return self
 

@@ -7,30 +7,69 @@ Arrays travel as `ArrayRef`s (a path and its content hash), never as payloads.
 
 from __future__ import annotations
 
+import json
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from tasks.storage import ArrayRef
 
+# Fashion-MNIST's classes: the names of any 10-label data set without its own names.
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 N_CLASSES = len(CLASS_NAMES)
+MIN_CLASSES, MAX_CLASSES = 2, 100
 IMAGE_SHAPE = (28, 28)
 TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 
 
 @dataclass(frozen=True)
+class UnreadableFile:
+    """An input file ingestion could not turn into an image; validation refuses the data."""
+
+    file: str
+    problem: str
+
+
+@dataclass(frozen=True)
 class RawDataset:
-    """The parsed files, by reference, with where they came from."""
+    """The parsed data, by reference, with where it came from.
+
+    Attributes:
+        layout: "idx" (four IDX files), "csv" (Kaggle's two CSV files) or "image-folder".
+        file_sha256: of each IDX file's decompressed content (the official-checksum gate's
+            input); empty for the other layouts.
+        arrays: train_images, train_labels, test_images, test_labels (uint8, labels
+            0..n-1 indexing `class_names`).
+        split_files: per split ("train", "test"), the file its images came from (IDX, CSV).
+        origins: image folders: a JSON file holding, per split, each row's image file.
+        unreadable: image files that could not be read (left out of the arrays).
+    """
 
     source_dir: Path
-    file_sha256: dict[str, str]  # of each file's decompressed content
+    file_sha256: dict[str, str]
     arrays: dict[str, ArrayRef]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    layout: str = "idx"
+    split_files: dict[str, str] = field(default_factory=dict)
+    origins: Path | None = None
+    unreadable: tuple[UnreadableFile, ...] = ()
+
+    def origin(self, split: str, row: int) -> str:
+        """Where row `row` (0-based) of a split came from: an image file, or a file's row."""
+        if self.origins is not None:
+            return _origins(self.origins)[split][row]
+        return f"{self.split_files.get(split, split)} row {row + 1}"
+
+
+@cache
+def _origins(path: Path) -> dict[str, list[str]]:
+    return json.loads(path.read_text())
 
 
 @dataclass(frozen=True)
@@ -38,17 +77,19 @@ class ValidationSummary:
     rows: dict[str, int]
     class_counts: dict[str, list[int]]
     gates: dict[str, str]  # each gate the data passed, and what it checked
+    dataset: str = "Fashion-MNIST"  # "Fashion-MNIST" only when the official files' checksums match
 
 
 @dataclass(frozen=True)
 class ProcessedDataset:
     """Flat float32 features and uint8 labels of each split, by reference.
 
-    `test_index` holds each test row's position in the original 10,000 test images.
+    `test_index` holds each test row's position in the data's test split.
     """
 
     directory: Path
     arrays: dict[str, ArrayRef]
+    class_names: tuple[str, ...] = CLASS_NAMES
 
     def load(self, *names: str) -> tuple[np.ndarray, ...]:
         return tuple(self.arrays[name].load() for name in names)
@@ -78,7 +119,7 @@ class TrainedModel:
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """A model's test metrics; per-class lists follow `CLASS_NAMES`."""
+    """A model's test metrics; per-class lists follow the data's `class_names`."""
 
     name: str
     test_accuracy: float

@@ -65,7 +65,7 @@ def build_ensemble(
         (m.name, m.validation_probabilities.sha256, m.test_probabilities.sha256) for m in members
     ]
     labels = [data.arrays[name].sha256 for name in ("y_val", "y_test")]
-    key = content_key(inputs, labels, code_version(__file__))
+    key = content_key(inputs, labels, list(data.class_names), code_version(__file__))
     target = cache_dir / "evaluations" / ENSEMBLE_NAME / key
 
     def mix_and_measure(staging: Path) -> None:
@@ -85,8 +85,9 @@ def build_ensemble(
             "model_size_mb": sum(m.model_size_mb for m in members),
         }
         write_evaluation(
-            staging, ENSEMBLE_NAME, y_val, mix("validation"), y_test, mix("test"), cost
-        )
+            staging, ENSEMBLE_NAME, data.class_names, y_val, mix("validation"), y_test,
+            mix("test"), cost,
+        )  # fmt: skip
 
     def read(entry: Path) -> ModelEvaluation:
         params = json.loads((entry / WEIGHTS_FILE).read_text())

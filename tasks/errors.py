@@ -98,3 +98,22 @@ class ModelsFailedError(PipelineError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class RegressionError(PipelineError):
+    """Models got significantly worse since the previous run and the run was asked to fail
+    for it (`fail_on_regression`); raised after the report is written.
+
+    Args:
+        message: one line naming each regressed model with both accuracies and its p-value.
+        report_dir: the run's report, which says what changed.
+    """
+
+    exit_status = 4
+
+    def __init__(self, message: str, report_dir: Path | None = None):
+        super().__init__(message, report_dir)
+        self.report_dir = report_dir
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.models import load_model
+from tasks.report.figures import MOST_LABELLED_CLASSES, class_font_size, grown
 from tasks.runtime import stage_logger
 from tasks.stopping import run_until_stopped
 from tasks.storage import (
@@ -31,7 +33,6 @@ from tasks.storage import (
     save_arrays,
 )
 
-LABELS = list(range(len(CLASS_NAMES)))
 EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
 PROBABILITY_ARRAYS = ("test_predictions", "test_probabilities", "validation_probabilities")
 CALIBRATION_BINS = 15
@@ -59,41 +60,53 @@ def expected_calibration_error(
     return float(error)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix,
+    over the labels 0..classes-1 (a class no image has or is given still gets its row)."""
+    labels = list(range(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=LABELS, zero_division=0
+        y_true, y_pred, labels=labels, zero_division=0
     )
     return {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(
-            f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
         ),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),
         "support": support.tolist(),
-        "confusion": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
 
-def plot_confusion_matrix(confusion: list[list[int]], title: str) -> Figure:
-    """Counts per true (rows) and predicted (columns) class, with class names on the axes."""
+def plot_confusion_matrix(
+    confusion: list[list[int]], class_names: Sequence[str], title: str
+) -> Figure:
+    """Counts per true (rows) and predicted (columns) class, with class names on the axes.
+
+    The figure grows with the classes; up to `MOST_LABELLED_CLASSES` each cell shows its count.
+    """
     counts = np.asarray(confusion)
-    figure = Figure(figsize=(8, 7), layout="constrained")
+    classes = len(class_names)
+    labelled = classes <= MOST_LABELLED_CLASSES
+    side = grown(8, classes, 0.1, 16)
+    figure = Figure(figsize=(side, side - 1), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(counts, cmap="Blues")
     figure.colorbar(image, ax=axes, shrink=0.8, label="test images")
-    ticks = range(len(CLASS_NAMES))
-    axes.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
-    axes.set_yticks(ticks, CLASS_NAMES)
+    ticks, size = range(classes), class_font_size(classes, side - 3, 10)
+    axes.set_xticks(ticks, class_names, rotation=45 if labelled else 90, ha="right",
+                    rotation_mode="anchor", fontsize=size)  # fmt: skip
+    axes.set_yticks(ticks, class_names, fontsize=size)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     axes.set_title(title)
-    threshold = counts.max() / 2
-    for (row, column), value in np.ndenumerate(counts):
-        color = "white" if value > threshold else "black"
-        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
+    if labelled:
+        threshold = counts.max() / 2
+        for (row, column), value in np.ndenumerate(counts):
+            color = "white" if value > threshold else "black"
+            axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
     return figure
 
 
@@ -106,6 +119,7 @@ def _as_stored(probabilities: np.ndarray) -> np.ndarray:
 def write_evaluation(
     staging: Path,
     title: str,
+    class_names: Sequence[str],
     y_val: np.ndarray,
     validation_probabilities: np.ndarray,
     y_test: np.ndarray,
@@ -116,8 +130,19 @@ def write_evaluation(
 
     Args:
         title: the model's name, shown on its confusion-matrix figure.
+        class_names: the data's classes, one probability column each.
         cost: `predict_seconds`, `predict_cpu_seconds` and `model_size_mb`.
+
+    Raises:
+        ValueError: when the probabilities have another number of columns than classes.
     """
+    for split, array in (("validation", validation_probabilities), ("test", test_probabilities)):
+        if np.shape(array)[1] != len(class_names):
+            raise ValueError(
+                f"{title} gave {np.shape(array)[1]} {split} probabilities per image; "
+                f"expected one per class, {len(class_names)}"
+            )
+    labels = list(range(len(class_names)))
     validation_probabilities = _as_stored(validation_probabilities)
     probabilities = _as_stored(test_probabilities)
     predicted = probabilities.argmax(axis=1).astype(np.uint8)
@@ -135,13 +160,13 @@ def write_evaluation(
         "predict_ms_per_1000": 1e6 * cost["predict_seconds"] / len(y_test),
         "predict_cpu_seconds": cost["predict_cpu_seconds"],
         "model_size_mb": cost["model_size_mb"],
-        "log_loss": float(log_loss(y_test, probabilities, labels=LABELS)),
+        "log_loss": float(log_loss(y_test, probabilities, labels=labels)),
         "calibration_error": expected_calibration_error(y_test, probabilities),
-    } | classification_metrics(y_test, predicted)
+    } | classification_metrics(y_test, predicted, len(class_names))
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     # Drawn here, as each model finishes, rather than all at once in the report.
     figure = plot_confusion_matrix(
-        metrics["confusion"], f"{title}: accuracy {metrics['test_accuracy']:.4f}"
+        metrics["confusion"], class_names, f"{title}: accuracy {metrics['test_accuracy']:.4f}"
     )
     figure.savefig(staging / FIGURE_FILE, dpi=100)
 
@@ -171,9 +196,11 @@ def evaluate_model(
     logger: logging.Logger | None = None,
 ) -> ModelEvaluation:
     """Class probabilities and metrics on the validation and test splits, timing the test
-    prediction; cached per model content, evaluation data and code version."""
+    prediction; cached per model content, evaluation data, class names and code version."""
     inputs = {name: data.arrays[name].sha256 for name in EVALUATION_ARRAYS}
-    key = content_key(manifest_digest(trained.directory), inputs, code_version(__file__))
+    key = content_key(
+        manifest_digest(trained.directory), inputs, list(data.class_names), code_version(__file__)
+    )
     target = cache_dir / "evaluations" / trained.name / key
 
     def predict_and_measure(staging: Path) -> None:
@@ -188,8 +215,9 @@ def evaluate_model(
             "model_size_mb": sum(p.stat().st_size for p in trained.directory.glob("model.*")) / 1e6,
         }
         write_evaluation(
-            staging, trained.name, y_val, validation_probabilities, y_test, probabilities, cost
-        )
+            staging, trained.name, data.class_names, y_val, validation_probabilities, y_test,
+            probabilities, cost,
+        )  # fmt: skip
 
     return cached_stage(
         target,

@@ -1,275 +1,278 @@
-"""Ingestion: find the four Fashion-MNIST IDX files and parse them strictly.
+"""Ingestion: the user's own data in any of its layouts, or else Fashion-MNIST.
 
-Sources, in order: the directory the user names (used alone), the project's cache
-`<cache_dir>/raw`, Debian's `dataset-fashion-mnist` package, and a download from the
-dataset's official mirror into the cache. Each file's SHA-256 is taken of its
-*decompressed* content, because distributions recompress the gzip files; whether
-those match the published checksums is the validation stage's gate, not this one's.
+A `data_dir` the user names is used alone, in whichever layout it holds: four IDX files,
+Kaggle's CSV files or image folders (`tasks.sources`). Without one, Fashion-MNIST's four
+IDX files come from the project's cache `<cache_dir>/raw`, Debian's
+`dataset-fashion-mnist` package, or a download from the dataset's mirror into the cache.
+When none of these has them the run stops at once, in one line saying what was tried and
+how to get data; only a transient network error (a reset, a timeout) is worth a retry.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import http.client
 import json
 import logging
 import os
 import shutil
-import struct
+import socket
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from tasks.contracts import IMAGE_SHAPE, RawDataset
-from tasks.errors import DatasetFileError, UsageError
+from tasks.contracts import RawDataset, UnreadableFile
+from tasks.errors import DatasetFileError
 from tasks.runtime import stage_logger
-from tasks.storage import (
-    array_refs,
-    cached_stage,
-    code_version,
-    content_key,
-    save_arrays,
-    sha256_file,
+from tasks.sources import LAYOUT_NAMES, detect_layout, input_key, parse_layout
+from tasks.sources.idx import (
+    FASHION_MNIST_FILES,
+    IdxFile,
+    checksum_mismatch,
+    missing_idx_files,
+    parse_idx,
+    read_idx_bytes,
 )
 
-IMAGES_MAGIC = 0x0803  # unsigned bytes, 3 dimensions
-LABELS_MAGIC = 0x0801  # unsigned bytes, 1 dimension
+# Where prediction and the tests have always imported them from.
+from tasks.sources.idx import IMAGES_MAGIC as IMAGES_MAGIC
+from tasks.sources.idx import LABELS_MAGIC as LABELS_MAGIC
+from tasks.sources.idx import read_gzip as read_gzip
+from tasks.storage import array_refs, cached_stage, code_version, content_key, save_arrays
 
 MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_TIMEOUT_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class IdxFile:
-    name: str
-    magic: int
-    sha256: str  # of the decompressed bytes
-
-
-FASHION_MNIST_FILES: dict[str, IdxFile] = {
-    "train_images": IdxFile(
-        "train-images-idx3-ubyte.gz",
-        IMAGES_MAGIC,
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    ),
-    "train_labels": IdxFile(
-        "train-labels-idx1-ubyte.gz",
-        LABELS_MAGIC,
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    ),
-    "test_images": IdxFile(
-        "t10k-images-idx3-ubyte.gz",
-        IMAGES_MAGIC,
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    ),
-    "test_labels": IdxFile(
-        "t10k-labels-idx1-ubyte.gz",
-        LABELS_MAGIC,
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    ),
-}
 RAW_ARRAYS = tuple(FASHION_MNIST_FILES)
 CHECKSUMS_FILE = "decompressed_sha256.json"
+DATASET_FILE = "dataset.json"
+ORIGINS_FILE = "origins.json"
+# What a download can fail with on the way; a full disk is not among them.
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-def read_gzip(path: Path) -> bytes:
-    """The decompressed bytes of `path`, or an error naming the file and the problem."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise DatasetFileError(f"{path}: file not found") from None
-    except gzip.BadGzipFile as exc:
-        raise DatasetFileError(f"{path}: not a gzip file ({exc})") from None
-    except EOFError:
-        raise DatasetFileError(
-            f"{path}: truncated gzip file (the compressed stream ends early)"
-        ) from None
-    except zlib.error as exc:
-        raise DatasetFileError(f"{path}: corrupt gzip data ({exc})") from None
+class NoDataSourceError(DatasetFileError):
+    """No source had the data. `transient`: the download failed on an error that may be
+    gone a minute later. Both travel in `args`, so they survive pickling."""
 
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message, transient)
+        self.transient = transient
 
-def parse_idx(content: bytes, expected_magic: int, source: Path | str) -> np.ndarray:
-    """Parse an IDX byte string of unsigned bytes, checking header, sizes and payload length."""
-    if len(content) < 4:
-        raise DatasetFileError(f"{source}: {len(content)} bytes is too short for an IDX header")
-    (magic,) = struct.unpack(">I", content[:4])
-    if magic != expected_magic:
-        kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
-        raise DatasetFileError(
-            f"{source}: bad magic number {magic}; expected {expected_magic} ({kind})"
-        )
-    ndim = magic & 0xFF
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
-        raise DatasetFileError(
-            f"{source}: header is cut short: {len(content)} bytes, expected {header_size}"
-        )
-    shape = struct.unpack(f">{ndim}I", content[4:header_size])
-    payload = len(content) - header_size
-    expected_payload = int(np.prod(shape, dtype=np.int64))
-    if payload != expected_payload:
-        dims = " x ".join(map(str, shape))
-        raise DatasetFileError(
-            f"{source}: payload has {payload} bytes; the header's {dims} needs {expected_payload}"
-        )
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
-
-
-def read_idx_file(path: Path, spec: IdxFile) -> np.ndarray:
-    """Decompress and parse one file, checking its structure."""
-    return parse_idx(read_gzip(path), spec.magic, path)
-
-
-def checksum_mismatch(path: Path, actual: str, spec: IdxFile) -> str | None:
-    """Why a file's decompressed SHA-256 is not the published one, or None if it is."""
-    if actual == spec.sha256:
-        return None
-    return (
-        f"{path}: checksum mismatch: decompressed content has SHA-256 {actual[:16]}…, "
-        f"expected {spec.sha256[:16]}… (not the published Fashion-MNIST file)"
-    )
-
-
-def decompressed_sha256(path: Path) -> str:
-    return hashlib.sha256(read_gzip(path)).hexdigest()
-
-
-def load_split(directory: Path, images: IdxFile, labels: IdxFile) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split, checked for image size and matching counts."""
-    image_array = read_idx_file(directory / images.name, images)
-    label_array = read_idx_file(directory / labels.name, labels)
-    if image_array.shape[1:] != IMAGE_SHAPE:
-        found = " x ".join(map(str, image_array.shape[1:]))
-        raise DatasetFileError(
-            f"{directory / images.name}: images are {found} pixels; expected 28 x 28"
-        )
-    if len(image_array) != len(label_array):
-        raise DatasetFileError(
-            f"{directory}: {images.name} has {len(image_array)} images but "
-            f"{labels.name} has {len(label_array)} labels"
-        )
-    return image_array, label_array
-
-
-def load_fashion_mnist(
-    directory: Path, files: Mapping[str, IdxFile] = FASHION_MNIST_FILES
-) -> dict[str, np.ndarray]:
-    train_images, train_labels = load_split(directory, files["train_images"], files["train_labels"])
-    test_images, test_labels = load_split(directory, files["test_images"], files["test_labels"])
-    return {
-        "train_images": train_images,
-        "train_labels": train_labels,
-        "test_images": test_images,
-        "test_labels": test_labels,
-    }
-
-
-def _missing(directory: Path, files: Mapping[str, IdxFile]) -> list[str]:
-    return [spec.name for spec in files.values() if not (directory / spec.name).is_file()]
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def download_file(url: str, target: Path, spec: IdxFile) -> None:
-    """Download `url` to `target` atomically: verified first, then renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    partial = Path(partial_name)
-    try:
-        with (
-            os.fdopen(descriptor, "wb") as sink,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
-        ):
-            shutil.copyfileobj(response, sink)
+    """Download `url` to `target` atomically: verified first, then renamed into place.
+    Nothing is created before the mirror answers."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, partial_name = tempfile.mkstemp(  # same suffix: read as gzip or not
+            prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent
+        )
+        partial = Path(partial_name)
         try:
-            read_idx_file(partial, spec)
-            problem = checksum_mismatch(partial, decompressed_sha256(partial), spec)
-        except DatasetFileError as exc:
-            problem = str(exc)
-        if problem:
-            raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+            with os.fdopen(descriptor, "wb") as sink:
+                shutil.copyfileobj(response, sink)
+            try:
+                content = read_idx_bytes(partial)
+                parse_idx(content, spec.magic, partial)
+                problem = checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
+            except DatasetFileError as exc:
+                problem = str(exc)
+            if problem:
+                raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
-def check_data_dir(data_dir: Path, files: Mapping[str, IdxFile] = FASHION_MNIST_FILES) -> None:
-    """A directory the user named holds the files, or the error says what it lacks.
-
-    Raises:
-        UsageError: `data_dir` is a file.
-        DatasetFileError: it does not exist or lacks files.
-    """
-    if data_dir.is_file():
-        raise UsageError(f"{data_dir}: is a file, not a directory")
-    if not data_dir.is_dir():
-        raise DatasetFileError(f"{data_dir}: data directory does not exist")
-    if missing := _missing(data_dir, files):
-        raise DatasetFileError(f"{data_dir}: missing {', '.join(missing)}")
-
-
-def resolve_source(
-    data_dir: Path | None,
+def fashion_mnist_dir(
     cache_dir: Path,
     files: Mapping[str, IdxFile] = FASHION_MNIST_FILES,
     system_dir: Path = SYSTEM_DATA_DIR,
     mirror_url: str = MIRROR_URL,
 ) -> Path:
-    """The directory to read; downloads into `<cache_dir>/raw` only when no source has the files."""
-    if data_dir is not None:
-        check_data_dir(data_dir, files)
-        return data_dir
+    """The directory holding Fashion-MNIST's files: the cache's, Debian's, or the cache's
+    after downloading what it lacks.
+
+    Raises:
+        NoDataSourceError: no source has the files and the download failed.
+    """
     raw_dir = cache_dir / "raw"
-    for candidate in (raw_dir, system_dir):
-        if candidate.is_dir() and not _missing(candidate, files):
-            return candidate
-    for name in _missing(raw_dir, files):
-        spec = next(spec for spec in files.values() if spec.name == name)
-        download_file(mirror_url + name, raw_dir / name, spec)
+    if local := _local_source(raw_dir, system_dir, files):
+        return local
+    specs = {spec.name: spec for spec in files.values()}
+    try:
+        for name in missing_idx_files(raw_dir, files):
+            download_file(mirror_url + name, raw_dir / name, specs[name])
+    except NETWORK_ERRORS as error:
+        raise no_data_error(raw_dir, system_dir, mirror_url, files, error) from error
     return raw_dir
+
+
+def check_data_source(data_dir: Path | None, cache_dir: Path) -> None:
+    """Before the run, from names alone: the data directory holds one layout, or without
+    one a source has Fashion-MNIST or the mirror's name resolves. A machine without data
+    hears it at once, before a temporary Prefect server starts.
+
+    Raises:
+        UsageError: `data_dir` is a file.
+        DatasetFileError: `data_dir` holds no layout of data (NoDataSourceError: no
+            data at all).
+    """
+    if data_dir is not None:
+        check_data_dir(data_dir)
+        return
+    raw_dir = cache_dir / "raw"
+    if _local_source(raw_dir, SYSTEM_DATA_DIR, FASHION_MNIST_FILES):
+        return
+    try:
+        socket.getaddrinfo(urllib.parse.urlsplit(MIRROR_URL).hostname, None)
+    except socket.gaierror as error:
+        raise no_data_error(
+            raw_dir, SYSTEM_DATA_DIR, MIRROR_URL, FASHION_MNIST_FILES, error
+        ) from error
+
+
+def _local_source(raw_dir: Path, system_dir: Path, files: Mapping[str, IdxFile]) -> Path | None:
+    for candidate in (raw_dir, system_dir):
+        if candidate.is_dir() and not missing_idx_files(candidate, files):
+            return candidate
+    return None
+
+
+def no_data_error(
+    raw_dir: Path,
+    system_dir: Path,
+    mirror_url: str,
+    files: Mapping[str, IdxFile],
+    error: BaseException,
+) -> NoDataSourceError:
+    """One line: each source tried and why it had no data, and the two fixes."""
+    tried = (
+        f"{raw_dir} ({_local_state(raw_dir, files)}), "
+        f"{system_dir} ({_local_state(system_dir, files)}) "
+        f"and {mirror_url} ({network_cause(error)})"
+    )
+    return NoDataSourceError(
+        f"no data found: tried {tried}; install Debian's dataset-fashion-mnist "
+        "(apt-get install dataset-fashion-mnist), or give your own data with --data-dir PATH",
+        is_transient(error),
+    )
+
+
+def _local_state(directory: Path, files: Mapping[str, IdxFile]) -> str:
+    if not directory.is_dir():
+        return "no such directory"
+    missing = len(missing_idx_files(directory, files))
+    return "no data files" if missing == len(files) else f"{missing} of {len(files)} files missing"
+
+
+def network_cause(error: BaseException) -> str:
+    """Why the mirror could not be reached, in a few words: "name does not resolve"."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, socket.gaierror):
+        return "name does not resolve"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    return str(reason) or type(reason).__name__
+
+
+def is_transient(error: BaseException) -> bool:
+    """A connection reset, refused or timed out, or a server error: worth a retry. A name
+    that does not resolve is not: a minute later it still won't."""
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code == 429
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    return isinstance(reason, ConnectionError | TimeoutError | http.client.HTTPException)
+
+
+def check_data_dir(data_dir: Path, files: Mapping[str, IdxFile] = FASHION_MNIST_FILES) -> None:
+    """A directory the user named holds one layout of data, or the error says what it lacks;
+    from names alone, for the pre-flight check.
+
+    Raises:
+        UsageError: `data_dir` is a file.
+        DatasetFileError: it does not exist, or holds no layout, part of one or several.
+    """
+    detect_layout(data_dir, files)
 
 
 def ingest_dataset(
     data_dir: Path | None,
     cache_dir: Path,
     files: Mapping[str, IdxFile] = FASHION_MNIST_FILES,
+    test_fraction: float = 0.15,
+    seed: int = 42,
     system_dir: Path = SYSTEM_DATA_DIR,
     mirror_url: str = MIRROR_URL,
     refresh: bool = False,
     logger: logging.Logger | None = None,
 ) -> RawDataset:
-    """Resolve and parse the files into a cache entry under `<cache_dir>/interim/`.
+    """Find and parse the data into a cache entry under `<cache_dir>/interim/`.
 
-    The entry is keyed by the `.gz` files' own bytes, so unchanged files are not
-    decompressed or parsed again; other bytes make another key and get parsed in full.
+    The entry is keyed by the input files' own bytes, the layout, the class names' file,
+    the split's parameters (image folders without `test/`) and the code's version, so
+    unchanged data is not parsed again.
+
+    Raises:
+        DatasetFileError: the data is missing or malformed as a whole (a bad header, a
+            truncated IDX file); a bad CSV row or image file is recorded in `unreadable`.
     """
-    source = resolve_source(data_dir, cache_dir, files, system_dir, mirror_url)
-    gz_sha256 = {spec.name: sha256_file(source / spec.name) for spec in files.values()}
-    target = cache_dir / "interim" / content_key(gz_sha256, code_version(__file__))
+    if data_dir is not None:
+        layout, source = detect_layout(data_dir, files), data_dir
+    else:
+        layout, source = "idx", fashion_mnist_dir(cache_dir, files, system_dir, mirror_url)
+    key = input_key(layout, source, files, test_fraction, seed)
+    target = cache_dir / "interim" / content_key(key, code_version(__file__))
 
     def parse(staging: Path) -> None:
-        save_arrays(staging, load_fashion_mnist(source, files))
-        checksums = {spec.name: decompressed_sha256(source / spec.name) for spec in files.values()}
-        (staging / CHECKSUMS_FILE).write_text(json.dumps(checksums, indent=2))
+        parsed = parse_layout(layout, source, files, test_fraction, seed)
+        save_arrays(staging, parsed.arrays)
+        (staging / CHECKSUMS_FILE).write_text(json.dumps(parsed.file_sha256, indent=2))
+        description = {
+            "layout": layout,
+            "class_names": list(parsed.class_names),
+            "split_files": parsed.split_files,
+            "unreadable": [[entry.file, entry.problem] for entry in parsed.unreadable],
+        }
+        (staging / DATASET_FILE).write_text(json.dumps(description, indent=2))
+        if parsed.origins is not None:
+            (staging / ORIGINS_FILE).write_text(json.dumps(parsed.origins))
 
     def read(entry: Path) -> RawDataset:
-        checksums = json.loads((entry / CHECKSUMS_FILE).read_text())
-        return RawDataset(source, checksums, array_refs(entry, RAW_ARRAYS))
+        description = json.loads((entry / DATASET_FILE).read_text())
+        return RawDataset(
+            source,
+            json.loads((entry / CHECKSUMS_FILE).read_text()),
+            array_refs(entry, RAW_ARRAYS),
+            class_names=tuple(description["class_names"]),
+            layout=layout,
+            split_files=description["split_files"],
+            origins=entry / ORIGINS_FILE if (entry / ORIGINS_FILE).is_file() else None,
+            unreadable=tuple(UnreadableFile(*pair) for pair in description["unreadable"]),
+        )
 
-    return cached_stage(target, parse, read, f"the arrays parsed from {source}", refresh, logger)
+    label = f"the {LAYOUT_NAMES[layout]} parsed from {source}"
+    return cached_stage(target, parse, read, label, refresh, logger)
 
 
 def is_network_error(exc: BaseException) -> bool:
-    """Worth a retry: the mirror or the network failed, not the data."""
-    return isinstance(exc, urllib.error.URLError | TimeoutError | ConnectionError)
+    """Worth a retry: the download failed on a transient network error, not on a name
+    that does not resolve and not on the data."""
+    return isinstance(exc, NoDataSourceError) and exc.transient
 
 
 def _retry_on_network_error(task, task_run, state) -> bool:
@@ -283,5 +286,17 @@ def _retry_on_network_error(task, task_run, state) -> bool:
     retry_delay_seconds=exponential_backoff(backoff_factor=10),
     retry_condition_fn=_retry_on_network_error,
 )
-def ingest_task(data_dir: Path | None, cache_dir: Path, refresh: bool) -> RawDataset:
-    return ingest_dataset(data_dir, cache_dir, refresh=refresh, logger=stage_logger())
+def ingest_task(
+    data_dir: Path | None, cache_dir: Path, test_fraction: float, seed: int, refresh: bool
+) -> RawDataset:
+    # The sources are looked up when the task runs, so that tests can move them away.
+    return ingest_dataset(
+        data_dir,
+        cache_dir,
+        test_fraction=test_fraction,
+        seed=seed,
+        system_dir=SYSTEM_DATA_DIR,
+        mirror_url=MIRROR_URL,
+        refresh=refresh,
+        logger=stage_logger(),
+    )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from tasks.errors import RunEnvironmentError, UsageError
-from tasks.ingest import check_data_dir
+from tasks.ingest import check_data_source
 from tasks.models import model_spec
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ def check_run(config: PipelineConfig, api_url: str | None = None) -> None:
         RunEnvironmentError: a directory cannot be written, its disk is too full for
             what the run writes, or the Prefect API does not answer.
     """
-    if config.data_dir is not None:
-        check_data_dir(config.data_dir)
+    check_data_source(config.data.dir, config.cache_dir)
     check_writable_directory(config.cache_dir)
     check_writable_directory(config.output_dir)
     if config.tune.save_profile:

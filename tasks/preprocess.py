@@ -1,11 +1,12 @@
 """Preprocessing: scale pixels to [0, 1], take the stratified validation split, reshape.
 
-The 10,000 test images are kept apart for the final evaluation only: early stopping
+The test images are kept apart for the final evaluation only: early stopping
 and model selection use the validation split carved out of the training images.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prefect import task
 from sklearn.model_selection import train_test_split
 
 from tasks.contracts import ProcessedDataset, RawDataset
+from tasks.errors import UsageError
 from tasks.runtime import stage_logger
 from tasks.storage import (
     array_refs,
@@ -24,6 +26,7 @@ from tasks.storage import (
 )
 
 PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "test_index")
+CLASS_NAMES_FILE = "class_names.json"
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -57,8 +60,17 @@ def preprocess_arrays(
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Model-ready arrays for every split; the inputs are left untouched."""
+    """Model-ready arrays for every split; the inputs are left untouched.
+
+    Raises:
+        UsageError: the validation split would leave fewer than 10 training images.
+    """
     subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
+    if validation_size > len(subset) - 10:
+        raise UsageError(
+            f"validation_size {validation_size} must leave at least 10 of the {len(subset)} "
+            "training images it is taken from for training; choose a smaller one"
+        )
     train_rows, val_rows = split_train_validation(
         raw["train_labels"][subset], validation_size, seed
     )
@@ -92,14 +104,17 @@ def preprocess_dataset(
     """
     parameters = (validation_size, seed, train_subset_size, test_subset_size)
     raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
-    target = cache_dir / "processed" / content_key(raw_hashes, parameters, code_version(__file__))
+    key = content_key(raw_hashes, parameters, list(raw.class_names), code_version(__file__))
+    target = cache_dir / "processed" / key
 
     def write(staging: Path) -> None:
         arrays = {name: ref.load() for name, ref in raw.arrays.items()}
         save_arrays(staging, preprocess_arrays(arrays, *parameters))
+        (staging / CLASS_NAMES_FILE).write_text(json.dumps(list(raw.class_names)))
 
     def read(entry: Path) -> ProcessedDataset:
-        return ProcessedDataset(entry, array_refs(entry, PROCESSED_ARRAYS))
+        class_names = tuple(json.loads((entry / CLASS_NAMES_FILE).read_text()))
+        return ProcessedDataset(entry, array_refs(entry, PROCESSED_ARRAYS), class_names)
 
     return cached_stage(target, write, read, "the processed arrays", refresh, logger)
 

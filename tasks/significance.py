@@ -2,11 +2,13 @@
 
 Used by the comparison stage. Both work on the test set's per-image correctness, so
 they compare the models on the same images (paired), which is what makes small
-differences detectable at all.
+differences detectable at all. A run compared with an earlier one on other test images
+can only use the unpaired two-proportion z-test.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -73,6 +75,23 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
         return only_a, only_b, 1.0
     p_value = min(1.0, 2 * float(stats.binom.cdf(min(only_a, only_b), discordant, 0.5)))
     return only_a, only_b, p_value
+
+
+def two_proportion_z_test(
+    successes_a: int, total_a: int, successes_b: int, total_b: int
+) -> tuple[float, float]:
+    """Pooled two-proportion z-test: accuracies measured on different test images, where
+    no image pairs them; much less sensitive than McNemar's test on the same images.
+
+    Returns:
+        (z, two-sided p-value); z > 0 when B's proportion is the higher.
+    """
+    pooled = (successes_a + successes_b) / (total_a + total_b)
+    variance = pooled * (1 - pooled) * (1 / total_a + 1 / total_b)
+    if variance == 0:  # both all right or both all wrong: nothing differs
+        return 0.0, 1.0
+    z = (successes_b / total_b - successes_a / total_a) / math.sqrt(variance)
+    return z, float(2 * stats.norm.sf(abs(z)))
 
 
 def rank_comparisons(ranked: list[str], correct: Mapping[str, np.ndarray]) -> pd.DataFrame:

@@ -55,13 +55,15 @@ def train_model(
 ) -> TrainedModel:
     """Fit one model and save it next to its parameters, or reuse the one fitted before.
 
-    The cache key covers the training data's hashes, the model's parameters, the seed
-    and its code; the thread count is left out as it changes only speed.
+    The model predicts the data's classes, whatever `context` says. The cache key covers
+    the training data's hashes and classes, the model's parameters, the seed and its
+    code; the thread count is left out as it changes only speed.
     """
+    context = replace(context, classes=len(data.class_names))
     logger = context.logger
     model_params = getattr(params, name).model_dump(mode="json")
     inputs = {array: data.arrays[array].sha256 for array in TRAINING_ARRAYS}
-    key = content_key(inputs, model_params, context.seed, model_code_version(name))
+    key = content_key(inputs, context.classes, model_params, context.seed, model_code_version(name))
 
     def fit_and_save(staging: Path) -> None:
         classifier = build_model(name, params, context)

@@ -30,6 +30,7 @@ from tasks.config import ModelParams
 from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
 from tasks.errors import StorageError
 from tasks.models import TrainingContext, build_model, model_spec
+from tasks.models.base import with_every_class
 from tasks.preprocess import stratified_subset
 from tasks.report.profile import profile_text
 from tasks.runtime import stage_logger
@@ -113,10 +114,11 @@ def run_trial(
             raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at step {step}")
 
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
-    rows = stratified_subset(y_train, train_subset_size, seed)
+    rows = with_every_class(stratified_subset(y_train, train_subset_size, seed), y_train)
     context = TrainingContext(
-        seed, threads, logger, report_validation=report_validation, check_stop=check_stop
-    )
+        seed, threads, logger, report_validation=report_validation, check_stop=check_stop,
+        classes=len(data.class_names),
+    )  # fmt: skip
     started = time.perf_counter()
     accuracy = None
     try:

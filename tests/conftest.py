@@ -1,21 +1,27 @@
-"""Shared fixtures: tiny real IDX files in tmp_path, and a session-wide Prefect harness."""
+"""Shared fixtures: tiny real IDX files in tmp_path, data of other classes than
+Fashion-MNIST's, and a session-wide Prefect harness."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tasks.contracts import ProcessedDataset, RawDataset
 from tasks.ingest import FASHION_MNIST_FILES, ingest_dataset
 from tasks.preprocess import preprocess_dataset
-from tests.idx_files import write_dataset
+from tasks.storage import array_refs, save_arrays
+from tests.idx_files import make_images, write_dataset
 
 # Keep the test server off the network and TensorFlow's notices out of the output.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+THREE_CLASSES = ("sandal", "sneaker", "boot")
 
 
 @pytest.fixture
@@ -31,6 +37,39 @@ def processed(tmp_path: Path, synthetic_dir):
     directory, files, _ = synthetic_dir
     raw = ingest_dataset(directory, tmp_path / "data", files)
     return preprocess_dataset(raw, tmp_path / "data", validation_size=50, seed=0)
+
+
+@pytest.fixture(scope="module")
+def own_classes(tmp_path_factory) -> Callable[..., ProcessedDataset]:
+    """Makes data with its own class names, as a user's image folders give it, processed:
+    `own_classes(names, train_per_class=80, test_per_class=20)`, a fifth of the training
+    images for validation. Class k lights up band k of its images (up to 12 classes)."""
+
+    def make(
+        class_names: Sequence[str], train_per_class: int = 80, test_per_class: int = 20
+    ) -> ProcessedDataset:
+        directory = tmp_path_factory.mktemp("own-classes")
+        rng = np.random.default_rng(len(class_names))
+        arrays = {}
+        for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+            labels = rng.permutation(np.arange(per_class * len(class_names)) % len(class_names))
+            arrays[f"{split}_images"] = make_images(labels, seed=per_class)
+            arrays[f"{split}_labels"] = labels.astype(np.uint8)
+        save_arrays(directory, arrays)
+        raw = RawDataset(
+            directory, {}, array_refs(directory, list(arrays)), tuple(class_names), "image-folder"
+        )
+        validation = train_per_class * len(class_names) // 5
+        return preprocess_dataset(raw, directory / "data", validation_size=validation, seed=0)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def three_classes(own_classes) -> ProcessedDataset:
+    """Three classes of their own names (`THREE_CLASSES`): 192 training, 48 validation
+    and 60 test images."""
+    return own_classes(THREE_CLASSES)
 
 
 @pytest.fixture(scope="session")

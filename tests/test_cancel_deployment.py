@@ -100,7 +100,7 @@ def test_cancelled_flow_run_stops_cleanly_and_a_rerun_resumes(tmp_path):
                 "models": ["cnn", "logistic_regression"],
                 "params": {"cnn": {"epochs": 1}},
                 "time_budget_minutes": 0,  # the configured (wide) network, not a plan
-                "data_dir": str(tmp_path / "fashion"),
+                "data": {"dir": str(tmp_path / "fashion")},
                 "cache_dir": str(data),
                 "output_dir": str(tmp_path / "reports"),
             }

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -46,6 +48,32 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextmanager
+def running_server(home: Path, **settings: str) -> Iterator[tuple[str, dict]]:
+    """A real Prefect server on loopback with a database under `home`; yields its API URL
+    and the environment (PREFECT_* of this process dropped, `settings` added) to use it."""
+    port = free_loopback_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home / "prefect-home"), "PREFECT_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
+            **settings}  # fmt: skip
+    server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   env, home / "server.log")  # fmt: skip
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "the Prefect server")
+        yield api, env
+    finally:
+        stop(server)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
@@ -95,7 +123,7 @@ def test_quick_deployment_runs_on_server_and_worker(tmp_path):
         cli("deploy", "--name", "daily-quick")
         config = {
             "profile": "quick",
-            "data_dir": str(tmp_path / "fashion"),
+            "data": {"dir": str(tmp_path / "fashion")},
             "cache_dir": str(tmp_path / "data"),
             "output_dir": str(tmp_path / "reports"),
         }

@@ -215,7 +215,10 @@ def test_changed_hyperparameter_retrains_only_that_model(quick_run):
     workdir, first_report, _ = quick_run
     before = cache_entries(workdir)
     config = build_config(
-        "quick", data_dir=Path("fashion"), seed=7, params={"random_forest": {"n_estimators": 31}}
+        "quick",
+        data={"dir": Path("fashion")},
+        seed=7,
+        params={"random_forest": {"n_estimators": 31}},
     )
     with contextlib.chdir(workdir):
         report_dir = full_pipeline(config)

@@ -11,7 +11,8 @@ from concurrent.futures import Future
 import pandas as pd
 import pytest
 
-from flows.graph import checked, run_stages, submit
+from flows.graph import run_stages
+from flows.parallel import checked, submit
 from tasks.config import build_config
 from tasks.errors import ModelsFailedError
 from tasks.report import console_table
@@ -72,7 +73,7 @@ def small_config(tmp_path, data_dir, models: list[str], **overrides):
     return build_config(
         "quick",
         models=models,
-        data_dir=data_dir,
+        data={"dir": data_dir},
         cache_dir=tmp_path / "data",
         output_dir=tmp_path / "reports",
         train_subset_size=1200,

@@ -3,26 +3,33 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import pickle
 import re
+import socket
+import struct
 import threading
-import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prefect import flow
 
 from tasks.errors import DatasetFileError
 from tasks.ingest import (
     FASHION_MNIST_FILES,
     IMAGES_MAGIC,
     LABELS_MAGIC,
+    NoDataSourceError,
+    check_data_source,
     checksum_mismatch,
+    fashion_mnist_dir,
     ingest_dataset,
+    ingest_task,
     is_network_error,
-    load_fashion_mnist,
     parse_idx,
-    resolve_source,
 )
+from tasks.sources.idx import load_idx
 from tasks.storage import CorruptArrayError
 from tests.idx_files import idx_bytes, write_dataset, write_idx_gz
 
@@ -40,7 +47,7 @@ def test_parse_idx_reads_header_and_payload():
 
 def test_load_returns_arrays_written(synthetic_dir):
     directory, files, arrays = synthetic_dir
-    loaded = load_fashion_mnist(directory, files)
+    loaded = load_idx(directory, files).arrays
     for key, array in arrays.items():
         np.testing.assert_array_equal(loaded[key], array)
 
@@ -58,7 +65,7 @@ def test_unreadable_file_is_named(synthetic_dir, corrupt, message):
     directory, files, _ = synthetic_dir
     corrupt(directory / TRAIN_IMAGES)
     with pytest.raises(DatasetFileError, match=rf"{TRAIN_IMAGES}: {message}"):
-        load_fashion_mnist(directory, files)
+        load_idx(directory, files)
 
 
 def test_wrong_magic_says_expected_and_found(synthetic_dir):
@@ -68,7 +75,7 @@ def test_wrong_magic_says_expected_and_found(synthetic_dir):
     with pytest.raises(
         DatasetFileError, match=rf"{TRAIN_IMAGES}: bad magic number 2049; expected 2051 \(images\)"
     ):
-        load_fashion_mnist(directory, files)
+        load_idx(directory, files)
 
 
 def test_payload_shorter_than_header_promises(synthetic_dir):
@@ -78,7 +85,7 @@ def test_payload_shorter_than_header_promises(synthetic_dir):
     with pytest.raises(
         DatasetFileError, match=r"payload has 235172 bytes; the header's 300 x 28 x 28 needs 235200"
     ):
-        load_fashion_mnist(directory, files)
+        load_idx(directory, files)
 
 
 def test_count_mismatch_names_both_files(synthetic_dir):
@@ -91,7 +98,7 @@ def test_count_mismatch_names_both_files(synthetic_dir):
     with pytest.raises(
         DatasetFileError, match=rf"{TRAIN_IMAGES} has 300 images but {TRAIN_LABELS} has 299 labels"
     ):
-        load_fashion_mnist(directory, files)
+        load_idx(directory, files)
 
 
 def test_wrong_image_size_is_rejected(synthetic_dir):
@@ -102,7 +109,7 @@ def test_wrong_image_size_is_rejected(synthetic_dir):
         "train_images": files["train_images"].__class__(TRAIN_IMAGES, IMAGES_MAGIC, digest),
     }
     with pytest.raises(DatasetFileError, match=r"images are 32 x 32 pixels; expected 28 x 28"):
-        load_fashion_mnist(directory, files)
+        load_idx(directory, files)
 
 
 def test_ingest_records_each_files_decompressed_checksum(tmp_path, synthetic_dir):
@@ -127,27 +134,22 @@ def test_checksum_mismatch_names_file_and_both_hashes(synthetic_dir):
 
 
 def test_user_directory_is_used_alone(tmp_path, synthetic_dir):
-    _, files, _ = synthetic_dir
-    system = synthetic_dir[0]  # a complete source that must not be fallen back to
-    with pytest.raises(DatasetFileError, match=r"data directory does not exist"):
-        resolve_source(tmp_path / "nowhere", tmp_path / "cache", files, system_dir=system)
+    system, files, _ = synthetic_dir  # a complete source that must not be fallen back to
+    with pytest.raises(DatasetFileError, match=r"nowhere: data directory does not exist$"):
+        ingest_dataset(tmp_path / "nowhere", tmp_path / "cache", files, system_dir=system)
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / TRAIN_IMAGES).write_bytes((system / TRAIN_IMAGES).read_bytes())
     with pytest.raises(DatasetFileError, match=rf"{partial}: missing {TRAIN_LABELS}, t10k"):
-        resolve_source(partial, tmp_path / "cache", files, system_dir=system)
+        ingest_dataset(partial, tmp_path / "cache", files, system_dir=system)
 
 
 def test_cache_comes_before_system_directory(tmp_path):
     files, _ = write_dataset(tmp_path / "cache" / "raw")
     write_dataset(tmp_path / "system")
-    assert (
-        resolve_source(None, tmp_path / "cache", files, tmp_path / "system")
-        == tmp_path / "cache" / "raw"
-    )
-    assert (
-        resolve_source(None, tmp_path / "empty", files, tmp_path / "system") == tmp_path / "system"
-    )
+    system = tmp_path / "system"
+    assert fashion_mnist_dir(tmp_path / "cache", files, system) == tmp_path / "cache" / "raw"
+    assert fashion_mnist_dir(tmp_path / "empty", files, system) == system
 
 
 @pytest.fixture
@@ -165,16 +167,39 @@ def mirror(tmp_path):
     server.server_close()
 
 
+@pytest.fixture
+def resetting_mirror():
+    """(url, connections): a loopback server that resets each connection once it has read
+    the request, as a dropped network does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            connection.recv(65536)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()  # with a zero linger time: a reset
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/", connections
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+
+
 def test_download_when_no_source_has_the_files(tmp_path, mirror):
     root, url = mirror
     files, arrays = write_dataset(root)
     cache = tmp_path / "cache"
-    source = resolve_source(None, cache, files, tmp_path / "no-system", url)
+    source = fashion_mnist_dir(cache, files, tmp_path / "no-system", url)
     assert source == cache / "raw"
     assert sorted(p.name for p in source.iterdir()) == sorted(s.name for s in files.values())
-    np.testing.assert_array_equal(
-        load_fashion_mnist(source, files)["test_labels"], arrays["test_labels"]
-    )
+    test_labels = load_idx(source, files).arrays["test_labels"]
+    np.testing.assert_array_equal(test_labels, arrays["test_labels"])
 
 
 def test_bad_download_leaves_no_file_behind(tmp_path, mirror):
@@ -184,21 +209,100 @@ def test_bad_download_leaves_no_file_behind(tmp_path, mirror):
     with pytest.raises(
         DatasetFileError, match=rf"{re.escape(url)}{TRAIN_IMAGES}: downloaded file is bad"
     ):
-        resolve_source(None, tmp_path / "cache", files, tmp_path / "no-system", url)
+        fashion_mnist_dir(tmp_path / "cache", files, tmp_path / "no-system", url)
     assert not any(
         p.name.startswith(f".{TRAIN_IMAGES}") or p.name == TRAIN_IMAGES
         for p in (tmp_path / "cache" / "raw").iterdir()
     )
 
 
-def test_unreachable_mirror_is_a_retryable_network_error(tmp_path, mirror):
+FIXES = (
+    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+    "or give your own data with --data-dir PATH"
+)
+
+
+def test_a_name_that_does_not_resolve_is_no_data_at_once(tmp_path):
+    system = tmp_path / "system"
+    system.mkdir()
+    (system / TRAIN_IMAGES).write_bytes(b"")
+    url = "http://fashion-mnist.invalid/"
+    with pytest.raises(NoDataSourceError) as raised:
+        fashion_mnist_dir(tmp_path / "cache", FASHION_MNIST_FILES, system, url)
+    assert str(raised.value) == (
+        f"no data found: tried {tmp_path}/cache/raw (no such directory), {system} "
+        f"(3 of 4 files missing) and {url} (name does not resolve); {FIXES}"
+    )
+    assert not is_network_error(raised.value)  # a minute later it still won't resolve
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_mirror_without_the_files_is_no_data_not_retried(tmp_path, mirror):
     _, url = mirror
-    files, _ = write_dataset(tmp_path / "elsewhere")
-    with pytest.raises(urllib.error.HTTPError) as raised:  # 404: the mirror lacks the files
-        resolve_source(None, tmp_path / "cache", files, tmp_path / "no-system", url)
-    assert is_network_error(raised.value)
+    (tmp_path / "cache" / "raw").mkdir(parents=True)
+    with pytest.raises(
+        NoDataSourceError,
+        match=rf"raw \(no data files\), .* and {re.escape(url)} \(HTTP 404 File not found\); ",
+    ) as raised:
+        fashion_mnist_dir(tmp_path / "cache", FASHION_MNIST_FILES, tmp_path / "no-system", url)
+    assert not is_network_error(raised.value)
     assert not is_network_error(DatasetFileError("bad file"))
-    assert list((tmp_path / "cache" / "raw").iterdir()) == []
+
+
+def test_a_connection_reset_is_no_data_worth_a_retry(tmp_path, resetting_mirror):
+    url, _ = resetting_mirror
+    with pytest.raises(
+        NoDataSourceError, match=rf"and {re.escape(url)} \(connection reset by peer\); install"
+    ) as raised:
+        fashion_mnist_dir(tmp_path / "cache", FASHION_MNIST_FILES, tmp_path / "no-system", url)
+    assert is_network_error(raised.value)
+    assert is_network_error(pickle.loads(pickle.dumps(raised.value)))  # as Prefect may keep it
+
+
+def test_the_check_before_the_run_names_a_missing_source_at_once(
+    tmp_path, monkeypatch, synthetic_dir
+):
+    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
+    monkeypatch.setattr("tasks.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
+    with pytest.raises(NoDataSourceError) as raised:
+        check_data_source(None, tmp_path / "cache")
+    assert str(raised.value) == (
+        f"no data found: tried {tmp_path}/cache/raw (no such directory), {tmp_path}/no-system "
+        f"(no such directory) and http://fashion-mnist.invalid/ (name does not resolve); {FIXES}"
+    )
+    check_data_source(synthetic_dir[0], tmp_path / "cache")  # the user's own data
+    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", synthetic_dir[0])
+    check_data_source(None, tmp_path / "cache")  # Debian's package
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_task_retries_a_reset_but_not_a_name_that_does_not_resolve(
+    tmp_path, monkeypatch, resetting_mirror
+):
+    url, connections = resetting_mirror
+    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
+    monkeypatch.setattr("tasks.ingest.MIRROR_URL", url)
+    task = ingest_task.with_options(retry_delay_seconds=0)
+
+    @flow
+    def ingest_only() -> None:
+        task(None, tmp_path / "cache", 0.15, 0, False)
+
+    with pytest.raises(NoDataSourceError, match=r"connection reset by peer"):
+        ingest_only()
+    assert len(connections) == 4  # the first try and three retries
+    calls = []
+    urlopen = urllib.request.urlopen
+
+    def counting_urlopen(*args, **kwargs):
+        calls.append(args)
+        return urlopen(*args, **kwargs)
+
+    monkeypatch.setattr("tasks.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
+    monkeypatch.setattr(urllib.request, "urlopen", counting_urlopen)
+    with pytest.raises(NoDataSourceError, match=r"name does not resolve"):
+        ingest_only()
+    assert len(calls) == 1
 
 
 def test_ingest_publishes_arrays_by_reference(tmp_path, synthetic_dir):

@@ -135,8 +135,10 @@ def test_bad_files_get_a_row_with_the_reason_and_the_rest_are_classified(run, tm
          "error: no inputs: {tmp}/empty holds no image or array files"),
         (["{tmp}/missing.png", "--run", "{run}"],
          "error: {tmp}/missing.png: no such file or directory"),
+        (["{tmp}/x.npy", "--run", "{run}", "--top-k", "11"],
+         "error: top-k 11 is out of range: run run-1 has 10 classes; expected 1 to 10"),
     ],
-    ids=["no-run", "unknown-model", "no-inputs", "missing-path"],
+    ids=["no-run", "unknown-model", "no-inputs", "missing-path", "top-k-beyond-the-runs-classes"],
 )  # fmt: skip
 def test_errors_before_predicting_exit_1_with_one_line(run, tmp_path, capsys, argv, message):
     report_dir, arrays = run
@@ -153,7 +155,8 @@ def test_errors_before_predicting_exit_1_with_one_line(run, tmp_path, capsys, ar
 @pytest.mark.parametrize(
     ("argv", "message"),
     [([], "error: the following arguments are required: PATH"),
-     (["x.png", "--top-k", "11"], "error: argument --top-k: '11' is not a number from 1 to 10")],
+     (["x.png", "--top-k", "101"],
+      "error: argument --top-k: '101' is not a number from 1 to 100")],
     ids=["no-path", "top-k"],
 )  # fmt: skip
 def test_a_malformed_command_line_exits_2_with_one_line(capsys, argv, message):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.contracts import LearningCurve, ModelEvaluation, ProcessedDataset
+from tasks.contracts import CLASS_NAMES, LearningCurve, ModelEvaluation, ProcessedDataset
 from tasks.evaluate import classification_metrics, plot_confusion_matrix
 from tasks.report import write_report
 from tasks.report.analysis import (
@@ -37,9 +37,9 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
         "validation_probabilities": probabilities,
     }
     save_arrays(directory, arrays)
-    metrics = classification_metrics(Y_TEST, predicted)
+    metrics = classification_metrics(Y_TEST, predicted, classes=10)
     figure = directory / "confusion_matrix.png"
-    plot_confusion_matrix(metrics["confusion"], name).savefig(figure)
+    plot_confusion_matrix(metrics["confusion"], CLASS_NAMES, name).savefig(figure)
     return ModelEvaluation(
         name=name,
         validation_accuracy=0.5,
@@ -112,7 +112,7 @@ def test_leaderboard_ranks_by_accuracy(evaluations):
 
 
 def test_confused_pairs_sum_both_directions_over_models(evaluations):
-    pairs = confused_pairs(evaluations)
+    pairs = confused_pairs(evaluations, CLASS_NAMES)
     top = pairs.iloc[0]
     assert (top.class_a, top.class_b) == ("T-shirt/top", "Shirt")
     assert (top.a_as_b, top.b_as_a, top.total) == (3, 20, 23)
@@ -124,7 +124,7 @@ def test_confused_pairs_sum_both_directions_over_models(evaluations):
 
 
 def test_hardest_class_is_shirt(evaluations):
-    difficulty = class_difficulty(evaluations)
+    difficulty = class_difficulty(evaluations, CLASS_NAMES)
     assert difficulty.index[0] == "Shirt"
     assert difficulty.iloc[0].mean_recall == pytest.approx(1 / 3)
     assert difficulty.iloc[0].best_model == "perfect"
@@ -274,6 +274,7 @@ def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, eval
         predicted=shirtless.test_predictions.load(),
         probabilities=shirtless.test_probabilities.load(),
         y_test=Y_TEST,
+        class_names=CLASS_NAMES,
     )
     # Its only confusion: all 10 Shirts (positions 60-69) taken for T-shirts.
     assert set(mistakes.position) == set(range(60, 66))  # 6 per pair at most

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tasks.contracts import CLASS_NAMES
 from tasks.report import analyse
 from tasks.report import artifacts as artifacts_module
 from tasks.report.artifacts import publish_artifacts, summary_markdown
@@ -24,6 +25,7 @@ def findings(tmp_path):
     evaluations = sample_evaluations(tmp_path)
     return analyse(
         evaluations=evaluations,
+        class_names=CLASS_NAMES,
         y_test=Y_TEST,
         predicted={e.name: e.test_predictions.load() for e in evaluations},
         probabilities={e.name: e.test_probabilities.load() for e in evaluations},
@@ -57,6 +59,22 @@ def test_summary_of_a_full_run_stays_small(findings, tmp_path):
     }
     markdown = summary_markdown(replace(findings, confusions=confusions), tmp_path)
     assert len(INLINE_PNG.findall(markdown)) == 2
+    assert len(markdown.encode()) < SIZE_BOUND
+
+
+@pytest.mark.parametrize("classes", [20, 100])
+def test_a_summary_of_many_classes_stays_as_small(findings, tmp_path, classes):
+    rng = np.random.default_rng(0)
+    confusions = {
+        f"model_{k}": (
+            rng.integers(10, 40, (classes, classes)) + 700 * np.eye(classes, dtype=int)
+        ).tolist()
+        for k in range(7)
+    }
+    names = tuple(f"class number {k}" for k in range(classes))
+    many = replace(findings, confusions=confusions, class_names=names)
+    markdown = summary_markdown(many, tmp_path)
+    assert "Classes: class number 0, " in markdown
     assert len(markdown.encode()) < SIZE_BOUND
 
 

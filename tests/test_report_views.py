@@ -65,3 +65,50 @@ def test_importing_the_report_loads_no_training_library():
     training = ("tasks.train", "tasks.tune", "tasks.models")
     loaded = run.stdout.split()
     assert [m for m in loaded if m.split(".")[0] in libraries or m.startswith(training)] == []
+
+
+SINCE = {
+    "previous_run_id": "run-1",
+    "summary": [
+        "The data gained 120 **Sandal** training images; nothing else changed.",
+        "No model is significantly better or worse (McNemar's test, p < 0.05).",
+    ],
+    "models": {"perfect": {"accuracy_then": 0.99, "accuracy_now": 1.0, "p_value": 0.5}},
+}
+
+
+def test_what_changed_since_the_last_run_opens_every_view(tmp_path):
+    report = write_report(
+        evaluations=sample_evaluations(tmp_path),
+        data=sample_split(tmp_path),
+        report_dir=tmp_path / "reports" / "run-2",
+        context={"since_previous_run": SINCE},
+        seed=0,
+    )
+    section = "## Since the last run\n\n" + "\n".join(f"- {s}" for s in SINCE["summary"])
+    markdown = (report.directory / "report.md").read_text()
+    assert section in markdown
+    assert markdown.index(section) < markdown.index("## Leaderboard")
+    page = (report.directory / "report.html").read_text()
+    assert page.index("<h2>Since the last run</h2>") < page.index("<h2>Leaderboard</h2>")
+    assert "gained 120 <strong>Sandal</strong> training images" in page
+    summary = summary_markdown(report.findings, report.directory)
+    assert summary.index(section) < summary.index("| rank | model |")
+    metrics = json.loads((report.directory / "metrics.json").read_text())
+    assert metrics["since_previous_run"] == SINCE
+
+
+@pytest.mark.parametrize("context", [{}, {"since_previous_run": None}], ids=["absent", "none"])
+def test_a_first_run_says_nothing_about_a_last_run(tmp_path, context):
+    report = write_report(
+        evaluations=sample_evaluations(tmp_path),
+        data=sample_split(tmp_path),
+        report_dir=tmp_path / "reports" / "run-1",
+        context=context,
+        seed=0,
+    )
+    markdown = (report.directory / "report.md").read_text()
+    page = (report.directory / "report.html").read_text()
+    for text in (markdown, page, summary_markdown(report.findings, report.directory)):
+        assert "Since the last run" not in text
+    assert json.loads((report.directory / "metrics.json").read_text())["since_previous_run"] is None

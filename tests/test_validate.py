@@ -1,114 +1,264 @@
 from __future__ import annotations
 
+import csv
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from tasks.errors import DatasetFileError, DataValidationError
-from tasks.ingest import FASHION_MNIST_FILES, ingest_dataset
-from tasks.validate import validate_dataset, validate_raw_dataset
-from tests.idx_files import idx_bytes, write_idx_gz
+from tasks.contracts import RawDataset, UnreadableFile
+from tasks.data_checks import check_data
+from tasks.errors import DataValidationError, StorageError
+from tasks.sources.idx import FASHION_MNIST_FILES
+from tasks.storage import array_refs, save_arrays
+from tasks.validate import validate_raw_dataset
+from tests.idx_files import make_images
+
+NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+THREE = ("sandal", "sneaker", "boot")
+CSV_FILES = {"train": "fashion-mnist_train.csv", "test": "fashion-mnist_test.csv"}
+OFFICIAL_SHA256 = {spec.name: spec.sha256 for spec in FASHION_MNIST_FILES.values()}
 
 
-@pytest.fixture
-def arrays(synthetic_dir):
-    return {key: value.copy() for key, value in synthetic_dir[2].items()}
+def make_arrays(n_train: int = 60, n_test: int = 30, n_classes: int = 3) -> dict:
+    """Distinct learnable images, every class equally often."""
+    arrays = {}
+    for seed, (split, size) in enumerate((("train", n_train), ("test", n_test))):
+        labels = (np.arange(size) % n_classes).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = make_images(labels, seed), labels
+    return arrays
 
 
-def test_valid_data_gives_counts(arrays):
-    summary = validate_dataset(arrays)
-    assert summary.rows == {"train": 300, "test": 100}
-    assert summary.class_counts["train"] == [30] * 10
-    assert summary.class_counts["test"] == [10] * 10
+def make_raw(tmp_path, arrays: dict, name: str = "arrays", **fields) -> RawDataset:
+    """The arrays saved under `tmp_path/name`, as Kaggle-CSV data of three classes unless
+    `fields` say otherwise."""
+    directory = tmp_path / name
+    directory.mkdir()
+    save_arrays(directory, arrays)
+    defaults = {"class_names": THREE, "layout": "csv", "split_files": CSV_FILES, "file_sha256": {}}
+    return RawDataset(tmp_path / "mine", arrays=array_refs(directory, NAMES), **defaults | fields)
 
 
-def test_label_out_of_range_names_rows_and_values(arrays):
-    arrays["train_labels"][[4, 9]] = 12
-    with pytest.raises(
-        DataValidationError,
-        match=r"train labels: isin\(range\(0, 10\)\) on column label failed for 2 rows "
-        r"\(e.g. row 4: 12, row 9: 12\)",
-    ):
-        validate_dataset(arrays)
+def validate(tmp_path, raw: RawDataset, **thresholds):
+    return validate_raw_dataset(raw, tmp_path / "cache", tmp_path / "reports", **thresholds)
 
 
-def test_wrong_image_size_fails_the_pixel_count(arrays):
-    arrays["test_images"] = np.ones((100, 32, 32), dtype=np.uint8)
-    with pytest.raises(DataValidationError, match=r"test images: has_784_pixel_columns failed"):
-        validate_dataset(arrays)
-
-
-def test_wrong_dtype_is_reported(arrays):
-    arrays["test_images"] = arrays["test_images"].astype(np.float32)
-    with pytest.raises(
-        DataValidationError, match=r"test images: dtype\('uint8'\).* \(found float32\)"
-    ):
-        validate_dataset(arrays)
-
-
-def test_blank_images_are_counted_once_per_image(arrays):
-    arrays["train_images"][[5, 17, 40, 41]] = 0
-    with pytest.raises(
-        DataValidationError,
-        match=r"train images: image_not_blank failed for 4 rows "
-        r"\(e.g. row 5: 0, row 17: 0, row 40: 0\)",
-    ):
-        validate_dataset(arrays)
-
-
-def test_missing_class_is_named(arrays):
-    arrays["test_labels"][arrays["test_labels"] == 6] = 0
-    with pytest.raises(
-        DataValidationError, match=r"test labels: classes with fewer than 5% of 100 rows: Shirt 0"
-    ):
-        validate_dataset(arrays)
-
-
-def test_all_failures_are_reported_together(arrays):
-    arrays["train_labels"][0] = 99
-    arrays["test_images"][3] = 0
+def refusal(tmp_path, raw: RawDataset, **thresholds) -> str:
     with pytest.raises(DataValidationError) as raised:
-        validate_dataset(arrays)
-    message = str(raised.value)
-    assert "train labels: isin" in message
-    assert "test images: image_not_blank failed for 1 rows (e.g. row 3: 0)" in message
-    assert "\n" not in message
+        validate(tmp_path, raw, **thresholds)
+    return str(raised.value)
 
 
-def test_both_gates_pass_and_are_reported(tmp_path, synthetic_dir):
-    directory, files, _ = synthetic_dir
-    raw = ingest_dataset(directory, tmp_path / "data", files)
-    summary = validate_raw_dataset(raw, tmp_path / "data", published=files)
-    assert list(summary.gates) == ["schema", "checksums"]
+def error_rows(tmp_path) -> list[dict]:
+    with open(tmp_path / "reports" / "validation_errors.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def cache_entries(tmp_path) -> list:
+    validated = tmp_path / "cache" / "validated"
+    return sorted(validated.iterdir()) if validated.exists() else []
+
+
+def test_valid_data_gives_counts(tmp_path):
+    problems, summary = check_data(make_raw(tmp_path, make_arrays()), make_arrays(), 10, 0.01)
+    assert problems == []
+    assert summary.rows == {"train": 60, "test": 30}
+    assert summary.class_counts == {"train": [20, 20, 20], "test": [10, 10, 10]}
+
+
+def test_official_checksums_name_the_data_fashion_mnist(tmp_path):
+    raw = make_raw(
+        tmp_path, make_arrays(100, 100, 10), layout="idx", file_sha256=OFFICIAL_SHA256,
+        class_names=tuple("0123456789"), split_files={},
+    )  # fmt: skip
+    summary = validate(tmp_path, raw)
+    assert summary.dataset == "Fashion-MNIST"
+    assert list(summary.gates) == ["checksums", "schema", "duplicates"]
     assert summary.gates["checksums"] == (
-        "passed: the 4 files match the published Fashion-MNIST SHA-256"
+        "passed: the 4 files match the published Fashion-MNIST SHA-256, "
+        "so the data is called Fashion-MNIST"
     )
     assert summary.gates["schema"].startswith("passed: 784 uint8 pixels per image")
-    cached = validate_raw_dataset(raw, tmp_path / "data", published=files)
-    assert cached == summary
+    assert validate(tmp_path, raw) == summary  # reused from the cache
 
 
-def test_files_that_parse_but_break_the_schema_fail_the_schema_gate(tmp_path, synthetic_dir):
-    directory, files, arrays = synthetic_dir
-    labels = arrays["train_labels"].copy()
-    labels[[4, 9]] = 12  # a valid IDX labels file, with labels outside the 10 classes
-    write_idx_gz(directory / FASHION_MNIST_FILES["train_labels"].name, idx_bytes(labels))
-    raw = ingest_dataset(directory, tmp_path / "data", files)  # parsing accepts it
-    with pytest.raises(
-        DataValidationError,
-        match=r"^data validation failed: train labels: isin\(range\(0, 10\)\) on column label "
-        r"failed for 2 rows \(e.g. row 4: 12, row 9: 12\)$",
-    ):
-        validate_raw_dataset(raw, tmp_path / "data", published=files)
-    validated = tmp_path / "data" / "validated"  # nothing cached, not even a staging dir
-    assert not validated.exists() or list(validated.iterdir()) == []
+def test_idx_files_with_other_checksums_are_the_users_data(tmp_path):
+    checksums = OFFICIAL_SHA256 | {"t10k-images-idx3-ubyte.gz": "ab" * 32}
+    raw = make_raw(tmp_path, make_arrays(), layout="idx", file_sha256=checksums, split_files={})
+    summary = validate(tmp_path, raw)
+    assert summary.dataset == f"your data: idx at {tmp_path / 'mine'} (3 classes)"
+    assert summary.gates["checksums"] == (
+        f"not Fashion-MNIST: {tmp_path / 'mine'}/t10k-images-idx3-ubyte.gz: checksum mismatch: "
+        "decompressed content has SHA-256 abababababababab…, expected 5b4141f0afbad91e… "
+        "(not the published Fashion-MNIST file)"
+    )
 
 
-def test_checksum_gate_refuses_files_that_are_not_the_published_ones(tmp_path, synthetic_dir):
-    directory, files, _ = synthetic_dir
-    raw = ingest_dataset(directory, tmp_path / "data", files)
-    with pytest.raises(
-        DatasetFileError,
-        match=rf"^{directory}/train-images-idx3-ubyte.gz: checksum mismatch: .*"
-        r"\(not the published Fashion-MNIST file\) \(and 3 more files differ\)$",
-    ):
-        validate_raw_dataset(raw, tmp_path / "data")  # the published Fashion-MNIST checksums
+def test_three_class_image_folders_pass_under_the_users_name(tmp_path):
+    origins = tmp_path / "origins.json"  # each row's image file, as ingestion writes it
+    files = {
+        split: [f"{split}/{THREE[i % 3]}/{i}.png" for i in range(n)]
+        for split, n in [("train", 60), ("test", 30)]
+    }
+    origins.write_text(json.dumps(files))
+    raw = make_raw(tmp_path, make_arrays(), layout="image-folder", split_files={}, origins=origins)
+    summary = validate(tmp_path, raw)
+    assert summary.dataset == f"your data: image-folder at {tmp_path / 'mine'} (3 classes)"
+    assert summary.class_counts == {"train": [20, 20, 20], "test": [10, 10, 10]}
+    assert summary.gates == {
+        "checksums": "not Fashion-MNIST: image-folder data, not the published IDX files",
+        "schema": "passed: 784 uint8 pixels per image, in 0-255, not blank; labels within the "
+        "3 classes; at least 10 images of every class in each split; no unreadable files",
+        "duplicates": "passed: 0 of 30 test images (0.00%) also in train; at most 1.00% allowed",
+    }
+
+
+def test_every_problem_is_collected_into_one_line_and_the_csv(tmp_path):
+    arrays = make_arrays()
+    for split in ("train", "test"):  # 28 x 27 int16 images: wrong shape and dtype
+        arrays[f"{split}_images"] = arrays[f"{split}_images"][:, :, :27].astype(np.int16)
+    arrays["test_images"][:3] = arrays["train_images"][20:23]  # 10% of test is in train
+    arrays["train_images"][[3, 6, 9, 12]] = 0
+    arrays["train_images"][4, 5, 5] = 300
+    arrays["train_labels"][[1, 2]] = 7
+    arrays["test_labels"][arrays["test_labels"] == 2] = 0  # no boot left in test
+    arrays["test_labels"] = arrays["test_labels"].astype(np.int64)
+    unreadable = (
+        UnreadableFile("train/sandal/broken.png", "truncated PNG file"),
+        UnreadableFile("fashion-mnist_train.csv row 8", "783 pixels;\nexpected 784"),
+    )
+    message = refusal(tmp_path, make_raw(tmp_path, arrays, unreadable=unreadable))
+    train, test = "fashion-mnist_train.csv", "fashion-mnist_test.csv"
+    shared = "10.00% of test in train, at most 1.00% allowed"
+    assert message == (
+        f"data validation failed for your data: csv at {tmp_path / 'mine'} (3 classes): "
+        "unreadable file: 2 (train/sandal/broken.png: truncated PNG file, "
+        "fashion-mnist_train.csv row 8: 783 pixels; expected 784); "
+        f"image shape: 2 ({train}: images are 28 x 27; expected 28 x 28, "
+        f"{test}: images are 28 x 27; expected 28 x 28); "
+        f"wrong dtype: 3 ({train}: pixels are int16; expected uint8, "
+        f"{test}: pixels are int16; expected uint8, {test}: labels are int64; expected uint8); "
+        f"pixel outside 0-255: 1 ({train} row 5: a pixel of 300; expected 0-255); "
+        f"blank image: 4 (e.g. {train} row 4: every pixel is 0, {train} row 7: every pixel "
+        f"is 0, {train} row 10: every pixel is 0); "
+        f"label outside the classes: 2 ({train} row 2: label 7; expected one of the 3 "
+        f"classes, 0-2, {train} row 3: label 7; expected one of the 3 classes, 0-2); "
+        f"too few images of a class: 1 ({test}: boot has 0 images in test; at least 10 "
+        "needed); "
+        f"image in both train and test: 3 ({test} row 1: same pixels as {train} row 21 "
+        f"({shared}), {test} row 2: same pixels as {train} row 22, {test} row 3: same "
+        f"pixels as {train} row 23); "
+        f"all 18 are listed in {tmp_path / 'reports' / 'validation_errors.csv'}"
+    )
+    rows = error_rows(tmp_path)
+    assert Counter(row["check"] for row in rows) == {
+        "unreadable file": 2, "image shape": 2, "wrong dtype": 3, "pixel outside 0-255": 1,
+        "blank image": 4, "label outside the classes": 2, "too few images of a class": 1,
+        "image in both train and test": 3,
+    }  # fmt: skip
+    assert rows[0] == {
+        "split": "", "file": "train/sandal/broken.png", "row": "",
+        "check": "unreadable file", "problem": "truncated PNG file",
+    }  # fmt: skip
+    assert {"split": "train", "file": f"{train} row 13", "row": "12", "check": "blank image",
+            "problem": "every pixel is 0"} in rows  # fmt: skip
+    assert cache_entries(tmp_path) == []  # a refusal is never cached as a pass
+    assert list((tmp_path / "reports").iterdir()) == [tmp_path / "reports/validation_errors.csv"]
+
+
+def test_label_outside_the_classes_is_refused(tmp_path):
+    arrays = make_arrays()
+    arrays["train_labels"][[4, 9]] = 3  # a fourth class of three
+    assert refusal(tmp_path, make_raw(tmp_path, arrays)).endswith(
+        "(3 classes): label outside the classes: 2 (fashion-mnist_train.csv row 5: "
+        "label 3; expected one of the 3 classes, 0-2, fashion-mnist_train.csv row 10: label 3; "
+        f"expected one of the 3 classes, 0-2); all 2 are listed in "
+        f"{tmp_path / 'reports' / 'validation_errors.csv'}"
+    )
+
+
+def test_class_below_the_minimum_is_refused(tmp_path):
+    arrays = make_arrays(n_test=27)  # 9 images of each class in test
+    raw = make_raw(tmp_path, arrays)
+    message = refusal(tmp_path, raw)
+    assert (
+        "too few images of a class: 3 (fashion-mnist_test.csv: sandal has 9 images in " in message
+    )
+    assert [row["problem"] for row in error_rows(tmp_path)][2] == (
+        "boot has 9 images in test; at least 10 needed"
+    )
+    assert validate(tmp_path, raw, min_images_per_class=9).class_counts["test"] == [9, 9, 9]
+
+
+def test_an_empty_class_folder_is_a_class_without_images(tmp_path):
+    arrays = make_arrays()
+    arrays["train_labels"][arrays["train_labels"] == 1] = 0  # train/sneaker/ is empty
+    raw = make_raw(tmp_path, arrays, layout="image-folder", split_files={})
+    assert (
+        "too few images of a class: 1 (train: sneaker has 0 images in train; at least 10 needed)"
+        in refusal(tmp_path, raw)
+    )
+
+
+@pytest.mark.parametrize(("shared", "refused"), [(1, False), (2, True)])
+def test_images_in_train_and_test_are_refused_above_the_threshold(tmp_path, shared, refused):
+    arrays = make_arrays(n_train=90, n_test=100)
+    arrays["test_images"][50 : 50 + shared] = arrays["train_images"][:shared]
+    raw = make_raw(tmp_path, arrays)
+    if refused:
+        assert (
+            "image in both train and test: 2 (fashion-mnist_test.csv row 51: same pixels as "
+            "fashion-mnist_train.csv row 1 (2.00% of test in train, at most 1.00% "
+            "allowed), fashion-mnist_test.csv row 52: " in refusal(tmp_path, raw)
+        )
+        rows = [(row["split"], row["row"]) for row in error_rows(tmp_path)]
+        assert rows == [("test", "50"), ("test", "51")]
+    else:
+        gate = validate(tmp_path, raw).gates["duplicates"]
+        assert gate == "passed: 1 of 100 test images (1.00%) also in train; at most 1.00% allowed"
+
+
+def test_unreadable_files_are_refused(tmp_path):
+    unreadable = (UnreadableFile("test/boot/1.png", "cannot identify image file"),)
+    raw = make_raw(tmp_path, make_arrays(), unreadable=unreadable)
+    assert (
+        ": unreadable file: 1 (test/boot/1.png: cannot identify image file); it is listed"
+        in refusal(tmp_path, raw)
+    )
+
+
+def test_an_earlier_runs_errors_file_is_removed_when_the_data_passes(tmp_path, caplog):
+    bad = make_arrays()
+    bad["test_images"][0] = 0
+    refusal(tmp_path, make_raw(tmp_path, bad, "bad"))
+    errors_file = tmp_path / "reports" / "validation_errors.csv"
+    assert errors_file.is_file()
+    with caplog.at_level(logging.INFO):
+        validate(tmp_path, make_raw(tmp_path, make_arrays(), "good"))
+    assert not errors_file.exists()
+    assert f"removed {errors_file} of an earlier run: this data passed" in caplog.messages
+
+
+def test_the_cache_key_covers_thresholds_and_class_names(tmp_path):
+    raw = make_raw(tmp_path, make_arrays())
+    validate(tmp_path, raw)
+    validate(tmp_path, raw)
+    assert len(cache_entries(tmp_path)) == 1
+    validate(tmp_path, raw, min_images_per_class=5)
+    validate(tmp_path, raw, max_duplicate_fraction=0.5)
+    validate(tmp_path, replace(raw, class_names=("a", "b", "c")))
+    assert len(cache_entries(tmp_path)) == 4
+
+
+def test_an_errors_file_that_cannot_be_written_is_a_storage_error(tmp_path, caplog):
+    (tmp_path / "reports").write_text("a file where the output directory should be")
+    arrays = make_arrays()
+    arrays["train_images"][0] = 0
+    errors_file = tmp_path / "reports" / "validation_errors.csv"
+    with pytest.raises(StorageError, match=f"^{re.escape(str(errors_file))}: file exists$"):
+        validate(tmp_path, make_raw(tmp_path, arrays))
+    assert "blank image: 1 (fashion-mnist_train.csv row 1: every pixel is 0)" in caplog.text

@@ -17,7 +17,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict
 
-from tasks.contracts import LearningCurve
+from tasks.contracts import N_CLASSES, LearningCurve
 
 # Written by the training stage next to every saved model; the CNN reads its parameters back.
 PARAMS_FILE = "params.json"
@@ -47,6 +47,9 @@ class TrainingContext:
     deadline: float | None = None
     # With a deadline: the most steps a fit that runs faster than planned may extend to.
     most_steps: int | None = None
+    # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
+    # ten where no data is at hand (loading a saved model).
+    classes: int = N_CLASSES
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -61,6 +64,34 @@ class ProbeData:
     x_val: np.ndarray
     y_val: np.ndarray
     test_images: int
+
+
+def check_labels(labels: np.ndarray, classes: int, split: str) -> None:
+    """Every one of the `classes` classes, and no other label, is in `labels`: scikit-learn
+    and XGBoost take their classes from the labels they fit on, so a missing class would
+    shift the probability columns of every class after it.
+
+    Raises:
+        ValueError: naming the labels out of range or the classes missing.
+    """
+    found = np.unique(labels)
+    if outside := [int(label) for label in found if not 0 <= label < classes]:
+        raise ValueError(
+            f"{split} labels {outside[:5]} are outside the {classes} classes (0 to {classes - 1})"
+        )
+    if missing := sorted(set(range(classes)) - {int(label) for label in found}):
+        raise ValueError(
+            f"the {split} labels lack class(es) {missing[:5]} of the {classes}: the model "
+            f"needs {split} images of every class to give one probability per class"
+        )
+
+
+def with_every_class(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`rows`, sorted, with the first row of each class they lack added: a sample of the
+    training images that every model can be fitted on (`check_labels`)."""
+    classes, first_rows = np.unique(labels, return_index=True)
+    lacking = np.isin(classes, labels[rows], invert=True)
+    return np.union1d(rows, first_rows[lacking])
 
 
 def _as_configured(params: Any, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
@@ -118,8 +149,9 @@ class ModelSpec:
         search_space: tuning distributions, named after fields of `params`.
         pruning_warmup_steps: steps (rounds, epochs) a trial reports before it may be pruned.
         quick: the `quick` profile's changes to the default hyper-parameters.
-        saved_mb: about how many MB the saved model takes, given `params` and the number
-            of training images: what the disk-space check counts on.
+        saved_mb: about how many MB the saved model takes, given `params`, the number of
+            training images and of classes (Fashion-MNIST's ten by default: the disk-space
+            check that counts on it runs before the data is read).
         budgeting: how a time budget plans it.
     """
 
@@ -130,7 +162,7 @@ class ModelSpec:
     search_space: Mapping[str, BaseDistribution]
     pruning_warmup_steps: int = 0
     quick: Mapping[str, Any] = field(default_factory=dict)
-    saved_mb: Callable[[Any, int], float] = lambda params, train_images: 1.0
+    saved_mb: Callable[..., float] = lambda params, train_images, classes=N_CLASSES: 1.0
     budgeting: Budgeting | None = None
 
     @property

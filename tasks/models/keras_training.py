@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.contracts import IMAGE_SHAPE, N_CLASSES
+from tasks.contracts import IMAGE_SHAPE
 from tasks.models.base import TrainingContext
 
 if TYPE_CHECKING:
@@ -40,12 +40,13 @@ def shift_and_mirror(
     return images
 
 
-def one_hot(labels: np.ndarray) -> np.ndarray:
-    """Class indices as one-hot rows: the targets label smoothing works on."""
-    return np.eye(N_CLASSES, dtype=np.float32)[labels]
+def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Class indices as one-hot rows of `classes` columns: the targets label smoothing
+    works on."""
+    return np.eye(classes, dtype=np.float32)[labels]
 
 
-def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int):
+def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int, classes: int):
     """Shuffled training batches, freshly shifted and mirrored each epoch in numpy (a few
     milliseconds per batch, against seconds for Keras' random-transform layers).
 
@@ -69,7 +70,7 @@ def augmented_batches(x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int
             rows = self.order[index * params.batch_size : (index + 1) * params.batch_size]
             rng = np.random.default_rng([seed, self.epoch, index])
             images = shift_and_mirror(x[rows], params.shift_pixels, params.mirror, rng)
-            return images, one_hot(y[rows])
+            return images, one_hot(y[rows], classes)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

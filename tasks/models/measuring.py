@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from tasks.contracts import Cost
-from tasks.models.base import ProbeData, TrainingContext
+from tasks.models.base import ProbeData, TrainingContext, with_every_class
 
 # Images a measurement fits on: a second or two for every model here.
 PROBE_IMAGES = 4000
@@ -17,9 +19,11 @@ PREDICT_PROBE_IMAGES = 2000
 
 
 def sample(probe: ProbeData, images: int) -> ProbeData:
-    """The first `images` training images (the split is shuffled and stratified)."""
+    """The first `images` training images (the split is shuffled and stratified), and one
+    of each class they lack, so that every model can be fitted on them."""
+    rows = with_every_class(np.arange(images), probe.y_train)
     return ProbeData(
-        probe.x_train[:images], probe.y_train[:images], probe.x_val, probe.y_val, probe.test_images
+        probe.x_train[rows], probe.y_train[rows], probe.x_val, probe.y_val, probe.test_images
     )
 
 

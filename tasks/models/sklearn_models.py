@@ -30,7 +30,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from tasks.models.base import Budgeting, HyperParameters, ModelSpec, TrainingContext
+from tasks.contracts import N_CLASSES
+from tasks.models.base import (
+    Budgeting,
+    HyperParameters,
+    ModelSpec,
+    TrainingContext,
+    check_labels,
+)
 from tasks.models.measuring import measure_one_fit
 
 
@@ -77,10 +84,12 @@ def convergence_warnings_ignored() -> Iterator[None]:
 class SklearnClassifier:
     estimator: ClassifierMixin
     threads: int
+    classes: int
     logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
     model_file: ClassVar[str] = "model.joblib"
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
+        check_labels(y_train, self.classes, "training")
         limit_blas_threads(self.threads)
         # An iteration cap is a deliberate time budget: one log line says when it was
         # reached, instead of scikit-learn's multi-line warning.
@@ -95,6 +104,7 @@ class SklearnClassifier:
         if not hasattr(self.estimator, "predict_proba"):
             # An SVC has decision values, not probabilities. Temperature scaling, fitted on
             # the validation split, turns them into probabilities and keeps their ranking.
+            check_labels(y_val, self.classes, "validation")
             frozen = FrozenEstimator(self.estimator)
             self.estimator = CalibratedClassifierCV(frozen, method="temperature")
             self.estimator.fit(x_val, y_val)
@@ -108,7 +118,8 @@ class SklearnClassifier:
 
     @classmethod
     def load(cls, directory: Path, threads: int) -> SklearnClassifier:
-        return cls(joblib.load(directory / cls.model_file), threads)
+        estimator = joblib.load(directory / cls.model_file)
+        return cls(estimator, threads, len(estimator.classes_))
 
 
 class LogisticRegressionParams(HyperParameters):
@@ -118,14 +129,16 @@ class LogisticRegressionParams(HyperParameters):
 
 def build_logistic_regression(p: LogisticRegressionParams, context: TrainingContext):
     estimator = LogisticRegression(C=p.C, max_iter=p.max_iter, random_state=context.seed)
-    return SklearnClassifier(estimator, context.threads, context.logger)
+    return SklearnClassifier(estimator, context.threads, context.classes, context.logger)
 
 
 LOGISTIC_REGRESSION = ModelSpec(
     name="logistic_regression", params=LogisticRegressionParams,
     build=build_logistic_regression, adapter=SklearnClassifier,
     search_space={"C": FloatDistribution(1e-3, 10.0, log=True)},
-    quick={"max_iter": 100}, saved_mb=lambda p, train_images: 0.1,
+    # A coefficient per class and pixel: measured 0.03 MB for ten classes and 0.3 for 100,
+    # counted as 0.1 and 1 to be safe.
+    quick={"max_iter": 100}, saved_mb=lambda p, train_images, classes=N_CLASSES: 0.01 * classes,
     # Its iterations are capped, each about linear in the images; measured from 4,000 to
     # 54,000 images on an AVX2 EPYC: n^0.85.
     budgeting=Budgeting(
@@ -150,7 +163,7 @@ def build_random_forest(p: RandomForestParams, context: TrainingContext):
         n_jobs=context.threads,
         random_state=context.seed,
     )
-    return SklearnClassifier(forest, context.threads, context.logger)
+    return SklearnClassifier(forest, context.threads, context.classes, context.logger)
 
 
 RANDOM_FOREST = ModelSpec(
@@ -161,8 +174,12 @@ RANDOM_FOREST = ModelSpec(
         "min_samples_leaf": IntDistribution(1, 4),
     },
     quick={"n_estimators": 30},
-    # Measured: 32 bytes per tree and training image with leaves of one image.
-    saved_mb=lambda p, train_images: p.n_estimators * train_images * 32e-6 / p.min_samples_leaf,
+    # Measured: 32 bytes per tree and training image with leaves of one image and ten
+    # classes; each node holds a float64 per class (random labels: 18, 86 and 850 bytes
+    # for 2, 10 and 100 classes).
+    saved_mb=lambda p, train_images, classes=N_CLASSES: (
+        p.n_estimators * train_images * 3.2e-6 * classes / p.min_samples_leaf
+    ),
     # Sorting at every split, n log n: measured from 4,000 to 54,000 images, n^1.1.
     budgeting=Budgeting(
         lambda p, probe, context: measure_one_fit(build_random_forest, p, probe, context, 1.1)
@@ -189,7 +206,7 @@ def build_svm(p: SVMParams, context: TrainingContext):
     )
     if p.pca_components:
         svm = make_pipeline(PCA(p.pca_components, random_state=context.seed), svm)
-    return SklearnClassifier(svm, context.threads, context.logger)
+    return SklearnClassifier(svm, context.threads, context.classes, context.logger)
 
 
 def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
@@ -200,12 +217,13 @@ def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[tuple[str, dict, 
     return [(configured, {}, 0), ("64 components", {"pca_components": 64}, 0)]
 
 
-def svm_saved_mb(p: SVMParams, train_images: int) -> float:
-    """The projection, and about half the training images as support vectors (measured:
-    3.3 MB for 5,000 images on 128 components)."""
+def svm_saved_mb(p: SVMParams, train_images: int, classes: int = N_CLASSES) -> float:
+    """The projection, and about half the training images as support vectors, each with
+    its features and a coefficient per other class (measured: 3.3 MB for 5,000 images of
+    ten classes on 128 components)."""
     features = p.pca_components or 784
     projection = features * 784 * 8 if p.pca_components else 0
-    return (projection + train_images / 2 * (features + 9) * 8) / 1e6
+    return (projection + train_images / 2 * (features + classes - 1) * 8) / 1e6
 
 
 SVM = ModelSpec(

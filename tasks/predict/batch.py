@@ -21,13 +21,13 @@ from typing import TextIO
 
 import numpy as np
 
-from tasks.contracts import CLASS_NAMES, N_CLASSES
 from tasks.errors import PredictionInputError
 from tasks.predict.inputs import InputImages, find_inputs, read_input
-from tasks.predict.model import load_run_model
+from tasks.predict.model import load_run_model, read_run, run_class_names
 
 BATCH_SIZE = 2048
 DEFAULT_TOP_K = 3
+LISTED_CLASSES = 20  # beyond this many, the summary lists only the classes predicted
 # One prediction per image, or the reason it has none: (row name, probabilities, error).
 Prediction = tuple[str, np.ndarray | None, str]
 
@@ -37,7 +37,7 @@ class PredictionSummary:
     """What a batch prediction did; `provenance` names the run, model and model files.
 
     Attributes:
-        per_class: images predicted as each class, in `CLASS_NAMES` order.
+        per_class: images predicted as each of the run's classes, in label order.
         unreadable: each input that could not be read, and why.
         skipped: files in the folders given that are not named like images or arrays.
         load_seconds: loading the model; `seconds`: reading, predicting and writing.
@@ -98,16 +98,16 @@ def csv_header(top_k: int) -> list[str]:
     return ["path", "predicted_class", "predicted_label", "probability", *ranked, "error"]
 
 
-def csv_row(prediction: Prediction, top_k: int) -> list[str]:
+def csv_row(prediction: Prediction, top_k: int, class_names: Sequence[str]) -> list[str]:
     name, probabilities, error = prediction
     if probabilities is None:
         return [name, "", "", "", *[""] * (2 * top_k), error]
     best = np.argsort(-probabilities, kind="stable")[:top_k]  # ties: the lower label first
     ranked = [
-        cell for label in best for cell in (CLASS_NAMES[label], f"{probabilities[label]:.6f}")
+        cell for label in best for cell in (class_names[label], f"{probabilities[label]:.6f}")
     ]
     label = int(best[0])
-    return [name, CLASS_NAMES[label], str(label), f"{probabilities[label]:.6f}", *ranked, ""]
+    return [name, class_names[label], str(label), f"{probabilities[label]:.6f}", *ranked, ""]
 
 
 def write_atomically(target: Path, write: Callable[[TextIO], None]) -> None:
@@ -143,13 +143,18 @@ def predict_images(
         threads: for the model; default: every core.
 
     Raises:
-        PredictionInputError: `top_k` out of range, a path that does not exist, no inputs,
-            no run in `run_dir`, a model the run has not, or model files failing their
-            manifest check. Unreadable inputs raise nothing: their rows say why.
+        PredictionInputError: a path that does not exist, no inputs, no run in `run_dir`,
+            `top_k` beyond the run's classes, a model the run has not, or model files
+            failing their manifest check. Unreadable inputs raise nothing: their rows say why.
     """
-    if not 1 <= top_k <= N_CLASSES:
-        raise PredictionInputError(f"top-k {top_k} is out of range; expected 1 to {N_CLASSES}")
     files, skipped = find_inputs([Path(p) for p in paths])
+    _, metrics = read_run(Path(run_dir))
+    classes = len(run_class_names(metrics))
+    if not 1 <= top_k <= classes:
+        raise PredictionInputError(
+            f"top-k {top_k} is out of range: run {metrics.get('run_id', Path(run_dir).name)} "
+            f"has {classes} classes; expected 1 to {classes}"
+        )
     started = time.perf_counter()
     loaded = load_run_model(Path(run_dir), model, threads or os.cpu_count() or 1)
     load_seconds = time.perf_counter() - started
@@ -168,7 +173,7 @@ def predict_images(
         writer = csv.writer(stream)
         writer.writerow(csv_header(top_k))
         for prediction in classify(map(read_input, files), timed, batch_size):
-            row = csv_row(prediction, top_k)
+            row = csv_row(prediction, top_k, loaded.class_names)
             if prediction[1] is None:
                 unreadable.append((prediction[0], prediction[2]))
             else:
@@ -182,7 +187,7 @@ def predict_images(
         provenance_file=provenance_path(output),
         provenance=loaded.provenance(),
         images=sum(counts.values()),
-        per_class={name: counts[name] for name in CLASS_NAMES},
+        per_class={name: counts[name] for name in loaded.class_names},
         unreadable=unreadable,
         skipped=skipped,
         load_seconds=load_seconds,
@@ -210,7 +215,11 @@ def describe_summary(summary: PredictionSummary, most_unreadable: int = 10) -> s
         f"classified {summary.images:,} images in {summary.seconds:.2f} s "
         f"({summary.images / max(summary.seconds, 1e-9):,.0f} images/s; the model itself "
         f"{summary.predict_seconds:.2f} s, loading it {summary.load_seconds:.2f} s)",
-        *(f"  {name:<12} {count:>7,}" for name, count in summary.per_class.items()),
+        *(
+            f"  {name:<12} {count:>7,}"
+            for name, count in summary.per_class.items()
+            if count or len(summary.per_class) <= LISTED_CLASSES
+        ),
         f"  {'unreadable':<12} {len(summary.unreadable):>7,}",
     ]
     for path, reason in summary.unreadable[:most_unreadable]:

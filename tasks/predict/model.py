@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.contracts import CLASS_NAMES
 from tasks.errors import PredictionInputError
 from tasks.models import Classifier, load_model
 from tasks.storage import MANIFEST_FILE, entry_problem
@@ -33,6 +34,7 @@ class RunModel:
     """One of a run's models, ready to predict, with what identifies it.
 
     Attributes:
+        class_names: the classes it predicts, by label (`run_class_names`).
         files: each saved model file it predicts with, and the SHA-256 its manifest holds.
         weights: the ensemble's weight of each classifier; None for a single model.
     """
@@ -44,6 +46,7 @@ class RunModel:
     test_accuracy: float
     accuracy_interval: tuple[float, float]
     confidence: float  # level of the interval
+    class_names: tuple[str, ...]
     files: dict[str, str]
     classifiers: tuple[Classifier, ...]
     weights: tuple[float, ...] | None = None
@@ -87,6 +90,12 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
             f"{run_dir}: not a run's report directory ({exc.__class__.__name__}: {exc})"
         ) from None
     return board, metrics
+
+
+def run_class_names(metrics: dict) -> tuple[str, ...]:
+    """The classes a run's models predict, by label, as its metrics.json records them;
+    Fashion-MNIST's for a run from before it recorded them."""
+    return tuple(metrics.get("class_names", CLASS_NAMES))
 
 
 def model_directory(recorded: str, run_dir: Path) -> Path:
@@ -142,6 +151,7 @@ def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
         test_accuracy=float(row.test_accuracy),
         accuracy_interval=(float(row.accuracy_low), float(row.accuracy_high)),
         confidence=metrics.get("accuracy_interval", {}).get("confidence", 0.95),
+        class_names=run_class_names(metrics),
         files=files,
         classifiers=tuple(load_model(directory, threads) for directory in directories),
         weights=tuple(params["weights"]) if is_ensemble else None,

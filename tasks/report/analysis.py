@@ -13,13 +13,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from tasks.contracts import (
-    CLASS_NAMES,
-    LearningCurve,
-    ModelEvaluation,
-    ModelFailure,
-    TuningSummary,
-)
+from tasks.contracts import LearningCurve, ModelEvaluation, ModelFailure, TuningSummary
 from tasks.significance import (
     CONFIDENCE,
     bootstrap_accuracy_intervals,
@@ -47,8 +41,10 @@ PARETO_COSTS = (
 
 @dataclass(frozen=True)
 class Findings:
-    """Everything the report shows about a run's models; frames list models by rank."""
+    """Everything the report shows about a run's models; frames list models by rank, and
+    per-class results follow `class_names`, the data's classes."""
 
+    class_names: tuple[str, ...]
     leaderboard: pd.DataFrame
     confidence: float  # level of the leaderboard's accuracy intervals
     comparisons: pd.DataFrame  # `rank_comparisons`
@@ -66,10 +62,13 @@ class Findings:
     test_images: int
     failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
     plan: dict | None = None  # the time budget's plan (`tasks.planner.Plan.as_dict`)
+    dataset: str | None = None  # what the data is called (`ValidationSummary.dataset`)
+    since_last_run: tuple[str, ...] = ()  # sentences comparing with the previous run, if any
 
 
 def analyse(
     evaluations: list[ModelEvaluation],
+    class_names: Sequence[str],
     y_test: np.ndarray,
     predicted: dict[str, np.ndarray],
     probabilities: dict[str, np.ndarray],
@@ -77,31 +76,37 @@ def analyse(
     tuning: Sequence[TuningSummary] = (),
     failures: Sequence[ModelFailure] = (),
     plan: dict | None = None,
+    dataset: str | None = None,
+    since_last_run: Sequence[str] = (),
 ) -> Findings:
     """The findings of a run, computed once for every view of them.
 
     Args:
+        class_names: the data's classes, indexed by label.
         predicted: each model's test predictions.
         probabilities: each model's test class probabilities.
         seed: seed of the bootstrap resamples.
         tuning: the tuning stage's searches, when it ran.
         failures: the models that failed, named by every view.
         plan: the time budget's plan, when the run had one.
+        dataset: what the data is called, when known.
+        since_last_run: what changed since the previous run, in sentences; none on a first run.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
     intervals = bootstrap_accuracy_intervals(correct, seed, confidence=CONFIDENCE)
     board = leaderboard(evaluations, intervals)
     ranked = list(board.model)
     comparisons = rank_comparisons(ranked, correct)
-    f1 = f1_by_class(evaluations, ranked)
-    pairs = confused_pairs(evaluations)
-    difficulty = class_difficulty(evaluations)
+    f1 = f1_by_class(evaluations, ranked, class_names)
+    pairs = confused_pairs(evaluations, class_names)
+    difficulty = class_difficulty(evaluations, class_names)
     by_name = {e.name: e for e in evaluations}
     best = ranked[0]
     mistakes = misclassified_examples(
-        by_name[best].confusion, predicted[best], probabilities[best], y_test
+        by_name[best].confusion, predicted[best], probabilities[best], y_test, class_names
     )
     return Findings(
+        class_names=tuple(class_names),
         leaderboard=board,
         confidence=CONFIDENCE,
         comparisons=comparisons,
@@ -119,6 +124,8 @@ def analyse(
         test_images=len(y_test),
         failures=tuple(failures),
         plan=plan,
+        dataset=dataset,
+        since_last_run=tuple(since_last_run),
     )
 
 
@@ -148,10 +155,12 @@ def pareto_front(board: pd.DataFrame, cost: str) -> pd.Series:
     return pd.Series(~dominated, index=board.index)
 
 
-def f1_by_class(evaluations: list[ModelEvaluation], models: list[str]) -> pd.DataFrame:
+def f1_by_class(
+    evaluations: list[ModelEvaluation], models: list[str], class_names: Sequence[str]
+) -> pd.DataFrame:
     """Per-class test F1, one row per model in `models` order, one column per class."""
     by_name = {e.name: e.f1 for e in evaluations}
-    return pd.DataFrame([by_name[m] for m in models], index=models, columns=list(CLASS_NAMES))
+    return pd.DataFrame([by_name[m] for m in models], index=models, columns=list(class_names))
 
 
 def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, LearningCurve]:
@@ -161,11 +170,12 @@ def learning_curves(evaluations: list[ModelEvaluation]) -> dict[str, LearningCur
 
 def misclassified_examples(
     confusion: list[list[int]], predicted: np.ndarray, probabilities: np.ndarray,
-    y_test: np.ndarray, pairs: int = GALLERY_PAIRS, per_pair: int = GALLERY_PER_PAIR,
+    y_test: np.ndarray, class_names: Sequence[str], pairs: int = GALLERY_PAIRS,
+    per_pair: int = GALLERY_PER_PAIR,
 ) -> pd.DataFrame:  # fmt: skip
     """A model's most confident mistakes on its `pairs` most frequent (true, predicted)
     confusions: one row per test image, by position in the test arrays."""
-    errors = np.asarray(confusion) * (1 - np.eye(len(CLASS_NAMES), dtype=int))
+    errors = np.asarray(confusion) * (1 - np.eye(len(class_names), dtype=int))
     most_frequent = np.argsort(errors, axis=None, kind="stable")[::-1][:pairs]
     confidence = probabilities.max(axis=1)
     rows = []
@@ -175,8 +185,8 @@ def misclassified_examples(
         positions = np.flatnonzero((y_test == true) & (predicted == wrong))
         for position in positions[np.argsort(-confidence[positions], kind="stable")][:per_pair]:
             rows.append(
-                {"position": int(position), "true": CLASS_NAMES[true],
-                 "predicted": CLASS_NAMES[wrong], "confidence": float(confidence[position])}
+                {"position": int(position), "true": class_names[true],
+                 "predicted": class_names[wrong], "confidence": float(confidence[position])}
             )  # fmt: skip
     return pd.DataFrame(rows, columns=["position", "true", "predicted", "confidence"])
 
@@ -191,15 +201,16 @@ def strengths_and_limitations(
         predicted: each model's test predictions.
     """
     sentences = []
+    named = 2 if f1.shape[1] >= 4 else 1  # with few classes, two of each would overlap
     for model, scores in f1.iterrows():
         ordered = scores.sort_values()
-        best = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[::-1][:2].items())
-        worst = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[:2].items())
+        best = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[::-1][:named].items())
+        worst = ", ".join(f"{name} ({value:.2f})" for name, value in ordered[:named].items())
         sentences.append(f"**{model}** is strongest on {best} and weakest on {worst} (F1).")
     predictions = np.stack(list(predicted.values()))
     disagree = (predictions != predictions[0]).any(axis=0)
     by_class = pd.Series(
-        [disagree[y_test == c].mean() for c in range(len(CLASS_NAMES))], index=list(CLASS_NAMES)
+        [disagree[y_test == c].mean() for c in range(f1.shape[1])], index=f1.columns
     ).sort_values(ascending=False)
     all_wrong = (predictions != y_test).all(axis=0)
     sentences.append(
@@ -211,27 +222,31 @@ def strengths_and_limitations(
     return sentences
 
 
-def confused_pairs(evaluations: list[ModelEvaluation], top: int = TOP_PAIRS) -> pd.DataFrame:
+def confused_pairs(
+    evaluations: list[ModelEvaluation], class_names: Sequence[str], top: int = TOP_PAIRS
+) -> pd.DataFrame:
     """Class pairs most often confused, in either direction, summed over all models."""
     total = np.sum([np.asarray(e.confusion) for e in evaluations], axis=0)
     rows = [
         {
-            "class_a": CLASS_NAMES[a],
-            "class_b": CLASS_NAMES[b],
+            "class_a": class_names[a],
+            "class_b": class_names[b],
             "a_as_b": int(total[a, b]),
             "b_as_a": int(total[b, a]),
             "total": int(total[a, b] + total[b, a]),
         }
-        for a, b in combinations(range(len(CLASS_NAMES)), 2)
+        for a, b in combinations(range(len(class_names)), 2)
     ]
     frame = pd.DataFrame(rows).sort_values("total", ascending=False, ignore_index=True)
     return frame.head(top)
 
 
-def class_difficulty(evaluations: list[ModelEvaluation]) -> pd.DataFrame:
+def class_difficulty(
+    evaluations: list[ModelEvaluation], class_names: Sequence[str]
+) -> pd.DataFrame:
     """Per class: recall and F1 averaged over models, and the models that do best and worst."""
-    recall = pd.DataFrame({e.name: e.recall for e in evaluations}, index=list(CLASS_NAMES))
-    f1 = pd.DataFrame({e.name: e.f1 for e in evaluations}, index=list(CLASS_NAMES))
+    recall = pd.DataFrame({e.name: e.recall for e in evaluations}, index=list(class_names))
+    f1 = pd.DataFrame({e.name: e.f1 for e in evaluations}, index=list(class_names))
     return (
         pd.DataFrame(
             {

@@ -12,36 +12,40 @@ from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.contracts import (
-    CLASS_NAMES,
-    ModelEvaluation,
-    ModelFailure,
-    ProcessedDataset,
-    TuningSummary,
-)
+from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
 from tasks.report.analysis import PARETO_COSTS, Findings
 from tasks.report.figures import plot_confusion_grid, plot_pareto, png_bytes
 from tasks.report.html import data_uri
 from tasks.report.tables import (
+    data_line,
     failure_lines,
     leaderboard_with_failures,
     markdown_table,
     readable_leaderboard,
+    since_last_run_section,
 )
 from tasks.report.writer import write_report
 from tasks.runtime import in_task_run
 
 ARTIFACT_DPI = 72  # six models: about 200 KB of markdown, most of it the confusion grid
+# The widest figure drawn at ARTIFACT_DPI, the grid of ten classes: a wider one (more
+# classes) is drawn at a lower resolution, and the grid's cells are left unlabelled beyond
+# ten classes, so that the summary stays about as small up to 100 classes.
+ARTIFACT_INCHES = 15.6
+ARTIFACT_LABELLED_CLASSES = 10
 
 
 def summary_markdown(findings: Findings, report_dir: Path) -> str:
-    """Leaderboard, findings, the row-normalised confusion grid and accuracy against fit
-    time, and a link to the full report in `report_dir`."""
+    """The data, what changed since the last run, the leaderboard, findings, the
+    row-normalised confusion grid and accuracy against fit time, and a link to the full
+    report in `report_dir`."""
     html_report = report_dir.resolve() / "report.html"
     cost, label, _ = PARETO_COSTS[0]
-    grid = plot_confusion_grid(findings.confusions, list(CLASS_NAMES))
+    grid = plot_confusion_grid(findings.confusions, findings.class_names, ARTIFACT_LABELLED_CLASSES)
     sections = [
         f"# Run {report_dir.name}",
+        data_line(findings),
+        *since_last_run_section(findings),
         markdown_table(readable_leaderboard(findings.leaderboard, findings.confidence)),
         *(["## Failed models", "\n".join(failure_lines(findings))] if findings.failures else []),
         *[f"- {finding}" for finding in findings.analysis],
@@ -56,7 +60,8 @@ def summary_markdown(findings: Findings, report_dir: Path) -> str:
 
 
 def _inline_image(figure: Figure, alt: str) -> str:
-    return f"![{alt}]({data_uri(png_bytes(figure, ARTIFACT_DPI), 'image/png')})"
+    dpi = ARTIFACT_DPI * min(1.0, ARTIFACT_INCHES / figure.get_size_inches()[0])
+    return f"![{alt}]({data_uri(png_bytes(figure, dpi), 'image/png')})"
 
 
 def publish_artifacts(findings: Findings, report_dir: Path) -> None:

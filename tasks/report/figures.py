@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tasks.contracts import CLASS_NAMES, LearningCurve
+from tasks.contracts import LearningCurve
 from tasks.report.analysis import GALLERY_PER_PAIR, PARETO_COSTS, Findings
 from tasks.significance import percent
 
@@ -19,6 +20,9 @@ GALLERY_FILE = "misclassified_best_model.png"
 CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
 F1_HEATMAP_FILE = "f1_by_class.png"
+# Up to this many classes, each cell of a class-by-class figure shows its value; beyond,
+# the cells are too small for it.
+MOST_LABELLED_CLASSES = 20
 
 
 def save_figures(findings: Findings, test_images: np.ndarray, directory: Path) -> None:
@@ -30,7 +34,7 @@ def save_figures(findings: Findings, test_images: np.ndarray, directory: Path) -
     for cost, label, figure_file in PARETO_COSTS:
         plot_pareto(findings, cost, label).savefig(directory / figure_file, dpi=FIGURE_DPI)
     plot_f1_heatmap(findings.f1).savefig(directory / F1_HEATMAP_FILE, dpi=FIGURE_DPI)
-    grid = plot_confusion_grid(findings.confusions, list(CLASS_NAMES))
+    grid = plot_confusion_grid(findings.confusions, findings.class_names)
     grid.savefig(directory / CONFUSION_GRID_FILE, dpi=FIGURE_DPI)
     if findings.curves:
         curves = plot_learning_curves(findings.curves)
@@ -48,6 +52,18 @@ def save_figures(findings: Findings, test_images: np.ndarray, directory: Path) -
             "frequent confusions",
         )
         gallery.savefig(directory / GALLERY_FILE, dpi=FIGURE_DPI)
+
+
+def class_font_size(classes: int, inches: float, largest: float) -> float:
+    """Points for class names along an axis `inches` long: as large as they fit between
+    their ticks, up to `largest`, and no smaller than 3 (100 classes stay legible)."""
+    return min(largest, max(3.0, 0.6 * 72 * inches / classes))
+
+
+def grown(base: float, classes: int, per_class: float, most: float) -> float:
+    """A figure's side for `classes` classes: `base` up to ten, `per_class` inches more for
+    each beyond, up to `most`."""
+    return min(base + per_class * max(classes - 10, 0), most)
 
 
 def png_bytes(figure: Figure, dpi: float) -> bytes:
@@ -86,43 +102,59 @@ def plot_pareto(findings: Findings, cost: str, cost_label: str) -> Figure:
 
 
 def plot_f1_heatmap(f1: pd.DataFrame) -> Figure:
-    """Per-class F1 as a heatmap, models by classes, each cell labelled with its value."""
-    figure = Figure(figsize=(10, 0.5 * len(f1) + 2.5), layout="constrained")
+    """Per-class F1 as a heatmap, models by classes, each cell labelled with its value up
+    to `MOST_LABELLED_CLASSES` classes."""
+    classes = f1.shape[1]
+    width = grown(10, classes, 0.1, 18)
+    figure = Figure(figsize=(width, 0.5 * len(f1) + 2.5), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(f1.to_numpy(), cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
     figure.colorbar(image, ax=axes, label="F1 (colours clipped below 0.5)")
-    axes.set_xticks(range(f1.shape[1]), f1.columns, rotation=45, ha="right")
+    labelled, size = classes <= MOST_LABELLED_CLASSES, class_font_size(classes, width - 3, 10)
+    axes.set_xticks(range(classes), f1.columns, rotation=45 if labelled else 90, ha="right",
+                    rotation_mode="anchor", fontsize=size)  # fmt: skip
     axes.set_yticks(range(f1.shape[0]), f1.index)
-    for (row, column), value in np.ndenumerate(f1.to_numpy()):
-        axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    if labelled:
+        for (row, column), value in np.ndenumerate(f1.to_numpy()):
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
     axes.set_title("Per-class F1 on the test set")
     return figure
 
 
-def plot_confusion_grid(confusions: dict[str, list[list[int]]], class_names: list[str]) -> Figure:
+def plot_confusion_grid(
+    confusions: dict[str, list[list[int]]],
+    class_names: Sequence[str],
+    labelled_classes: int = MOST_LABELLED_CLASSES,
+) -> Figure:
     """Every model's confusion matrix, row-normalised (each true class sums to 1), side by side.
 
     Row normalisation shows recall per class and where each class's errors go, on one
-    colour scale for all models.
+    colour scale for all models. Panels grow with the classes; cells show their share up
+    to `labelled_classes` classes.
     """
     columns = min(3, len(confusions))
     rows = -(-len(confusions) // columns)
-    figure = Figure(figsize=(5.2 * columns, 4.8 * rows), layout="constrained")
+    classes = len(class_names)
+    side = grown(5.2, classes, 0.06, 10)
+    figure = Figure(figsize=(side * columns, (side - 0.4) * rows), layout="constrained")
+    size = class_font_size(classes, side - 1.8, 7)
+    labelled = classes <= labelled_classes
     grid = figure.subplots(rows, columns, squeeze=False)
     image = None
     for axes, (name, confusion) in zip(grid.flat, confusions.items(), strict=False):
         counts = np.asarray(confusion, dtype=float)
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        ticks = range(len(class_names))
-        axes.set_xticks(ticks, class_names, rotation=60, ha="right", fontsize=7)
-        axes.set_yticks(ticks, class_names, fontsize=7)
+        ticks = range(classes)
+        axes.set_xticks(ticks, class_names, rotation=60 if labelled else 90, ha="right",
+                        rotation_mode="anchor", fontsize=size)  # fmt: skip
+        axes.set_yticks(ticks, class_names, fontsize=size)
         axes.set_title(name)
-        for (row, column), value in np.ndenumerate(shares):
-            if value >= 0.01:
-                color = "white" if value > 0.5 else "black"
-                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=5,
-                          color=color)  # fmt: skip
+        shown = np.argwhere(shares >= 0.01) if labelled else []
+        for row, column in shown:
+            color = "white" if shares[row, column] > 0.5 else "black"
+            axes.text(column, row, f"{shares[row, column]:.2f}", ha="center", va="center",
+                      fontsize=5, color=color)  # fmt: skip
     for axes in grid.flat[len(confusions) :]:
         axes.set_axis_off()
     figure.colorbar(image, ax=grid, shrink=0.6, label="share of the true class")

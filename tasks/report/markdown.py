@@ -12,16 +12,19 @@ from tasks.report.figures import (
 from tasks.report.profile import TUNED_PROFILE_FILE, TUNING_DIR
 from tasks.report.tables import (
     budget_table,
+    data_line,
     failure_lines,
     markdown_table,
     readable_leaderboard,
+    since_last_run_section,
     tuning_table,
 )
 from tasks.significance import ALPHA, BOOTSTRAP_RESAMPLES, describe_comparisons, percent
 
 
 def render_markdown(findings: Findings, run_id: str) -> str:
-    """report.md, whose figures are file names in the report's directory."""
+    """report.md, whose figures are file names in the report's directory; it opens with
+    the data and what changed since the last run."""
     board, level = findings.leaderboard, percent(findings.confidence)
     f1_table = findings.f1.T.rename_axis("class").reset_index()
     front_sections = [
@@ -30,10 +33,12 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         for cost, label, figure_file in PARETO_COSTS
     ]
     sections = [
-        f"# Fashion-MNIST model comparison — run `{run_id}`",
+        f"# Model comparison — run `{run_id}`",
+        data_line(findings),
         f"{len(board)} models, ranked by accuracy on {findings.test_images} held-out test "
         f"images. The {level} confidence intervals come from {BOOTSTRAP_RESAMPLES} paired "
         "bootstrap resamples of the test set.",
+        *since_last_run_section(findings),
         "## Leaderboard",
         markdown_table(readable_leaderboard(board, findings.confidence)),
         *_failed_section(findings),

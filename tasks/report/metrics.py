@@ -8,13 +8,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from tasks.contracts import (
-    CLASS_NAMES,
-    ModelEvaluation,
-    ProcessedDataset,
-    RawDataset,
-    ValidationSummary,
-)
+from tasks.contracts import ModelEvaluation, ProcessedDataset, RawDataset, ValidationSummary
 from tasks.report.analysis import LEADERBOARD_COLUMNS, Findings
 from tasks.significance import BOOTSTRAP_RESAMPLES
 
@@ -38,14 +32,15 @@ def package_versions() -> dict[str, str]:
 def metrics_document(
     findings: Findings, evaluations: list[ModelEvaluation], run_id: str, context: dict
 ) -> dict:
-    """The JSON-ready document; `context` is `run_context`'s facts about the run."""
+    """The JSON-ready document; `context` is `run_context`'s facts about the run, and
+    what the flow adds to them (the plan, `since_previous_run`)."""
     ranked = findings.leaderboard.set_index("model")
     models = {}
     for e in evaluations:
         record = asdict(e)
         per_class = {
             name: {metric: record[metric][i] for metric in ("precision", "recall", "f1", "support")}
-            for i, name in enumerate(CLASS_NAMES)
+            for i, name in enumerate(findings.class_names)
         }
         models[e.name] = {
             "rank": int(ranked.loc[e.name, "rank"]),
@@ -61,7 +56,8 @@ def metrics_document(
     return {
         "run_id": run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(findings.class_names),
+        "since_previous_run": None,  # null on a first run; the flow's context carries it after
         **context,
         "packages": package_versions(),
         "models": models,

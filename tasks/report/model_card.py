@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.contracts import CLASS_NAMES, ModelEvaluation
+from tasks.contracts import ModelEvaluation
 from tasks.report.analysis import Findings
 from tasks.significance import percent
 
@@ -61,7 +61,7 @@ def render_model_card(
         *parameters(model, members, by_name),
         "## Training data",
         "",
-        *training_data(context),
+        *training_data(context, findings),
         "## Known weaknesses",
         "",
         *weaknesses(findings, model.name),
@@ -101,16 +101,18 @@ def parameters(model: ModelEvaluation, members: list[str], by_name: dict) -> lis
     return lines
 
 
-def training_data(context: dict) -> list[str]:
+def training_data(context: dict, findings: Findings) -> list[str]:
+    classes = f"Its {len(findings.class_names)} classes: {', '.join(findings.class_names)}."
     data = context.get("data")
     if not data:
-        return ["Not recorded for this run.", ""]
+        return ["Not recorded for this run.", "", classes, ""]
     config = context.get("config", {})
     lines = [
-        f"Fashion-MNIST from `{data['source_dir']}`, profile `{config.get('profile', '?')}`, "
-        f"seed {context.get('seed', '?')}. SHA-256 of the source files' decompressed content "
-        "and of the processed arrays (features scaled to [0, 1]) the model was trained, "
-        "validated and tested on:",
+        f"Trained on {findings.dataset or 'data'} read from `{data['source_dir']}`, profile "
+        f"`{config.get('profile', '?')}`, seed {context.get('seed', '?')}. {classes}",
+        "",
+        "SHA-256 of the source files' decompressed content and of the processed arrays "
+        "(features scaled to [0, 1]) the model was trained, validated and tested on:",
         "",
         "| file or array | SHA-256 |",
         "|---|---|",
@@ -121,9 +123,10 @@ def training_data(context: dict) -> list[str]:
 
 def weaknesses(findings: Findings, name: str) -> list[str]:
     weakest = findings.f1.loc[name].sort_values()[:WEAKEST]
-    errors = np.asarray(findings.confusions[name]) * (1 - np.eye(len(CLASS_NAMES), dtype=int))
+    names = findings.class_names
+    errors = np.asarray(findings.confusions[name]) * (1 - np.eye(len(names), dtype=int))
     confusions = pd.Series(
-        {(CLASS_NAMES[t], CLASS_NAMES[p]): errors[t, p] for t, p in np.argwhere(errors > 0)},
+        {(names[t], names[p]): errors[t, p] for t, p in np.argwhere(errors > 0)},
         dtype=int,
     ).sort_values(ascending=False, kind="stable")[:WEAKEST]
     hardest = findings.difficulty.head(WEAKEST)
@@ -140,7 +143,8 @@ def weaknesses(findings: Findings, name: str) -> list[str]:
         "- The class pairs all the run's models confuse most: "
         + ("; ".join(f"{r.class_a} / {r.class_b} ({r.total})" for r in pairs.itertuples())
            or "none") + ".",
-        "- It has only seen single garments, centred and light on black at 28x28 pixels: "
-        "photos with clutter, several items or a person wearing them are outside its data.",
+        "- It has only seen single items, centred and light on black at 28x28 pixels, of "
+        "its classes: photos with clutter, several items or a person wearing them are "
+        "outside its data, and it gives every image one of its classes.",
         "",
     ]  # fmt: skip

@@ -20,6 +20,7 @@ COLUMN_FORMATS = {
     "fit_seconds": ".1f", "predict_seconds": ".2f", "predict_ms_per_1000": ".1f",
     "model_size_mb": ".2f",
 }  # fmt: skip
+NAMED_CLASSES = 12  # the data line names this many classes, then counts the rest
 
 
 def console_table(report_dir: Path) -> str:
@@ -44,18 +45,36 @@ def leaderboard_with_failures(findings: Findings) -> pd.DataFrame:
     return board.astype({"rank": "Int64"})
 
 
+def data_line(findings: Findings) -> str:
+    """What the models learnt: the data's name, when known, and its classes."""
+    names = findings.class_names
+    listed = ", ".join(names[:NAMED_CLASSES])
+    if len(names) > NAMED_CLASSES:
+        listed += f" and {len(names) - NAMED_CLASSES} more"
+    called = f"{findings.dataset}. " if findings.dataset else ""
+    return f"**Data:** {called}Classes: {listed}."
+
+
+def since_last_run_section(findings: Findings) -> list[str]:
+    """The comparison with the previous run in its sentences; nothing on a first run."""
+    if not findings.since_last_run:
+        return []
+    return ["## Since the last run", "\n".join(f"- {s}" for s in findings.since_last_run)]
+
+
 def failure_lines(findings: Findings) -> list[str]:
     """One markdown line per failed model, for the report and the run's summary."""
     return [f"- **{f.model}** failed in {f.stage}: `{f.error}`" for f in findings.failures]
 
 
 def markdown_table(frame: pd.DataFrame, floats: str = ".4f") -> str:
-    """Floats with `floats` digits, except times and sizes, which need fewer."""
+    """Floats with `floats` digits, except times and sizes, which need fewer; a `|` in a
+    cell (a class name, say) is escaped so that it stays in its cell."""
     formats = [COLUMN_FORMATS.get(column, floats) for column in frame.columns]
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(formats)]
     for row in frame.itertuples(index=False):
         cells = [
-            format(value, spec) if isinstance(value, float) else str(value)
+            format(value, spec) if isinstance(value, float) else str(value).replace("|", "\\|")
             for value, spec in zip(row, formats, strict=True)
         ]
         lines.append("| " + " | ".join(cells) + " |")

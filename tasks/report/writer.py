@@ -51,7 +51,9 @@ def write_report(
     Args:
         data: the split whose test arrays the models were evaluated on.
         report_dir: the report's directory, named after the run id; it must not exist.
-        context: JSON-ready facts about the run (`run_context`).
+        context: JSON-ready facts about the run (`run_context`); its `validation` names
+            the data, its `since_previous_run` (absent or None on a first run) compares
+            with the previous run, in `summary` sentences among other facts.
         seed: seed of the bootstrap resamples.
         tuning: the tuning stage's searches, when it ran.
         failures: the models that failed; the leaderboard lists them after the others.
@@ -65,6 +67,7 @@ def write_report(
     probabilities = {e.name: e.test_probabilities.load() for e in evaluations}
     findings = analyse(
         evaluations=evaluations,
+        class_names=data.class_names,
         y_test=y_test,
         predicted=predicted,
         probabilities=probabilities,
@@ -72,6 +75,8 @@ def write_report(
         tuning=tuning,
         failures=failures,
         plan=context.get("plan"),
+        dataset=context.get("validation", {}).get("dataset"),
+        since_last_run=(context.get("since_previous_run") or {}).get("summary", ()),
     )
     run_id = report_dir.name
     ranked = list(findings.leaderboard.model)
@@ -97,7 +102,7 @@ def write_report(
         save_figures(findings, x_test, staging)
         markdown = render_markdown(findings, run_id)
         (staging / "report.md").write_text(markdown)
-        page = render_html(markdown, staging, f"Fashion-MNIST model comparison, run {run_id}")
+        page = render_html(markdown, staging, f"Model comparison, run {run_id}")
         (staging / "report.html").write_text(page)
         card = render_model_card(findings, evaluations, context, report_dir)
         (staging / "model_card.md").write_text(card)

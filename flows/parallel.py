@@ -1,0 +1,207 @@
+"""The stages that run side by side in the training pool: tuning trials, measuring the
+models' costs, training and evaluation. A model that fails is recorded and left out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from tasks.budget import (
+    DEDICATED_MODEL,
+    cached_plan,
+    make_plan,
+    measure_task,
+    pinned_fields,
+    plan_key,
+    reserve_seconds,
+)
+from tasks.config import PipelineConfig
+from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.errors import ModelsFailedError, RunEnvironmentError
+from tasks.evaluate import evaluate_task
+from tasks.planner import Plan, describe_plan
+from tasks.stopping import RunStopped, stop_requested, stop_signal
+from tasks.train import train_task
+from tasks.tune import TrialRequest, TuningSession, trial_task
+
+
+class Future(Protocol):
+    def result(self) -> Any: ...
+
+
+class Pool(Protocol):
+    """Runs stages side by side: Prefect's task runner, or a process pool."""
+
+    threads_per_model: int
+
+    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future: ...
+
+    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]: ...
+
+
+def checked(stage: Any, parameters: dict) -> dict:
+    """`parameters`, once they bind to the stage's signature: a misspelled or missing name
+    fails here, before anything is submitted, not in a worker."""
+    function: Callable = getattr(stage, "fn", stage)
+    try:
+        inspect.signature(function).bind(**parameters)
+    except TypeError as error:
+        raise TypeError(f"{getattr(stage, 'name', function.__name__)}: {error}") from None
+    return parameters
+
+
+def submit(pool: Pool, stage: Any, wait_for: Iterable[Future] = (), **parameters: Any) -> Future:
+    """Submit a stage to the pool once its parameters bind to its signature."""
+    return pool.submit(stage, checked(stage, parameters), wait_for)
+
+
+def listed(failures: list[ModelFailure]) -> str:
+    return "; ".join(map(str, failures))
+
+
+def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFailure:
+    """The record of a model that failed, so that the run goes on without it, unless the
+    error is not the model's: a stop request, or a machine that cannot store results."""
+    if isinstance(error, RunStopped):  # a worker process was told to stop
+        raise error
+    if stop_requested():  # a task that failed because the run is stopping
+        raise RunStopped(stop_signal()) from error
+    if isinstance(error, RunEnvironmentError):
+        raise error
+    failure = ModelFailure.from_exception(model, stage, error)
+    logger.error("%s failed in %s: %s", model, stage, failure.error)
+    return failure
+
+
+def plan_training(
+    pool: Pool,
+    config: PipelineConfig,
+    data: ProcessedDataset,
+    params: Any,
+    models: list[str],
+    started_at: float,
+    logger: Any,
+) -> tuple[Plan, list[ModelFailure]]:
+    """Measure the models' costs here, the CNN beside the others as they will train, and
+    plan them to the budget; a rerun reuses the plan, and so the models it trained. A model
+    whose measurement fails is left out of the plan and returned as a failure."""
+    key = plan_key(config, data, params, pool.threads_per_model)
+
+    def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
+        pinned = {name: pinned_fields(config, name) for name in models}
+        groups = [
+            [n for n in models if n == DEDICATED_MODEL],
+            [n for n in models if n != DEDICATED_MODEL],
+        ]
+        left = config.time_budget_minutes * 60 - (time.time() - started_at)
+        common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
+        common["seconds"] = left - reserve_seconds(len(models))
+        futures = [
+            submit(pool, measure_task, names=group, threads=pool.threads_per_model, **common)
+            for group in groups
+            if group
+        ]
+        measured, failures = {}, []
+        for future in futures:
+            found, failed = future.result()
+            measured |= found
+            failures += failed  # logged by the task; a stop or a full disk raised instead
+        if not measured:
+            raise ModelsFailedError(f"all {len(models)} models failed: {listed(failures)}")
+        return make_plan(config, measured, time.time() - started_at), failures
+
+    plan, failures = cached_plan(
+        config.cache_dir / "plans" / key, measure_and_plan, config.refresh, logger
+    )
+    for line in describe_plan(plan):
+        logger.info(line)
+    return plan, failures
+
+
+def train_and_evaluate(
+    pool: Pool,
+    config: PipelineConfig,
+    data: ProcessedDataset,
+    params: Any,
+    models: list[str],
+    logger: Any,
+    deadline: float | None = None,
+    most_steps: dict[str, int | None] | None = None,
+) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
+    """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
+    waiting for a model; each evaluation declares the training it depends on. A model
+    whose training or evaluation fails is recorded and the others go on."""
+    common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
+    common["threads"] = pool.threads_per_model
+    trainings = {
+        submit(
+            pool,
+            train_task,
+            name=name,
+            params=params,
+            seed=config.seed,
+            deadline=deadline,
+            most_steps=(most_steps or {}).get(name),
+            **common,
+        ): name
+        for name in models
+    }
+    evaluations, failures = {}, []
+    for trained in pool.as_completed(trainings):
+        try:
+            model = trained.result()
+        except Exception as error:
+            failures.append(isolated(trainings[trained], "training", error, logger))
+            continue
+        evaluation = submit(pool, evaluate_task, wait_for=[trained], trained=model, **common)
+        evaluations[evaluation] = model.name
+    results = []
+    for evaluation, name in evaluations.items():
+        try:
+            results.append(evaluation.result())
+        except Exception as error:
+            failures.append(isolated(name, "evaluation", error, logger))
+    return results, failures
+
+
+def tune_models(
+    pool: Pool, config: PipelineConfig, data: ProcessedDataset, run_id: str, logger: Any
+) -> tuple[list[TuningSummary], list[ModelFailure]]:
+    """Run the session's trials `parallel_models` at a time until every model's budget
+    is used; trials are tasks of the same pool the models train in. A model whose trial
+    fails gets no more trials; without a completed one it is not trained."""
+    logger.info(
+        "tuning %s on the validation split, %.1f min each, %d trials at a time",
+        ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
+    )  # fmt: skip
+    study_dir = config.cache_dir / "tuning" / run_id
+    session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
+    running: dict[Future, TrialRequest] = {}
+    while True:
+        while len(running) < config.parallel_models and (request := session.next_trial()):
+            parameters = {
+                "request": request,
+                "params": config.params,
+                "data": data,
+                "study_dir": study_dir,
+                "train_subset_size": config.tune.train_subset_size,
+                "seed": config.seed,
+                "threads": pool.threads_per_model,
+            }
+            running[submit(pool, trial_task, **parameters)] = request
+        if not running:
+            failures = [
+                ModelFailure(model, "tuning", error) for model, error in session.failures().items()
+            ]
+            return session.summaries(), failures
+        finished = next(pool.as_completed(list(running)))
+        request = running.pop(finished)
+        try:
+            outcome = finished.result()
+        except Exception as error:
+            session.fail(request, isolated(request.model, "tuning", error, logger).error)
+        else:
+            session.record(request, outcome)

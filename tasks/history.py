@@ -1,0 +1,143 @@
+"""The history stage: compare the run with the previous one of its profile, alert on
+regressions, and record the run once its report is written.
+
+`since_previous_run` goes into metrics.json and opens the report. Each regression, a
+significant drop beyond `regression_tolerance`, is also a Prefect event, which an
+automation can notify on (automations/model-regressed.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import Event, emit_event
+
+from tasks.changes import change_text, compare_runs, regressions
+from tasks.contracts import ModelEvaluation, ProcessedDataset, RawDataset
+from tasks.errors import RegressionError
+from tasks.history_db import history_path, previous_run, record_snapshot, snapshot_run
+from tasks.runtime import in_task_run, stage_logger
+
+REGRESSED_EVENT = "fashion-mnist.model.regressed"
+
+
+def compare_with_previous(
+    history_db: Path,
+    profile: str,
+    run_id: str,
+    raw: RawDataset,
+    data: ProcessedDataset,
+    evaluations: list[ModelEvaluation],
+    tolerance: float,
+) -> dict | None:
+    """`since_previous_run`: this run against the last completed run of its profile in
+    `history_db`, or None when there is none."""
+    previous = previous_run(history_db, profile, run_id)
+    if previous is None:
+        return None
+    current = snapshot_run(run_id, profile, raw, data, evaluations)
+    return compare_runs(previous, current, tolerance)
+
+
+def record_run(
+    history_db: Path,
+    run_id: str,
+    profile: str,
+    raw: RawDataset,
+    data: ProcessedDataset,
+    evaluations: list[ModelEvaluation],
+) -> None:
+    """Record a completed run, for the next run of its profile to compare with."""
+    record_snapshot(history_db, snapshot_run(run_id, profile, raw, data, evaluations))
+
+
+def emit_regression_events(since: dict | None, run_id: str) -> list[Event]:
+    """One `fashion-mnist.model.regressed` event per regressed model.
+
+    Events are queued and sent by Prefect's events worker, which a process drains when
+    it exits; inside a run the worker relates them to the flow and task run.
+
+    Returns:
+        The events emitted: none without regressions or without a Prefect API.
+    """
+    emitted = []
+    for found in regressions(since):
+        event = emit_event(
+            event=REGRESSED_EVENT,
+            resource={
+                "prefect.resource.id": f"fashion-mnist.model.{found['model']}",
+                "prefect.resource.name": found["model"],
+            },
+            payload={
+                "model": found["model"],
+                "previous_accuracy": found["previous_accuracy"],
+                "accuracy": found["accuracy"],
+                "change": found["change"],
+                "p_value": found["p_value"],
+                "test": found["test"],
+                "regression_tolerance": since["regression_tolerance"],
+                "run_id": run_id,
+                "previous_run_id": since["previous_run_id"],
+            },
+        )
+        if event is not None:
+            emitted.append(event)
+    return emitted
+
+
+def regression_error(since: dict, report_dir: Path | None = None) -> RegressionError:
+    """The error a run asked to fail on regressions ends with; `since` must hold some."""
+    found = regressions(since)
+    models = "; ".join(f"{row['model']} {change_text(row)}" for row in found)
+    return RegressionError(
+        f"{len(found)} model{'s' if len(found) > 1 else ''} regressed since run "
+        f"{since['previous_run_id']} (accuracy down more than "
+        f"{since['regression_tolerance']:g}, p < 0.05): {models}",
+        report_dir,
+    )
+
+
+@task(name="compare-with-previous-run", cache_policy=NO_CACHE)
+def since_previous_run_task(
+    output_dir: Path,
+    profile: str,
+    run_id: str,
+    raw: RawDataset,
+    data: ProcessedDataset,
+    evaluations: list[ModelEvaluation],
+    regression_tolerance: float,
+) -> dict | None:
+    """`since_previous_run` for metrics.json and the report; emits the regression events."""
+    logger = stage_logger()
+    history_db = history_path(output_dir)
+    since = compare_with_previous(
+        history_db, profile, run_id, raw, data, evaluations, regression_tolerance
+    )
+    if since is None:
+        logger.info("no earlier %s run in %s to compare with", profile, history_db)
+        return None
+    logger.info("since run %s:", since["previous_run_id"])
+    for sentence in since["summary"]:
+        logger.info(sentence)
+    if in_task_run():  # the benchmark's plain calls have no Prefect API to send them to
+        for event in emit_regression_events(since, run_id):
+            logger.warning("emitted %s for %s", event.event, event.payload["model"])
+    return since
+
+
+@task(name="record-run", cache_policy=NO_CACHE)
+def record_run_task(
+    output_dir: Path,
+    run_id: str,
+    profile: str,
+    raw: RawDataset,
+    data: ProcessedDataset,
+    evaluations: list[ModelEvaluation],
+) -> Path:
+    """Record the run in `<output_dir>/history.sqlite`; returns the database's path."""
+    history_db = history_path(output_dir)
+    record_run(history_db, run_id, profile, raw, data, evaluations)
+    stage_logger().info("recorded run %s in %s", run_id, history_db)
+    return history_db
