@@ -148,7 +148,7 @@ def plan_key(
         config.time_budget_minutes, config.models, params.model_dump(mode="json"),
         {name: ref.sha256 for name, ref in data.arrays.items()}, threads,
         config.parallel_models, cpu_model(), measuring,
-        code_version(__file__), project_code_version("planner"),
+        code_version(__file__), project_code_version("tasks.planner"),
     )  # fmt: skip
 
 

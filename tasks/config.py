@@ -139,8 +139,11 @@ class PipelineConfig(BaseModel):
     data: DataConfig = DataConfig()
     cache_dir: Path = Field(Path("data"), description="Downloaded, parsed and processed data.")
     output_dir: Path = Field(Path("reports"), description="Where run reports are written.")
-    validation_size: int = Field(
-        6000, ge=10, description="Validation images, at least one per class."
+    validation_size: int | None = Field(
+        None,
+        ge=10,
+        description="Validation images, a stratified share of the training images; default: "
+        "a tenth of them (6,000 of Fashion-MNIST's 60,000).",
     )
     train_subset_size: int | None = Field(
         None, ge=20, description="Stratified subset of the training images (before the split)."
@@ -230,7 +233,11 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:
-        if self.train_subset_size and self.validation_size > self.train_subset_size - 10:
+        if (
+            self.train_subset_size
+            and self.validation_size
+            and self.validation_size > self.train_subset_size - 10
+        ):
             raise ValueError(
                 f"validation_size {self.validation_size} must leave at least 10 of the "
                 f"{self.train_subset_size} training images it is taken from for training"

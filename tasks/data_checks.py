@@ -17,7 +17,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from tasks.contracts import IMAGE_SHAPE, RawDataset, ValidationSummary
+from tasks.contracts import IMAGE_SHAPE, MAX_CLASSES, MIN_CLASSES, RawDataset, ValidationSummary
 
 SPLITS = ("train", "test")
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -31,7 +31,8 @@ LABEL = "label outside the classes"
 FEW = "too few images of a class"
 SHARED = "image in both train and test"
 UNREADABLE = "unreadable file"
-KINDS = (UNREADABLE, SHAPE, DTYPE, RANGE, BLANK, LABEL, FEW, SHARED)
+CLASS_COUNT = "number of classes"
+KINDS = (CLASS_COUNT, UNREADABLE, SHAPE, DTYPE, RANGE, BLANK, LABEL, FEW, SHARED)
 
 # The pixel columns are checked as a whole, by frame-level checks: one pandera Column
 # per pixel costs about 0.3 ms per column even on a few rows, and a wrong dtype then
@@ -200,6 +201,9 @@ def check_data(
     """Every problem of the data, and what it passed (meaningful when there is none)."""
     n_classes = len(raw.class_names)
     problems = [Problem("", item.file, None, UNREADABLE, item.problem) for item in raw.unreadable]
+    if not MIN_CLASSES <= n_classes <= MAX_CLASSES:
+        expected = f"{n_classes} classes; expected {MIN_CLASSES} to {MAX_CLASSES}"
+        problems.append(Problem("", str(raw.source_dir), None, CLASS_COUNT, expected))
     counts = {}
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

@@ -16,7 +16,7 @@ from prefect.events import Event, emit_event
 
 from tasks.changes import change_text, compare_runs, regressions
 from tasks.contracts import ModelEvaluation, ProcessedDataset, RawDataset
-from tasks.errors import RegressionError
+from tasks.errors import RegressionError, RunEnvironmentError
 from tasks.history_db import history_path, previous_run, record_snapshot, snapshot_run
 from tasks.runtime import in_task_run, stage_logger
 
@@ -109,12 +109,17 @@ def since_previous_run_task(
     evaluations: list[ModelEvaluation],
     regression_tolerance: float,
 ) -> dict | None:
-    """`since_previous_run` for metrics.json and the report; emits the regression events."""
+    """`since_previous_run` for metrics.json and the report; emits the regression events.
+    A history that cannot be read costs the comparison, not the run's report."""
     logger = stage_logger()
     history_db = history_path(output_dir)
-    since = compare_with_previous(
-        history_db, profile, run_id, raw, data, evaluations, regression_tolerance
-    )
+    try:
+        since = compare_with_previous(
+            history_db, profile, run_id, raw, data, evaluations, regression_tolerance
+        )
+    except RunEnvironmentError as error:
+        logger.warning("no comparison with the previous run: %s", error)
+        return None
     if since is None:
         logger.info("no earlier %s run in %s to compare with", profile, history_db)
         return None
@@ -136,8 +141,13 @@ def record_run_task(
     data: ProcessedDataset,
     evaluations: list[ModelEvaluation],
 ) -> Path:
-    """Record the run in `<output_dir>/history.sqlite`; returns the database's path."""
+    """Record the run in `<output_dir>/history.sqlite`; returns the database's path. A
+    history that cannot be written is a warning: the report is already written."""
     history_db = history_path(output_dir)
-    record_run(history_db, run_id, profile, raw, data, evaluations)
-    stage_logger().info("recorded run %s in %s", run_id, history_db)
+    try:
+        record_run(history_db, run_id, profile, raw, data, evaluations)
+    except RunEnvironmentError as error:
+        stage_logger().warning("run %s not recorded in the history: %s", run_id, error)
+    else:
+        stage_logger().info("recorded run %s in %s", run_id, history_db)
     return history_db

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,6 +49,7 @@ from tasks.storage import array_refs, cached_stage, code_version, content_key, s
 
 MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+DNS_SECONDS = 3
 DOWNLOAD_TIMEOUT_SECONDS = 60
 RAW_ARRAYS = tuple(FASHION_MNIST_FILES)
 CHECKSUMS_FILE = "decompressed_sha256.json"
@@ -134,12 +136,30 @@ def check_data_source(data_dir: Path | None, cache_dir: Path) -> None:
     raw_dir = cache_dir / "raw"
     if _local_source(raw_dir, SYSTEM_DATA_DIR, FASHION_MNIST_FILES):
         return
-    try:
-        socket.getaddrinfo(urllib.parse.urlsplit(MIRROR_URL).hostname, None)
-    except socket.gaierror as error:
-        raise no_data_error(
-            raw_dir, SYSTEM_DATA_DIR, MIRROR_URL, FASHION_MNIST_FILES, error
-        ) from error
+    host = urllib.parse.urlsplit(MIRROR_URL).hostname
+    # A resolver that does not answer can take 5 s per attempt and server: ask in a
+    # thread and give up after DNS_SECONDS, as for a name that does not resolve.
+    if error := resolve_error(host, DNS_SECONDS):
+        raise no_data_error(raw_dir, SYSTEM_DATA_DIR, MIRROR_URL, FASHION_MNIST_FILES, error)
+
+
+def resolve_error(host: str | None, seconds: float) -> OSError | None:
+    """Why `host` does not resolve within `seconds`, or None when it does. The lookup runs
+    in a daemon thread, so one that hangs keeps neither the caller nor the exit waiting."""
+    outcome: list[OSError | None] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0] if outcome else TimeoutError(f"no answer in {seconds:g} s")
 
 
 def _local_source(raw_dir: Path, system_dir: Path, files: Mapping[str, IdxFile]) -> Path | None:

@@ -20,6 +20,7 @@ import httpx
 from tasks.errors import RunEnvironmentError, UsageError
 from tasks.ingest import check_data_source
 from tasks.models import model_spec
+from tasks.preprocess import VALIDATION_SHARE
 
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
@@ -91,9 +92,11 @@ def check_writable_directory(directory: Path) -> None:
 def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
     """About how many MB a run writes into its cache and its output directory, counting
     every cache entry as new: reused ones write nothing, so this is an upper bound."""
-    train_images = (config.train_subset_size or TRAINING_IMAGES) - config.validation_size
+    subset = config.train_subset_size or TRAINING_IMAGES
+    validation_images = config.validation_size or subset // VALIDATION_SHARE
+    train_images = subset - validation_images
     test_images = config.test_subset_size or TEST_IMAGES
-    images = train_images + config.validation_size + test_images
+    images = train_images + validation_images + test_images
     parsed = (TRAINING_IMAGES + TEST_IMAGES) * (PIXELS + 1) / MB  # uint8 images, labels
     processed = images * (PIXELS * 4 + 9) / MB  # float32 pixels, label, test index
     models = sum(
@@ -102,7 +105,7 @@ def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
     )
     evaluated = len(config.models) + (config.ensemble_size >= 2)
     # Validation and test probabilities (float32, ten classes), predictions, a figure.
-    evaluations = evaluated * ((config.validation_size + test_images) * 41 / MB + 0.1)
+    evaluations = evaluated * ((validation_images + test_images) * 41 / MB + 0.1)
     report = REPORT_BASE_MB + evaluated * (REPORT_PER_MODEL_MB + test_images * 48 / MB)
     return {config.cache_dir: parsed + processed + models + evaluations, config.output_dir: report}
 

@@ -27,6 +27,7 @@ from tasks.storage import (
 
 PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "test_index")
 CLASS_NAMES_FILE = "class_names.json"
+VALIDATION_SHARE = 10  # without a validation_size: a tenth of the training images
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -55,7 +56,7 @@ def split_train_validation(
 
 def preprocess_arrays(
     raw: dict[str, np.ndarray],
-    validation_size: int,
+    validation_size: int | None,
     seed: int,
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
@@ -63,19 +64,28 @@ def preprocess_arrays(
     """Model-ready arrays for every split; the inputs are left untouched.
 
     Raises:
-        UsageError: the validation split would leave fewer than 10 training images.
+        UsageError: the data cannot be split as asked: the validation split would leave
+            fewer than 10 training images, or a class is too rare for a stratified split.
     """
-    subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
-    if validation_size > len(subset) - 10:
-        raise UsageError(
-            f"validation_size {validation_size} must leave at least 10 of the {len(subset)} "
-            "training images it is taken from for training; choose a smaller one"
+    try:
+        subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
+        validation_size = validation_size or len(subset) // VALIDATION_SHARE
+        if validation_size > len(subset) - 10:
+            raise UsageError(
+                f"validation_size {validation_size} must leave at least 10 of the "
+                f"{len(subset)} training images it is taken from for training; choose a "
+                "smaller one"
+            )
+        train_rows, val_rows = split_train_validation(
+            raw["train_labels"][subset], validation_size, seed
         )
-    train_rows, val_rows = split_train_validation(
-        raw["train_labels"][subset], validation_size, seed
-    )
+        test_rows = stratified_subset(raw["test_labels"], test_subset_size, seed)
+    except ValueError as error:  # scikit-learn's: a class with too few images to stratify
+        raise UsageError(
+            f"cannot take the stratified subsets and validation split ({error}); give more "
+            "images of the rarest classes, or larger train_subset_size / validation_size"
+        ) from None
     train_rows, val_rows = subset[train_rows], subset[val_rows]
-    test_rows = stratified_subset(raw["test_labels"], test_subset_size, seed)
     return {
         "x_train": scale_images(raw["train_images"][train_rows]),
         "y_train": raw["train_labels"][train_rows],
@@ -90,7 +100,7 @@ def preprocess_arrays(
 def preprocess_dataset(
     raw: RawDataset,
     cache_dir: Path,
-    validation_size: int,
+    validation_size: int | None,
     seed: int,
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
@@ -123,7 +133,7 @@ def preprocess_dataset(
 def preprocess_task(
     raw: RawDataset,
     cache_dir: Path,
-    validation_size: int,
+    validation_size: int | None,
     seed: int,
     train_subset_size: int | None,
     test_subset_size: int | None,

@@ -92,7 +92,7 @@ def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_da
     assert report_dir == tmp_path / "reports" / "inline"
     assert runner.called == [
         "ingest-fashion-mnist", "validate-data", "preprocess", "soft-voting-ensemble",
-        "compare-models",
+        "compare-with-previous-run", "compare-models", "record-run",
     ]  # fmt: skip
     submitted = runner.inline_pool.submitted
     # The time budget's measurements first, in the pool the models train in.

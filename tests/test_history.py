@@ -348,3 +348,5 @@ def test_the_tasks_compare_then_record(tmp_path):
     assert record_run_task.fn(run_id="a", **common) == output / "history.sqlite"
     since = since_previous_run_task.fn(run_id="b", regression_tolerance=0.01, **common)
     assert since["previous_run_id"] == "a"
+    (output / "history.sqlite").write_bytes(b"not a database")  # the report still comes
+    assert since_previous_run_task.fn(run_id="c", regression_tolerance=0.01, **common) is None

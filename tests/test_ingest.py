@@ -8,6 +8,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from tasks.ingest import (
     ingest_dataset,
     ingest_task,
     is_network_error,
+    network_cause,
     parse_idx,
+    resolve_error,
 )
 from tasks.sources.idx import load_idx
 from tasks.storage import CorruptArrayError
@@ -326,3 +329,14 @@ def test_changed_array_file_is_detected(tmp_path, synthetic_dir):
         CorruptArrayError, match=r"train_labels.npy: content hash .* does not match"
     ):
         ref.load()
+
+
+def test_a_resolver_that_does_not_answer_is_no_data_after_a_few_seconds(monkeypatch):
+    answer = threading.Event()
+    monkeypatch.setattr("socket.getaddrinfo", lambda *args: answer.wait(30))
+    started = time.monotonic()
+    error = resolve_error("fashion-mnist.example", seconds=0.5)
+    answer.set()
+    assert isinstance(error, TimeoutError)
+    assert time.monotonic() - started < 5
+    assert network_cause(error) == "timed out"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.errors import UsageError
 from tasks.ingest import ingest_dataset
 from tasks.models.cnn import to_image_tensor
 from tasks.preprocess import (
@@ -68,3 +69,16 @@ def test_processed_directory_is_keyed_by_parameters(tmp_path, synthetic_dir, cha
     other = preprocess_dataset(raw, tmp_path, **(settings | changed))
     assert other.directory != first.directory
     assert first.arrays["x_val"].load().shape == (50, 784)
+
+
+def test_a_class_too_rare_to_stratify_is_one_line():
+    labels = np.array([0] * 50 + [1] * 50 + [2], dtype=np.uint8)
+    raw = {
+        "train_images": np.zeros((101, 28, 28), np.uint8),
+        "train_labels": labels,
+        "test_images": np.zeros((3, 28, 28), np.uint8),
+        "test_labels": np.arange(3, dtype=np.uint8),
+    }
+    with pytest.raises(UsageError, match=r"^cannot take the stratified subsets and validation"):
+        preprocess_arrays(raw, validation_size=20, seed=0)
+    assert len(preprocess_arrays({**raw, "train_labels": labels % 2}, None, 0)["y_val"]) == 10

@@ -16,7 +16,7 @@ from tasks.errors import DatasetFileError, UsageError
 from tasks.ingest import ingest_dataset
 from tasks.sources import LAYOUTS_LOOKED_FOR, detect_layout
 from tasks.sources.base import class_names_for
-from tasks.sources.folders import load_folders
+from tasks.sources.folders import folders_fingerprint, load_folders
 from tasks.sources.idx import load_idx
 from tasks.sources.kaggle_csv import COLUMNS, load_csv
 from tests.idx_files import make_images
@@ -61,6 +61,7 @@ def test_uncompressed_idx_files_read_as_the_gzipped_ones(tmp_path, synthetic_dir
 
 def test_class_names_from_classes_txt_else_the_defaults(tmp_path):
     assert class_names_for(tmp_path, [np.array([0, 9], np.uint8)]) == CLASS_NAMES
+    assert class_names_for(tmp_path, [np.array([0, 2], np.uint8)]) == ("0", "1", "2")
     assert class_names_for(tmp_path, [np.array([0, 11], np.uint8)]) == tuple(
         str(label) for label in range(12)
     )
@@ -160,6 +161,9 @@ def test_malformed_csv_rows_are_left_out_and_recorded(tmp_path):
         UnreadableFile(f"{name} row 5", "label is 300; expected 0-255"),
         UnreadableFile(f"{name} row 6", "pixel1 is -1; expected 0-255"),
     )
+    # The rows kept are named by their place in the file, not in the array.
+    assert parsed.origins == {"train": [f"{name} row {n}" for n in (1, 7, 8)],
+                              "test": ["fashion-mnist_test.csv row 1"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -205,6 +209,7 @@ def test_unreadable_images_are_left_out_and_recorded(tmp_path):
     (tmp_path / "train" / "a" / "1.png").write_bytes(buffer.getvalue()[:60])
     (tmp_path / "train" / "a" / "2.png").write_text("not a picture")
     write_png(tmp_path / "train" / "a" / "3.png", np.full((40, 40), 90))
+    (tmp_path / "train" / "a" / "4.png").symlink_to(tmp_path / "gone.png")
     (tmp_path / "train" / "empty").mkdir()
     (tmp_path / "test" / "a").mkdir(parents=True)
     parsed = load_folders(tmp_path, test_fraction=0.5, seed=0)
@@ -212,7 +217,9 @@ def test_unreadable_images_are_left_out_and_recorded(tmp_path):
     assert parsed.origins == {"train": ["train/a/0.png"], "test": []}
     assert parsed.arrays["test_images"].shape == (0, 28, 28)
     files = [entry.file for entry in parsed.unreadable]
-    assert files == ["train/a/1.png", "train/a/2.png", "train/a/3.png"]
+    assert files == ["train/a/1.png", "train/a/2.png", "train/a/3.png", "train/a/4.png"]
+    assert parsed.unreadable[3].problem.startswith("cannot be read: [Errno 2]")
+    assert folders_fingerprint(tmp_path)  # its cache key: the broken link hashed as such
     problems = [entry.problem for entry in parsed.unreadable]
     assert problems[0].startswith("cannot be read: ")
     assert problems[1] == "not an image file Pillow can read"

@@ -262,3 +262,9 @@ def test_an_errors_file_that_cannot_be_written_is_a_storage_error(tmp_path, capl
     with pytest.raises(StorageError, match=f"^{re.escape(str(errors_file))}: file exists$"):
         validate(tmp_path, make_raw(tmp_path, arrays))
     assert "blank image: 1 (fashion-mnist_train.csv row 1: every pixel is 0)" in caplog.text
+
+
+def test_one_class_is_refused_as_too_few_classes(tmp_path):
+    arrays = make_arrays(n_classes=1)
+    message = refusal(tmp_path, make_raw(tmp_path, arrays, class_names=("only",)))
+    assert f"number of classes: 1 ({tmp_path / 'mine'}: 1 classes; expected 2 to 100)" in message

@@ -24,7 +24,8 @@ class ParsedData:
         arrays: train_images, train_labels, test_images, test_labels (uint8).
         file_sha256: IDX only: each file's decompressed content, keyed by the published
             file's name (`.gz`), also for an uncompressed copy.
-        origins: image folders: per split, each row's image path relative to the data dir.
+        origins: per split, where each row came from: image folders' paths relative to the
+            data dir; a CSV file's rows when some were left out.
     """
 
     arrays: dict[str, np.ndarray]
@@ -36,8 +37,8 @@ class ParsedData:
 
 
 def class_names_for(directory: Path, labels: Iterable[np.ndarray]) -> tuple[str, ...]:
-    """The names in `classes.txt` beside the data; without it Fashion-MNIST's when every
-    label is at most 9, else "0".."n-1" up to the largest label. Labels beyond the names
+    """The names in `classes.txt` beside the data; without it Fashion-MNIST's when the
+    labels go up to 9, else "0".."n-1" up to the largest label. Labels beyond the names
     stay: the validation stage refuses them, listing the rows.
 
     Raises:
@@ -47,7 +48,7 @@ def class_names_for(directory: Path, labels: Iterable[np.ndarray]) -> tuple[str,
     if path.is_file():
         return read_classes_file(path)
     largest = max((int(array.max()) for array in labels if array.size), default=0)
-    if largest < len(CLASS_NAMES):
+    if largest == len(CLASS_NAMES) - 1:
         return CLASS_NAMES
     return tuple(str(label) for label in range(largest + 1))
 

@@ -117,7 +117,10 @@ def folders_fingerprint(directory: Path) -> str:
     for split, files in image_files(directory, classes).items():
         digest.update(f"\0{split}\0".encode())
         for relative, _ in files:
-            content = hashlib.sha256((directory / relative).read_bytes()).hexdigest()
+            try:
+                content = hashlib.sha256((directory / relative).read_bytes()).hexdigest()
+            except OSError as error:  # reading it again will say what is wrong with it
+                content = f"unreadable {error.errno}"
             digest.update(f"{relative}\0{content}\n".encode())
     return digest.hexdigest()
 

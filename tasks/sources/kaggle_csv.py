@@ -38,22 +38,29 @@ def load_csv(directory: Path) -> ParsedData:
     Raises:
         DatasetFileError: a file cannot be read or its header is not Kaggle's.
     """
-    arrays, unreadable = {}, []
+    arrays, kept, unreadable = {}, {}, []
     for split in SPLITS:
-        rows, problems = read_csv_rows(directory / CSV_FILES[split])
+        rows, kept[split], problems = read_csv_rows(directory / CSV_FILES[split])
         arrays[f"{split}_images"] = rows[:, 1:].reshape(-1, *IMAGE_SHAPE)
         arrays[f"{split}_labels"] = rows[:, 0].copy()
         unreadable += problems
+    # With rows left out, an array's row is no longer the file's: name each one.
+    origins = None
+    if unreadable:
+        origins = {split: [f"{CSV_FILES[split]} row {row + 1}" for row in kept[split].tolist()]
+                   for split in SPLITS}  # fmt: skip
     return ParsedData(
         arrays,
         class_names_for(directory, [arrays["train_labels"], arrays["test_labels"]]),
         split_files=dict(CSV_FILES),
         unreadable=tuple(unreadable),
+        origins=origins,
     )
 
 
-def read_csv_rows(path: Path) -> tuple[np.ndarray, list[UnreadableFile]]:
-    """(uint8 rows of label and pixels, the rows left out), both in the file's order."""
+def read_csv_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[UnreadableFile]]:
+    """(uint8 rows of label and pixels, their 0-based rows in the file, the rows left
+    out), all in the file's order."""
     try:
         content = path.read_bytes()
     except OSError as error:
@@ -81,7 +88,7 @@ def read_csv_rows(path: Path) -> tuple[np.ndarray, list[UnreadableFile]]:
         else:  # spaces around a number, say: readable after all
             values[row] = [int(field) for field in fields]
             parsed[row] = True
-    return values[parsed], problems
+    return values[parsed], np.flatnonzero(parsed), problems
 
 
 def check_header(path: Path, header: bytes) -> None:
