@@ -40,11 +40,6 @@ from tasks.sources.idx import (
     parse_idx,
     read_idx_bytes,
 )
-
-# Where prediction and the tests have always imported them from.
-from tasks.sources.idx import IMAGES_MAGIC as IMAGES_MAGIC
-from tasks.sources.idx import LABELS_MAGIC as LABELS_MAGIC
-from tasks.sources.idx import read_gzip as read_gzip
 from tasks.storage import array_refs, cached_stage, code_version, content_key, save_arrays
 
 MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -131,7 +126,7 @@ def check_data_source(data_dir: Path | None, cache_dir: Path) -> None:
             data at all).
     """
     if data_dir is not None:
-        check_data_dir(data_dir)
+        detect_layout(data_dir)  # from names alone: no parsing before the run
         return
     raw_dir = cache_dir / "raw"
     if _local_source(raw_dir, SYSTEM_DATA_DIR, FASHION_MNIST_FILES):
@@ -217,17 +212,6 @@ def is_transient(error: BaseException) -> bool:
         return error.code >= 500 or error.code == 429
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     return isinstance(reason, ConnectionError | TimeoutError | http.client.HTTPException)
-
-
-def check_data_dir(data_dir: Path, files: Mapping[str, IdxFile] = FASHION_MNIST_FILES) -> None:
-    """A directory the user named holds one layout of data, or the error says what it lacks;
-    from names alone, for the pre-flight check.
-
-    Raises:
-        UsageError: `data_dir` is a file.
-        DatasetFileError: it does not exist, or holds no layout, part of one or several.
-    """
-    detect_layout(data_dir, files)
 
 
 def ingest_dataset(

@@ -33,18 +33,19 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start(command: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess.Popen:
     return subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        command, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
 
 
 def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to its process group (a Dask worker's nanny and worker too), SIGKILL after 30 s."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

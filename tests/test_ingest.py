@@ -19,8 +19,6 @@ from prefect import flow
 from tasks.errors import DatasetFileError
 from tasks.ingest import (
     FASHION_MNIST_FILES,
-    IMAGES_MAGIC,
-    LABELS_MAGIC,
     NoDataSourceError,
     check_data_source,
     checksum_mismatch,
@@ -32,7 +30,7 @@ from tasks.ingest import (
     parse_idx,
     resolve_error,
 )
-from tasks.sources.idx import load_idx
+from tasks.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
 from tasks.storage import CorruptArrayError
 from tests.idx_files import idx_bytes, write_dataset, write_idx_gz
 

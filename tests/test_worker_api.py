@@ -21,7 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.full_pipeline import main
 from flows.runner import check_cluster_api
 from tasks.errors import RunEnvironmentError
-from tests.test_deployment import free_loopback_port, wait_for
+from tests.test_deployment import free_loopback_port, start, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -118,24 +118,6 @@ def assert_one_record(api: str, flow_run_id: str) -> None:
         assert any(log["message"].startswith("training ") for log in logs), run["name"]
 
 
-def start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to its process group (a Dask worker's nanny and worker), SIGKILL after 30 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A real Prefect server on loopback, with a database of its own; yields its API URL."""
@@ -144,7 +126,7 @@ def prefect_server(tmp_path_factory):
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                str(port), "--no-ui"]  # fmt: skip
-    server = start(command, clean_env(PREFECT_HOME=str(home)), home, home / "server.log")
+    server = start(command, clean_env(PREFECT_HOME=str(home)), home / "server.log", home)
     try:
 
         def healthy() -> bool:
@@ -202,7 +184,7 @@ def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_p
     started = [
         start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
                str(scheduler_port), "--dashboard-address", ":0"],
-              env, tmp_path, tmp_path / "scheduler.log"),
+              env, tmp_path / "scheduler.log", tmp_path),
     ]  # fmt: skip
     try:
         # Workers start where the flow runs: they read its data/ by the same paths.
@@ -213,7 +195,7 @@ def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_p
             command = [str(BIN / "dask"), "worker", scheduler, "--nthreads", "1",
                        "--host", "127.0.0.1", "--worker-port", str(port),
                        "--dashboard-address", ":0"]  # fmt: skip
-            started.append(start(command, worker_env, tmp_path, tmp_path / f"worker-{port}.log"))
+            started.append(start(command, worker_env, tmp_path / f"worker-{port}.log", tmp_path))
         from distributed import Client
 
         with Client(scheduler, timeout=60) as client:

@@ -21,8 +21,8 @@ from PIL import Image
 from tasks.contracts import IMAGE_SHAPE
 from tasks.errors import DatasetFileError, PredictionInputError
 from tasks.images import to_fashion_mnist
-from tasks.ingest import IMAGES_MAGIC, parse_idx, read_gzip
 from tasks.preprocess import scale_images
+from tasks.sources.idx import IMAGES_MAGIC, parse_idx, read_gzip
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UNSIGNED_BYTES = b"\x00\x00\x08"  # the first three bytes of an IDX file of uint8
