@@ -24,10 +24,11 @@ from flows.parallel import (
     train_and_evaluate,
     tune_models,
 )
-from tasks.budget import planned_params
+from tasks.budget import DEDICATED_MODEL, planned_params
 from tasks.changes import regressions
 from tasks.config import PipelineConfig
 from tasks.contracts import ProcessedDataset, RawDataset, ValidationSummary
+from tasks.cores import shared_cores
 from tasks.ensemble import ENSEMBLE_NAME, ensemble_task
 from tasks.errors import ModelsFailedError, StorageError
 from tasks.history import record_run_task, regression_error, since_previous_run_task
@@ -91,7 +92,13 @@ def _run_stages(
         ", ".join(config.models), config.parallel_models, config.task_runner,
     )  # fmt: skip
     tuning, failures = [], []
-    with runner.pool(config) as pool:
+    # The CNN gets every core once the others are done, where its process can be told so.
+    sharing = DEDICATED_MODEL in config.models and len(config.models) > 1
+    sharing = sharing and not config.dask_address
+    with (
+        runner.pool(config) as pool,
+        shared_cores(cache, pool.threads_per_model, sharing) as share,
+    ):
         if config.tune.enabled:
             tuning, failures = tune_models(pool, config, data, run_id, logger)
         params = tuned_params(config.params, tuning)
@@ -102,7 +109,9 @@ def _run_stages(
         models = [name for name in config.models if name not in untuned]
         plan, deadline, most_steps = None, None, {}
         if config.time_budget_minutes and models:
-            plan, unmeasured = plan_training(pool, config, data, params, models, started_at, logger)
+            plan, unmeasured = plan_training(
+                pool, config, data, params, models, started_at, logger, share
+            )
             failures += unmeasured
             params = planned_params(params, plan)
             models = [model.model for model in plan.models]
@@ -110,7 +119,7 @@ def _run_stages(
             most_steps = {model.model: model.max_steps for model in plan.models}
         logger.info("stage 4/5: evaluate on the test set as models finish")
         results, failed = train_and_evaluate(
-            pool, config, data, params, models, logger, deadline, most_steps
+            pool, config, data, params, models, logger, deadline, most_steps, share
         )
         failures += failed
 

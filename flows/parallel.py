@@ -20,6 +20,7 @@ from tasks.budget import (
 )
 from tasks.config import PipelineConfig
 from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.cores import CoreShare, release
 from tasks.errors import ModelsFailedError, RunEnvironmentError
 from tasks.evaluate import evaluate_task
 from tasks.planner import Plan, describe_plan
@@ -76,6 +77,11 @@ def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFail
     return failure
 
 
+def _share_of(models: list[str], share: CoreShare | None) -> CoreShare | None:
+    """The growing share of the cores goes to the CNN, which can use it."""
+    return share if DEDICATED_MODEL in models else None
+
+
 def plan_training(
     pool: Pool,
     config: PipelineConfig,
@@ -84,10 +90,12 @@ def plan_training(
     models: list[str],
     started_at: float,
     logger: Any,
+    share: CoreShare | None = None,
 ) -> tuple[Plan, list[ModelFailure]]:
-    """Measure the models' costs here, the CNN beside the others as they will train, and
-    plan them to the budget; a rerun reuses the plan, and so the models it trained. A model
-    whose measurement fails is left out of the plan and returned as a failure."""
+    """Measure the models' costs here, the CNN beside the others as they will train (on
+    `share`'s lane cores), and plan them to the budget; a rerun reuses the plan, and so the
+    models it trained. A model whose measurement fails is left out of the plan and
+    returned as a failure."""
     key = plan_key(config, data, params, pool.threads_per_model)
 
     def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
@@ -99,8 +107,9 @@ def plan_training(
         left = config.time_budget_minutes * 60 - (time.time() - started_at)
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
+        common["threads"] = pool.threads_per_model
         futures = [
-            submit(pool, measure_task, names=group, threads=pool.threads_per_model, **common)
+            submit(pool, measure_task, names=group, cores=_share_of(group, share), **common)
             for group in groups
             if group
         ]
@@ -130,10 +139,12 @@ def train_and_evaluate(
     logger: Any,
     deadline: float | None = None,
     most_steps: dict[str, int | None] | None = None,
+    share: CoreShare | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
     waiting for a model; each evaluation declares the training it depends on. A model
-    whose training or evaluation fails is recorded and the others go on."""
+    whose training or evaluation fails is recorded and the others go on. Once every other
+    model is trained and evaluated, the CNN gets every core of `share`."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
     trainings = {
@@ -145,19 +156,30 @@ def train_and_evaluate(
             seed=config.seed,
             deadline=deadline,
             most_steps=(most_steps or {}).get(name),
+            cores=_share_of([name], share),
             **common,
         ): name
         for name in models
     }
     evaluations, failures = {}, []
+    training = set(models)
+    if training == {DEDICATED_MODEL}:  # the CNN alone: every core from the start
+        release(share)
     for trained in pool.as_completed(trainings):
+        training.discard(trainings[trained])
         try:
             model = trained.result()
         except Exception as error:
             failures.append(isolated(trainings[trained], "training", error, logger))
-            continue
-        evaluation = submit(pool, evaluate_task, wait_for=[trained], trained=model, **common)
-        evaluations[evaluation] = model.name
+        else:
+            # The CNN predicts with the pools it trained with.
+            threads = {"threads": share.threads} if _share_of([model.name], share) else {}
+            evaluation = submit(
+                pool, evaluate_task, wait_for=[trained], trained=model, **(common | threads)
+            )
+            evaluations[evaluation] = model.name
+        if share and training == {DEDICATED_MODEL} and not share.released:
+            _release_when_evaluated(pool, evaluations, share, logger)
     results = []
     for evaluation, name in evaluations.items():
         try:
@@ -165,6 +187,18 @@ def train_and_evaluate(
         except Exception as error:
             failures.append(isolated(name, "evaluation", error, logger))
     return results, failures
+
+
+def _release_when_evaluated(
+    pool: Pool, evaluations: dict[Future, str], share: CoreShare, logger: Any
+) -> None:
+    """Give the CNN every core once the other models' evaluations are done too (the
+    SVM's takes minutes)."""
+    waiting = [future for future, name in evaluations.items() if name != DEDICATED_MODEL]
+    for _ in pool.as_completed(waiting):
+        pass
+    logger.info("the other models are done: the CNN may use all %d cores", share.threads)
+    release(share)
 
 
 def tune_models(

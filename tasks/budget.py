@@ -17,6 +17,7 @@ from prefect import task
 
 from tasks.config import ModelParams, PipelineConfig, build_config
 from tasks.contracts import TRAINING_ARRAYS, ModelFailure, ProcessedDataset
+from tasks.cores import CoreShare, held_to_lane
 from tasks.errors import PipelineError
 from tasks.models import model_spec
 from tasks.models.base import ProbeData, TrainingContext
@@ -133,9 +134,14 @@ def measure_task(
     seed: int,
     threads: int,
     seconds: float | None = None,
+    cores: CoreShare | None = None,
 ) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
+    """With `cores`, measured as the models will train: threads sized to every core,
+    held to the lane's while the others are measured."""
+    threads = cores.threads if cores else threads
     context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
-    return measure_variants(names, params, pinned, data, context, seconds)
+    with held_to_lane(cores, context.logger):
+        return measure_variants(names, params, pinned, data, context, seconds)
 
 
 def plan_key(

@@ -16,6 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.config import ModelParams
 from tasks.contracts import TRAINING_ARRAYS, LearningCurve, ProcessedDataset, TrainedModel
+from tasks.cores import CoreShare, held_to_lane
 from tasks.models import build_model, model_spec
 from tasks.models.base import PARAMS_FILE, TrainingContext
 from tasks.runtime import in_task_run, stage_logger
@@ -107,7 +108,11 @@ def train_task(
     refresh: bool,
     deadline: float | None = None,
     most_steps: int | None = None,
+    cores: CoreShare | None = None,
 ) -> TrainedModel:
+    """With `cores`, the model's threads are sized to every core and held to its lane's
+    until the other models are done."""
+    threads = cores.threads if cores else threads
     context = TrainingContext(
         seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
         most_steps=most_steps,
@@ -120,4 +125,5 @@ def train_task(
             context,
             report_progress=lambda fraction: update_progress_artifact(progress, 100 * fraction),
         )
-    return train_model(name, params, data, cache_dir, context, refresh)
+    with held_to_lane(cores, context.logger):
+        return train_model(name, params, data, cache_dir, context, refresh)

@@ -145,3 +145,21 @@ def test_epochs_faster_than_planned_stretch_the_decay_up_to_the_most_allowed():
     assert network.stop_training
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
+    """The CNN's epochs speed up when the other models are done and it gets their cores:
+    the epochs re-planned come from the latest epochs' time, not all of them."""
+    network = FakeNetwork()
+    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 1001, most_steps=30)
+    schedule = CosineToDeadline(network, 0.002, 10, 5, context)
+    rates = []
+    for epoch, seconds in enumerate([100] * 8 + [40] * 30):
+        rates += run_epoch(schedule, network, epoch, seconds)
+        if network.stop_training:
+            break
+    # 800 s for the first 8 epochs, then the 201 s left hold 5 at 40 s. The median of all
+    # the epochs would still be 100 s after the 11th, and would stop there at 920 s.
+    assert len(rates) == 130
+    assert rates[-1] < 0.00005
+    assert all(a >= b for a, b in itertools.pairwise(rates))

@@ -20,6 +20,9 @@ from tasks.models.base import TrainingContext
 if TYPE_CHECKING:
     from tasks.models.cnn import CNNParams
 
+# How many of the latest epochs the deadline's re-planning takes an epoch's time from.
+RECENT = 3
+
 
 def shift_and_mirror(
     images: np.ndarray, shift_pixels: int, mirror: bool, rng: np.random.Generator
@@ -101,8 +104,8 @@ class EpochProgress:
 class CosineToDeadline:
     """The learning rate, set before each batch: a cosine decay to zero over the planned
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
-    one from the typical epoch's time (the median): fewer when they would run past the
-    deadline, more (up to `context.most_steps`) when they run faster than measured. The
+    one from the typical epoch's time (the median of the latest): fewer when they would
+    run past the deadline, more (up to `context.most_steps`) when they run faster. The
     rest of the decay is stretched or compressed to end with the new last epoch, where
     training stops, fully decayed, rather than cut off at the deadline."""
 
@@ -144,8 +147,9 @@ class CosineToDeadline:
             return
         done, now = epoch + 1, time.time()
         self.epoch_seconds.append(now - self.epoch_started)
-        # The first epoch also traced the graph: typical epochs come after it.
-        typical = statistics.median(self.epoch_seconds[1:] or self.epoch_seconds)
+        # The first epoch also traced the graph: typical epochs come after it, and the
+        # latest say the most (the CNN speeds up when it gets the cores of models done).
+        typical = statistics.median((self.epoch_seconds[1:] or self.epoch_seconds)[-RECENT:])
         most = max(self.context.most_steps or self.epochs, self.epochs)
         fitting = done + math.floor((self.context.deadline - now) / typical)
         last = max(done, min(most, fitting))

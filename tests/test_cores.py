@@ -1,0 +1,180 @@
+"""The CNN's share of the cores: held to its lane's while other models train, every core
+once they are done, told across threads and processes."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import as_completed as futures_completed
+
+import pytest
+
+import flows.parallel
+from flows.parallel import train_and_evaluate
+from tasks.config import build_config
+from tasks.cores import CoreShare, held_to_lane, release, shared_cores, usable_cores
+
+pytestmark = pytest.mark.skipif(
+    len(usable_cores()) < 2, reason="sharing cores needs two; CI machines have two"
+)
+logger = logging.getLogger("test-cores")
+
+
+def affinity() -> set[int]:
+    return os.sched_getaffinity(0)  # on Linux, the calling thread's
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    ends = time.time() + seconds
+    while time.time() < ends:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def in_thread(function):
+    """`function`'s result, run in a thread of its own (affinity is per thread)."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(function).result(timeout=30)
+
+
+def test_a_share_is_made_only_where_there_are_cores_to_give(tmp_path):
+    cores = usable_cores()
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+        assert share.lane_cores == cores[:1]
+        assert share.all_cores == cores
+        assert share.threads == len(cores)
+        assert share.directory.is_dir()
+        assert share.directory.parent == tmp_path
+        assert not share.released
+    assert list(tmp_path.iterdir()) == []  # its scratch directory ends with it
+    with shared_cores(tmp_path, len(cores), enabled=True) as share:
+        assert share is None  # the lane has every core already
+    with shared_cores(tmp_path, 1, enabled=False) as share:
+        assert share is None
+
+
+def test_a_thread_held_to_its_lane_and_those_it_starts_get_every_core_once_released(tmp_path):
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+        lane, every = set(share.lane_cores), set(share.all_cores)
+        started, seen = threading.Event(), {}
+
+        def pool_thread():  # as TensorFlow's pools: started by the held thread, long-lived
+            seen["started"] = affinity()
+            started.set()
+            assert wait_for(lambda: affinity() == every)
+            seen["widened"] = affinity()
+
+        def task():
+            with held_to_lane(share, logger):
+                seen["held"] = affinity()
+                child = threading.Thread(target=pool_thread)
+                child.start()
+                started.wait(5)
+                release(share)
+                child.join(15)
+                seen["after release"] = affinity()
+            return affinity()
+
+        restored = in_thread(task)
+    assert seen == {"held": lane, "started": lane, "widened": every, "after release": every}
+    assert restored == every
+
+
+def test_the_task_thread_gets_its_own_affinity_back_when_it_ends(tmp_path):
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+
+        def task():
+            with held_to_lane(share, logger):
+                held = affinity()
+            return held, affinity()
+
+        held, after = in_thread(task)
+    assert held == set(share.lane_cores)
+    assert after == set(share.all_cores)
+
+
+def hold_until_widened(share: CoreShare, ready, results) -> None:
+    """In a worker process: hold a thread to the lane, as a CNN training there would."""
+    with held_to_lane(share, logger):
+        results.put(sorted(affinity()))
+        ready.set()
+        widened = wait_for(lambda: affinity() == set(share.all_cores), seconds=20)
+        results.put(sorted(affinity()) if widened else "never widened")
+
+
+def test_a_worker_process_learns_from_the_file_that_the_others_are_done(tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    ready, results = spawn.Event(), spawn.Queue()
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+        worker = spawn.Process(target=hold_until_widened, args=(share, ready, results))
+        worker.start()
+        assert ready.wait(60)
+        assert results.get(timeout=5) == list(share.lane_cores)
+        release(share)
+        assert results.get(timeout=30) == list(share.all_cores)
+        worker.join(10)
+    assert worker.exitcode == 0
+
+
+class ThreadPool:
+    """The graph's pool on two threads: models train side by side, as on Prefect's."""
+
+    threads_per_model = 1
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(2)
+
+    def submit(self, stage, parameters, wait_for=()) -> Future:
+        return self.executor.submit(stage, **parameters)
+
+    def as_completed(self, futures):
+        return futures_completed(list(futures))
+
+
+def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_path, monkeypatch):
+    """The CNN trains on; the other model's training and evaluation end first; only then
+    is the CNN released, while it still trains."""
+    events: list[str] = []
+
+    def train(name, params, data, cache_dir, seed, threads, refresh, deadline=None,
+              most_steps=None, cores=None):  # fmt: skip
+        if name == "cnn":
+            assert cores is not None
+            assert threads == 1
+            with held_to_lane(cores, logger):
+                assert affinity() == set(cores.lane_cores)
+                assert wait_for(lambda: affinity() == set(cores.all_cores), seconds=20)
+            events.append("cnn trained on every core")
+        else:
+            assert cores is None
+            time.sleep(0.3)
+            events.append(f"{name} trained")
+        return type("Trained", (), {"name": name})()
+
+    def evaluate(trained, data, cache_dir, threads, refresh):
+        if trained.name != "cnn":
+            time.sleep(0.5)
+        events.append(f"{trained.name} evaluated with {threads} thread(s)")
+        return trained.name
+
+    monkeypatch.setattr(flows.parallel, "train_task", train)
+    monkeypatch.setattr(flows.parallel, "evaluate_task", evaluate)
+    config = build_config("quick", cache_dir=tmp_path)
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+        results, failures = train_and_evaluate(
+            ThreadPool(), config, None, None, ["cnn", "xgboost"], logger, share=share
+        )
+    assert failures == []
+    assert sorted(results) == ["cnn", "xgboost"]
+    assert events == [
+        "xgboost trained",
+        "xgboost evaluated with 1 thread(s)",
+        "cnn trained on every core",
+        f"cnn evaluated with {len(usable_cores())} thread(s)",
+    ]
