@@ -24,7 +24,7 @@ from flows.parallel import (
     train_and_evaluate,
     tune_models,
 )
-from tasks.budget import DEDICATED_MODEL, planned_params
+from tasks.budget import DEDICATED_MODEL, planned_params, training_limits
 from tasks.changes import regressions
 from tasks.config import PipelineConfig
 from tasks.contracts import ProcessedDataset, RawDataset, ValidationSummary
@@ -107,7 +107,7 @@ def _run_stages(
             logger.info("wrote the tuned parameters to %s", config.tune.save_profile)
         untuned = {failure.model for failure in failures}
         models = [name for name in config.models if name not in untuned]
-        plan, deadline, most_steps = None, None, {}
+        plan, limits = None, {}
         if config.time_budget_minutes and models:
             plan, unmeasured = plan_training(
                 pool, config, data, params, models, started_at, logger, share
@@ -115,11 +115,10 @@ def _run_stages(
             failures += unmeasured
             params = planned_params(params, plan)
             models = [model.model for model in plan.models]
-            deadline = started_at + plan.budget_seconds - plan.reserve_seconds
-            most_steps = {model.model: model.max_steps for model in plan.models}
+            limits = training_limits(plan, started_at)
         logger.info("stage 4/5: evaluate on the test set as models finish")
         results, failed = train_and_evaluate(
-            pool, config, data, params, models, logger, deadline, most_steps, share
+            pool, config, data, params, models, logger, limits, share
         )
         failures += failed
 

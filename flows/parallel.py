@@ -92,10 +92,11 @@ def plan_training(
     logger: Any,
     share: CoreShare | None = None,
 ) -> tuple[Plan, list[ModelFailure]]:
-    """Measure the models' costs here, the CNN beside the others as they will train (on
-    `share`'s lane cores), and plan them to the budget; a rerun reuses the plan, and so the
-    models it trained. A model whose measurement fails is left out of the plan and
-    returned as a failure."""
+    """Measure the models' costs here and plan them to the budget; a rerun reuses the
+    plan, and so the models it trained. The CNN is measured beside the others as they will
+    train, or, when it gets every core of `share` once they are done, before them, both on
+    its lane's cores and on every core. A model whose measurement fails is left out of the
+    plan and returned as a failure."""
     key = plan_key(config, data, params, pool.threads_per_model)
 
     def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
@@ -108,13 +109,16 @@ def plan_training(
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
         common["threads"] = pool.threads_per_model
-        futures = [
-            submit(pool, measure_task, names=group, cores=_share_of(group, share), **common)
-            for group in groups
-            if group
-        ]
-        measured, failures = {}, []
-        for future in futures:
+        measured, failures, measurements = {}, [], []
+        for group in groups:
+            if not group:
+                continue
+            cores = _share_of(group, share)
+            future = submit(pool, measure_task, names=group, cores=cores, **common)
+            if cores:  # timed with every core too, so the others wait
+                future.result()
+            measurements.append(future)
+        for future in measurements:
             found, failed = future.result()
             measured |= found
             failures += failed  # logged by the task; a stop or a full disk raised instead
@@ -137,14 +141,14 @@ def train_and_evaluate(
     params: Any,
     models: list[str],
     logger: Any,
-    deadline: float | None = None,
-    most_steps: dict[str, int | None] | None = None,
+    limits: dict[str, dict] | None = None,
     share: CoreShare | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
     waiting for a model; each evaluation declares the training it depends on. A model
-    whose training or evaluation fails is recorded and the others go on. Once every other
-    model is trained and evaluated, the CNN gets every core of `share`."""
+    whose training or evaluation fails is recorded and the others go on. `limits` are the
+    plan's for each model (`training_limits`). Once every other model is trained and
+    evaluated, the CNN gets every core of `share`."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
     trainings = {
@@ -154,9 +158,8 @@ def train_and_evaluate(
             name=name,
             params=params,
             seed=config.seed,
-            deadline=deadline,
-            most_steps=(most_steps or {}).get(name),
             cores=_share_of([name], share),
+            **(limits or {}).get(name, {}),
             **common,
         ): name
         for name in models

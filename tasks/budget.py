@@ -11,13 +11,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from prefect import task
 
 from tasks.config import ModelParams, PipelineConfig, build_config
 from tasks.contracts import TRAINING_ARRAYS, ModelFailure, ProcessedDataset
-from tasks.cores import CoreShare, held_to_lane
+from tasks.cores import CoreShare, every_core, held_to_lane
 from tasks.errors import PipelineError
 from tasks.models import model_spec
 from tasks.models.base import ProbeData, TrainingContext
@@ -118,9 +119,10 @@ def _measure_model(
             name, label, updates, cost, field, min(min_steps, most), most, pinned_steps
         )
         options.insert(0, variant)
+        alone = f", {cost.per_step_alone:.2f} s with every core" if cost.per_step_alone else ""
         context.logger.info(
-            "measured %s (%s): %.1f s fixed, %.2f s per %s",
-            name, label, cost.fixed, cost.per_step, field or "fit",
+            "measured %s (%s): %.1f s fixed, %.2f s per %s%s",
+            name, label, cost.fixed, cost.per_step, field or "fit", alone,
         )  # fmt: skip
     return options
 
@@ -136,10 +138,12 @@ def measure_task(
     seconds: float | None = None,
     cores: CoreShare | None = None,
 ) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
-    """With `cores`, measured as the models will train: threads sized to every core,
-    held to the lane's while the others are measured."""
+    """With `cores`, measured as the model will train: threads sized to every core, held
+    to the lane's, and then with every core."""
     threads = cores.threads if cores else threads
     context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
+    if cores:
+        context = replace(context, every_core=partial(every_core, cores))
     with held_to_lane(cores, context.logger):
         return measure_variants(names, params, pinned, data, context, seconds)
 
@@ -219,3 +223,20 @@ def make_plan(
         drop_order=DROP_ORDER,
         dedicated=DEDICATED_MODEL,
     )
+
+
+def training_limits(plan: Plan, started_at: float) -> dict[str, dict]:
+    """What each model's training takes from the plan, as `train_task` parameters: the
+    deadline (`time.time()`), the most steps it may extend to, and for the model that gets
+    every core once the others are done, when the plan expects that and its speed-up."""
+    deadline = started_at + plan.budget_seconds - plan.reserve_seconds
+    planned_at = started_at + plan.elapsed_seconds
+    limits = {}
+    for model in plan.models:
+        limits[model.model] = {"deadline": deadline, "most_steps": model.max_steps}
+        if model.alone_after is not None:
+            limits[model.model] |= {
+                "alone_from": planned_at + model.alone_after,
+                "speedup_alone": model.speedup_alone,
+            }
+    return limits

@@ -196,10 +196,13 @@ class Cost:
         fixed: everything but the steps: start-up, setup, predicting the validation and
             test sets, saving.
         per_step: one epoch or boosting round; 0 for a model fitted in one go.
+        per_step_alone: one step with every core, for the model that gets them once the
+            others are done (the CNN); None where not measured.
     """
 
     fixed: float
     per_step: float = 0.0
+    per_step_alone: float | None = None
 
     def seconds(self, steps: int | None) -> float:
         return self.fixed + self.per_step * (steps or 0)

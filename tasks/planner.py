@@ -57,6 +57,10 @@ class ModelPlan:
     lane: int
     notes: tuple[str, ...] = ()
     max_steps: int | None = None  # the configured steps: the most a fit may extend to
+    # For the model that gets every core once the others are done: when, in seconds after
+    # planning, and how much faster its steps then are.
+    alone_after: float | None = None
+    speedup_alone: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,27 @@ def steps_within(variant: Variant, seconds: float) -> int:
     )
 
 
+def steps_sharing(variant: Variant, seconds: float, shared_seconds: float) -> int:
+    """The most steps of `variant` in `seconds` when it steps at its shared speed for the
+    first `shared_seconds` and with every core after (where that was measured)."""
+    cost = variant.cost
+    if not cost.per_step_alone or cost.per_step <= 0 or shared_seconds >= seconds:
+        return steps_within(variant, seconds)
+    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
+    alone_steps = (seconds - max(shared_seconds, cost.fixed)) / cost.per_step_alone
+    return max(0, min(variant.max_steps, math.floor(shared_steps + alone_steps)))
+
+
+def seconds_sharing(cost: Cost, steps: int | None, shared_seconds: float) -> float:
+    """The seconds `steps` take, at the shared speed for `shared_seconds`, then alone."""
+    if not cost.per_step_alone or cost.per_step <= 0 or not steps:
+        return cost.seconds(steps)
+    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
+    if steps <= shared_steps:
+        return cost.seconds(steps)
+    return max(shared_seconds, cost.fixed) + (steps - shared_steps) * cost.per_step_alone
+
+
 def plan_run(
     variants: dict[str, list[Variant]],
     budget_seconds: float,
@@ -156,9 +181,14 @@ def plan_run(
         others, window, shared_lanes, drop_order, dropped, first_lane=int(bool(own_lane))
     )
     if own_lane:
-        chosen = _best_variant(variants[own_lane], window, dropped)
+        # It trains alone once the models sharing the other lanes are done.
+        loads: dict[int, float] = {}
+        for other in plans:
+            loads[other.lane] = loads.get(other.lane, 0.0) + other.estimated_seconds
+        others_done = max(loads.values(), default=0.0)
+        chosen = _best_variant(variants[own_lane], window, dropped, others_done)
         if chosen:
-            plans.insert(0, _model_plan(chosen[0], chosen[1], window, lane=0))
+            plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
     return Plan(
         budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
         tuple(plans), dropped,
@@ -166,14 +196,16 @@ def plan_run(
 
 
 def _best_variant(
-    options: list[Variant], seconds: float, dropped: dict[str, str]
+    options: list[Variant], seconds: float, dropped: dict[str, str], shared_seconds: float
 ) -> tuple[Variant, int] | None:
-    """The first (most accurate) variant that gets its fewest useful steps in `seconds`."""
+    """The first (most accurate) variant that gets its fewest useful steps in `seconds`,
+    sharing the cores for the first `shared_seconds`."""
     for variant in options:
         if variant.steps_pinned:
             return variant, variant.max_steps
-        steps = steps_within(variant, seconds)
-        if variant.cost.seconds(variant.min_steps) <= seconds and steps >= variant.min_steps:
+        steps = steps_sharing(variant, seconds, shared_seconds)
+        least = seconds_sharing(variant.cost, variant.min_steps, shared_seconds)
+        if least <= seconds and steps >= variant.min_steps:
             return variant, steps
     cheapest = options[-1]
     dropped[cheapest.model] = (
@@ -252,7 +284,13 @@ def _steps_text(variant: Variant, steps: int | None) -> str:
     return f"{steps} {variant.step_field}" if variant.iterative else "one fit"
 
 
-def _model_plan(variant: Variant, steps: int | None, window: float, lane: int) -> ModelPlan:
+def _model_plan(
+    variant: Variant,
+    steps: int | None,
+    window: float,
+    lane: int,
+    alone_after: float | None = None,
+) -> ModelPlan:
     notes = []
     params = dict(variant.params)
     if variant.iterative:
@@ -266,9 +304,17 @@ def _model_plan(variant: Variant, steps: int | None, window: float, lane: int) -
                 "it stops at the deadline"
             )
     most = variant.max_steps if variant.iterative else None
+    cost = variant.cost
+    if alone_after is None or not cost.per_step_alone:
+        return ModelPlan(
+            variant.model, variant.label, params, steps, cost.seconds(steps), lane,
+            tuple(notes), most,
+        )  # fmt: skip
+    notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
     return ModelPlan(
-        variant.model, variant.label, params, steps, variant.cost.seconds(steps), lane,
-        tuple(notes), most,
+        variant.model, variant.label, params, steps,
+        seconds_sharing(cost, steps, alone_after), lane, tuple(notes), most,
+        alone_after, cost.per_step / cost.per_step_alone,
     )  # fmt: skip
 
 

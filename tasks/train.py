@@ -109,14 +109,19 @@ def train_task(
     deadline: float | None = None,
     most_steps: int | None = None,
     cores: CoreShare | None = None,
+    alone_from: float | None = None,
+    speedup_alone: float = 1.0,
 ) -> TrainedModel:
     """With `cores`, the model's threads are sized to every core and held to its lane's
-    until the other models are done."""
+    until the other models are done: the plan expects that at `alone_from`, after which
+    its steps are `speedup_alone` times as fast."""
     threads = cores.threads if cores else threads
     context = TrainingContext(
         seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
-        most_steps=most_steps,
+        most_steps=most_steps, alone_from=alone_from, speedup_alone=speedup_alone,
     )  # fmt: skip
+    if cores:
+        context = replace(context, alone=lambda: cores.released)
     if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
         progress = create_progress_artifact(
             progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"

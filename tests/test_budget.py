@@ -2,6 +2,7 @@
 keeps, reports and reuses its plan."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,12 @@ def test_a_run_reports_its_plan_and_a_rerun_reuses_it_and_its_models(tmp_path, r
     assert planned["cnn"]["lane"] == 0
     assert planned["cnn"]["params"]["conv_blocks"] == [list(block) for block in SMALL_BLOCKS]
     assert planned["cnn"]["steps"] == 2  # the quick profile's cap
+    # The CNN was timed on its lane's core and on both, for after the others are done.
+    assert re.search(r"measured cnn \(small .*, [0-9.]+ s with every core", first.stderr)
+    assert planned["cnn"]["alone_after"] == pytest.approx(
+        sum(m["estimated_seconds"] for m in plan["models"] if m["lane"] == 1)
+    )
+    assert planned["cnn"]["speedup_alone"] > 0
     report = (tmp_path / "reports" / "latest" / "report.md").read_text()
     assert "## Time budget" in report
     assert "| cnn | small network (16),(32,32),(64) | 2 | 2 |" in report

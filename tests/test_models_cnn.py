@@ -163,3 +163,30 @@ def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
     assert len(rates) == 130
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_a_plan_counting_on_every_core_later_is_kept_while_the_cores_are_shared():
+    """Planned as the planner does: 5 epochs of 40 s sharing the cores for 200 s, then 20
+    epochs of 20 s with every core. Slow epochs before then are no reason to compress."""
+    network = FakeNetwork()
+    alone = {"now": False}
+    start = time.time()
+    context = TrainingContext(
+        seed=0, threads=2, deadline=start + 601, most_steps=40, alone=lambda: alone["now"],
+        alone_from=start + 200, speedup_alone=2.0,
+    )  # fmt: skip
+    schedule = CosineToDeadline(network, 0.002, 10, 25, context)
+    rates, planned = [], []
+    for epoch in range(40):
+        seconds = 20 if alone["now"] else 40
+        schedule.context = replace(  # as the deadline, it comes `seconds` closer
+            schedule.context, alone_from=schedule.context.alone_from - seconds
+        )
+        rates += run_epoch(schedule, network, epoch, seconds)
+        planned.append(schedule.last_epoch)
+        alone["now"] = epoch + 1 >= 5  # the others are done after 200 s
+        if network.stop_training:
+            break
+    assert planned == [25] * 25
+    assert len(rates) == 250
+    assert all(a >= b for a, b in itertools.pairwise(rates))

@@ -13,6 +13,8 @@ from tasks.planner import (
     describe_plan,
     lanes_of,
     plan_run,
+    seconds_sharing,
+    steps_sharing,
 )
 
 DROP_ORDER = ("random_forest", "xgboost", "logistic_regression", "svm_rbf", "cnn")
@@ -154,3 +156,36 @@ def test_a_model_that_cannot_fit_even_alone_is_left_out_first():
     assert result.dropped["random_forest"] == "needs about 60 s, more than the 45 s window"
     assert [(m.model, m.variant) for m in result.models] == [("svm_rbf", "64 components")]
     assert "logistic_regression" in result.dropped
+
+
+def test_the_cnn_counts_on_every_core_once_the_others_are_done():
+    """XGBoost at its 500 rounds leaves the other lane done after 655 s; from then on the
+    CNN steps with both cores, at 70 s an epoch instead of 139."""
+    variants = cnn(139, 45)
+    variants[0] = Variant("cnn", "wide", {}, Cost(20, 139, 70), "epochs", 10, 24)
+    result = plan({"cnn": variants} | others(1.0), budget_minutes=30)
+    window = (1800 - 55) * SAFETY
+    models = by_model(result)
+    others_done = 510 + 70 + 60 + 15
+    assert max(result.lane_seconds()[1:]) == pytest.approx(others_done)
+    shared_epochs = (others_done - 20) / 139
+    expected = math.floor(shared_epochs + (window - others_done) / 70)
+    assert models["cnn"].steps == expected == 17  # 11 without the second core
+    assert models["cnn"].alone_after == pytest.approx(others_done)
+    assert models["cnn"].speedup_alone == pytest.approx(139 / 70)
+    assert models["cnn"].estimated_seconds == pytest.approx(
+        others_done + (expected - shared_epochs) * 70
+    )
+    assert models["cnn"].estimated_seconds <= window
+    assert "every core after about 655 s" in models["cnn"].notes[-1]
+
+
+def test_steps_sharing_the_cores_then_alone():
+    variant = Variant("cnn", "small", {}, Cost(10, 40, 20), "epochs", 3, 30)
+    assert steps_sharing(variant, 410, shared_seconds=1000) == 10  # never alone
+    assert steps_sharing(variant, 410, shared_seconds=210) == 5 + 10
+    assert steps_sharing(variant, 410, shared_seconds=0) == 20  # alone from the start
+    assert seconds_sharing(variant.cost, 15, shared_seconds=210) == pytest.approx(410)
+    assert seconds_sharing(variant.cost, 4, shared_seconds=210) == pytest.approx(170)
+    unmeasured = Variant("cnn", "small", {}, Cost(10, 40), "epochs", 3, 30)
+    assert steps_sharing(unmeasured, 410, shared_seconds=210) == 10

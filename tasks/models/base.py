@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -47,6 +48,13 @@ class TrainingContext:
     deadline: float | None = None
     # With a deadline: the most steps a fit that runs faster than planned may extend to.
     most_steps: int | None = None
+    # Whether the fit has every core now (the other models are done); when the plan
+    # expects that (`time.time()`), and how much faster its steps are then.
+    alone: Callable[[], bool] = lambda: False
+    alone_from: float | None = None
+    speedup_alone: float = 1.0
+    # A context in which the fit's threads use every core, to measure how fast it is alone.
+    every_core: Callable[[], AbstractContextManager] | None = None
     # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
     # ten where no data is at hand (loading a saved model).
     classes: int = N_CLASSES

@@ -238,7 +238,8 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     model trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an
     epoch is the steps of all the training images and a pass over the validation images;
     the rest is TensorFlow's start, the first step's tracing, and predicting both views of
-    the validation and test images."""
+    the validation and test images. Where it will get every core once the other models
+    are done (`context.every_core`), its steps are timed with them too."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
     import keras
@@ -258,6 +259,12 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     network.fit(batches, epochs=1, callbacks=[record], verbose=0)
     first, steps = ends[1] - ends[0], np.diff(ends[2:])
     step = float(np.median(steps)) if len(steps) else first
+    step_alone = None
+    if context.every_core:  # it will get every core once the other models are done
+        with context.every_core():
+            ends[:] = [time.perf_counter()]
+            network.fit(batches, epochs=1, callbacks=[record], verbose=0)
+        step_alone = float(np.median(np.diff(ends[2:])))
     shown = to_image_tensor(probe.x_val[:1024])
     network.predict(shown, batch_size=1024, verbose=0)  # traced once
     started = time.perf_counter()
@@ -266,9 +273,11 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     keras.backend.clear_session()
     views = 2 if p.mirror else 1
     validation = len(probe.y_val)
-    epoch = -(-len(probe.y_train) // p.batch_size) * step + validation * per_image
+    batches_per_epoch = -(-len(probe.y_train) // p.batch_size)
+    epoch = batches_per_epoch * step + validation * per_image
+    epoch_alone = step_alone and batches_per_epoch * step_alone + validation * per_image
     predictions = views * (validation + probe.test_images) * per_image
-    return Cost(fixed=imported + first + predictions, per_step=epoch)
+    return Cost(fixed=imported + first + predictions, per_step=epoch, per_step_alone=epoch_alone)
 
 
 def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:

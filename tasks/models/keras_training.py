@@ -120,7 +120,12 @@ class CosineToDeadline:
     step_from: int = 0
     end_step: int = 0
     epoch_started: float = 0.0
-    epoch_seconds: list[float] = field(default_factory=list)
+    began_alone: bool = False
+    # Each epoch's seconds after the first (which also traced the graph), by whether it
+    # shared the cores with other models or had them all from its start.
+    shared_seconds: list[float] = field(default_factory=list)
+    alone_seconds: list[float] = field(default_factory=list)
+    first_epoch_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
@@ -136,6 +141,7 @@ class CosineToDeadline:
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_started = time.time()
+        self.began_alone = self.context.alone()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
@@ -146,13 +152,14 @@ class CosineToDeadline:
         if self.context.deadline is None:
             return
         done, now = epoch + 1, time.time()
-        self.epoch_seconds.append(now - self.epoch_started)
-        # The first epoch also traced the graph: typical epochs come after it, and the
-        # latest say the most (the CNN speeds up when it gets the cores of models done).
-        typical = statistics.median((self.epoch_seconds[1:] or self.epoch_seconds)[-RECENT:])
+        seconds = now - self.epoch_started
+        if epoch == 0:
+            self.first_epoch_seconds = seconds
+        else:
+            (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
+        typical, fitting = self.epochs_left(now)
         most = max(self.context.most_steps or self.epochs, self.epochs)
-        fitting = done + math.floor((self.context.deadline - now) / typical)
-        last = max(done, min(most, fitting))
+        last = max(done, min(most, done + fitting))
         if last != self.last_epoch:
             self.context.logger.info(
                 "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
@@ -163,3 +170,19 @@ class CosineToDeadline:
             self.end_step = last * self.steps_per_epoch
         if done >= self.last_epoch:
             self.network.stop_training = True
+
+    def epochs_left(self, now: float) -> tuple[float, int]:
+        """The typical epoch's seconds, and how many epochs fit before the deadline: at
+        the speed of the latest epochs, sharing the cores until the other models are done
+        (when the plan expects it, or now if they are) and `speedup_alone` faster after."""
+        context = self.context
+        shared = statistics.median(self.shared_seconds[-RECENT:] or [self.first_epoch_seconds])
+        alone = shared / context.speedup_alone
+        if self.alone_seconds:
+            alone = statistics.median(self.alone_seconds[-RECENT:])
+        left = context.deadline - now
+        if context.alone():
+            return alone, math.floor(left / alone)
+        shared_left = left if context.alone_from is None else context.alone_from - now
+        shared_left = min(left, max(0.0, shared_left))
+        return shared, math.floor(shared_left / shared + (left - shared_left) / alone)
