@@ -4,9 +4,9 @@ once the other models are done, instead of training on to the end on its lane's 
 TensorFlow sizes its thread pools once per process, so a CNN started with one core's
 share could never use a second. Its pools are sized to every core instead, and its threads
 are held to its lane's cores by their CPU affinity while the others train: the thread
-that trains, the threads it starts (they inherit its affinity), and TensorFlow's pools,
-found by their names (tf_*) when an earlier stage started them. When the others are done,
-every thread of the process held to the lane's cores is given them all. On an AVX2 EPYC
+that starts TensorFlow is, and the threads it starts, TensorFlow's pools among them,
+inherit its affinity. When the others are done, every thread of the process held to the
+lane's cores is given them all. On an AVX2 EPYC
 (2 cores), two threads held to one core stepped as fast as one thread (small network 73
 ms against 95 ms, wide 254 against 244 ms a batch, within this machine's noise), and on
 both cores 2.3 times (small) and 1.3 times (wide) as fast as one.
@@ -32,8 +32,6 @@ from tasks.storage import scratch_name
 # How often a training CNN's process looks for the word that the others are done.
 POLL_SECONDS = 1.0
 RELEASED_FILE = "released"
-# TensorFlow names its pools' threads tf_Compute, tf_graph_runner, ...
-TENSORFLOW_THREADS = "tf_"
 
 
 @dataclass(frozen=True)
@@ -97,51 +95,36 @@ def release(share: CoreShare | None) -> None:
     widen_threads(share)  # a CNN trained in a thread of this process needs no poll
 
 
-def widen_threads(share: CoreShare) -> int:
-    """Give every core to each thread of this process held to the lane's cores; returns
-    how many threads that was."""
-    widened, lane = 0, set(share.lane_cores)
+def widen_threads(share: CoreShare) -> list[int]:
+    """Give every core to each thread of this process held to the lane's cores (TensorFlow
+    names few of its threads, so they are found by their affinity); returns their ids."""
+    widened, lane = [], set(share.lane_cores)
     for task in _thread_ids():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             if os.sched_getaffinity(task) == lane:
                 os.sched_setaffinity(task, share.all_cores)
-                widened += 1
+                widened.append(task)
     return widened
 
 
-def _thread_ids(prefix: str = "") -> list[int]:
-    """This process's threads, those whose name starts with `prefix`."""
+def _thread_ids() -> list[int]:
     try:
-        tasks = os.listdir("/proc/self/task")
+        return [int(task) for task in os.listdir("/proc/self/task")]
     except OSError:
         return []
-    return [int(task) for task in tasks if not prefix or _thread_name(task).startswith(prefix)]
-
-
-def _thread_name(task: str) -> str:
-    try:
-        return Path(f"/proc/self/task/{task}/comm").read_text()
-    except OSError:  # a thread that ended meanwhile
-        return ""
-
-
-def _set_affinity(cores: tuple[int, ...]) -> None:
-    """Set `cores` for this thread and TensorFlow's (started before, by another thread)."""
-    os.sched_setaffinity(0, cores)
-    for task in _thread_ids(TENSORFLOW_THREADS):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(task, cores)
 
 
 @contextlib.contextmanager
 def every_core(share: CoreShare) -> Iterator[None]:
-    """This thread and TensorFlow's use every core within, and the lane's after: to
+    """The threads held to the lane use every core within, and the lane's again after: to
     measure how fast the CNN trains once it has them all."""
-    _set_affinity(share.all_cores)
+    widened = widen_threads(share)
     try:
         yield
     finally:
-        _set_affinity(share.lane_cores)
+        for task in widened:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(task, share.lane_cores)
 
 
 @contextlib.contextmanager
@@ -154,7 +137,7 @@ def held_to_lane(share: CoreShare | None, logger: logging.Logger) -> Iterator[No
         return
     before = os.sched_getaffinity(0)  # on Linux, 0 is the calling thread
     if not share.released:
-        _set_affinity(share.lane_cores)
+        os.sched_setaffinity(0, share.lane_cores)
     finished = threading.Event()
 
     def widen_when_released() -> None:
@@ -163,7 +146,7 @@ def held_to_lane(share: CoreShare | None, logger: logging.Logger) -> Iterator[No
                 if widened := widen_threads(share):  # none when the flow's process did
                     logger.info(
                         "the other models are done: %d thread(s) here now use all %d cores",
-                        widened, len(share.all_cores),
+                        len(widened), len(share.all_cores),
                     )  # fmt: skip
                 return
 

@@ -16,7 +16,14 @@ import pytest
 import flows.parallel
 from flows.parallel import train_and_evaluate
 from tasks.config import build_config
-from tasks.cores import CoreShare, held_to_lane, release, shared_cores, usable_cores
+from tasks.cores import (
+    CoreShare,
+    every_core,
+    held_to_lane,
+    release,
+    shared_cores,
+    usable_cores,
+)
 
 pytestmark = pytest.mark.skipif(
     len(usable_cores()) < 2, reason="sharing cores needs two; CI machines have two"
@@ -97,6 +104,35 @@ def test_the_task_thread_gets_its_own_affinity_back_when_it_ends(tmp_path):
         held, after = in_thread(task)
     assert held == set(share.lane_cores)
     assert after == set(share.all_cores)
+
+
+def test_measuring_with_every_core_gives_the_lane_back_after(tmp_path):
+    """As the CNN's measurement: its pools, started while held, step with every core
+    within `every_core` and are held to the lane again after it."""
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+        lane, every = set(share.lane_cores), set(share.all_cores)
+        go, seen = threading.Event(), []
+
+        def pool_thread():
+            while not go.wait(0.01):
+                pass
+            seen.append(affinity())
+
+        def task():
+            with held_to_lane(share, logger):
+                child = threading.Thread(target=pool_thread)
+                child.start()
+                with every_core(share):
+                    inside = affinity(), os.sched_getaffinity(child.native_id)
+                after = affinity(), os.sched_getaffinity(child.native_id)
+                go.set()
+                child.join(5)
+            return inside, after
+
+        inside, after = in_thread(task)
+    assert inside == (every, every)
+    assert after == (lane, lane)
+    assert seen == [lane]
 
 
 def hold_until_widened(share: CoreShare, ready, results) -> None:
