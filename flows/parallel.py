@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from tasks.budget import (
     DEDICATED_MODEL,
     cached_plan,
+    describe_plan,
     make_plan,
     measure_task,
     pinned_fields,
@@ -20,10 +21,10 @@ from tasks.budget import (
 )
 from tasks.config import PipelineConfig
 from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
-from tasks.cores import CoreShare, release
+from tasks.cores import CoreShare, release, withhold
 from tasks.errors import ModelsFailedError, RunEnvironmentError
 from tasks.evaluate import evaluate_task
-from tasks.planner import Plan, describe_plan
+from tasks.planner import Plan
 from tasks.stopping import RunStopped, stop_requested, stop_signal
 from tasks.train import train_task
 from tasks.tune import TrialRequest, TuningSession, trial_task
@@ -94,9 +95,8 @@ def plan_training(
 ) -> tuple[Plan, list[ModelFailure]]:
     """Measure the models' costs here and plan them to the budget; a rerun reuses the
     plan, and so the models it trained. The CNN is measured beside the others as they will
-    train, or, when it gets every core of `share` once they are done, before them, both on
-    its lane's cores and on every core. A model whose measurement fails is left out of the
-    plan and returned as a failure."""
+    train, on its lane's cores of `share`, and once they are measured on every core too.
+    A model whose measurement fails is left out of the plan and returned as a failure."""
     key = plan_key(config, data, params, pool.threads_per_model)
 
     def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
@@ -109,19 +109,19 @@ def plan_training(
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
         common["threads"] = pool.threads_per_model
-        measured, failures, measurements = {}, [], []
-        for group in groups:
-            if not group:
-                continue
-            cores = _share_of(group, share)
-            future = submit(pool, measure_task, names=group, cores=cores, **common)
-            if cores:  # timed with every core too, so the others wait
-                future.result()
-            measurements.append(future)
-        for future in measurements:
+        futures = {
+            submit(pool, measure_task, names=group, cores=_share_of(group, share), **common): group
+            for group in groups
+            if group
+        }
+        measured, failures = {}, []
+        for future, group in reversed(futures.items()):  # the CNN's last
+            if DEDICATED_MODEL in group:
+                release(share)  # the others are measured: the CNN times every core
             found, failed = future.result()
             measured |= found
             failures += failed  # logged by the task; a stop or a full disk raised instead
+        withhold(share)  # until the others are trained
         if not measured:
             raise ModelsFailedError(f"all {len(models)} models failed: {listed(failures)}")
         return make_plan(config, measured, time.time() - started_at), failures

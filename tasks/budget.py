@@ -42,6 +42,8 @@ DEDICATED_MODEL = "cnn"
 # What follows training (ensemble, report), measured on a full run on an AVX2 EPYC: 19 s.
 REPORT_SECONDS, REPORT_SECONDS_PER_MODEL = 12.0, 3.0
 PLAN_FILE = "plan.json"
+# What the plan's log lines call the steps of the iterative models.
+STEP_NAMES = {"cnn": "epochs", "xgboost": "boosting rounds"}
 
 
 def pinned_fields(config: PipelineConfig, model: str) -> frozenset[str]:
@@ -139,12 +141,12 @@ def measure_task(
     cores: CoreShare | None = None,
 ) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
     """With `cores`, measured as the model will train: threads sized to every core, held
-    to the lane's, and then with every core."""
+    to the lane's beside the others, then on every core once they are measured."""
     threads = cores.threads if cores else threads
     context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
     if cores:
-        context = replace(context, every_core=partial(every_core, cores))
-    with held_to_lane(cores, context.logger):
+        context = replace(context, every_core=partial(every_core, cores, check_stop))
+    with held_to_lane(cores, context.logger, until_released=False):
         return measure_variants(names, params, pinned, data, context, seconds)
 
 
@@ -240,3 +242,21 @@ def training_limits(plan: Plan, started_at: float) -> dict[str, dict]:
                 "speedup_alone": model.speedup_alone,
             }
     return limits
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan in log lines: the arithmetic, then each model and each one left out."""
+    lines = [
+        f"time budget {plan.budget_seconds / 60:.1f} min: {plan.elapsed_seconds:.0f} s spent "
+        f"before planning, {plan.reserve_seconds:.0f} s kept for the report, "
+        f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
+    ]
+    for model in plan.models:
+        steps = f", {model.steps} {STEP_NAMES.get(model.model, 'steps')}" if model.steps else ""
+        notes = f" ({'; '.join(model.notes)})" if model.notes else ""
+        lines.append(
+            f"plan: {model.model}: {model.variant}{steps}, about "
+            f"{model.estimated_seconds:.0f} s on lane {model.lane + 1}{notes}"
+        )
+    lines += [f"plan: {model} left out: {why}" for model, why in plan.dropped.items()]
+    return lines

@@ -12,7 +12,8 @@ ms against 95 ms, wide 254 against 244 ms a batch, within this machine's noise),
 both cores 2.3 times (small) and 1.3 times (wide) as fast as one.
 
 A file says that the other models are done, so that the CNN's process learns it whatever
-runs it: a thread of the flow's process, or a worker process of the same machine.
+runs it: a thread of the flow's process, or a worker process of the same machine; a
+thread there polls it each second.
 Where CPU affinity does not exist (macOS, Windows), the CNN keeps its lane's share.
 """
 
@@ -23,7 +24,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from tasks.storage import scratch_name
 
 # How often a training CNN's process looks for the word that the others are done.
 POLL_SECONDS = 1.0
+# How long the CNN's measurement waits for the others' before timing it with every core.
+WAIT_SECONDS = 120.0
 RELEASED_FILE = "released"
 
 
@@ -88,11 +92,16 @@ def shared_cores(
 
 
 def release(share: CoreShare | None) -> None:
-    """Say that the other models are done: the CNN may use every core."""
-    if share is None or share.released:
-        return
-    (share.directory / RELEASED_FILE).touch()
-    widen_threads(share)  # a CNN trained in a thread of this process needs no poll
+    """Say that the other models are done (measured, or trained and evaluated): the CNN
+    may use every core."""
+    if share is not None and not share.released:
+        (share.directory / RELEASED_FILE).touch()
+
+
+def withhold(share: CoreShare | None) -> None:
+    """Take the word back: the other models go on (from measuring to training)."""
+    if share is not None:
+        (share.directory / RELEASED_FILE).unlink(missing_ok=True)
 
 
 def widen_threads(share: CoreShare) -> list[int]:
@@ -115,23 +124,48 @@ def _thread_ids() -> list[int]:
 
 
 @contextlib.contextmanager
-def every_core(share: CoreShare) -> Iterator[None]:
-    """The threads held to the lane use every core within, and the lane's again after: to
-    measure how fast the CNN trains once it has them all."""
-    widened = widen_threads(share)
+def every_core(
+    share: CoreShare, check_stop: Callable[[], None] = lambda: None
+) -> Iterator[Callable[[], None]]:
+    """To measure how much faster the CNN steps with every core: within, once the other
+    models are measured (or after WAIT_SECONDS), `widen()` gives every core to the threads
+    held to the lane; after, they are held to it again."""
+    waited_until = time.monotonic() + WAIT_SECONDS
+    while not share.released and share.directory.exists() and time.monotonic() < waited_until:
+        check_stop()
+        time.sleep(0.1)
+    held = [task for task in _thread_ids() if _affinity(task) == set(share.lane_cores)]
+
+    def widen() -> None:
+        _set_affinity(held, share.all_cores)
+
     try:
-        yield
+        yield widen
     finally:
-        for task in widened:
-            with contextlib.suppress(OSError):  # a thread that ended meanwhile
-                os.sched_setaffinity(task, share.lane_cores)
+        _set_affinity(held, share.lane_cores)
+
+
+def _affinity(task: int) -> set[int]:
+    try:
+        return os.sched_getaffinity(task)
+    except OSError:  # a thread that ended meanwhile
+        return set()
+
+
+def _set_affinity(tasks: list[int], cores: tuple[int, ...]) -> None:
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(task, cores)
 
 
 @contextlib.contextmanager
-def held_to_lane(share: CoreShare | None, logger: logging.Logger) -> Iterator[None]:
+def held_to_lane(
+    share: CoreShare | None, logger: logging.Logger, until_released: bool = True
+) -> Iterator[None]:
     """Hold this thread, and the threads it starts (TensorFlow's pools), to the lane's
-    cores until the other models are done; then give them every core. The thread's own
-    affinity is restored at the end; the pools keep theirs until the word comes."""
+    cores until the other models are done (`until_released`; else to the end); then give
+    them every core. The thread's own affinity is restored at the end; the pools keep
+    theirs until the word comes."""
     if share is None:
         yield
         return
@@ -151,10 +185,12 @@ def held_to_lane(share: CoreShare | None, logger: logging.Logger) -> Iterator[No
                 return
 
     watcher = threading.Thread(target=widen_when_released, name="core-share", daemon=True)
-    watcher.start()
+    if until_released:
+        watcher.start()
     try:
         yield
     finally:
         finished.set()
-        watcher.join()
+        if watcher.is_alive():
+            watcher.join()
         os.sched_setaffinity(0, before)

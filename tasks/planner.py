@@ -8,6 +8,7 @@ training pool ends by the deadline and none idles long before the others.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from tasks.contracts import Cost
@@ -177,22 +178,64 @@ def plan_run(
     own_lane = dedicated if dedicated in variants and lanes >= 2 else None
     others = {name: options for name, options in variants.items() if name != own_lane}
     shared_lanes = lanes - 1 if own_lane else lanes
-    plans = _fill_lanes(
-        others, window, shared_lanes, drop_order, dropped, first_lane=int(bool(own_lane))
-    )
+    first_lane = int(bool(own_lane))
+    plans = _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
     if own_lane:
-        # It trains alone once the models sharing the other lanes are done.
-        loads: dict[int, float] = {}
-        for other in plans:
-            loads[other.lane] = loads.get(other.lane, 0.0) + other.estimated_seconds
-        others_done = max(loads.values(), default=0.0)
-        chosen = _best_variant(variants[own_lane], window, dropped, others_done)
+        own = variants[own_lane]
+
+        def refill(dropped: dict[str, str]) -> list[ModelPlan]:
+            return _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
+
+        plans, dropped = _give_way(own, others, plans, dropped, window, drop_order, refill)
+        others_done = _lanes_done(plans)
+        chosen = _best_variant(own, window, dropped, others_done)
         if chosen:
             plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
     return Plan(
         budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
         tuple(plans), dropped,
     )  # fmt: skip
+
+
+def _give_way(
+    own: list[Variant],
+    others: dict[str, list[Variant]],
+    plans: list[ModelPlan],
+    dropped: dict[str, str],
+    window: float,
+    drop_order: tuple[str, ...],
+    refill: Callable[[dict[str, str]], list[ModelPlan]],
+) -> tuple[list[ModelPlan], dict[str, str]]:
+    """The others' plans and drops, with models left out in `drop_order` while the
+    dedicated model (`own`, the most accurate) does not fit beside them but would with
+    every core to itself sooner. `refill` plans the models left in `others` again."""
+    if _best_variant(own, window, {}, 0.0) is None:  # not even alone: nothing to gain
+        return plans, dropped
+    given_way: dict[str, str] = {}
+    while _best_variant(own, window, {}, _lanes_done(plans)) is None:
+        kept = {plan.model for plan in plans}
+        victim = next(
+            (n for n in drop_order if n in kept and not any(v.steps_pinned for v in others[n])),
+            None,
+        )
+        if victim is None:
+            break
+        del others[victim]
+        given_way[victim] = (
+            f"left out so that {own[0].model}, with every core to itself sooner, fits the "
+            f"{window:.0f} s window"
+        )
+        dropped = dict(given_way)
+        plans = refill(dropped)
+    return plans, dropped
+
+
+def _lanes_done(plans: list[ModelPlan]) -> float:
+    """When the last of the planned models' lanes is done, in seconds."""
+    loads: dict[int, float] = {}
+    for plan in plans:
+        loads[plan.lane] = loads.get(plan.lane, 0.0) + plan.estimated_seconds
+    return max(loads.values(), default=0.0)
 
 
 def _best_variant(
@@ -316,24 +359,3 @@ def _model_plan(
         seconds_sharing(cost, steps, alone_after), lane, tuple(notes), most,
         alone_after, cost.per_step / cost.per_step_alone,
     )  # fmt: skip
-
-
-def describe_plan(plan: Plan) -> list[str]:
-    """The plan in log lines: the arithmetic, then each model and each one left out."""
-    lines = [
-        f"time budget {plan.budget_seconds / 60:.1f} min: {plan.elapsed_seconds:.0f} s spent "
-        f"before planning, {plan.reserve_seconds:.0f} s kept for the report, "
-        f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
-    ]
-    for model in plan.models:
-        steps = f", {model.steps} {_STEP_NAMES.get(model.model, 'steps')}" if model.steps else ""
-        notes = f" ({'; '.join(model.notes)})" if model.notes else ""
-        lines.append(
-            f"plan: {model.model}: {model.variant}{steps}, about "
-            f"{model.estimated_seconds:.0f} s on lane {model.lane + 1}{notes}"
-        )
-    lines += [f"plan: {model} left out: {why}" for model, why in plan.dropped.items()]
-    return lines
-
-
-_STEP_NAMES = {"cnn": "epochs", "xgboost": "boosting rounds"}

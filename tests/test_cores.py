@@ -106,9 +106,10 @@ def test_the_task_thread_gets_its_own_affinity_back_when_it_ends(tmp_path):
     assert after == set(share.all_cores)
 
 
-def test_measuring_with_every_core_gives_the_lane_back_after(tmp_path):
-    """As the CNN's measurement: its pools, started while held, step with every core
-    within `every_core` and are held to the lane again after it."""
+def test_measuring_with_every_core_waits_for_the_others_and_gives_the_lane_back(tmp_path):
+    """As the CNN's measurement: its pools, started while held, are held to the lane until
+    the others are measured, step with every core after `widen()`, and are held to the
+    lane again after."""
     with shared_cores(tmp_path, 1, enabled=True) as share:
         lane, every = set(share.lane_cores), set(share.all_cores)
         go, seen = threading.Event(), []
@@ -119,17 +120,23 @@ def test_measuring_with_every_core_gives_the_lane_back_after(tmp_path):
             seen.append(affinity())
 
         def task():
-            with held_to_lane(share, logger):
+            with held_to_lane(share, logger, until_released=False):
                 child = threading.Thread(target=pool_thread)
                 child.start()
-                with every_core(share):
+                threading.Timer(0.5, release, (share,)).start()  # the others are measured
+                with every_core(share) as widen:
+                    waited = share.released
+                    before = affinity(), os.sched_getaffinity(child.native_id)
+                    widen()
                     inside = affinity(), os.sched_getaffinity(child.native_id)
                 after = affinity(), os.sched_getaffinity(child.native_id)
                 go.set()
                 child.join(5)
-            return inside, after
+            return waited, before, inside, after
 
-        inside, after = in_thread(task)
+        waited, before, inside, after = in_thread(task)
+    assert waited
+    assert before == (lane, lane)
     assert inside == (every, every)
     assert after == (lane, lane)
     assert seen == [lane]

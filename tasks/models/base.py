@@ -53,8 +53,9 @@ class TrainingContext:
     alone: Callable[[], bool] = lambda: False
     alone_from: float | None = None
     speedup_alone: float = 1.0
-    # A context in which the fit's threads use every core, to measure how fast it is alone.
-    every_core: Callable[[], AbstractContextManager] | None = None
+    # To measure how fast the fit is alone: a context, entered once the other models are
+    # measured, that gives a function to give its threads every core.
+    every_core: Callable[[], AbstractContextManager[Callable[[], None]]] | None = None
     # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
     # ten where no data is at hand (loading a saved model).
     classes: int = N_CLASSES
