@@ -93,12 +93,13 @@ def test_cancelled_flow_run_stops_cleanly_and_a_rerun_resumes(tmp_path):
             return prefect_cli(env, *args)
 
         def run_deployment() -> str:
-            # The CNN (one epoch, ~30 s here) is the long fit to interrupt; logistic
-            # regression finishes first and must survive the cancellation.
+            # The CNN (three epochs, 15 to 30 s each here: it gets both cores once logistic
+            # regression is done) is the long fit to interrupt; logistic regression
+            # finishes first and must survive the cancellation.
             config = {
                 "profile": "quick",
                 "models": ["cnn", "logistic_regression"],
-                "params": {"cnn": {"epochs": 1}},
+                "params": {"cnn": {"epochs": 3}},
                 "time_budget_minutes": 0,  # the configured (wide) network, not a plan
                 "data": {"dir": str(tmp_path / "fashion")},
                 "cache_dir": str(data),
