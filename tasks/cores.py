@@ -107,13 +107,13 @@ def withhold(share: CoreShare | None) -> None:
 def widen_threads(share: CoreShare) -> list[int]:
     """Give every core to each thread of this process held to the lane's cores (TensorFlow
     names few of its threads, so they are found by their affinity); returns their ids."""
-    widened, lane = [], set(share.lane_cores)
-    for task in _thread_ids():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            if os.sched_getaffinity(task) == lane:
-                os.sched_setaffinity(task, share.all_cores)
-                widened.append(task)
-    return widened
+    held = _held_threads(share)
+    _set_affinity(held, share.all_cores)
+    return held
+
+
+def _held_threads(share: CoreShare) -> list[int]:
+    return [task for task in _thread_ids() if _affinity(task) == set(share.lane_cores)]
 
 
 def _thread_ids() -> list[int]:
@@ -134,7 +134,7 @@ def every_core(
     while not share.released and share.directory.exists() and time.monotonic() < waited_until:
         check_stop()
         time.sleep(0.1)
-    held = [task for task in _thread_ids() if _affinity(task) == set(share.lane_cores)]
+    held = _held_threads(share)
 
     def widen() -> None:
         _set_affinity(held, share.all_cores)
@@ -177,11 +177,10 @@ def held_to_lane(
     def widen_when_released() -> None:
         while not finished.wait(POLL_SECONDS):
             if share.released:
-                if widened := widen_threads(share):  # none when the flow's process did
-                    logger.info(
-                        "the other models are done: %d thread(s) here now use all %d cores",
-                        len(widened), len(share.all_cores),
-                    )  # fmt: skip
+                logger.info(
+                    "the other models are done: %d thread(s) here now use all %d cores",
+                    len(widen_threads(share)), len(share.all_cores),
+                )  # fmt: skip
                 return
 
     watcher = threading.Thread(target=widen_when_released, name="core-share", daemon=True)
