@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from tasks.models.base import TrainingContext
-from tasks.models.keras_training import CosineToDeadline, shift_and_mirror
+from tasks.models.keras_training import (
+    PREDICT_BATCH,
+    CosineToDeadline,
+    augmented_batches,
+    image_batches,
+    shift_and_mirror,
+)
 from tasks.models.tensorflow_runtime import start_tensorflow
 
 
@@ -40,6 +46,46 @@ def test_shift_and_mirror_moves_each_image_within_bounds():
     assert 0.4 < mirrored.mean() < 0.6
     unchanged = shift_and_mirror(images, 0, mirror=False, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(unchanged, images)
+
+
+def _passes(dataset, count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    return [[(x.numpy(), y.numpy()) for x, y in dataset] for _ in range(count)]
+
+
+def test_each_pass_over_the_augmented_batches_is_the_next_epoch(keras):
+    from tasks.models.cnn import CNNParams
+
+    images = np.zeros((10, 28, 28, 1), dtype=np.float32)
+    images[np.arange(10), 14, 14, 0] = np.arange(1, 11)  # each image told by its one pixel
+    labels = np.arange(10) % 3
+    params = CNNParams(batch_size=4, shift_pixels=0, mirror=False)
+    first, second = _passes(augmented_batches(images, labels, params, seed=7, classes=3), 2)
+    again = _passes(augmented_batches(images, labels, params, seed=7, classes=3), 1)[0]
+
+    def order(epoch):
+        return [int(v) - 1 for x, _ in epoch for v in x.max(axis=(1, 2, 3))]
+
+    assert [len(x) for x, _ in first] == [4, 4, 2]
+    assert sorted(order(first)) == list(range(10)) == sorted(order(second))
+    assert order(first) != order(second)  # a new shuffle each epoch
+    assert order(again) == order(first)  # the same seed, the same epochs
+    for x, y in first:  # each image keeps its one-hot label
+        np.testing.assert_array_equal(
+            y.argmax(axis=1), labels[x.max(axis=(1, 2, 3)).astype(int) - 1]
+        )
+
+
+def test_image_batches_keep_the_order_with_tf_data_autotuning_off(keras):
+    images = np.random.default_rng(0).random((2 * PREDICT_BATCH + 5, 28, 28, 1), np.float32)
+    labels = np.eye(10, dtype=np.float32)[np.arange(len(images)) % 10]
+    mirrored = image_batches(images[:, :, ::-1])
+    batches = list(mirrored.as_numpy_iterator())
+    assert [len(b) for b in batches] == [PREDICT_BATCH, PREDICT_BATCH, 5]
+    np.testing.assert_array_equal(np.concatenate(batches), images[:, :, ::-1])
+    labelled = list(image_batches(images, labels).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([y for _, y in labelled]), labels)
+    # tf.data's autotuning thread holds up the end of each pass by seconds
+    assert mirrored.options().autotune.enabled is False
 
 
 @pytest.mark.parametrize("shape", [(16, 5, 5, 3), (16, 7)])

@@ -26,9 +26,12 @@ from tasks.models.base import (
     TrainingContext,
 )
 from tasks.models.keras_training import (
+    PREDICT_BATCH,
     CosineToDeadline,
     EpochProgress,
     augmented_batches,
+    batch_count,
+    image_batches,
     one_hot,
 )
 from tasks.models.tensorflow_runtime import compute_dtype_policy, start_tensorflow
@@ -158,8 +161,9 @@ class KerasCNN:
             to_image_tensor(x_train), y_train, self.params, self.context.seed, classes
         )
         self.model = compiled_network(self.params, self.context.seed, classes)
+        steps_per_epoch = batch_count(len(y_train), self.params.batch_size)
         schedule = CosineToDeadline(
-            self.model, self.params.learning_rate, len(batches), self.params.epochs, self.context
+            self.model, self.params.learning_rate, steps_per_epoch, self.params.epochs, self.context
         )
         history = self.model.fit(
             batches,
@@ -168,7 +172,7 @@ class KerasCNN:
             epochs=max(self.params.epochs, self.context.most_steps or 0)
             if self.context.deadline
             else self.params.epochs,
-            validation_data=(to_image_tensor(x_val), one_hot(y_val, classes)),
+            validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
             callbacks=[
                 keras.callbacks.EarlyStopping(
                     monitor="val_accuracy",
@@ -204,9 +208,9 @@ class KerasCNN:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         images = to_image_tensor(x)
-        probabilities = self.model.predict(images, batch_size=1024, verbose=0)
+        probabilities = self.model.predict(image_batches(images), verbose=0)
         if self.params.mirror:  # clothes look alike mirrored: average both views
-            mirrored = self.model.predict(images[:, :, ::-1], batch_size=1024, verbose=0)
+            mirrored = self.model.predict(image_batches(images[:, :, ::-1]), verbose=0)
             probabilities = (probabilities + mirrored) / 2
         return probabilities
 
@@ -273,10 +277,10 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
             widen()
             # The speed-up, timed at one moment, applied to the step timed beside them.
             step_alone = step * timed_step() / on_lane
-    shown = to_image_tensor(probe.x_val[:1024])
-    network.predict(shown, batch_size=1024, verbose=0)  # traced once
+    shown = to_image_tensor(probe.x_val[:PREDICT_BATCH])
+    network.predict(image_batches(shown), verbose=0)  # traced once
     started = time.perf_counter()
-    network.predict(shown, batch_size=1024, verbose=0)
+    network.predict(image_batches(shown), verbose=0)
     per_image = (time.perf_counter() - started) / len(shown)
     keras.backend.clear_session()
     views = 2 if p.mirror else 1
