@@ -144,36 +144,41 @@ def train_and_evaluate(
     limits: dict[str, dict] | None = None,
     share: CoreShare | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
-    """Each model is evaluated as soon as it is trained, so evaluation never holds a worker
-    waiting for a model; each evaluation declares the training it depends on. A model
-    whose training or evaluation fails is recorded and the others go on. `limits` are the
-    plan's for each model (`training_limits`). Once every other model is trained and
-    evaluated, the CNN gets every core of `share`."""
+    """`parallel_models` models train at once, in the order of `models`; each is evaluated
+    as soon as it is trained, and its evaluation is submitted before the next model's
+    training, so that it never waits behind that training for a worker (the plan counts a
+    model's prediction on its lane, right after its fit). A model whose training or
+    evaluation fails is recorded and the others go on. `limits` are the plan's for each
+    model (`training_limits`). Once every other model is trained and evaluated, the CNN
+    gets every core of `share`."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
-    trainings = {
-        submit(
-            pool,
-            train_task,
-            name=name,
-            params=params,
-            seed=config.seed,
-            cores=_share_of([name], share),
-            **(limits or {}).get(name, {}),
-            **common,
-        ): name
-        for name in models
-    }
+    waiting = list(models)
+    trainings: dict[Future, str] = {}
+
+    def start_next_training() -> None:
+        name = waiting.pop(0)
+        cores = _share_of([name], share)
+        plan_limits = (limits or {}).get(name, {})
+        trainings[
+            submit(pool, train_task, name=name, params=params, seed=config.seed, cores=cores,
+                   **plan_limits, **common)
+        ] = name  # fmt: skip
+
+    while waiting and len(trainings) < config.parallel_models:
+        start_next_training()
     evaluations, failures = {}, []
     training = set(models)
     if training == {DEDICATED_MODEL}:  # the CNN alone: every core from the start
         release(share)
-    for trained in pool.as_completed(trainings):
-        training.discard(trainings[trained])
+    while trainings:
+        trained = next(iter(pool.as_completed(list(trainings))))
+        name = trainings.pop(trained)
+        training.discard(name)
         try:
             model = trained.result()
         except Exception as error:
-            failures.append(isolated(trainings[trained], "training", error, logger))
+            failures.append(isolated(name, "training", error, logger))
         else:
             # The CNN predicts with the pools it trained with.
             threads = {"threads": share.threads} if _share_of([model.name], share) else {}
@@ -181,6 +186,8 @@ def train_and_evaluate(
                 pool, evaluate_task, wait_for=[trained], trained=model, **(common | threads)
             )
             evaluations[evaluation] = model.name
+        if waiting:
+            start_next_training()
         if share and training == {DEDICATED_MODEL} and not share.released:
             _release_when_evaluated(pool, evaluations, share, logger)
     results = []

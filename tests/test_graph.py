@@ -6,13 +6,16 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import Future
+import types
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import as_completed as futures_completed
 
 import pandas as pd
 import pytest
 
+import flows.parallel
 from flows.graph import run_stages
-from flows.parallel import checked, submit
+from flows.parallel import checked, submit, train_and_evaluate
 from tasks.config import build_config
 from tasks.errors import ModelsFailedError
 from tasks.report import console_table
@@ -158,3 +161,43 @@ def test_a_failing_model_is_named_and_the_others_are_trained_ranked_and_reported
     assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir() if any(p.iterdir())) == [
         "logistic_regression", "random_forest",
     ]  # fmt: skip
+
+
+class QueuePool:
+    """One worker that takes the submissions in turn, as a task runner's queue does."""
+
+    threads_per_model = 1
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1)
+
+    def submit(self, stage, parameters, wait_for=()):
+        return self.executor.submit(stage, **parameters)
+
+    def as_completed(self, futures):
+        return futures_completed(list(futures))
+
+
+def test_a_trained_models_evaluation_goes_before_the_next_models_training(tmp_path, monkeypatch):
+    """The plan counts a model's prediction on its lane right after its fit: queued behind
+    the trainings still to come, the SVM's (18 s) ran after the deadline."""
+    events = []
+
+    def train(name, **_):
+        events.append(f"train {name}")
+        return types.SimpleNamespace(name=name)
+
+    def evaluate(trained, **_):
+        events.append(f"evaluate {trained.name}")
+        return trained.name
+
+    monkeypatch.setattr(flows.parallel, "train_task", train)
+    monkeypatch.setattr(flows.parallel, "evaluate_task", evaluate)
+    config = build_config("quick", cache_dir=tmp_path, parallel_models=1)
+    models = ["xgboost", "svm_rbf", "random_forest"]
+    results, failures = train_and_evaluate(
+        QueuePool(), config, None, None, models, logging.getLogger("test-graph")
+    )
+    assert failures == []
+    assert results == models
+    assert events == [f"{step} {model}" for model in models for step in ("train", "evaluate")]
