@@ -94,7 +94,22 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         "training_seconds": round(t1 - t0, 1),
         "cpu": cpu_name(),
         "directory": str(workdir),
+        "commit": code_commit(ROOT),
     }
+
+
+def code_commit(checkout: Path) -> str:
+    """The commit of the code measured, with "+changes" when the checkout has some."""
+
+    def git(*args: str) -> str:
+        try:
+            found = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True)
+        except OSError:  # no git here
+            return ""
+        return found.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def cnn_epochs(workdir: Path, plan: dict) -> str:
@@ -165,6 +180,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
+        "commit": rows.get("commit", pd.Series("—", index=rows.index)).fillna("—"),
     })  # fmt: skip
     table = markdown_table(shown.loc[rows.sort_values(["setting", "budget_minutes"]).index])
     (output / "budget_sweep.md").write_text(

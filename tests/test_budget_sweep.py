@@ -1,0 +1,42 @@
+"""The budget sweep's records: which code each row measured, and the table drawn from them."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+
+from benchmarks.budget_sweep import code_commit, render
+
+
+def git(checkout, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args]
+    return subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_row_names_the_commit_measured_and_whether_it_had_changes(tmp_path):
+    assert code_commit(tmp_path) == "unknown"  # not a git checkout
+    git(tmp_path, "init", "-q")
+    (tmp_path / "flow.py").write_text("one\n")
+    git(tmp_path, "add", "flow.py")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    head = git(tmp_path, "rev-parse", "--short", "HEAD").strip()
+    assert code_commit(tmp_path) == head
+    (tmp_path / "flow.py").write_text("two\n")
+    assert code_commit(tmp_path) == f"{head}+changes"
+
+
+def test_the_table_shows_each_rows_commit(tmp_path):
+    row = {
+        "budget_minutes": 15.0, "setting": "native", "wall_seconds": 583.1,
+        "best_single_model": "cnn", "best_single_accuracy": 0.9262, "ensemble_accuracy": 0.9285,
+        "cnn": "small network, 18 epochs planned, 18 trained", "left_out": None,
+        "cpu_use_run": 0.951, "cpu_use_training": 0.977, "cpu": "AMD EPYC (AVX2, 2 cores)",
+    }  # fmt: skip
+    earlier = row | {"budget_minutes": 5.0, "wall_seconds": 277.2, "best_single_accuracy": 0.91}
+    render(pd.DataFrame([row | {"commit": "3b148fa"}, earlier]), tmp_path)
+    table = (tmp_path / "budget_sweep.md").read_text().splitlines()
+    assert "| 15 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[7]
+    assert table[7].endswith("| — | 98% | 95% | 3b148fa |")
+    assert table[6].endswith("| — |")  # a row from before commits were recorded
+    assert (tmp_path / "budget_sweep.png").stat().st_size > 10_000
