@@ -158,12 +158,11 @@ def train_and_evaluate(
 
     def start_next_training() -> None:
         name = waiting.pop(0)
-        cores = _share_of([name], share)
-        plan_limits = (limits or {}).get(name, {})
-        trainings[
-            submit(pool, train_task, name=name, params=params, seed=config.seed, cores=cores,
-                   **plan_limits, **common)
-        ] = name  # fmt: skip
+        future = submit(
+            pool, train_task, name=name, params=params, seed=config.seed,
+            cores=_share_of([name], share), **(limits or {}).get(name, {}), **common,
+        )  # fmt: skip
+        trainings[future] = name
 
     while waiting and len(trainings) < config.parallel_models:
         start_next_training()
