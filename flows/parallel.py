@@ -167,13 +167,15 @@ def train_and_evaluate(
     while waiting and len(trainings) < config.parallel_models:
         start_next_training()
     evaluations, failures = {}, []
-    training = set(models)
-    if training == {DEDICATED_MODEL}:  # the CNN alone: every core from the start
+
+    def only_the_cnn_left() -> bool:
+        return {*waiting, *trainings.values()} == {DEDICATED_MODEL}
+
+    if only_the_cnn_left():  # the CNN alone: every core from the start
         release(share)
     while trainings:
         trained = next(iter(pool.as_completed(list(trainings))))
         name = trainings.pop(trained)
-        training.discard(name)
         try:
             model = trained.result()
         except Exception as error:
@@ -187,7 +189,7 @@ def train_and_evaluate(
             evaluations[evaluation] = model.name
         if waiting:
             start_next_training()
-        if share and training == {DEDICATED_MODEL} and not share.released:
+        if share and only_the_cnn_left() and not share.released:
             _release_when_evaluated(pool, evaluations, share, logger)
     results = []
     for evaluation, name in evaluations.items():

@@ -285,7 +285,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     keras.backend.clear_session()
     views = 2 if p.mirror else 1
     validation = len(probe.y_val)
-    batches_per_epoch = -(-len(probe.y_train) // p.batch_size)
+    batches_per_epoch = batch_count(len(probe.y_train), p.batch_size)
     epoch = batches_per_epoch * step + validation * per_image
     epoch_alone = step_alone and batches_per_epoch * step_alone + validation * per_image
     predictions = views * (validation + probe.test_images) * per_image
