@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.report import markdown_table
+from tasks.evaluation.report.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")

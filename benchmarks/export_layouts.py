@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.ingest import FASHION_MNIST_FILES, SYSTEM_DATA_DIR
-from tasks.sources.idx import load_idx
-from tasks.sources.kaggle_csv import COLUMNS, CSV_FILES
+from tasks.data.ingest import FASHION_MNIST_FILES, SYSTEM_DATA_DIR
+from tasks.data.sources.idx import load_idx
+from tasks.data.sources.kaggle_csv import COLUMNS, CSV_FILES
 
 SPLITS = ("train", "test")
 _DECIMAL = [str(value) for value in range(256)]

@@ -35,9 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from flows.graph import run_stages
-from tasks.config import PipelineConfig, build_config
-from tasks.ensemble import ENSEMBLE_NAME
-from tasks.report import markdown_table
+from tasks.evaluation.ensemble import ENSEMBLE_NAME
+from tasks.evaluation.report.tables import markdown_table
+from tasks.run.config import PipelineConfig, build_config
 
 STAGES = ("ingest", "validate", "preprocess", "train and evaluate", "ensemble", "report")
 # The start of each Prefect task run's name, and the stage it belongs to.

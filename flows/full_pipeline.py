@@ -24,11 +24,8 @@ from flows.graph import run_stages
 from flows.runner import STOPS, PrefectStages, quiet_tracebacks, stop_signal_of
 from flows.runner import dask_threads_per_model as dask_threads_per_model
 from flows.server import prefect_api
-from tasks.config import MODEL_NAMES, PipelineConfig, build_config
-from tasks.errors import PipelineError
-from tasks.preflight import check_cluster_server, check_run
-from tasks.report import console_table
-from tasks.stopping import (
+from tasks.core.errors import PipelineError
+from tasks.core.stopping import (
     RunStopped,
     abandoned_fits,
     clear_stop,
@@ -38,6 +35,9 @@ from tasks.stopping import (
     stop_handlers_installed,
     stop_signal,
 )
+from tasks.evaluation.report.tables import console_table
+from tasks.run.config import MODEL_NAMES, PipelineConfig, build_config
+from tasks.run.preflight import check_cluster_server, check_run
 
 
 def new_run_id(profile: str) -> str:

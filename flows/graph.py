@@ -24,21 +24,21 @@ from flows.parallel import (
     train_and_evaluate,
     tune_models,
 )
-from tasks.budget import DEDICATED_MODEL, planned_params, training_limits
-from tasks.changes import regressions
-from tasks.config import PipelineConfig
-from tasks.contracts import ProcessedDataset, RawDataset, ValidationSummary
-from tasks.cores import shared_cores
-from tasks.ensemble import ENSEMBLE_NAME, ensemble_task
-from tasks.errors import ModelsFailedError, StorageError
-from tasks.history import record_run_task, regression_error, since_previous_run_task
-from tasks.ingest import ingest_task
-from tasks.preflight import check_run, space_needed
-from tasks.preprocess import preprocess_task
-from tasks.report import report_task, run_context
-from tasks.storage import sweep_scratch
-from tasks.tune import tuned_params, write_profile
-from tasks.validate import validate_task
+from tasks.budget.plans import DEDICATED_MODEL, planned_params, training_limits
+from tasks.core.contracts import ProcessedDataset, RawDataset, ValidationSummary
+from tasks.core.errors import ModelsFailedError, StorageError
+from tasks.core.storage import sweep_scratch
+from tasks.data.stages import ingest_task, preprocess_task, validate_task
+from tasks.evaluation.ensemble import ENSEMBLE_NAME
+from tasks.evaluation.report.metrics import run_context
+from tasks.evaluation.stages import ensemble_task, report_task
+from tasks.history.changes import regressions
+from tasks.history.runs import regression_error
+from tasks.history.stages import record_run_task, since_previous_run_task
+from tasks.run.config import PipelineConfig
+from tasks.run.preflight import check_run, space_needed
+from tasks.training.cores import shared_cores
+from tasks.training.tune import tuned_params, write_profile
 
 
 class StageRunner(Protocol):

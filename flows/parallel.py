@@ -9,25 +9,25 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from tasks.budget import (
+from tasks.budget.planner import Plan
+from tasks.budget.plans import (
     DEDICATED_MODEL,
     cached_plan,
     describe_plan,
     make_plan,
-    measure_task,
     pinned_fields,
     plan_key,
     reserve_seconds,
 )
-from tasks.config import PipelineConfig
-from tasks.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
-from tasks.cores import CoreShare, release, withhold
-from tasks.errors import ModelsFailedError, RunEnvironmentError
-from tasks.evaluate import evaluate_task
-from tasks.planner import Plan
-from tasks.stopping import RunStopped, stop_requested, stop_signal
-from tasks.train import train_task
-from tasks.tune import TrialRequest, TuningSession, trial_task
+from tasks.budget.stages import measure_task
+from tasks.core.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.core.errors import ModelsFailedError, RunEnvironmentError
+from tasks.core.stopping import RunStopped, stop_requested, stop_signal
+from tasks.evaluation.stages import evaluate_task
+from tasks.run.config import PipelineConfig
+from tasks.training.cores import CoreShare, release, withhold
+from tasks.training.stages import train_task, trial_task
+from tasks.training.tune import TrialRequest, TuningSession
 
 
 class Future(Protocol):

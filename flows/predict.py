@@ -22,9 +22,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from tasks.contracts import MAX_CLASSES
-from tasks.errors import PredictionInputError
-from tasks.predict import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
+from tasks.core.contracts import MAX_CLASSES
+from tasks.core.errors import PredictionInputError
+from tasks.predict.batch import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
 
 EXIT_UNREADABLE = 3
 DEFAULT_RUN = Path("reports/latest")

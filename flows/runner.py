@@ -19,10 +19,8 @@ from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from tasks.config import PipelineConfig
-from tasks.errors import PipelineError, RunEnvironmentError
-from tasks.preflight import CLUSTER_NEEDS_SERVER, api_problem
-from tasks.stopping import (
+from tasks.core.errors import PipelineError, RunEnvironmentError
+from tasks.core.stopping import (
     FIT_STOP_SECONDS,
     RunStopped,
     clear_stop,
@@ -31,6 +29,8 @@ from tasks.stopping import (
     request_stop,
     signal_child_processes,
 )
+from tasks.run.config import PipelineConfig
+from tasks.run.preflight import CLUSTER_NEEDS_SERVER, api_problem
 
 # How long the tasks still running get to stop after a stop request, before their worker
 # processes are killed: their fits get FIT_STOP_SECONDS, and then they unwind.

@@ -26,7 +26,7 @@ from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import get_current_settings
 
-from tasks.errors import RunEnvironmentError
+from tasks.core.errors import RunEnvironmentError
 
 STOP_SECONDS = 5
 # The server runs in a session of its own, where a signal to the run's process group does

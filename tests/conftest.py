@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.contracts import ProcessedDataset, RawDataset
-from tasks.ingest import FASHION_MNIST_FILES, ingest_dataset
-from tasks.preprocess import preprocess_dataset
-from tasks.storage import array_refs, save_arrays
+from tasks.core.contracts import ProcessedDataset, RawDataset
+from tasks.core.storage import array_refs, save_arrays
+from tasks.data.ingest import FASHION_MNIST_FILES, ingest_dataset
+from tasks.data.preprocess import preprocess_dataset
 from tests.idx_files import make_images, write_dataset
 
 # Keep the test server off the network and TensorFlow's notices out of the output.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.sources.idx import FASHION_MNIST_FILES, IMAGES_MAGIC, LABELS_MAGIC, IdxFile
+from tasks.data.sources.idx import FASHION_MNIST_FILES, IMAGES_MAGIC, LABELS_MAGIC, IdxFile
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

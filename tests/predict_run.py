@@ -12,14 +12,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.config import ModelParams
-from tasks.ensemble import build_ensemble
-from tasks.evaluate import evaluate_model
-from tasks.ingest import ingest_dataset
-from tasks.models.base import TrainingContext
-from tasks.preprocess import preprocess_dataset
-from tasks.report import write_report
-from tasks.train import train_model
+from tasks.data.ingest import ingest_dataset
+from tasks.data.preprocess import preprocess_dataset
+from tasks.evaluation.ensemble import build_ensemble
+from tasks.evaluation.evaluate import evaluate_model
+from tasks.evaluation.report.writer import write_report
+from tasks.run.config import ModelParams
+from tasks.training.models.base import TrainingContext
+from tasks.training.train import train_model
 from tests.idx_files import write_dataset
 
 RUN_ID = "run-1"

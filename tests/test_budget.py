@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.budget import measure_variants, pinned_fields, planned_params
-from tasks.config import build_config
-from tasks.contracts import ProcessedDataset
-from tasks.models.base import TrainingContext
-from tasks.models.cnn import SMALL_BLOCKS
-from tasks.planner import ModelPlan, Plan
-from tasks.storage import array_refs, save_arrays
+from tasks.budget.measure import measure_variants
+from tasks.budget.planner import ModelPlan, Plan
+from tasks.budget.plans import pinned_fields, planned_params
+from tasks.core.contracts import ProcessedDataset
+from tasks.core.storage import array_refs, save_arrays
+from tasks.run.config import build_config
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.cnn import SMALL_BLOCKS
 
 
 def test_only_values_changed_from_the_profile_are_the_users(tmp_path):

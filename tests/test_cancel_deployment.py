@@ -16,9 +16,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from tasks.errors import RunEnvironmentError
-from tasks.preflight import check_api
-from tasks.storage import entry_problem
+from tasks.core.errors import RunEnvironmentError
+from tasks.core.storage import entry_problem
+from tasks.run.preflight import check_api
 from tests.conftest import REAL_DATA_DIR
 from tests.test_deployment import free_loopback_port, start, stop, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.full_pipeline import dask_threads_per_model, main
-from tasks.contracts import CLASS_NAMES
+from tasks.core.contracts import CLASS_NAMES
 from tests.idx_files import idx_bytes, write_dataset, write_idx_gz
 
 # main() starts a flow run for input it can't refuse up front.
@@ -43,8 +43,8 @@ def test_no_data_anywhere_is_one_line_naming_the_sources_and_the_fixes(
     tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
-    monkeypatch.setattr("tasks.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
+    monkeypatch.setattr("tasks.data.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
+    monkeypatch.setattr("tasks.data.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
     assert main(["--profile", "quick", "--models", "logistic_regression"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [

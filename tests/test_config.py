@@ -5,7 +5,8 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import MODEL_NAMES, ModelParams, PipelineConfig, SVMParams
+from tasks.run.config import MODEL_NAMES, ModelParams, PipelineConfig
+from tasks.training.models.sklearn_models import SVMParams
 
 
 def test_model_params_built_from_the_specs_validate_like_a_written_class():

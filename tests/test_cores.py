@@ -15,8 +15,8 @@ import pytest
 
 import flows.parallel
 from flows.parallel import train_and_evaluate
-from tasks.config import build_config
-from tasks.cores import (
+from tasks.run.config import build_config
+from tasks.training.cores import (
     CoreShare,
     every_core,
     held_to_lane,

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import DEFAULT_MODELS, PipelineConfig
+from tasks.run.config import DEFAULT_MODELS, PipelineConfig
 from tests.conftest import REAL_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks.config import ModelParams
-from tasks.ensemble import build_ensemble, choose_members, choose_weights
-from tasks.evaluate import evaluate_model
-from tasks.models import TrainingContext
-from tasks.train import train_model
+from tasks.evaluation.ensemble import build_ensemble, choose_members, choose_weights
+from tasks.evaluation.evaluate import evaluate_model
+from tasks.run.config import ModelParams
+from tasks.training.models.base import TrainingContext
+from tasks.training.train import train_model
 
 
 def test_members_are_chosen_by_validation_accuracy_not_test():

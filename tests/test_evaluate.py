@@ -5,7 +5,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from tasks.evaluate import expected_calibration_error
+from tasks.evaluation.evaluate import expected_calibration_error
 
 
 def test_confident_and_right_is_perfectly_calibrated():

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL
 
-from tasks.storage import entry_problem
+from tasks.core.storage import entry_problem
 from tests.test_cancel_deployment import entries, scratch_left
 from tests.test_deployment import wait_for
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from flows.full_pipeline import main
-from tasks.errors import StorageError
-from tasks.report import write_report
-from tasks.storage import cached_directory, save_arrays
+from tasks.core.errors import StorageError
+from tasks.core.storage import cached_directory, save_arrays
+from tasks.evaluation.report.writer import write_report
 from tests.test_report import sample_evaluations, sample_split
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")

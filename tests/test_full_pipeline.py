@@ -29,8 +29,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 from sklearn.metrics import log_loss
 
 from flows.full_pipeline import full_pipeline, main
-from tasks.config import DEFAULT_MODELS, build_config
-from tasks.ingest import FASHION_MNIST_FILES
+from tasks.data.ingest import FASHION_MNIST_FILES
+from tasks.run.config import DEFAULT_MODELS, build_config
 from tests.conftest import REAL_DATA_DIR
 
 QUICK_ARGS = ["--profile", "quick", "--data-dir", "fashion", "--seed", "7"]

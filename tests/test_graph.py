@@ -16,10 +16,10 @@ import pytest
 import flows.parallel
 from flows.graph import run_stages
 from flows.parallel import checked, submit, train_and_evaluate
-from tasks.config import build_config
-from tasks.errors import ModelsFailedError
-from tasks.report import console_table
-from tasks.train import train_task
+from tasks.core.errors import ModelsFailedError
+from tasks.evaluation.report.tables import console_table
+from tasks.run.config import build_config
+from tasks.training.stages import train_task
 
 
 class InlinePool:

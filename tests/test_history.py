@@ -12,25 +12,20 @@ import numpy as np
 import pytest
 from statsmodels.stats.proportion import proportions_ztest
 
-from tasks.changes import MCNEMAR, Z_TEST, regressions
-from tasks.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, RawDataset
-from tasks.errors import RegressionError, RunEnvironmentError
-from tasks.history import (
-    compare_with_previous,
-    record_run,
-    record_run_task,
-    regression_error,
-    since_previous_run_task,
-)
-from tasks.history_db import (
+from tasks.core.contracts import CLASS_NAMES, ModelEvaluation, ProcessedDataset, RawDataset
+from tasks.core.errors import RegressionError, RunEnvironmentError
+from tasks.core.storage import array_refs, save_arrays
+from tasks.evaluation.significance import two_proportion_z_test
+from tasks.history.changes import MCNEMAR, Z_TEST, regressions
+from tasks.history.db import (
     KEEP_IMAGE_DATA_RUNS,
     history_path,
     previous_run,
     record_snapshot,
     snapshot_run,
 )
-from tasks.significance import two_proportion_z_test
-from tasks.storage import array_refs, save_arrays
+from tasks.history.runs import compare_with_previous, record_run, regression_error
+from tasks.history.stages import record_run_task, since_previous_run_task
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 30
@@ -274,7 +269,7 @@ WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from tasks.history_db import ModelOutcome, RunSnapshot, record_snapshot, split_images
+from tasks.history.db import ModelOutcome, RunSnapshot, record_snapshot, split_images
 
 db, name = Path(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(abs(hash(name)) % 1000)

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tasks.history import REGRESSED_EVENT
+from tasks.history.stages import REGRESSED_EVENT
 from tests.conftest import REAL_DATA_DIR
 from tests.test_cancel_deployment import prefect_cli
 from tests.test_deployment import running_server, start, stop, wait_for

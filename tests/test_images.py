@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import BORDER_TOLERANCE, BlankImageError, to_fashion_mnist
+from tasks.data.images import BORDER_TOLERANCE, BlankImageError, to_fashion_mnist
 
 
 def garment(height: int, width: int, value: int = 200) -> np.ndarray:

@@ -16,22 +16,22 @@ import numpy as np
 import pytest
 from prefect import flow
 
-from tasks.errors import DatasetFileError
-from tasks.ingest import (
+from tasks.core.errors import DatasetFileError
+from tasks.core.storage import CorruptArrayError
+from tasks.data.ingest import (
     FASHION_MNIST_FILES,
     NoDataSourceError,
     check_data_source,
     checksum_mismatch,
     fashion_mnist_dir,
     ingest_dataset,
-    ingest_task,
     is_network_error,
     network_cause,
     parse_idx,
     resolve_error,
 )
-from tasks.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
-from tasks.storage import CorruptArrayError
+from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
+from tasks.data.stages import ingest_task
 from tests.idx_files import idx_bytes, write_dataset, write_idx_gz
 
 TRAIN_IMAGES = FASHION_MNIST_FILES["train_images"].name
@@ -263,8 +263,8 @@ def test_a_connection_reset_is_no_data_worth_a_retry(tmp_path, resetting_mirror)
 def test_the_check_before_the_run_names_a_missing_source_at_once(
     tmp_path, monkeypatch, synthetic_dir
 ):
-    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
-    monkeypatch.setattr("tasks.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
+    monkeypatch.setattr("tasks.data.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
+    monkeypatch.setattr("tasks.data.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
     with pytest.raises(NoDataSourceError) as raised:
         check_data_source(None, tmp_path / "cache")
     assert str(raised.value) == (
@@ -272,7 +272,7 @@ def test_the_check_before_the_run_names_a_missing_source_at_once(
         f"(no such directory) and http://fashion-mnist.invalid/ (name does not resolve); {FIXES}"
     )
     check_data_source(synthetic_dir[0], tmp_path / "cache")  # the user's own data
-    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", synthetic_dir[0])
+    monkeypatch.setattr("tasks.data.ingest.SYSTEM_DATA_DIR", synthetic_dir[0])
     check_data_source(None, tmp_path / "cache")  # Debian's package
 
 
@@ -281,8 +281,8 @@ def test_the_task_retries_a_reset_but_not_a_name_that_does_not_resolve(
     tmp_path, monkeypatch, resetting_mirror
 ):
     url, connections = resetting_mirror
-    monkeypatch.setattr("tasks.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
-    monkeypatch.setattr("tasks.ingest.MIRROR_URL", url)
+    monkeypatch.setattr("tasks.data.ingest.SYSTEM_DATA_DIR", tmp_path / "no-system")
+    monkeypatch.setattr("tasks.data.ingest.MIRROR_URL", url)
     task = ingest_task.with_options(retry_delay_seconds=0)
 
     @flow
@@ -299,7 +299,7 @@ def test_the_task_retries_a_reset_but_not_a_name_that_does_not_resolve(
         calls.append(args)
         return urlopen(*args, **kwargs)
 
-    monkeypatch.setattr("tasks.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
+    monkeypatch.setattr("tasks.data.ingest.MIRROR_URL", "http://fashion-mnist.invalid/")
     monkeypatch.setattr(urllib.request, "urlopen", counting_urlopen)
     with pytest.raises(NoDataSourceError, match=r"name does not resolve"):
         ingest_only()

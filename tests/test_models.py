@@ -6,9 +6,10 @@ import sys
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from tasks.config import DEFAULT_MODELS, MODEL_NAMES, QUICK_PROFILE, ModelParams
-from tasks.models import SPECS, TrainingContext, build_model
-from tasks.storage import PROJECT_PACKAGE, _module_file, _project_imports
+from tasks.core.storage import PROJECT_PACKAGE, _module_file, _project_imports
+from tasks.run.config import DEFAULT_MODELS, MODEL_NAMES, QUICK_PROFILE, ModelParams
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.registry import SPECS, build_model
 
 
 def test_registry_covers_every_configured_model():
@@ -46,16 +47,19 @@ def test_model_module_imports_neither_the_registry_nor_other_models(spec):
     others = {_module_file(other.module, PROJECT_PACKAGE) for other in SPECS} - {
         _module_file(spec.module, PROJECT_PACKAGE)
     }
-    assert PROJECT_PACKAGE / "models" / "__init__.py" not in imported
+    assert PROJECT_PACKAGE / "training" / "models" / "registry.py" not in imported
     assert imported.isdisjoint(others)
 
 
 def test_tensorflow_is_imported_only_to_fit_or_load_a_cnn():
     # A fresh interpreter: this one may have imported TensorFlow for another test.
-    imports = "import sys, tasks.config, tasks.train, tasks.tune; print(sorted(sys.modules))"
+    imports = (
+        "import sys, tasks.run.config, tasks.training.train, tasks.training.tune; "
+        "print(sorted(sys.modules))"
+    )
     modules = subprocess.run(
         [sys.executable, "-c", imports], capture_output=True, text=True, check=True
     ).stdout
     assert "'tensorflow'" not in modules
     assert "'keras'" not in modules
-    assert "'tasks.models.cnn'" in modules  # the CNN's module is loaded; only Keras waits
+    assert "'tasks.training.models.cnn'" in modules  # the CNN's module is loaded; only Keras waits

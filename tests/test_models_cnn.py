@@ -11,15 +11,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tasks.models.base import TrainingContext
-from tasks.models.keras_training import (
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.keras_training import (
     PREDICT_BATCH,
     CosineToDeadline,
     augmented_batches,
     image_batches,
     shift_and_mirror,
 )
-from tasks.models.tensorflow_runtime import start_tensorflow
+from tasks.training.models.tensorflow_runtime import start_tensorflow
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def _passes(dataset, count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
 
 
 def test_each_pass_over_the_augmented_batches_is_the_next_epoch(keras):
-    from tasks.models.cnn import CNNParams
+    from tasks.training.models.cnn import CNNParams
 
     images = np.zeros((10, 28, 28, 1), dtype=np.float32)
     images[np.arange(10), 14, 14, 0] = np.arange(1, 11)  # each image told by its one pixel
@@ -90,7 +90,7 @@ def test_image_batches_keep_the_order_with_tf_data_autotuning_off(keras):
 
 @pytest.mark.parametrize("shape", [(16, 5, 5, 3), (16, 7)])
 def test_fused_batch_normalisation_matches_keras(keras, shape):
-    from tasks.models.keras_layers import FusedBatchNormalization
+    from tasks.training.models.keras_layers import FusedBatchNormalization
 
     x = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype(np.float32)
     fused, reference = (
@@ -107,7 +107,7 @@ def test_fused_batch_normalisation_matches_keras(keras, shape):
 
 
 def test_networks_saved_when_the_layer_lived_in_tasks_keras_layers_still_load(keras, tmp_path):
-    from tasks.models.keras_layers import FusedBatchNormalization
+    from tasks.training.models.keras_layers import FusedBatchNormalization
 
     inputs = keras.Input(shape=(4,))
     keras.Model(inputs, FusedBatchNormalization(momentum=0.8)(inputs)).save(tmp_path / "new.keras")

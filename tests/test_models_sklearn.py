@@ -5,10 +5,11 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from tasks.config import ModelParams
-from tasks.contracts import TRAINING_ARRAYS
-from tasks.models import TrainingContext, build_model
-from tasks.models.sklearn_models import convergence_warnings_ignored
+from tasks.core.contracts import TRAINING_ARRAYS
+from tasks.run.config import ModelParams
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.registry import build_model
+from tasks.training.models.sklearn_models import convergence_warnings_ignored
 
 
 def fit_logistic_regression(processed, max_iter: int = 200, threads: int = 1) -> None:
@@ -28,7 +29,7 @@ def blas_threads() -> set[int]:
 
 
 def test_iteration_cap_is_one_log_line_not_a_warning(processed, caplog, recwarn):
-    with caplog.at_level("INFO", logger="tasks.models"):
+    with caplog.at_level("INFO", logger="tasks.training.models"):
         fit_logistic_regression(processed, max_iter=2)
     assert "LogisticRegression stopped at its cap of max_iter=2 iterations" in caplog.text
     assert [w for w in recwarn if "converge" in str(w.message)] == []

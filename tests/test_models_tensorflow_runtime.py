@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import threading
 
-from tasks.models.tensorflow_runtime import (
+from tasks.training.models.tensorflow_runtime import (
     TENSORFLOW_STARTUP_NOISE,
     configure_tensorflow_threads,
     native_stderr_without,
@@ -29,7 +29,7 @@ def test_thread_pools_fixed_before_are_a_warning_naming_both_counts(caplog):
 
     tf.constant(1.0) + 1  # an operation: from here on the pools are fixed
     kept = tf.config.threading.get_intra_op_parallelism_threads()
-    with caplog.at_level("WARNING", logger="tasks.models.tensorflow_runtime"):
+    with caplog.at_level("WARNING", logger="tasks.training.models.tensorflow_runtime"):
         configure_tensorflow_threads(kept + 2)
     assert f"asked for {kept + 2} thread(s), it keeps {kept or 'its default'}" in caplog.text
     assert tf.config.threading.get_intra_op_parallelism_threads() == kept

@@ -11,18 +11,18 @@ import pandas as pd
 import pytest
 
 from flows.predict import main
-from tasks.budget import measure_variants
-from tasks.config import MODEL_NAMES, ModelParams
-from tasks.ensemble import build_ensemble
-from tasks.evaluate import evaluate_model, plot_confusion_matrix
-from tasks.models import build_model, load_model
-from tasks.models.base import ProbeData, TrainingContext
-from tasks.models.measuring import sample
-from tasks.report import write_report
-from tasks.report.artifacts import summary_markdown
-from tasks.report.figures import plot_confusion_grid
-from tasks.train import train_model
-from tasks.tune import TuningSession, run_trial
+from tasks.budget.measure import measure_variants
+from tasks.evaluation.ensemble import build_ensemble
+from tasks.evaluation.evaluate import evaluate_model, plot_confusion_matrix
+from tasks.evaluation.report.artifacts import summary_markdown
+from tasks.evaluation.report.figures import plot_confusion_grid
+from tasks.evaluation.report.writer import write_report
+from tasks.run.config import MODEL_NAMES, ModelParams
+from tasks.training.models.base import ProbeData, TrainingContext
+from tasks.training.models.measuring import sample
+from tasks.training.models.registry import build_model, load_model
+from tasks.training.train import train_model
+from tasks.training.tune import TuningSession, run_trial
 from tests.conftest import THREE_CLASSES
 
 DATASET = "your data: image-folder at /data/shoes (3 classes)"

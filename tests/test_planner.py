@@ -4,9 +4,7 @@ import math
 
 import pytest
 
-from tasks.budget import describe_plan
-from tasks.contracts import Cost
-from tasks.planner import (
+from tasks.budget.planner import (
     SAFETY,
     BudgetTooSmallError,
     Plan,
@@ -16,6 +14,8 @@ from tasks.planner import (
     seconds_sharing,
     steps_sharing,
 )
+from tasks.budget.plans import describe_plan
+from tasks.core.contracts import Cost
 
 DROP_ORDER = ("random_forest", "xgboost", "logistic_regression", "svm_rbf", "cnn")
 

@@ -13,11 +13,10 @@ from PIL import Image
 
 import tasks.predict.model
 from flows.predict import main
-from tasks.contracts import CLASS_NAMES
-from tasks.predict import csv_header, predict_images
-from tasks.predict.batch import classify, write_atomically
+from tasks.core.contracts import CLASS_NAMES
+from tasks.core.storage import sha256_file
+from tasks.predict.batch import classify, csv_header, predict_images, write_atomically
 from tasks.predict.inputs import InputImages
-from tasks.storage import sha256_file
 from tests.predict_run import RUN_ID, TEST_IMAGES, make_run
 
 

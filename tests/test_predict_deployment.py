@@ -19,8 +19,8 @@ from PIL import Image
 from prefect.exceptions import ParameterTypeError
 
 from flows.predict import batch_predict, main
-from tasks.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_gzip
-from tasks.storage import sha256_file
+from tasks.core.storage import sha256_file
+from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_gzip
 from tests.conftest import REAL_DATA_DIR
 from tests.test_deployment import PREFECT, REPO, free_loopback_port, start, stop, wait_for
 

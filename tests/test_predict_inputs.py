@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.errors import PredictionInputError
+from tasks.core.errors import PredictionInputError
+from tasks.data.preprocess import scale_images
 from tasks.predict.inputs import find_inputs, read_input
-from tasks.preprocess import scale_images
 from tests.idx_files import idx_bytes, make_images
 
 IMAGES = make_images(np.arange(6) % 10, seed=3)  # (6, 28, 28) uint8

@@ -8,9 +8,9 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.full_pipeline import main
-from tasks.config import build_config
-from tasks.errors import RunEnvironmentError, UsageError
-from tasks.preflight import check_api, check_run, estimate_writes
+from tasks.core.errors import RunEnvironmentError, UsageError
+from tasks.run.config import build_config
+from tasks.run.preflight import check_api, check_run, estimate_writes
 from tests.test_deployment import free_loopback_port
 
 QUICK = ["--profile", "quick", "--models", "logistic_regression"]
@@ -47,7 +47,9 @@ def test_a_disk_without_room_for_the_run_is_refused_with_what_it_needs(
 ):
     # One disk holds the cache and the reports; tests/test_full_disk.py fills a real one.
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tasks.preflight.shutil.disk_usage", lambda path: Usage(10**9, 0, 10**6))
+    monkeypatch.setattr(
+        "tasks.run.preflight.shutil.disk_usage", lambda path: Usage(10**9, 0, 10**6)
+    )
     assert main([*QUICK, "--output-dir", "full/reports"]) == 1
     needs = estimate_writes(build_config("quick", models=["logistic_regression"]))
     total = round(sum(needs.values()))

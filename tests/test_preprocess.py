@@ -3,16 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.errors import UsageError
-from tasks.ingest import ingest_dataset
-from tasks.models.cnn import to_image_tensor
-from tasks.preprocess import (
+from tasks.core.errors import UsageError
+from tasks.data.ingest import ingest_dataset
+from tasks.data.preprocess import (
     preprocess_arrays,
     preprocess_dataset,
     scale_images,
     split_train_validation,
     stratified_subset,
 )
+from tasks.training.models.cnn import to_image_tensor
 
 
 def test_scale_images_to_unit_float32():

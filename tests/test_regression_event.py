@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.history import REGRESSED_EVENT
+from tasks.history.stages import REGRESSED_EVENT
 from tests.test_deployment import PREFECT, running_server, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ REGRESSING_RUN = """
 import sys
 from pathlib import Path
 from prefect import flow
-from tasks.history import since_previous_run_task
+from tasks.history.stages import since_previous_run_task
 from tests.test_history import Run, make_arrays
 
 work = Path(sys.argv[1])

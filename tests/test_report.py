@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.contracts import CLASS_NAMES, LearningCurve, ModelEvaluation, ProcessedDataset
-from tasks.evaluate import classification_metrics, plot_confusion_matrix
-from tasks.report import write_report
-from tasks.report.analysis import (
+from tasks.core.contracts import CLASS_NAMES, LearningCurve, ModelEvaluation, ProcessedDataset
+from tasks.core.storage import array_refs, save_arrays
+from tasks.evaluation.evaluate import classification_metrics, plot_confusion_matrix
+from tasks.evaluation.report.analysis import (
     class_difficulty,
     confused_pairs,
     leaderboard,
@@ -20,7 +20,7 @@ from tasks.report.analysis import (
     misclassified_examples,
     pareto_front,
 )
-from tasks.storage import array_refs, save_arrays
+from tasks.evaluation.report.writer import write_report
 
 Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
 TEST_INDEX = np.arange(100) * 7  # positions in the original test set

@@ -9,10 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tasks.contracts import CLASS_NAMES
-from tasks.report import analyse
-from tasks.report import artifacts as artifacts_module
-from tasks.report.artifacts import publish_artifacts, summary_markdown
+from tasks.core.contracts import CLASS_NAMES
+from tasks.evaluation.report import artifacts as artifacts_module
+from tasks.evaluation.report.analysis import analyse
+from tasks.evaluation.report.artifacts import publish_artifacts, summary_markdown
 from tests.test_report import Y_TEST, sample_evaluations
 
 INLINE_PNG = re.compile(r"!\[([^]]*)\]\(data:image/png;base64,([^)]+)\)")

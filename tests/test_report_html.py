@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from tasks.report.html import CONTENT_SECURITY_POLICY, render_html
+from tasks.evaluation.report.html import CONTENT_SECURITY_POLICY, render_html
 
 MARKDOWN = """# Run `r1`
 

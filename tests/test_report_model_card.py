@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from tasks.report import write_report
-from tasks.report.model_card import render_model_card
+from tasks.evaluation.report.model_card import render_model_card
+from tasks.evaluation.report.writer import write_report
 from tests.test_report import sample_evaluations, sample_split
 
 CONTEXT = {

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.report import analysis, write_report
-from tasks.report.artifacts import summary_markdown
-from tasks.report.figures import plot_pareto
-from tasks.significance import bootstrap_accuracy_intervals
+from tasks.evaluation.report import analysis
+from tasks.evaluation.report.artifacts import summary_markdown
+from tasks.evaluation.report.figures import plot_pareto
+from tasks.evaluation.report.writer import write_report
+from tasks.evaluation.significance import bootstrap_accuracy_intervals
 from tests.test_report import Y_TEST, sample_evaluations, sample_split
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -57,12 +58,12 @@ def test_interval_level_comes_from_the_configured_confidence(
 
 
 def test_importing_the_report_loads_no_training_library():
-    code = "import sys, tasks.report; print('\\n'.join(sys.modules))"
+    code = "import sys, tasks.evaluation.report; print('\\n'.join(sys.modules))"
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, check=True
     )
     libraries = {"optuna", "xgboost", "tensorflow", "keras"}
-    training = ("tasks.train", "tasks.tune", "tasks.models")
+    training = ("tasks.training.train", "tasks.training.tune", "tasks.training.models")
     loaded = run.stdout.split()
     assert [m for m in loaded if m.split(".")[0] in libraries or m.startswith(training)] == []
 

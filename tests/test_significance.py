@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from tasks.significance import (
+from tasks.evaluation.significance import (
     bootstrap_accuracy_intervals,
     describe_comparisons,
     mcnemar_exact,

@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 from benchmarks.export_layouts import export_csv, export_image_folders, numbered_folders
-from tasks.contracts import CLASS_NAMES, UnreadableFile
-from tasks.errors import DatasetFileError, UsageError
-from tasks.ingest import ingest_dataset
-from tasks.sources import LAYOUTS_LOOKED_FOR, detect_layout
-from tasks.sources.base import class_names_for
-from tasks.sources.folders import folders_fingerprint, load_folders
-from tasks.sources.idx import load_idx
-from tasks.sources.kaggle_csv import COLUMNS, load_csv
+from tasks.core.contracts import CLASS_NAMES, UnreadableFile
+from tasks.core.errors import DatasetFileError, UsageError
+from tasks.data.ingest import ingest_dataset
+from tasks.data.sources import LAYOUTS_LOOKED_FOR, detect_layout
+from tasks.data.sources.base import class_names_for
+from tasks.data.sources.folders import folders_fingerprint, load_folders
+from tasks.data.sources.idx import load_idx
+from tasks.data.sources.kaggle_csv import COLUMNS, load_csv
 from tests.idx_files import make_images
 
 

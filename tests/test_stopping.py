@@ -11,9 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tasks.models.base import TrainingContext
-from tasks.models.xgboost_model import XGBoostParams, build_xgboost
-from tasks.stopping import (
+from tasks.core.stopping import (
     RunStopped,
     check_stop,
     clear_stop,
@@ -24,6 +22,8 @@ from tasks.stopping import (
     stop_requested,
     stop_signal,
 )
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.xgboost_model import XGBoostParams, build_xgboost
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_a_fit_runs_in_its_thread_with_this_context_and_hands_back_its_outcome()
 
 
 def test_a_fit_without_checks_is_left_behind_once_the_run_stops(monkeypatch):
-    monkeypatch.setattr("tasks.stopping.FIT_STOP_SECONDS", 0.5)
+    monkeypatch.setattr("tasks.core.stopping.FIT_STOP_SECONDS", 0.5)
     release = threading.Event()  # a scikit-learn fit: it never looks at the flag
     threading.Timer(0.3, request_stop, args=(signal.SIGTERM,)).start()
     threading.Timer(5, release.set).start()  # it ends after all, long after the stop

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.errors import StorageError
-from tasks.storage import (
+from tasks.core.errors import StorageError
+from tasks.core.storage import (
     MANIFEST_FILE,
     array_refs,
     cached_directory,
@@ -106,7 +106,7 @@ def test_a_rebuild_that_fails_while_publishing_puts_the_old_entry_back(tmp_path,
     def interrupted(staging, entry, keep_existing):  # after the old entry was moved aside
         raise RuntimeError("stopped between the two renames")
 
-    monkeypatch.setattr("tasks.storage._publish", interrupted)
+    monkeypatch.setattr("tasks.core.storage._publish", interrupted)
     with pytest.raises(RuntimeError, match="stopped between the two renames"):
         cached_directory(target, write_numbers(calls), refresh=True)
     assert entry_problem(target) is None

@@ -6,11 +6,15 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks.config import MODEL_NAMES, CNNParams, ModelParams, RandomForestParams, XGBoostParams
-from tasks.evaluate import evaluate_model
-from tasks.models import SPECS, TrainingContext, build_model, load_model
-from tasks.storage import PROJECT_PACKAGE
-from tasks.train import model_code_version, train_model
+from tasks.core.storage import PROJECT_PACKAGE
+from tasks.evaluation.evaluate import evaluate_model
+from tasks.run.config import MODEL_NAMES, ModelParams
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.cnn import CNNParams
+from tasks.training.models.registry import SPECS, build_model, load_model
+from tasks.training.models.sklearn_models import RandomForestParams
+from tasks.training.models.xgboost_model import XGBoostParams
+from tasks.training.train import model_code_version, train_model
 
 SMALL = ModelParams(
     random_forest=RandomForestParams(n_estimators=20),
@@ -86,7 +90,7 @@ def test_trained_model_is_reused_until_its_inputs_change(tmp_path, processed, mo
         fitted.append(args[0])
         return original_build(*args)
 
-    monkeypatch.setattr("tasks.train.build_model", counting_build)
+    monkeypatch.setattr("tasks.training.train.build_model", counting_build)
     again = train_model("random_forest", SMALL, processed, tmp_path, context)
     assert again == first
     assert fitted == []
@@ -127,10 +131,12 @@ def test_a_model_is_retrained_only_when_the_code_it_runs_changes(tmp_path):
             if model_code_version(spec.name, package) != before[spec.name]
         }
 
-    assert retrained_after_editing("models/cnn.py") == {"cnn"}
-    assert retrained_after_editing("models/keras_layers.py") == {"cnn"}
-    assert retrained_after_editing("models/xgboost_model.py") == {"xgboost"}
+    assert retrained_after_editing("training/models/cnn.py") == {"cnn"}
+    assert retrained_after_editing("training/models/keras_layers.py") == {"cnn"}
+    assert retrained_after_editing("training/models/xgboost_model.py") == {"xgboost"}
     sklearn_models = {"logistic_regression", "random_forest", "svm_rbf"}
-    assert retrained_after_editing("models/sklearn_models.py") == sklearn_models
-    assert retrained_after_editing("models/__init__.py") == set()  # the registry fits nothing
-    assert retrained_after_editing("train.py") == set(MODEL_NAMES)  # it writes params.json
+    assert retrained_after_editing("training/models/sklearn_models.py") == sklearn_models
+    assert (
+        retrained_after_editing("training/models/registry.py") == set()
+    )  # the registry fits nothing
+    assert retrained_after_editing("training/train.py") == set(MODEL_NAMES)  # it writes params.json

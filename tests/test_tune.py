@@ -9,11 +9,13 @@ import pytest
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from tasks.config import ModelParams, PipelineConfig, XGBoostParams
-from tasks.contracts import TRAINING_ARRAYS, ProcessedDataset
-from tasks.models import TrainingContext, build_model, model_spec
-from tasks.storage import array_refs, save_arrays
-from tasks.tune import (
+from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset
+from tasks.core.storage import array_refs, save_arrays
+from tasks.run.config import ModelParams, PipelineConfig
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.registry import build_model, model_spec
+from tasks.training.models.xgboost_model import XGBoostParams
+from tasks.training.tune import (
     TrialOutcome,
     TrialRequest,
     TuningSession,

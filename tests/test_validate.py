@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tasks.contracts import RawDataset, UnreadableFile
-from tasks.data_checks import check_data
-from tasks.errors import DataValidationError, StorageError
-from tasks.sources.idx import FASHION_MNIST_FILES
-from tasks.storage import array_refs, save_arrays
-from tasks.validate import validate_raw_dataset
+from tasks.core.contracts import RawDataset, UnreadableFile
+from tasks.core.errors import DataValidationError, StorageError
+from tasks.core.storage import array_refs, save_arrays
+from tasks.data.checks import check_data
+from tasks.data.sources.idx import FASHION_MNIST_FILES
+from tasks.data.validate import validate_raw_dataset
 from tests.idx_files import make_images
 
 NAMES = ("train_images", "train_labels", "test_images", "test_labels")

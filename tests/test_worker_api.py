@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.full_pipeline import main
 from flows.runner import check_cluster_api
-from tasks.errors import RunEnvironmentError
+from tasks.core.errors import RunEnvironmentError
 from tests.test_deployment import free_loopback_port, start, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from typing import TextIO
 
 import numpy as np
 
-from tasks.errors import PredictionInputError
+from tasks.core.errors import PredictionInputError
 from tasks.predict.inputs import InputImages, find_inputs, read_input
 from tasks.predict.model import load_run_model, read_run, run_class_names
 

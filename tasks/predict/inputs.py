@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.contracts import IMAGE_SHAPE
-from tasks.errors import DatasetFileError, PredictionInputError
-from tasks.images import to_fashion_mnist
-from tasks.preprocess import scale_images
-from tasks.sources.idx import IMAGES_MAGIC, parse_idx, read_gzip
+from tasks.core.contracts import IMAGE_SHAPE
+from tasks.core.errors import DatasetFileError, PredictionInputError
+from tasks.data.images import to_fashion_mnist
+from tasks.data.preprocess import scale_images
+from tasks.data.sources.idx import IMAGES_MAGIC, parse_idx, read_gzip
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UNSIGNED_BYTES = b"\x00\x00\x08"  # the first three bytes of an IDX file of uint8
@@ -124,7 +124,7 @@ def read_input(path: Path) -> InputImages:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One image file in Fashion-MNIST's form (`tasks.images.to_fashion_mnist`)."""
+    """One image file in Fashion-MNIST's form (`tasks.data.images.to_fashion_mnist`)."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -135,7 +135,7 @@ def read_image(path: Path) -> np.ndarray:
         ) from None
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableInputError(f"unreadable image (truncated or corrupt): {exc}") from None
-    except ValueError as exc:  # tasks.images.BlankImageError among them
+    except ValueError as exc:  # tasks.data.images.BlankImageError among them
         raise UnreadableInputError(str(exc)) from None
 
 

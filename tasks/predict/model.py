@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.contracts import CLASS_NAMES
-from tasks.errors import PredictionInputError
-from tasks.models import Classifier, load_model
-from tasks.storage import MANIFEST_FILE, entry_problem
+from tasks.core.contracts import CLASS_NAMES
+from tasks.core.errors import PredictionInputError
+from tasks.core.storage import MANIFEST_FILE, entry_problem
+from tasks.training.models.base import Classifier
+from tasks.training.models.registry import load_model
 
 LEADERBOARD_FILE = "leaderboard.csv"
 METRICS_FILE = "metrics.json"
@@ -24,7 +25,7 @@ METRICS_FILE = "metrics.json"
 
 def as_stored(probabilities: np.ndarray) -> np.ndarray:
     """float32 rows summing to 1, as the evaluation stores every model's probabilities
-    (tasks/evaluate.py): predictions made from them match the run's to the last tie."""
+    (tasks/evaluation/evaluate.py): predictions made from them match the run's to the last tie."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -56,7 +57,7 @@ class RunModel:
         stored = [as_stored(c.predict_proba(features)) for c in self.classifiers]
         if self.weights is None:
             return stored[0]
-        # The ensemble's own mix (tasks/ensemble.py), stored as its evaluation stores it.
+        # The ensemble's own mix (tasks/evaluation/ensemble.py), stored as its evaluation stores it.
         mixed = np.tensordot(np.asarray(self.weights), np.stack(stored).astype(np.float64), 1)
         return as_stored(mixed)
 

@@ -1,0 +1,98 @@
+"""Measuring what each model's ways to train cost on this machine, before the plan: the
+cheapest variant first, a costlier one only when it could fit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from tasks.budget.planner import Variant
+from tasks.core.contracts import TRAINING_ARRAYS, ModelFailure, ProcessedDataset
+from tasks.core.errors import PipelineError
+from tasks.core.stopping import RunStopped
+from tasks.run.config import ModelParams
+from tasks.training.models.base import ProbeData, TrainingContext
+from tasks.training.models.registry import model_spec
+
+
+def measure_variants(
+    names: list[str],
+    params: ModelParams,
+    pinned: dict[str, frozenset[str]],
+    data: ProcessedDataset,
+    context: TrainingContext,
+    seconds: float | None = None,
+) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
+    """Each model's ways to train, most accurate first, with their cost measured here;
+    and the models whose measurement failed, which the run leaves out and reports.
+
+    The cheapest variant is measured first; a costlier one is not measured when even the
+    cheaper one's steps would not fit its fewest useful ones in `seconds`. The models are
+    measured predicting the data's classes, whatever `context` says.
+    """
+    context = replace(context, classes=len(data.class_names))
+    x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
+    probe = ProbeData(x_train, y_train, x_val, y_val, data.arrays["y_test"].shape[0])
+    measured, failures = {}, []
+    for name in names:
+        try:
+            measured[name] = _measure_model(name, params, pinned[name], probe, context, seconds)
+        except (RunStopped, PipelineError):  # not the model's: the run stops
+            raise
+        except Exception as error:
+            failures.append(ModelFailure.from_exception(name, "measuring", error))
+            context.logger.error("%s failed in measuring: %s", name, failures[-1].error)
+    return measured, failures
+
+
+def _measure_model(
+    name: str,
+    params: ModelParams,
+    pinned: frozenset[str],
+    probe: ProbeData,
+    context: TrainingContext,
+    seconds: float | None,
+) -> list[Variant]:
+    """One model's variants, the cheapest measured first."""
+    budgeting, section = model_spec(name).budgeting, getattr(params, name)
+    field = budgeting.step_field
+    most = getattr(section, field) if field else 0
+    ways = budgeting.variants(section, pinned)
+    # A variant that needs more steps than the run allows is not worth measuring.
+    ways = [way for way in ways if way[2] <= most] or ways[-1:]
+    options: list[Variant] = []
+    for label, updates, min_steps in reversed(ways):
+        if options and seconds and options[0].cost.seconds(min_steps) > seconds:
+            context.logger.info("not measuring %s (%s): it cannot fit", name, label)
+            continue
+        variant_params = type(section).model_validate(section.model_dump() | updates)
+        cost = budgeting.measure(variant_params, probe, context)
+        context.check_stop()
+        pinned_steps = field in pinned
+        variant = Variant(
+            name, label, updates, cost, field, min(min_steps, most), most, pinned_steps
+        )
+        options.insert(0, variant)
+        alone = f", {cost.per_step_alone:.2f} s with every core" if cost.per_step_alone else ""
+        context.logger.info(
+            "measured %s (%s): %.1f s fixed, %.2f s per %s%s",
+            name, label, cost.fixed, cost.per_step, field or "fit", alone,
+        )  # fmt: skip
+    return options
+
+
+def cpu_model() -> str:
+    """The CPU's model name, and whether it has AVX-512 BF16: plans do not travel."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return f"{name}{' avx512_bf16' if 'avx512_bf16' in info else ''}"

@@ -1,0 +1,361 @@
+"""Planning a run to its time budget, from what its work was measured to cost here.
+
+Plain functions over the measured costs: which variant of each model to train, how many
+epochs or boosting rounds, and which models to leave out, so that every lane of the
+training pool ends by the deadline and none idles long before the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from tasks.core.contracts import Cost
+from tasks.core.errors import UsageError
+
+# What the estimates may be off by, before a model would run past the deadline; the
+# CNN and XGBoost also stop at the deadline itself, the one-shot fits cannot.
+SAFETY = 0.9
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to train a model, with its measured cost.
+
+    Attributes:
+        model: the model's name.
+        label: what the variant is, for the plan's table ("wide network").
+        params: the hyper-parameter values it sets.
+        cost: what it costs here.
+        step_field: the parameter counting its steps (`epochs`, `n_estimators`), or None.
+        min_steps: the fewest steps worth training; below them the variant is left out.
+        max_steps: the most steps the run may take: the configured value.
+        steps_pinned: the user set the steps; the plan keeps them even when they do not fit.
+    """
+
+    model: str
+    label: str
+    params: dict
+    cost: Cost
+    step_field: str | None = None
+    min_steps: int = 0
+    max_steps: int = 0
+    steps_pinned: bool = False
+
+    @property
+    def iterative(self) -> bool:
+        return self.step_field is not None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    model: str
+    variant: str
+    params: dict
+    steps: int | None
+    estimated_seconds: float
+    lane: int
+    notes: tuple[str, ...] = ()
+    max_steps: int | None = None  # the configured steps: the most a fit may extend to
+    # For the model that gets every core once the others are done: when, in seconds after
+    # planning, and how much faster its steps then are.
+    alone_after: float | None = None
+    speedup_alone: float = 1.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run will train, and the arithmetic behind it (all in seconds)."""
+
+    budget_seconds: float
+    elapsed_seconds: float
+    reserve_seconds: float
+    window_seconds: float
+    lanes: int
+    models: tuple[ModelPlan, ...]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def params_for(self, model: str) -> dict:
+        return next((plan.params for plan in self.models if plan.model == model), {})
+
+    def lane_seconds(self) -> list[float]:
+        loads = [0.0] * self.lanes
+        for plan in self.models:
+            loads[plan.lane] += plan.estimated_seconds
+        return loads
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Plan:
+        models = tuple(
+            ModelPlan(**(model | {"notes": tuple(model["notes"])})) for model in values["models"]
+        )
+        return cls(**(values | {"models": models}))
+
+
+class BudgetTooSmallError(UsageError):
+    """Not even the cheapest useful plan fits the time budget."""
+
+
+def lanes_of(durations: list[float], lanes: int) -> tuple[list[int], list[float]]:
+    """Longest-first list scheduling, as the training pool runs its queue: each task goes
+    to the lane that frees up first. Returns each task's lane and each lane's load."""
+    loads, placed = [0.0] * lanes, [0] * len(durations)
+    for index in sorted(range(len(durations)), key=lambda i: -durations[i]):
+        lane = loads.index(min(loads))
+        placed[index], loads[lane] = lane, loads[lane] + durations[index]
+    return placed, loads
+
+
+def steps_within(variant: Variant, seconds: float) -> int:
+    """The most steps of `variant` that fit in `seconds`, at most its configured maximum."""
+    if variant.cost.per_step <= 0:
+        return variant.max_steps
+    return max(
+        0,
+        min(variant.max_steps, math.floor((seconds - variant.cost.fixed) / variant.cost.per_step)),
+    )
+
+
+def steps_sharing(variant: Variant, seconds: float, shared_seconds: float) -> int:
+    """The most steps of `variant` in `seconds` when it steps at its shared speed for the
+    first `shared_seconds` and with every core after (where that was measured)."""
+    cost = variant.cost
+    if not cost.per_step_alone or cost.per_step <= 0 or shared_seconds >= seconds:
+        return steps_within(variant, seconds)
+    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
+    alone_steps = (seconds - max(shared_seconds, cost.fixed)) / cost.per_step_alone
+    return max(0, min(variant.max_steps, math.floor(shared_steps + alone_steps)))
+
+
+def seconds_sharing(cost: Cost, steps: int | None, shared_seconds: float) -> float:
+    """The seconds `steps` take, at the shared speed for `shared_seconds`, then alone."""
+    if not cost.per_step_alone or cost.per_step <= 0 or not steps:
+        return cost.seconds(steps)
+    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
+    if steps <= shared_steps:
+        return cost.seconds(steps)
+    return max(shared_seconds, cost.fixed) + (steps - shared_steps) * cost.per_step_alone
+
+
+def plan_run(
+    variants: dict[str, list[Variant]],
+    budget_seconds: float,
+    elapsed_seconds: float,
+    reserve_seconds: float,
+    lanes: int,
+    drop_order: tuple[str, ...],
+    dedicated: str | None = None,
+) -> Plan:
+    """Fit the models to the time left: `budget - elapsed - reserve`, on `lanes` lanes.
+
+    Args:
+        variants: each model's ways to train, most accurate first.
+        reserve_seconds: what comes after training (ensemble, report).
+        drop_order: which models to leave out first when the others do not fit.
+        dedicated: a model that gets a lane of its own when there are two or more (the
+            CNN: it gains the most from the time, and trains best on a core of its own).
+
+    Raises:
+        BudgetTooSmallError: not even the cheapest model fits; the message names the
+            budget that would.
+    """
+    window = (budget_seconds - elapsed_seconds - reserve_seconds) * SAFETY
+    cheapest = min(
+        (v.cost.seconds(v.min_steps), name) for name, options in variants.items() for v in options
+    )
+    if cheapest[0] > window:
+        minimum = elapsed_seconds + reserve_seconds + cheapest[0] / SAFETY
+        raise BudgetTooSmallError(
+            f"a time budget of {budget_seconds / 60:.1f} min cannot fit the cheapest useful "
+            f"plan on this machine: {cheapest[1]} alone needs about {math.ceil(minimum / 60)} "
+            f"min from the start (measured here; {elapsed_seconds:.0f} s have passed)"
+        )
+    dropped: dict[str, str] = {}
+    own_lane = dedicated if dedicated in variants and lanes >= 2 else None
+    others = {name: options for name, options in variants.items() if name != own_lane}
+    shared_lanes = lanes - 1 if own_lane else lanes
+    first_lane = int(bool(own_lane))
+    plans = _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
+    if own_lane:
+        own = variants[own_lane]
+
+        def refill(dropped: dict[str, str]) -> list[ModelPlan]:
+            return _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
+
+        plans, dropped = _give_way(own, others, plans, dropped, window, drop_order, refill)
+        others_done = _lanes_done(plans)
+        chosen = _best_variant(own, window, dropped, others_done)
+        if chosen:
+            plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
+    return Plan(
+        budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
+        tuple(plans), dropped,
+    )  # fmt: skip
+
+
+def _give_way(
+    own: list[Variant],
+    others: dict[str, list[Variant]],
+    plans: list[ModelPlan],
+    dropped: dict[str, str],
+    window: float,
+    drop_order: tuple[str, ...],
+    refill: Callable[[dict[str, str]], list[ModelPlan]],
+) -> tuple[list[ModelPlan], dict[str, str]]:
+    """The others' plans and drops, with models left out in `drop_order` while the
+    dedicated model (`own`, the most accurate) does not fit beside them but would with
+    every core to itself sooner. `refill` plans the models left in `others` again."""
+    if _best_variant(own, window, {}, 0.0) is None:  # not even alone: nothing to gain
+        return plans, dropped
+    given_way: dict[str, str] = {}
+    while _best_variant(own, window, {}, _lanes_done(plans)) is None:
+        kept = {plan.model for plan in plans}
+        victim = next(
+            (n for n in drop_order if n in kept and not any(v.steps_pinned for v in others[n])),
+            None,
+        )
+        if victim is None:
+            break
+        del others[victim]
+        given_way[victim] = (
+            f"left out so that {own[0].model}, with every core to itself sooner, fits the "
+            f"{window:.0f} s window"
+        )
+        dropped = dict(given_way)
+        plans = refill(dropped)
+    return plans, dropped
+
+
+def _lanes_done(plans: list[ModelPlan]) -> float:
+    """When the last of the planned models' lanes is done, in seconds."""
+    loads: dict[int, float] = {}
+    for plan in plans:
+        loads[plan.lane] = loads.get(plan.lane, 0.0) + plan.estimated_seconds
+    return max(loads.values(), default=0.0)
+
+
+def _best_variant(
+    options: list[Variant], seconds: float, dropped: dict[str, str], shared_seconds: float
+) -> tuple[Variant, int] | None:
+    """The first (most accurate) variant that gets its fewest useful steps in `seconds`,
+    sharing the cores for the first `shared_seconds`."""
+    for variant in options:
+        if variant.steps_pinned:
+            return variant, variant.max_steps
+        steps = steps_sharing(variant, seconds, shared_seconds)
+        least = seconds_sharing(variant.cost, variant.min_steps, shared_seconds)
+        if least <= seconds and steps >= variant.min_steps:
+            return variant, steps
+    cheapest = options[-1]
+    dropped[cheapest.model] = (
+        f"needs about {cheapest.cost.seconds(cheapest.min_steps):.0f} s "
+        f"({_steps_text(cheapest, cheapest.min_steps)}), more than the {seconds:.0f} s its lane has"
+    )
+    return None
+
+
+def _fill_lanes(
+    variants: dict[str, list[Variant]],
+    window: float,
+    lanes: int,
+    drop_order: tuple[str, ...],
+    dropped: dict[str, str],
+    first_lane: int,
+) -> list[ModelPlan]:
+    """The models sharing lanes: each at its first variant, the iterative ones with as
+    many steps as keep every lane within `window`; models left out in `drop_order` until
+    the others fit."""
+    kept = {}
+    for name, options in variants.items():  # what cannot fit even alone goes first
+        cheapest = min(v.cost.seconds(v.min_steps) for v in options)
+        if cheapest > window and not any(v.steps_pinned for v in options):
+            dropped[name] = f"needs about {cheapest:.0f} s, more than the {window:.0f} s window"
+        else:
+            kept[name] = options
+    while kept:
+        chosen = {name: options[0] for name, options in kept.items()}
+        steps = {name: v.max_steps if v.iterative else None for name, v in chosen.items()}
+        trimmable = [n for n, v in chosen.items() if v.iterative and not v.steps_pinned]
+        # Trim the iterative models' steps together, in proportion, until the lanes fit.
+        low, high = 0.0, 1.0
+        if not _fits(chosen, steps, window, lanes):
+            for _ in range(30):
+                middle = (low + high) / 2
+                trial = steps | {n: _scaled(chosen[n], middle) for n in trimmable}
+                low, high = (middle, high) if _fits(chosen, trial, window, lanes) else (low, middle)
+            steps |= {n: _scaled(chosen[n], low) for n in trimmable}
+        too_few = [n for n in trimmable if steps[n] < chosen[n].min_steps]
+        droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
+        if (_fits(chosen, steps, window, lanes) and not too_few) or not droppable:
+            placed, _ = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+            return [
+                _model_plan(chosen[name], steps[name], window, lane=first_lane + lane)
+                for name, lane in zip(chosen, placed, strict=True)
+            ]
+        # A cheaper variant of a model first (the SVM on fewer components), then leave
+        # models out: those with too few steps, then in `drop_order`.
+        cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
+        if cheaper:
+            first, second, *rest = kept[cheaper]
+            if second.cost.seconds(second.min_steps) < first.cost.seconds(first.min_steps):
+                kept[cheaper] = [second, *rest]
+            else:  # measured no cheaper here
+                kept[cheaper] = [first, *rest]
+            continue
+        victim = droppable[0]
+        dropped[victim] = f"the {window:.0f} s window does not hold it beside the models kept"
+        del kept[victim]
+    return []
+
+
+def _scaled(variant: Variant, fraction: float) -> int:
+    return math.floor(variant.max_steps * fraction)
+
+
+def _fits(
+    chosen: dict[str, Variant], steps: dict[str, int | None], window: float, lanes: int
+) -> bool:
+    _, loads = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+    return max(loads, default=0.0) <= window
+
+
+def _steps_text(variant: Variant, steps: int | None) -> str:
+    return f"{steps} {variant.step_field}" if variant.iterative else "one fit"
+
+
+def _model_plan(
+    variant: Variant,
+    steps: int | None,
+    window: float,
+    lane: int,
+    alone_after: float | None = None,
+) -> ModelPlan:
+    notes = []
+    params = dict(variant.params)
+    if variant.iterative:
+        params[variant.step_field] = steps
+        if steps < variant.max_steps:
+            notes.append(f"{variant.step_field} {variant.max_steps} -> {steps} to fit the budget")
+        if variant.steps_pinned and variant.cost.seconds(steps) > window:
+            notes.append(
+                f"{variant.step_field}={steps} was set explicitly: about "
+                f"{variant.cost.seconds(steps):.0f} s, more than the {window:.0f} s window; "
+                "it stops at the deadline"
+            )
+    most = variant.max_steps if variant.iterative else None
+    cost = variant.cost
+    if alone_after is None or not cost.per_step_alone:
+        return ModelPlan(
+            variant.model, variant.label, params, steps, cost.seconds(steps), lane,
+            tuple(notes), most,
+        )  # fmt: skip
+    notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
+    return ModelPlan(
+        variant.model, variant.label, params, steps,
+        seconds_sharing(cost, steps, alone_after), lane, tuple(notes), most,
+        alone_after, cost.per_step / cost.per_step_alone,
+    )  # fmt: skip

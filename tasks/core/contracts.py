@@ -1,0 +1,208 @@
+"""The records stages hand each other: datasets, trained models and evaluations.
+
+Stages import these instead of each other's modules, so reading a record never pulls
+in a library that only the stage producing it needs (optuna, XGBoost, TensorFlow).
+Arrays travel as `ArrayRef`s (a path and its content hash), never as payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.storage import ArrayRef
+
+# Fashion-MNIST's classes: the names of any 10-label data set without its own names.
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+N_CLASSES = len(CLASS_NAMES)
+MIN_CLASSES, MAX_CLASSES = 2, 100
+IMAGE_SHAPE = (28, 28)
+TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """An input file ingestion could not turn into an image; validation refuses the data."""
+
+    file: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """The parsed data, by reference, with where it came from.
+
+    Attributes:
+        layout: "idx" (four IDX files), "csv" (Kaggle's two CSV files) or "image-folder".
+        file_sha256: of each IDX file's decompressed content (the official-checksum gate's
+            input); empty for the other layouts.
+        arrays: train_images, train_labels, test_images, test_labels (uint8, labels
+            0..n-1 indexing `class_names`).
+        split_files: per split ("train", "test"), the file its images came from (IDX, CSV).
+        origins: image folders: a JSON file holding, per split, each row's image file.
+        unreadable: image files that could not be read (left out of the arrays).
+    """
+
+    source_dir: Path
+    file_sha256: dict[str, str]
+    arrays: dict[str, ArrayRef]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    layout: str = "idx"
+    split_files: dict[str, str] = field(default_factory=dict)
+    origins: Path | None = None
+    unreadable: tuple[UnreadableFile, ...] = ()
+
+    def origin(self, split: str, row: int) -> str:
+        """Where row `row` (0-based) of a split came from: an image file, or a file's row."""
+        if self.origins is not None:
+            return _origins(self.origins)[split][row]
+        return f"{self.split_files.get(split, split)} row {row + 1}"
+
+
+@cache
+def _origins(path: Path) -> dict[str, list[str]]:
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    rows: dict[str, int]
+    class_counts: dict[str, list[int]]
+    gates: dict[str, str]  # each gate the data passed, and what it checked
+    dataset: str = "Fashion-MNIST"  # "Fashion-MNIST" only when the official files' checksums match
+
+
+@dataclass(frozen=True)
+class ProcessedDataset:
+    """Flat float32 features and uint8 labels of each split, by reference.
+
+    `test_index` holds each test row's position in the data's test split.
+    """
+
+    directory: Path
+    arrays: dict[str, ArrayRef]
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def load(self, *names: str) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name].load() for name in names)
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """Training and validation error per step, in the same form for every model."""
+
+    step: str  # what one step is: "boosting round", "epoch"
+    train_error: list[float]
+    validation_error: list[float]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    directory: Path
+    fit_seconds: float
+    # CPU time of the process during the fit: the model's own where each model trains
+    # in its own process (processes and dask runners); with threads it also counts the
+    # model trained alongside.
+    fit_cpu_seconds: float
+    params: dict
+    curve: LearningCurve | None = None
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """A model's test metrics; per-class lists follow the data's `class_names`."""
+
+    name: str
+    test_accuracy: float
+    macro_f1: float
+    validation_accuracy: float
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]
+    log_loss: float
+    calibration_error: float
+    fit_seconds: float
+    predict_seconds: float
+    predict_ms_per_1000: float
+    fit_cpu_seconds: float  # as `TrainedModel.fit_cpu_seconds`
+    predict_cpu_seconds: float
+    model_size_mb: float
+    test_predictions: ArrayRef
+    test_probabilities: ArrayRef
+    validation_probabilities: ArrayRef
+    model_dir: Path
+    params: dict
+    confusion_figure: Path
+    curve: LearningCurve | None
+
+
+@dataclass(frozen=True)
+class TuningSummary:
+    """What the search found for one model; accuracies are on the validation split."""
+
+    model: str
+    trials: int
+    pruned: int
+    seconds: float
+    default_accuracy: float
+    best_accuracy: float
+    best_trial: int
+    best_params: dict
+    train_images: int  # each trial's training set
+    trials_file: Path
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    """A model the run could not tune, train or evaluate, or an ensemble it could not
+    build; the report names it with its error, the rest of the run goes on."""
+
+    model: str
+    stage: str  # "tuning", "measuring", "training", "evaluation" or "ensemble"
+    error: str  # one line: the exception's type and the first line of its message
+    traceback: str = ""  # the whole of it, for metrics.json
+
+    @classmethod
+    def from_exception(cls, model: str, stage: str, error: BaseException) -> ModelFailure:
+        return cls(model, stage, one_line(error), "".join(traceback.format_exception(error)))
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.stage}: {self.error})"
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, shortened to `limit` characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Seconds one model takes on one lane of this machine, scaled to the run's data.
+
+    Attributes:
+        fixed: everything but the steps: start-up, setup, predicting the validation and
+            test sets, saving.
+        per_step: one epoch or boosting round; 0 for a model fitted in one go.
+        per_step_alone: one step with every core, for the model that gets them once the
+            others are done (the CNN); None where not measured.
+    """
+
+    fixed: float
+    per_step: float = 0.0
+    per_step_alone: float | None = None
+
+    def seconds(self, steps: int | None) -> float:
+        return self.fixed + self.per_step * (steps or 0)

@@ -1,0 +1,180 @@
+"""The IDX layout: Fashion-MNIST's four files, gzipped as published or uncompressed.
+
+Every file is parsed strictly: magic number, dimensions, payload length, 28x28 images,
+as many labels as images; a problem names the file, what was expected and what was
+found. Whether the files are the published ones is not decided here: each file's SHA-256
+is taken of its *decompressed* content (distributions recompress the `.gz` files), and
+the validation stage compares it with the published checksums.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.contracts import IMAGE_SHAPE
+from tasks.core.errors import DatasetFileError
+from tasks.data.sources.base import ParsedData, class_names_for
+
+IMAGES_MAGIC = 0x0803  # unsigned bytes, 3 dimensions
+LABELS_MAGIC = 0x0801  # unsigned bytes, 1 dimension
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    name: str
+    magic: int
+    sha256: str  # of the decompressed bytes
+
+
+FASHION_MNIST_FILES: dict[str, IdxFile] = {
+    "train_images": IdxFile(
+        "train-images-idx3-ubyte.gz",
+        IMAGES_MAGIC,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "train_labels": IdxFile(
+        "train-labels-idx1-ubyte.gz",
+        LABELS_MAGIC,
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "test_images": IdxFile(
+        "t10k-images-idx3-ubyte.gz",
+        IMAGES_MAGIC,
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "test_labels": IdxFile(
+        "t10k-labels-idx1-ubyte.gz",
+        LABELS_MAGIC,
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+}
+
+
+def idx_paths(directory: Path, files: Mapping[str, IdxFile]) -> dict[str, Path]:
+    """Each file's path: the `.gz` one, or else an uncompressed copy of that name without
+    `.gz` when only that exists."""
+    paths = {}
+    for key, spec in files.items():
+        plain = directory / spec.name.removesuffix(".gz")
+        gzipped = directory / spec.name
+        paths[key] = plain if plain.is_file() and not gzipped.is_file() else gzipped
+    return paths
+
+
+def missing_idx_files(directory: Path, files: Mapping[str, IdxFile]) -> list[str]:
+    """The published names of the files found in neither form."""
+    paths = idx_paths(directory, files)
+    return [spec.name for key, spec in files.items() if not paths[key].is_file()]
+
+
+def read_gzip(path: Path) -> bytes:
+    """The decompressed bytes of `path`, or an error naming the file and the problem."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise DatasetFileError(f"{path}: file not found") from None
+    except gzip.BadGzipFile as exc:
+        raise DatasetFileError(f"{path}: not a gzip file ({exc})") from None
+    except EOFError:
+        raise DatasetFileError(
+            f"{path}: truncated gzip file (the compressed stream ends early)"
+        ) from None
+    except zlib.error as exc:
+        raise DatasetFileError(f"{path}: corrupt gzip data ({exc})") from None
+
+
+def read_idx_bytes(path: Path) -> bytes:
+    """The IDX content of a file, decompressed when its name ends in `.gz`."""
+    if path.suffix == ".gz":
+        return read_gzip(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetFileError(f"{path}: file not found") from None
+
+
+def parse_idx(content: bytes, expected_magic: int, source: Path | str) -> np.ndarray:
+    """Parse an IDX byte string of unsigned bytes, checking header, sizes and payload length."""
+    if len(content) < 4:
+        raise DatasetFileError(f"{source}: {len(content)} bytes is too short for an IDX header")
+    (magic,) = struct.unpack(">I", content[:4])
+    if magic != expected_magic:
+        kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
+        raise DatasetFileError(
+            f"{source}: bad magic number {magic}; expected {expected_magic} ({kind})"
+        )
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(content) < header_size:
+        raise DatasetFileError(
+            f"{source}: header is cut short: {len(content)} bytes, expected {header_size}"
+        )
+    shape = struct.unpack(f">{ndim}I", content[4:header_size])
+    payload = len(content) - header_size
+    expected_payload = int(np.prod(shape, dtype=np.int64))
+    if payload != expected_payload:
+        dims = " x ".join(map(str, shape))
+        raise DatasetFileError(
+            f"{source}: payload has {payload} bytes; the header's {dims} needs {expected_payload}"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def checksum_mismatch(path: Path, actual: str, spec: IdxFile) -> str | None:
+    """Why a file's decompressed SHA-256 is not the published one, or None if it is."""
+    if actual == spec.sha256:
+        return None
+    return (
+        f"{path}: checksum mismatch: decompressed content has SHA-256 {actual[:16]}…, "
+        f"expected {spec.sha256[:16]}… (not the published Fashion-MNIST file)"
+    )
+
+
+def check_split(
+    images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path
+) -> None:
+    """One split's images are 28x28 and as many as its labels."""
+    if images.shape[1:] != IMAGE_SHAPE:
+        found = " x ".join(map(str, images.shape[1:]))
+        raise DatasetFileError(f"{images_path}: images are {found} pixels; expected 28 x 28")
+    if len(images) != len(labels):
+        raise DatasetFileError(
+            f"{images_path.parent}: {images_path.name} has {len(images)} images but "
+            f"{labels_path.name} has {len(labels)} labels"
+        )
+
+
+def load_idx(directory: Path, files: Mapping[str, IdxFile]) -> ParsedData:
+    """The four files parsed, with the SHA-256 of each one's decompressed content.
+
+    Raises:
+        DatasetFileError: naming the first file that is missing or malformed.
+    """
+    paths = idx_paths(directory, files)
+    arrays, checksums = {}, {}
+    for key, spec in files.items():
+        content = read_idx_bytes(paths[key])
+        checksums[spec.name] = hashlib.sha256(content).hexdigest()
+        arrays[key] = parse_idx(content, spec.magic, paths[key])
+    for split in ("train", "test"):
+        check_split(
+            arrays[f"{split}_images"],
+            arrays[f"{split}_labels"],
+            paths[f"{split}_images"],
+            paths[f"{split}_labels"],
+        )
+    return ParsedData(
+        arrays,
+        class_names_for(directory, [arrays["train_labels"], arrays["test_labels"]]),
+        split_files={split: paths[f"{split}_images"].name for split in ("train", "test")},
+        file_sha256=checksums,
+    )

@@ -1,0 +1,2 @@
+"""Evaluation: score each trained model, the soft-voting ensemble, the significance of
+the differences, and the report. `stages` holds their Prefect tasks."""

@@ -1,0 +1,86 @@
+"""metrics.json: the findings and every model's full metrics, with what reproduces the run."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, ValidationSummary
+from tasks.evaluation.report.analysis import LEADERBOARD_COLUMNS, Findings
+from tasks.evaluation.significance import BOOTSTRAP_RESAMPLES
+
+if TYPE_CHECKING:
+    from tasks.run.config import PipelineConfig
+
+PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
+            "pandera", "matplotlib")  # fmt: skip
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def metrics_document(
+    findings: Findings, evaluations: list[ModelEvaluation], run_id: str, context: dict
+) -> dict:
+    """The JSON-ready document; `context` is `run_context`'s facts about the run, and
+    what the flow adds to them (the plan, `since_previous_run`)."""
+    ranked = findings.leaderboard.set_index("model")
+    models = {}
+    for e in evaluations:
+        record = asdict(e)
+        per_class = {
+            name: {metric: record[metric][i] for metric in ("precision", "recall", "f1", "support")}
+            for i, name in enumerate(findings.class_names)
+        }
+        models[e.name] = {
+            "rank": int(ranked.loc[e.name, "rank"]),
+            **{key: float(ranked.loc[e.name, key]) for key in LEADERBOARD_COLUMNS[2:]},
+            "fit_cpu_seconds": e.fit_cpu_seconds,
+            "predict_cpu_seconds": e.predict_cpu_seconds,
+            "per_class": per_class,
+            "confusion_matrix": e.confusion,
+            "params": e.params,
+            "model_dir": str(e.model_dir),
+            "test_predictions_sha256": e.test_predictions.sha256,
+        }
+    return {
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "class_names": list(findings.class_names),
+        "since_previous_run": None,  # null on a first run; the flow's context carries it after
+        **context,
+        "packages": package_versions(),
+        "models": models,
+        "accuracy_interval": {"confidence": findings.confidence, "paired_bootstrap_resamples":
+                              BOOTSTRAP_RESAMPLES},
+        "mcnemar_exact": findings.comparisons.to_dict(orient="records"),
+        "tuning": [asdict(summary) for summary in findings.tuning],
+        "failures": [asdict(failure) for failure in findings.failures],
+    }  # fmt: skip
+
+
+def run_context(
+    config: PipelineConfig, raw: RawDataset, validation: ValidationSummary, data: ProcessedDataset
+) -> dict:
+    """What metrics.json records about a run besides the models: enough to reproduce it."""
+    return {
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "data": {
+            "source_dir": str(raw.source_dir),
+            "file_sha256": raw.file_sha256,
+            "processed_dir": str(data.directory),
+            "processed_sha256": {name: ref.sha256 for name, ref in data.arrays.items()},
+        },
+        "validation": asdict(validation),
+    }

@@ -1,0 +1,312 @@
+"""The run history's SQLite database, so that a run can say what changed since the last one.
+
+Each completed run is recorded in `<output_dir>/history.sqlite`: its data's fingerprint
+and class counts; per image, a content hash, the label and the mean intensity (to count
+images added, removed and relabelled, and to test for drift); and each model's test
+accuracy and per-image correctness (for McNemar's paired test). Runs sharing an output
+directory may record at once: every write is one transaction, and a busy database is
+waited for. Only the newest runs of a profile keep their per-image data; the rest of
+every run stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset
+from tasks.core.errors import RunEnvironmentError
+
+HISTORY_FILE = "history.sqlite"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 60.0
+# Comparing needs the previous run's per-image data only; ~1 MB a run for 70,000 images.
+KEEP_IMAGE_DATA_RUNS = 3
+SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
+
+_SCHEMA = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        finished_at TEXT NOT NULL,  -- ISO 8601 in UTC, so text order is time order
+        profile TEXT NOT NULL,
+        class_names TEXT NOT NULL,  -- JSON list, which labels index
+        data_fingerprint TEXT NOT NULL,
+        test_set_fingerprint TEXT NOT NULL
+    )""",
+    "CREATE INDEX runs_by_profile ON runs (profile, finished_at)",
+    """CREATE TABLE class_counts (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        split TEXT NOT NULL,
+        class_name TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (run_id, split, class_name)
+    )""",
+    """CREATE TABLE split_images (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        split TEXT NOT NULL,
+        image_hashes BLOB NOT NULL,  -- .npy of uint64: each image's BLAKE2b-64
+        labels BLOB NOT NULL,  -- .npy of uint8
+        mean_intensity BLOB NOT NULL,  -- .npy of float32, 0-255
+        PRIMARY KEY (run_id, split)
+    )""",
+    """CREATE TABLE models (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        model TEXT NOT NULL,
+        test_accuracy REAL NOT NULL,
+        test_images INTEGER NOT NULL,
+        correct BLOB NOT NULL,  -- np.packbits of each test image's correctness
+        PRIMARY KEY (run_id, model)
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """One split's images as the comparison sees them; arrays are aligned by image."""
+
+    hashes: np.ndarray  # uint64
+    labels: np.ndarray  # uint8, indexing the run's class names
+    mean_intensity: np.ndarray  # float32
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    accuracy: float
+    correct: np.ndarray  # bool per test image, in the processed test set's order
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """What the history keeps of one run."""
+
+    run_id: str
+    finished_at: str
+    profile: str
+    class_names: tuple[str, ...]
+    data_fingerprint: str
+    test_set_fingerprint: str
+    splits: dict[str, SplitImages]
+    models: dict[str, ModelOutcome]
+
+
+def history_path(output_dir: Path) -> Path:
+    return output_dir / HISTORY_FILE
+
+
+def data_fingerprint(raw: RawDataset) -> str:
+    """A hash of the data's content and class names: equal exactly when nothing changed."""
+    hashes = {name: ref.sha256 for name, ref in sorted(raw.arrays.items())}
+    text = json.dumps([hashes, list(raw.class_names)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def evaluated_set_fingerprint(data: ProcessedDataset) -> str:
+    """A hash of the evaluated test images and labels: equal when the two runs' models
+    can be compared image by image."""
+    text = json.dumps([data.arrays["x_test"].sha256, data.arrays["y_test"].sha256])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    """An 8-byte BLAKE2b hash of each image's pixels: collisions among 70,000 images have
+    a chance of about 1 in 10^10."""
+    rows = np.ascontiguousarray(images).reshape(len(images), -1)
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
+    return np.frombuffer(digests, dtype="<u8").copy()
+
+
+def split_images(images: np.ndarray, labels: np.ndarray) -> SplitImages:
+    flat = np.asarray(images).reshape(len(images), -1)
+    return SplitImages(
+        image_hashes(flat), np.asarray(labels, np.uint8), flat.mean(axis=1, dtype=np.float32)
+    )
+
+
+def snapshot_run(
+    run_id: str,
+    profile: str,
+    raw: RawDataset,
+    data: ProcessedDataset,
+    evaluations: list[ModelEvaluation],
+) -> RunSnapshot:
+    """This run as the history records it, its arrays loaded from their references."""
+    splits = {
+        split: split_images(raw.arrays[images].load(), raw.arrays[labels].load())
+        for split, (images, labels) in SPLITS.items()
+    }
+    (y_test,) = data.load("y_test")
+    models = {
+        evaluation.name: ModelOutcome(
+            float(evaluation.test_accuracy),
+            np.asarray(evaluation.test_predictions.load()) == y_test,
+        )
+        for evaluation in evaluations
+    }
+    return RunSnapshot(
+        run_id=run_id,
+        finished_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+        profile=profile,
+        class_names=tuple(raw.class_names),
+        data_fingerprint=data_fingerprint(raw),
+        test_set_fingerprint=evaluated_set_fingerprint(data),
+        splits=splits,
+        models=models,
+    )
+
+
+def record_snapshot(history_db: Path, run: RunSnapshot) -> None:
+    """Write one run in a single transaction (a rerun of the same run id replaces it),
+    then drop the per-image data of the profile's older runs.
+
+    Raises:
+        RunEnvironmentError: the history cannot be written (locked too long, a full
+            disk, a file that is not a history database).
+    """
+    with _open(history_db) as db, _transaction(db, write=True):
+        for table in ("class_counts", "split_images", "models", "runs"):
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run.run_id,))
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+            (run.run_id, run.finished_at, run.profile, json.dumps(list(run.class_names)),
+             run.data_fingerprint, run.test_set_fingerprint),
+        )  # fmt: skip
+        for split, images in run.splits.items():
+            counts = np.bincount(images.labels, minlength=len(run.class_names))
+            db.executemany(
+                "INSERT INTO class_counts VALUES (?, ?, ?, ?)",
+                [
+                    (run.run_id, split, name, int(n))
+                    for name, n in zip(run.class_names, counts, strict=True)
+                ],
+            )
+            db.execute(
+                "INSERT INTO split_images VALUES (?, ?, ?, ?, ?)",
+                (run.run_id, split, _blob(images.hashes), _blob(images.labels),
+                 _blob(images.mean_intensity)),
+            )  # fmt: skip
+        db.executemany(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?)",
+            [(run.run_id, name, model.accuracy, len(model.correct),
+              np.packbits(model.correct).tobytes()) for name, model in run.models.items()],
+        )  # fmt: skip
+        db.execute(
+            """DELETE FROM split_images WHERE run_id IN (
+                SELECT run_id FROM runs WHERE profile = ?
+                ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?)""",
+            (run.profile, KEEP_IMAGE_DATA_RUNS),
+        )
+
+
+def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | None:
+    """The last completed run of `profile` other than `run_id`, or None without one.
+
+    Raises:
+        RunEnvironmentError: the history cannot be read.
+    """
+    if not history_db.is_file():
+        return None
+    with _open(history_db) as db, _transaction(db):  # one snapshot of a changing database
+        row = db.execute(
+            """SELECT run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint
+            FROM runs WHERE profile = ? AND run_id != ?
+            ORDER BY finished_at DESC, rowid DESC LIMIT 1""",
+            (profile, run_id),
+        ).fetchone()
+        if row is None:
+            return None
+        found = db.execute(
+            "SELECT split, image_hashes, labels, mean_intensity FROM split_images WHERE run_id = ?",
+            (row[0],),
+        )
+        splits = {split: SplitImages(*map(_array, blobs)) for split, *blobs in found}
+        found = db.execute(
+            "SELECT model, test_accuracy, test_images, correct FROM models WHERE run_id = ?",
+            (row[0],),
+        )
+        models = {
+            name: ModelOutcome(accuracy, _unpacked(correct, images))
+            for name, accuracy, images, correct in found
+        }
+    return RunSnapshot(
+        run_id=row[0],
+        finished_at=row[1],
+        profile=profile,
+        class_names=tuple(json.loads(row[2])),
+        data_fingerprint=row[3],
+        test_set_fingerprint=row[4],
+        splits=splits,
+        models=models,
+    )
+
+
+def _blob(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def _unpacked(packed: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(packed, np.uint8), count=count).astype(bool)
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the history, its tables created when missing; SQLite errors
+    become one line naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are begun and ended explicitly, below.
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    except (OSError, sqlite3.Error) as error:
+        raise RunEnvironmentError(f"{path}: run history cannot be opened ({error})") from error
+    try:
+        _ensure_schema(db, path)
+        yield db
+    except sqlite3.Error as error:
+        raise RunEnvironmentError(f"{path}: run history failed ({error})") from error
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, write: bool = False) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front: a read lock upgraded later fails at once
+    # when another writer holds it, where waiting for the lock is what is wanted.
+    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # SQLite ends it itself after some errors (a full disk)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    with _transaction(db, write=True):
+        (version,) = db.execute("PRAGMA user_version").fetchone()  # another run's, meanwhile
+        if version == 0:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise RunEnvironmentError(
+                f"{path}: run history has schema version {version}; this pipeline reads "
+                f"version {SCHEMA_VERSION}. Use another output_dir, or move the file aside"
+            )

@@ -1,0 +1,180 @@
+"""What every model shares: the classifier interface, how it is trained, and its spec.
+
+A `ModelSpec` holds everything the pipeline knows about one model, next to the code
+that fits it; the registry in `tasks.training.models.registry` lists the specs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from pydantic import BaseModel, ConfigDict
+
+from tasks.core.contracts import N_CLASSES, LearningCurve
+
+# Written by the training stage next to every saved model; the CNN reads its parameters back.
+PARAMS_FILE = "params.json"
+
+
+class HyperParameters(BaseModel):
+    """A model's hyper-parameters: a frozen configuration section that rejects unknown names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """How a model is trained, apart from its hyper-parameters."""
+
+    seed: int
+    threads: int
+    logger: logging.Logger = logging.getLogger(__name__)  # noqa: RUF009
+    report_progress: Callable[[float], None] = lambda fraction: None
+    # Validation accuracy part-way through a fit (step: boosting round or epoch); the
+    # tuning stage prunes a trial by raising from it.
+    report_validation: Callable[[int, float], None] = lambda step, accuracy: None
+    # Called between training steps (rounds, batches): raises once the run is told to stop.
+    check_stop: Callable[[], None] = lambda: None
+    # The time (`time.time()`) by which the run's budget wants training over: iterative
+    # fits stop at their next step after it, keeping what they have learnt.
+    deadline: float | None = None
+    # With a deadline: the most steps a fit that runs faster than planned may extend to.
+    most_steps: int | None = None
+    # Whether the fit has every core now (the other models are done); when the plan
+    # expects that (`time.time()`), and how much faster its steps are then.
+    alone: Callable[[], bool] = lambda: False
+    alone_from: float | None = None
+    speedup_alone: float = 1.0
+    # To measure how fast the fit is alone: a context, entered once the other models are
+    # measured, that gives a function to give its threads every core.
+    every_core: Callable[[], AbstractContextManager[Callable[[], None]]] | None = None
+    # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
+    # ten where no data is at hand (loading a saved model).
+    classes: int = N_CLASSES
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """What the cost measurements fit on: the run's arrays, and the sizes to scale to."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    test_images: int
+
+
+def check_labels(labels: np.ndarray, classes: int, split: str) -> None:
+    """Every one of the `classes` classes, and no other label, is in `labels`: scikit-learn
+    and XGBoost take their classes from the labels they fit on, so a missing class would
+    shift the probability columns of every class after it.
+
+    Raises:
+        ValueError: naming the labels out of range or the classes missing.
+    """
+    found = np.unique(labels)
+    if outside := [int(label) for label in found if not 0 <= label < classes]:
+        raise ValueError(
+            f"{split} labels {outside[:5]} are outside the {classes} classes (0 to {classes - 1})"
+        )
+    if missing := sorted(set(range(classes)) - {int(label) for label in found}):
+        raise ValueError(
+            f"the {split} labels lack class(es) {missing[:5]} of the {classes}: the model "
+            f"needs {split} images of every class to give one probability per class"
+        )
+
+
+def with_every_class(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`rows`, sorted, with the first row of each class they lack added: a sample of the
+    training images that every model can be fitted on (`check_labels`)."""
+    classes, first_rows = np.unique(labels, return_index=True)
+    lacking = np.isin(classes, labels[rows], invert=True)
+    return np.union1d(rows, first_rows[lacking])
+
+
+def _as_configured(params: Any, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+    return [("as configured", {}, 0)]
+
+
+@dataclass(frozen=True)
+class Budgeting:
+    """How the time-budget planner handles a model (see `tasks.budget.planner`).
+
+    Attributes:
+        measure: the model's cost here for the given parameters, measured on a sample of
+            the data and scaled to all of it.
+        step_field: the parameter that counts its steps (epochs, boosting rounds), which
+            the plan fills; None for a model fitted in one go.
+        variants: the ways to train it, most accurate first, given the parameters and
+            the fields the user set: a label, the parameter values it sets, and the fewest
+            steps worth training it for.
+    """
+
+    measure: Callable[[Any, ProbeData, TrainingContext], Any]
+    step_field: str | None = None
+    variants: Callable[[Any, frozenset[str]], list[tuple[str, dict, int]]] = _as_configured
+
+
+class Classifier(Protocol):
+    model_file: ClassVar[str]
+
+    def fit(
+        self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+    ) -> LearningCurve | None:
+        """Fit on the training split; return the learning curve of iterative models."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, one column per class; the prediction is the most probable."""
+
+    def save(self, directory: Path) -> None:
+        """Write the fitted model into `directory` as `model_file`, in its library's format."""
+
+    @classmethod
+    def load(cls, directory: Path, threads: int) -> Classifier:
+        """The model `save` wrote, ready to predict with `threads` threads."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pipeline knows about one model.
+
+    Attributes:
+        name: the model's name in the configuration, the registry and the reports.
+        params: its hyper-parameters; the configuration has one section of this class.
+        build: an unfitted classifier for `params` and a training context.
+        adapter: the class `build` returns: its `model_file` holds a saved model, which
+            its `load` reads back.
+        search_space: tuning distributions, named after fields of `params`.
+        pruning_warmup_steps: steps (rounds, epochs) a trial reports before it may be pruned.
+        quick: the `quick` profile's changes to the default hyper-parameters.
+        saved_mb: about how many MB the saved model takes, given `params`, the number of
+            training images and of classes (Fashion-MNIST's ten by default: the disk-space
+            check that counts on it runs before the data is read).
+        budgeting: how a time budget plans it.
+    """
+
+    name: str
+    params: type[HyperParameters]
+    build: Callable[[Any, TrainingContext], Classifier]
+    adapter: type[Classifier]
+    search_space: Mapping[str, BaseDistribution]
+    pruning_warmup_steps: int = 0
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    saved_mb: Callable[..., float] = lambda params, train_images, classes=N_CLASSES: 1.0
+    budgeting: Budgeting | None = None
+
+    @property
+    def module(self) -> str:
+        """The module that builds the model: trained models are keyed with its code."""
+        return self.build.__module__

@@ -1,0 +1,78 @@
+"""Training and tuning as Prefect tasks: thin wrappers around `train_model` and
+`run_trial`, with the run's logger, stop flag, deadline and a progress bar in the UI."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.core.contracts import ProcessedDataset, TrainedModel
+from tasks.core.runtime import in_task_run, stage_logger
+from tasks.core.stopping import check_stop
+from tasks.training.cores import CoreShare, held_to_lane
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.registry import ModelParams
+from tasks.training.train import train_model
+from tasks.training.tune import TrialOutcome, TrialRequest, run_trial
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes only."""
+    return text.lower().replace("_", "-")
+
+
+# No retries: a fit that failed fails the same way again (same data, parameters and
+# seed), and would cost its whole training time again before saying so.
+@task(name="train-model", task_run_name="train-{name}")
+def train_task(
+    name: str,
+    params: ModelParams,
+    data: ProcessedDataset,
+    cache_dir: Path,
+    seed: int,
+    threads: int,
+    refresh: bool,
+    deadline: float | None = None,
+    most_steps: int | None = None,
+    cores: CoreShare | None = None,
+    alone_from: float | None = None,
+    speedup_alone: float = 1.0,
+) -> TrainedModel:
+    """With `cores`, the model's threads are sized to every core and held to its lane's
+    until the other models are done: the plan expects that at `alone_from`, after which
+    its steps are `speedup_alone` times as fast."""
+    threads = cores.threads if cores else threads
+    context = TrainingContext(
+        seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
+        most_steps=most_steps, alone_from=alone_from, speedup_alone=speedup_alone,
+    )  # fmt: skip
+    if cores:
+        context = replace(context, alone=lambda: cores.released)
+    if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
+        progress = create_progress_artifact(
+            progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"
+        )
+        context = replace(
+            context,
+            report_progress=lambda fraction: update_progress_artifact(progress, 100 * fraction),
+        )
+    with held_to_lane(cores, context.logger):
+        return train_model(name, params, data, cache_dir, context, refresh)
+
+
+@task(name="tune-trial", task_run_name="tune-{request.model}")
+def trial_task(
+    request: TrialRequest,
+    params: ModelParams,
+    data: ProcessedDataset,
+    study_dir: Path,
+    train_subset_size: int | None,
+    seed: int,
+    threads: int,
+) -> TrialOutcome:
+    return run_trial(
+        request, params, data, study_dir, train_subset_size, seed, threads, stage_logger()
+    )
