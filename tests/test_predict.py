@@ -254,20 +254,3 @@ def test_batches_keep_the_input_order_around_unreadable_inputs():
         assert (small is None) == (large is None) == bool(error)
         if small is not None:
             np.testing.assert_array_equal(small, large)
-
-
-def test_a_failed_write_leaves_the_previous_output_and_no_temporary_file(tmp_path):
-    target = tmp_path / "predictions.csv"
-    target.write_text("previous\n")
-
-    def fail_midway(stream):
-        stream.write("path,predicted_class\n")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_atomically(target, fail_midway)
-    assert target.read_text() == "previous\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
-    write_atomically(target, lambda stream: stream.write("new\n"))
-    assert target.read_text() == "new\n"
-    assert target.stat().st_mode & 0o777 == 0o644

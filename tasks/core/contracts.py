@@ -117,6 +117,13 @@ class TrainedModel:
     curve: LearningCurve | None = None
 
 
+def as_stored(probabilities: np.ndarray) -> np.ndarray:
+    """float32 rows summing to 1, the form every model's probabilities are stored in: the
+    metrics recompute from them, and predictions made later match the run's to the last tie."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ModelEvaluation:
     """A model's test metrics; per-class lists follow the data's `class_names`."""

@@ -14,10 +14,8 @@ import hashlib
 import http.client
 import json
 import logging
-import os
 import shutil
 import socket
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from tasks.core.contracts import RawDataset, UnreadableFile
 from tasks.core.errors import DatasetFileError
+from tasks.core.files import replacing
 from tasks.core.storage import array_refs, cached_stage, code_version, content_key, save_arrays
 from tasks.data.sources import LAYOUT_NAMES, detect_layout, input_key, parse_layout
 from tasks.data.sources.idx import (
@@ -65,26 +64,20 @@ class NoDataSourceError(DatasetFileError):
 def download_file(url: str, target: Path, spec: IdxFile) -> None:
     """Download `url` to `target` atomically: verified first, then renamed into place.
     Nothing is created before the mirror answers."""
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, partial_name = tempfile.mkstemp(  # same suffix: read as gzip or not
-            prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent
-        )
-        partial = Path(partial_name)
+    with (
+        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
+        replacing(target, suffix=target.suffix) as partial,  # the suffix: gzip or not
+    ):
+        with open(partial, "wb") as sink:
+            shutil.copyfileobj(response, sink)
         try:
-            with os.fdopen(descriptor, "wb") as sink:
-                shutil.copyfileobj(response, sink)
-            try:
-                content = read_idx_bytes(partial)
-                parse_idx(content, spec.magic, partial)
-                problem = checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
-            except DatasetFileError as exc:
-                problem = str(exc)
-            if problem:
-                raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+            content = read_idx_bytes(partial)
+            parse_idx(content, spec.magic, partial)
+            problem = checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
+        except DatasetFileError as exc:
+            problem = str(exc)
+        if problem:
+            raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
 
 
 def fashion_mnist_dir(

@@ -9,18 +9,18 @@ they decide only whether the data is called Fashion-MNIST or is the user's own.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, astuple, fields, replace
 from pathlib import Path
+from typing import TextIO
 
 from tasks.core.contracts import RawDataset, ValidationSummary
 from tasks.core.errors import DataValidationError, StorageError
-from tasks.core.storage import cached_stage, content_key, project_code_version, scratch_name
+from tasks.core.files import write_atomically
+from tasks.core.storage import cached_stage, content_key, project_code_version
 from tasks.data.checks import KINDS, Problem, check_data
 from tasks.data.sources.idx import FASHION_MNIST_FILES, IdxFile, checksum_mismatch
 
@@ -84,18 +84,13 @@ def write_problems(problems: list[Problem], path: Path) -> None:
     Raises:
         StorageError: the file could not be written.
     """
-    partial = path.parent / scratch_name(path)  # swept if the run is killed meanwhile
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(field.name for field in fields(Problem))
-            writer.writerows(astuple(problem) for problem in problems)
-        os.replace(partial, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        raise StorageError.from_os_error(path, error) from error
+
+    def write_rows(stream: TextIO) -> None:
+        writer = csv.writer(stream)
+        writer.writerow(field.name for field in fields(Problem))
+        writer.writerows(astuple(problem) for problem in problems)
+
+    write_atomically(path, write_rows)
 
 
 def refuse(

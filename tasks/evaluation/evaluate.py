@@ -18,7 +18,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.core.contracts import ModelEvaluation, ProcessedDataset, TrainedModel, as_stored
 from tasks.core.stopping import run_until_stopped
 from tasks.core.storage import (
     array_refs,
@@ -108,12 +108,6 @@ def plot_confusion_matrix(
     return figure
 
 
-def _as_stored(probabilities: np.ndarray) -> np.ndarray:
-    """float32 rows summing to 1, so the metrics can be recomputed from the stored values."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def write_evaluation(
     staging: Path,
     title: str,
@@ -141,8 +135,8 @@ def write_evaluation(
                 f"expected one per class, {len(class_names)}"
             )
     labels = list(range(len(class_names)))
-    validation_probabilities = _as_stored(validation_probabilities)
-    probabilities = _as_stored(test_probabilities)
+    validation_probabilities = as_stored(validation_probabilities)
+    probabilities = as_stored(test_probabilities)
     predicted = probabilities.argmax(axis=1).astype(np.uint8)
     save_arrays(
         staging,

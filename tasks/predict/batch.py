@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import TextIO
 import numpy as np
 
 from tasks.core.errors import PredictionInputError
+from tasks.core.files import write_atomically
 from tasks.predict.inputs import InputImages, find_inputs, read_input
 from tasks.predict.model import load_run_model, read_run, run_class_names
 
@@ -108,20 +108,6 @@ def csv_row(prediction: Prediction, top_k: int, class_names: Sequence[str]) -> l
     ]
     label = int(best[0])
     return [name, class_names[label], str(label), f"{probabilities[label]:.6f}", *ranked, ""]
-
-
-def write_atomically(target: Path, write: Callable[[TextIO], None]) -> None:
-    """Write `target` through a temporary file renamed into place: readers never see a
-    half-written file, and a failed run leaves the previous one as it was."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "w", newline="") as stream:
-            write(stream)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the result from other users
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def predict_images(

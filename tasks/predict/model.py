@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.core.contracts import CLASS_NAMES
+from tasks.core.contracts import CLASS_NAMES, as_stored
 from tasks.core.errors import PredictionInputError
 from tasks.core.storage import MANIFEST_FILE, entry_problem
 from tasks.training.models.base import Classifier
@@ -21,13 +21,6 @@ from tasks.training.models.registry import load_model
 
 LEADERBOARD_FILE = "leaderboard.csv"
 METRICS_FILE = "metrics.json"
-
-
-def as_stored(probabilities: np.ndarray) -> np.ndarray:
-    """float32 rows summing to 1, as the evaluation stores every model's probabilities
-    (tasks/evaluation/evaluate.py): predictions made from them match the run's to the last tie."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 @dataclass(frozen=True)

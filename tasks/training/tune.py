@@ -14,7 +14,6 @@ flow submits them to the same task runner that trains the models.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
-from tasks.core.errors import StorageError
+from tasks.core.files import write_atomically
 from tasks.core.stopping import check_stop, run_until_stopped
-from tasks.core.storage import scratch_name
 from tasks.data.preprocess import stratified_subset
 from tasks.training.models.base import TrainingContext, with_every_class
 from tasks.training.models.registry import ModelParams, build_model, model_spec
@@ -248,11 +246,4 @@ def tuned_params(params: ModelParams, summaries: list[TuningSummary]) -> ModelPa
 def write_profile(path: Path, summaries: list[TuningSummary]) -> None:
     """Write the best parameters as a profile file, in one rename so that a scheduled run
     never reads half of one."""
-    staging = path.with_name(scratch_name(path))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging.write_text(profile_text(summaries))
-        os.replace(staging, path)
-    except OSError as error:
-        staging.unlink(missing_ok=True)
-        raise StorageError.from_os_error(path, error) from error
+    write_atomically(path, lambda stream: stream.write(profile_text(summaries)))

@@ -7,7 +7,6 @@ directory only when complete; `latest` beside it then points at it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ import pandas as pd
 
 from tasks.core.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
 from tasks.core.errors import StorageError
-from tasks.core.storage import scratch_name, write_new_directory
+from tasks.core.files import replacing
+from tasks.core.storage import write_new_directory
 from tasks.evaluation.report.analysis import Findings, analyse
 from tasks.evaluation.report.figures import save_figures
 from tasks.evaluation.report.html import render_html
@@ -115,10 +115,8 @@ def write_report(
 def point_latest_at(report_dir: Path) -> None:
     """Swap `latest` to `report_dir` in one rename, so it never points at nothing."""
     latest = report_dir.parent / "latest"
-    staging = report_dir.parent / scratch_name(latest)
     try:
-        staging.symlink_to(report_dir.name, target_is_directory=True)
-        os.replace(staging, latest)
+        with replacing(latest) as staging:
+            staging.symlink_to(report_dir.name, target_is_directory=True)
     except OSError as error:
-        staging.unlink(missing_ok=True)
         raise StorageError.from_os_error(latest, error) from error

@@ -1,0 +1,41 @@
+"""Writing one file so that readers never see half of it: written beside its target under
+a scratch name, then renamed over it, so a failure leaves the previous file as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from tasks.core.errors import StorageError
+from tasks.core.storage import scratch_name
+
+
+@contextlib.contextmanager
+def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A scratch path beside `target` (ending in `suffix`) for the block to write; renamed
+    over `target` when the block ends without error, and removed when it fails. Errors
+    pass through as they are: a download tells a network error from a disk's."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / (scratch_name(target) + suffix)
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+
+
+def write_atomically(target: Path, write: Callable[[TextIO], None]) -> None:
+    """`write(stream)` into `target` through `replacing`.
+
+    Raises:
+        StorageError: the file could not be written (a full disk, no permission).
+    """
+    try:
+        with replacing(target) as partial, open(partial, "w", newline="") as stream:
+            write(stream)
+    except OSError as error:
+        raise StorageError.from_os_error(target, error) from error
