@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.evaluation.report.tables import markdown_table
+from tasks.training.models.registry import SPECS, own_lane_model, step_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -87,7 +88,7 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         "best_single_model": single.model,
         "best_single_accuracy": single.test_accuracy,
         "ensemble_accuracy": float(ensemble.test_accuracy.iloc[0]) if len(ensemble) else None,
-        "cnn": cnn_epochs(workdir, plan),
+        own_lane_model(): own_lane_steps(workdir, plan),
         "left_out": ", ".join(plan.get("dropped", {})),
         "cpu_use_run": round(cpu_total / (wall * cores), 3),
         "cpu_use_training": round((c1 - c0) / ((t1 - t0) * cores), 3),
@@ -112,21 +113,26 @@ def code_commit(checkout: Path) -> str:
     return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def cnn_epochs(workdir: Path, plan: dict) -> str:
-    """The CNN's network, and its planned and trained epochs."""
-    planned = next((m for m in plan.get("models", []) if m["model"] == "cnn"), None)
+def own_lane_steps(workdir: Path, plan: dict) -> str:
+    """The variant of the model on a lane of its own (the CNN's network), and its planned
+    and trained steps."""
+    name = own_lane_model()
+    planned = next((m for m in plan.get("models", []) if m["model"] == name), None)
     if planned is None:
         return "left out"
     metrics = json.loads((workdir / "reports" / "latest" / "metrics.json").read_text())
-    model_dir = workdir / metrics["models"]["cnn"]["model_dir"]
+    model_dir = workdir / metrics["models"][name]["model_dir"]
     trained = len(json.loads((model_dir / "params.json").read_text())["curve"]["validation_error"])
-    network = planned["variant"].split(" (")[0]
-    return f"{network}, {planned['steps']} epochs planned, {trained} trained"
+    variant = planned["variant"].split(" (")[0]
+    return f"{variant}, {planned['steps']} {step_name(name)} planned, {trained} trained"
 
 
 def write_float32_profile() -> Path:
+    """A profile that sets every model with a `precision` setting to float32."""
+    precision = {"precision": "float32"}
+    models = [spec.name for spec in SPECS if "precision" in spec.params.model_fields]
     path = Path(tempfile.mkdtemp()) / "float32.json"
-    path.write_text(json.dumps({"params": {"cnn": {"precision": "float32"}}}))
+    path.write_text(json.dumps({"params": dict.fromkeys(models, precision)}))
     return path
 
 
@@ -176,7 +182,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "best single model": rows.best_single_model + " "
         + rows.best_single_accuracy.map("{:.4f}".format),
         "ensemble": rows.ensemble_accuracy.map(lambda a: "—" if pd.isna(a) else f"{a:.4f}"),
-        "CNN": rows.cnn,
+        own_lane_model(): rows[own_lane_model()],
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),

@@ -24,7 +24,7 @@ from flows.parallel import (
     train_and_evaluate,
     tune_models,
 )
-from tasks.budget.plans import DEDICATED_MODEL, planned_params, training_limits
+from tasks.budget.plans import planned_params, training_limits
 from tasks.core.contracts import ProcessedDataset, RawDataset, ValidationSummary
 from tasks.core.errors import ModelsFailedError, StorageError
 from tasks.core.storage import sweep_scratch
@@ -38,6 +38,7 @@ from tasks.history.stages import record_run_task, since_previous_run_task
 from tasks.run.config import PipelineConfig
 from tasks.run.preflight import check_run, space_needed
 from tasks.training.cores import shared_cores
+from tasks.training.models.registry import own_lane_model
 from tasks.training.tune import tuned_params, write_profile
 
 
@@ -93,7 +94,7 @@ def _run_stages(
     )  # fmt: skip
     tuning, failures = [], []
     # The CNN gets every core once the others are done, where its process can be told so.
-    sharing = DEDICATED_MODEL in config.models and len(config.models) > 1
+    sharing = own_lane_model() in config.models and len(config.models) > 1
     sharing = sharing and not config.dask_address
     with (
         runner.pool(config) as pool,
@@ -115,7 +116,7 @@ def _run_stages(
             failures += unmeasured
             params = planned_params(params, plan)
             models = [model.model for model in plan.models]
-            limits = training_limits(plan, started_at)
+            limits = training_limits(plan, started_at, share)
         logger.info("stage 4/5: evaluate on the test set as models finish")
         results, failed = train_and_evaluate(
             pool, config, data, params, models, logger, limits, share

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from tasks.budget.planner import Plan
 from tasks.budget.plans import (
-    DEDICATED_MODEL,
     cached_plan,
     describe_plan,
     make_plan,
@@ -25,7 +24,8 @@ from tasks.core.errors import ModelsFailedError, RunEnvironmentError
 from tasks.core.stopping import RunStopped, stop_requested, stop_signal
 from tasks.evaluation.stages import evaluate_task
 from tasks.run.config import PipelineConfig
-from tasks.training.cores import CoreShare, release, withhold
+from tasks.training.cores import CoreHandover
+from tasks.training.models.registry import own_lane_model
 from tasks.training.stages import train_task, trial_task
 from tasks.training.tune import TrialRequest, TuningSession
 
@@ -78,9 +78,9 @@ def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFail
     return failure
 
 
-def _share_of(models: list[str], share: CoreShare | None) -> CoreShare | None:
+def _share_of(models: list[str], share: CoreHandover | None) -> CoreHandover | None:
     """The growing share of the cores goes to the CNN, which can use it."""
-    return share if DEDICATED_MODEL in models else None
+    return share if own_lane_model() in models else None
 
 
 def plan_training(
@@ -91,7 +91,7 @@ def plan_training(
     models: list[str],
     started_at: float,
     logger: Any,
-    share: CoreShare | None = None,
+    share: CoreHandover | None = None,
 ) -> tuple[Plan, list[ModelFailure]]:
     """Measure the models' costs here and plan them to the budget; a rerun reuses the
     plan, and so the models it trained. The CNN is measured beside the others as they will
@@ -102,26 +102,29 @@ def plan_training(
     def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
         pinned = {name: pinned_fields(config, name) for name in models}
         groups = [
-            [n for n in models if n == DEDICATED_MODEL],
-            [n for n in models if n != DEDICATED_MODEL],
+            [n for n in models if n == own_lane_model()],
+            [n for n in models if n != own_lane_model()],
         ]
         left = config.time_budget_minutes * 60 - (time.time() - started_at)
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
         common["threads"] = pool.threads_per_model
         futures = {
-            submit(pool, measure_task, names=group, cores=_share_of(group, share), **common): group
+            submit(
+                pool, measure_task, names=group, handover=_share_of(group, share), **common
+            ): group
             for group in groups
             if group
         }
         measured, failures = {}, []
         for future, group in reversed(futures.items()):  # the CNN's last
-            if DEDICATED_MODEL in group:
-                release(share)  # the others are measured: the CNN times every core
+            if share and own_lane_model() in group:
+                share.release()  # the others are measured: the CNN times every core
             found, failed = future.result()
             measured |= found
             failures += failed  # logged by the task; a stop or a full disk raised instead
-        withhold(share)  # until the others are trained
+        if share:
+            share.withhold()  # until the others are trained
         if not measured:
             raise ModelsFailedError(f"all {len(models)} models failed: {listed(failures)}")
         return make_plan(config, measured, time.time() - started_at), failures
@@ -142,15 +145,15 @@ def train_and_evaluate(
     models: list[str],
     logger: Any,
     limits: dict[str, dict] | None = None,
-    share: CoreShare | None = None,
+    share: CoreHandover | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """`parallel_models` models train at once, in the order of `models`; each is evaluated
     as soon as it is trained, and its evaluation is submitted before the next model's
     training, so that it never waits behind that training for a worker (the plan counts a
     model's prediction on its lane, right after its fit). A model whose training or
     evaluation fails is recorded and the others go on. `limits` are the plan's for each
-    model (`training_limits`). Once every other model is trained and evaluated, the CNN
-    gets every core of `share`."""
+    model (`training_limits`), the CNN's handover among them. Once every other model is
+    trained and evaluated, the CNN gets every core of `share`."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
     common["threads"] = pool.threads_per_model
     waiting = list(models)
@@ -158,10 +161,11 @@ def train_and_evaluate(
 
     def start_next_training() -> None:
         name = waiting.pop(0)
+        # The plan's handover, bound to the cores, where it counts on every core.
+        limit = {"handover": _share_of([name], share)} | (limits or {}).get(name, {})
         future = submit(
-            pool, train_task, name=name, params=params, seed=config.seed,
-            cores=_share_of([name], share), **(limits or {}).get(name, {}), **common,
-        )  # fmt: skip
+            pool, train_task, name=name, params=params, seed=config.seed, **limit, **common
+        )
         trainings[future] = name
 
     while waiting and len(trainings) < config.parallel_models:
@@ -169,10 +173,10 @@ def train_and_evaluate(
     evaluations, failures = {}, []
 
     def only_the_cnn_left() -> bool:
-        return {*waiting, *trainings.values()} == {DEDICATED_MODEL}
+        return {*waiting, *trainings.values()} == {own_lane_model()}
 
-    if only_the_cnn_left():  # the CNN alone: every core from the start
-        release(share)
+    if share and only_the_cnn_left():  # the CNN alone: every core from the start
+        share.release()
     while trainings:
         trained = next(iter(pool.as_completed(list(trainings))))
         name = trainings.pop(trained)
@@ -201,15 +205,15 @@ def train_and_evaluate(
 
 
 def _release_when_evaluated(
-    pool: Pool, evaluations: dict[Future, str], share: CoreShare, logger: Any
+    pool: Pool, evaluations: dict[Future, str], share: CoreHandover, logger: Any
 ) -> None:
     """Give the CNN every core once the other models' evaluations are done too (the
     SVM's takes minutes)."""
-    waiting = [future for future, name in evaluations.items() if name != DEDICATED_MODEL]
+    waiting = [future for future, name in evaluations.items() if name != own_lane_model()]
     for _ in pool.as_completed(waiting):
         pass
     logger.info("the other models are done: the CNN may use all %d cores", share.threads)
-    release(share)
+    share.release()
 
 
 def tune_models(

@@ -6,12 +6,13 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.run.config import MODEL_NAMES, ModelParams, PipelineConfig
+from tasks.training.models.registry import SPECS
 from tasks.training.models.sklearn_models import SVMParams
 
 
 def test_model_params_built_from_the_specs_validate_like_a_written_class():
     # Quickest first: the order the Prefect form and the CLI's help list the models in.
-    assert MODEL_NAMES == ("logistic_regression", "random_forest", "svm_rbf", "xgboost", "cnn")
+    assert tuple(spec.name for spec in reversed(SPECS)) == MODEL_NAMES
     params = ModelParams(svm_rbf={"C": 3.0})
     assert params.svm_rbf == SVMParams(C=3.0)
     assert pickle.loads(pickle.dumps(params)) == params  # process and Dask runners send it

@@ -3,14 +3,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 import types
 import zipfile
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tasks.training.cores import CoreHandover
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
@@ -137,13 +136,21 @@ class FakeNetwork:
         self.stop_training = False
 
 
+class FakeClock:
+    """The schedule's clock, moved on by the epochs `run_epoch` runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def run_epoch(schedule: CosineToDeadline, network: FakeNetwork, epoch: int, seconds: float):
-    """One epoch of the schedule's hooks, as if it had taken `seconds`."""
+    """One epoch of the schedule's hooks, taking `seconds` on its clock."""
     rates = []
     schedule.on_epoch_begin(epoch)
-    schedule.epoch_started -= seconds
-    if schedule.context.deadline:  # the time left shrinks by as much
-        schedule.context = replace(schedule.context, deadline=schedule.context.deadline - seconds)
+    schedule.clock.now += seconds
     for batch in range(schedule.steps_per_epoch):
         schedule.on_train_batch_begin(batch)
         rates.append(network.optimizer.learning_rate)
@@ -162,7 +169,8 @@ def train(schedule: CosineToDeadline, network: FakeNetwork, seconds: float, epoc
 
 def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():
     network = FakeNetwork()
-    schedule = CosineToDeadline(network, 0.002, 10, 3, TrainingContext(seed=0, threads=1))
+    context = TrainingContext(seed=0, threads=1)
+    schedule = CosineToDeadline(network, 0.002, 10, 3, context, clock=FakeClock())
     rates = train(schedule, network, seconds=50, epochs=3)
     expected = [0.001 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
     np.testing.assert_allclose(rates, expected)
@@ -171,8 +179,8 @@ def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():
 
 def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
     network = FakeNetwork()
-    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 200)
-    schedule = CosineToDeadline(network, 0.002, 10, 10, context)
+    context = TrainingContext(seed=0, threads=1, deadline=200)
+    schedule = CosineToDeadline(network, 0.002, 10, 10, context, clock=FakeClock())
     # 10 epochs planned, but at 80 s an epoch only 2 fit in the 200 s.
     rates = train(schedule, network, seconds=80, epochs=10)
     assert len(rates) == 20
@@ -184,8 +192,8 @@ def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
 
 def test_epochs_faster_than_planned_stretch_the_decay_up_to_the_most_allowed():
     network = FakeNetwork()
-    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 400, most_steps=6)
-    schedule = CosineToDeadline(network, 0.002, 10, 3, context)
+    context = TrainingContext(seed=0, threads=1, deadline=400, most_steps=6)
+    schedule = CosineToDeadline(network, 0.002, 10, 3, context, clock=FakeClock())
     rates = train(schedule, network, seconds=50, epochs=6)  # 8 would fit; 6 are allowed
     assert len(rates) == 60
     assert network.stop_training
@@ -197,42 +205,43 @@ def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
     """The CNN's epochs speed up when the other models are done and it gets their cores:
     the epochs re-planned come from the latest epochs' time, not all of them."""
     network = FakeNetwork()
-    context = TrainingContext(seed=0, threads=1, deadline=time.time() + 1001, most_steps=30)
-    schedule = CosineToDeadline(network, 0.002, 10, 5, context)
+    context = TrainingContext(seed=0, threads=1, deadline=1000, most_steps=30)
+    schedule = CosineToDeadline(network, 0.002, 10, 5, context, clock=FakeClock())
     rates = []
     for epoch, seconds in enumerate([100] * 8 + [40] * 30):
         rates += run_epoch(schedule, network, epoch, seconds)
         if network.stop_training:
             break
-    # 800 s for the first 8 epochs, then the 201 s left hold 5 at 40 s. The median of all
+    # 800 s for the first 8 epochs, then the 200 s left hold 5 at 40 s. The median of all
     # the epochs would still be 100 s after the 11th, and would stop there at 920 s.
     assert len(rates) == 130
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
-def test_a_plan_counting_on_every_core_later_is_kept_while_the_cores_are_shared():
+def test_a_plan_counting_on_every_core_later_is_kept_while_the_cores_are_shared(tmp_path):
     """Planned as the planner does: 5 epochs of 40 s sharing the cores for 200 s, then 20
     epochs of 20 s with every core. Slow epochs before then are no reason to compress."""
     network = FakeNetwork()
-    alone = {"now": False}
-    start = time.time()
-    context = TrainingContext(
-        seed=0, threads=2, deadline=start + 601, most_steps=40, alone=lambda: alone["now"],
-        alone_from=start + 200, speedup_alone=2.0,
-    )  # fmt: skip
-    schedule = CosineToDeadline(network, 0.002, 10, 25, context)
+    handover = CoreHandover(after=200, speedup=2.0, planned_at=0.0, directory=tmp_path)
+    context = TrainingContext(seed=0, threads=2, deadline=600, most_steps=40, handover=handover)
+    schedule = CosineToDeadline(network, 0.002, 10, 25, context, clock=FakeClock())
     rates, planned = [], []
     for epoch in range(40):
-        seconds = 20 if alone["now"] else 40
-        schedule.context = replace(  # as the deadline, it comes `seconds` closer
-            schedule.context, alone_from=schedule.context.alone_from - seconds
-        )
+        seconds = 20 if handover.released else 40
         rates += run_epoch(schedule, network, epoch, seconds)
         planned.append(schedule.last_epoch)
-        alone["now"] = epoch + 1 >= 5  # the others are done after 200 s
+        if epoch + 1 >= 5:  # the others are done after 200 s
+            handover.release()
         if network.stop_training:
             break
     assert planned == [25] * 25
     assert len(rates) == 250
     assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_a_fit_is_past_its_deadline_by_the_clock_it_is_given():
+    context = TrainingContext(seed=0, threads=1, deadline=100)
+    assert not context.past_deadline(clock=lambda: 99.5)
+    assert context.past_deadline(clock=lambda: 100)
+    assert not TrainingContext(seed=0, threads=1).past_deadline(clock=lambda: 1e12)

@@ -1,5 +1,6 @@
 """The time-budget planner as plain functions: measured costs and a budget in, a plan out."""
 
+import json
 import math
 
 import pytest
@@ -11,13 +12,10 @@ from tasks.budget.planner import (
     Variant,
     lanes_of,
     plan_run,
-    seconds_sharing,
-    steps_sharing,
 )
 from tasks.budget.plans import describe_plan
 from tasks.core.contracts import Cost
-
-DROP_ORDER = ("random_forest", "xgboost", "logistic_regression", "svm_rbf", "cnn")
+from tasks.training.models.registry import drop_order, own_lane_model
 
 
 def cnn(wide_epoch: float, small_epoch: float, max_epochs: int = 24) -> list[Variant]:
@@ -44,7 +42,8 @@ def others(round_seconds: float = 4.0, svm: float = 70.0) -> dict[str, list[Vari
 
 
 def plan(variants, budget_minutes, elapsed=30.0, reserve=25.0, lanes=2) -> Plan:
-    return plan_run(variants, budget_minutes * 60, elapsed, reserve, lanes, DROP_ORDER, "cnn")
+    dedicated = own_lane_model()
+    return plan_run(variants, budget_minutes * 60, elapsed, reserve, lanes, drop_order(), dedicated)
 
 
 def by_model(result: Plan) -> dict:
@@ -171,24 +170,25 @@ def test_the_cnn_counts_on_every_core_once_the_others_are_done():
     shared_epochs = (others_done - 20) / 139
     expected = math.floor(shared_epochs + (window - others_done) / 70)
     assert models["cnn"].steps == expected == 17  # 11 without the second core
-    assert models["cnn"].alone_after == pytest.approx(others_done)
-    assert models["cnn"].speedup_alone == pytest.approx(139 / 70)
+    assert models["cnn"].handover.after == pytest.approx(others_done)
+    assert models["cnn"].handover.speedup == pytest.approx(139 / 70)
     assert models["cnn"].estimated_seconds == pytest.approx(
         others_done + (expected - shared_epochs) * 70
     )
     assert models["cnn"].estimated_seconds <= window
     assert "every core after about 655 s" in models["cnn"].notes[-1]
+    assert Plan.from_dict(json.loads(json.dumps(result.as_dict()))) == result  # as kept
 
 
 def test_steps_sharing_the_cores_then_alone():
-    variant = Variant("cnn", "small", {}, Cost(10, 40, 20), "epochs", 3, 30)
-    assert steps_sharing(variant, 410, shared_seconds=1000) == 10  # never alone
-    assert steps_sharing(variant, 410, shared_seconds=210) == 5 + 10
-    assert steps_sharing(variant, 410, shared_seconds=0) == 20  # alone from the start
-    assert seconds_sharing(variant.cost, 15, shared_seconds=210) == pytest.approx(410)
-    assert seconds_sharing(variant.cost, 4, shared_seconds=210) == pytest.approx(170)
-    unmeasured = Variant("cnn", "small", {}, Cost(10, 40), "epochs", 3, 30)
-    assert steps_sharing(unmeasured, 410, shared_seconds=210) == 10
+    cost = Cost(10, 40, 20)
+    assert cost.steps_within(410, 30, shared_seconds=1000) == 10  # never alone
+    assert cost.steps_within(410, 30, shared_seconds=210) == 5 + 10
+    assert cost.steps_within(410, 30, shared_seconds=0) == 20  # alone from the start
+    assert cost.steps_within(410, 12, shared_seconds=210) == 12  # at most the configured
+    assert cost.seconds(15, shared_seconds=210) == pytest.approx(410)
+    assert cost.seconds(4, shared_seconds=210) == pytest.approx(170)
+    assert Cost(10, 40).steps_within(410, 30, shared_seconds=210) == 10  # alone unmeasured
 
 
 def test_the_others_give_way_to_a_cnn_that_fits_only_with_every_core_sooner():
@@ -205,7 +205,7 @@ def test_the_others_give_way_to_a_cnn_that_fits_only_with_every_core_sooner():
     assert [model.model for model in result.models] == ["cnn", "logistic_regression"]
     cnn_plan = by_model(result)["cnn"]
     assert cnn_plan.steps == math.floor((result.window_seconds - 20.1) / 23.1) == 3
-    assert cnn_plan.alone_after == pytest.approx(16.9)
+    assert cnn_plan.handover.after == pytest.approx(16.9)
     assert "left out so that cnn, with every core to itself sooner" in result.dropped["svm_rbf"]
     assert set(result.dropped) == {"svm_rbf"}
 

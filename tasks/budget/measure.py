@@ -12,6 +12,7 @@ from tasks.core.errors import PipelineError
 from tasks.core.stopping import RunStopped
 from tasks.run.config import ModelParams
 from tasks.training.models.base import ProbeData, TrainingContext
+from tasks.training.models.measuring import measure_cost
 from tasks.training.models.registry import model_spec
 
 
@@ -54,29 +55,30 @@ def _measure_model(
     seconds: float | None,
 ) -> list[Variant]:
     """One model's variants, the cheapest measured first."""
-    budgeting, section = model_spec(name).budgeting, getattr(params, name)
+    spec, section = model_spec(name), getattr(params, name)
+    budgeting = spec.budgeting
     field = budgeting.step_field
     most = getattr(section, field) if field else 0
     ways = budgeting.variants(section, pinned)
     # A variant that needs more steps than the run allows is not worth measuring.
-    ways = [way for way in ways if way[2] <= most] or ways[-1:]
+    ways = [way for way in ways if way.min_steps <= most] or ways[-1:]
     options: list[Variant] = []
-    for label, updates, min_steps in reversed(ways):
-        if options and seconds and options[0].cost.seconds(min_steps) > seconds:
-            context.logger.info("not measuring %s (%s): it cannot fit", name, label)
+    for way in reversed(ways):
+        if options and seconds and options[0].cost.seconds(way.min_steps) > seconds:
+            context.logger.info("not measuring %s (%s): it cannot fit", name, way.label)
             continue
-        variant_params = type(section).model_validate(section.model_dump() | updates)
-        cost = budgeting.measure(variant_params, probe, context)
+        variant_params = type(section).model_validate(section.model_dump() | way.params)
+        cost = measure_cost(spec, variant_params, probe, context)
         context.check_stop()
         pinned_steps = field in pinned
         variant = Variant(
-            name, label, updates, cost, field, min(min_steps, most), most, pinned_steps
+            name, way.label, way.params, cost, field, min(way.min_steps, most), most, pinned_steps
         )
         options.insert(0, variant)
         alone = f", {cost.per_step_alone:.2f} s with every core" if cost.per_step_alone else ""
         context.logger.info(
             "measured %s (%s): %.1f s fixed, %.2f s per %s%s",
-            name, label, cost.fixed, cost.per_step, field or "fit", alone,
+            name, way.label, cost.fixed, cost.per_step, field or "fit", alone,
         )  # fmt: skip
     return options
 

@@ -8,11 +8,13 @@ training pool ends by the deadline and none idles long before the others.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from tasks.core.contracts import Cost
 from tasks.core.errors import UsageError
+from tasks.training.cores import CoreHandover
 
 # What the estimates may be off by, before a model would run past the deadline; the
 # CNN and XGBoost also stop at the deadline itself, the one-shot fits cannot.
@@ -60,8 +62,7 @@ class ModelPlan:
     max_steps: int | None = None  # the configured steps: the most a fit may extend to
     # For the model that gets every core once the others are done: when, in seconds after
     # planning, and how much faster its steps then are.
-    alone_after: float | None = None
-    speedup_alone: float = 1.0
+    handover: CoreHandover | None = None
 
 
 @dataclass(frozen=True)
@@ -80,20 +81,18 @@ class Plan:
         return next((plan.params for plan in self.models if plan.model == model), {})
 
     def lane_seconds(self) -> list[float]:
-        loads = [0.0] * self.lanes
-        for plan in self.models:
-            loads[plan.lane] += plan.estimated_seconds
-        return loads
+        return lane_seconds(self.models, self.lanes)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> Plan:
-        models = tuple(
-            ModelPlan(**(model | {"notes": tuple(model["notes"])})) for model in values["models"]
-        )
-        return cls(**(values | {"models": models}))
+        def model_plan(model: dict) -> ModelPlan:
+            handover = CoreHandover.from_dict(model.get("handover"))
+            return ModelPlan(**(model | {"notes": tuple(model["notes"]), "handover": handover}))
+
+        return cls(**(values | {"models": tuple(map(model_plan, values["models"]))}))
 
 
 class BudgetTooSmallError(UsageError):
@@ -110,35 +109,12 @@ def lanes_of(durations: list[float], lanes: int) -> tuple[list[int], list[float]
     return placed, loads
 
 
-def steps_within(variant: Variant, seconds: float) -> int:
-    """The most steps of `variant` that fit in `seconds`, at most its configured maximum."""
-    if variant.cost.per_step <= 0:
-        return variant.max_steps
-    return max(
-        0,
-        min(variant.max_steps, math.floor((seconds - variant.cost.fixed) / variant.cost.per_step)),
-    )
-
-
-def steps_sharing(variant: Variant, seconds: float, shared_seconds: float) -> int:
-    """The most steps of `variant` in `seconds` when it steps at its shared speed for the
-    first `shared_seconds` and with every core after (where that was measured)."""
-    cost = variant.cost
-    if not cost.per_step_alone or cost.per_step <= 0 or shared_seconds >= seconds:
-        return steps_within(variant, seconds)
-    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
-    alone_steps = (seconds - max(shared_seconds, cost.fixed)) / cost.per_step_alone
-    return max(0, min(variant.max_steps, math.floor(shared_steps + alone_steps)))
-
-
-def seconds_sharing(cost: Cost, steps: int | None, shared_seconds: float) -> float:
-    """The seconds `steps` take, at the shared speed for `shared_seconds`, then alone."""
-    if not cost.per_step_alone or cost.per_step <= 0 or not steps:
-        return cost.seconds(steps)
-    shared_steps = max(0.0, shared_seconds - cost.fixed) / cost.per_step
-    if steps <= shared_steps:
-        return cost.seconds(steps)
-    return max(shared_seconds, cost.fixed) + (steps - shared_steps) * cost.per_step_alone
+def lane_seconds(models: Iterable[ModelPlan], lanes: int) -> list[float]:
+    """Each of the `lanes` lanes' seconds: its models' estimates, one after the other."""
+    loads = [0.0] * lanes
+    for plan in models:
+        loads[plan.lane] += plan.estimated_seconds
+    return loads
 
 
 def plan_run(
@@ -174,23 +150,23 @@ def plan_run(
             f"plan on this machine: {cheapest[1]} alone needs about {math.ceil(minimum / 60)} "
             f"min from the start (measured here; {elapsed_seconds:.0f} s have passed)"
         )
-    dropped: dict[str, str] = {}
     own_lane = dedicated if dedicated in variants and lanes >= 2 else None
     others = {name: options for name, options in variants.items() if name != own_lane}
     shared_lanes = lanes - 1 if own_lane else lanes
-    first_lane = int(bool(own_lane))
-    plans = _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
+    fill = partial(
+        _fill_lanes, window=window, lanes=shared_lanes, drop_order=drop_order,
+        first_lane=int(bool(own_lane)),
+    )  # fmt: skip
+    plans, dropped = fill(others)
     if own_lane:
         own = variants[own_lane]
-
-        def refill(dropped: dict[str, str]) -> list[ModelPlan]:
-            return _fill_lanes(others, window, shared_lanes, drop_order, dropped, first_lane)
-
-        plans, dropped = _give_way(own, others, plans, dropped, window, drop_order, refill)
+        plans, dropped = _give_way(own, others, plans, dropped, window, drop_order, fill)
         others_done = _lanes_done(plans)
-        chosen = _best_variant(own, window, dropped, others_done)
+        chosen = _best_variant(own, window, others_done)
         if chosen:
             plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
+        else:
+            dropped[own_lane] = _no_room(own[-1], window)
     return Plan(
         budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
         tuple(plans), dropped,
@@ -204,15 +180,15 @@ def _give_way(
     dropped: dict[str, str],
     window: float,
     drop_order: tuple[str, ...],
-    refill: Callable[[dict[str, str]], list[ModelPlan]],
+    fill: Callable[[dict[str, list[Variant]]], tuple[list[ModelPlan], dict[str, str]]],
 ) -> tuple[list[ModelPlan], dict[str, str]]:
-    """The others' plans and drops, with models left out in `drop_order` while the
-    dedicated model (`own`, the most accurate) does not fit beside them but would with
-    every core to itself sooner. `refill` plans the models left in `others` again."""
-    if _best_variant(own, window, {}, 0.0) is None:  # not even alone: nothing to gain
+    """The others' `plans` and what they leave out (`dropped`), with models left out in
+    `drop_order` while the dedicated model (`own`, the most accurate) does not fit beside
+    them but would with every core to itself sooner. `fill` plans the models kept."""
+    if _best_variant(own, window, 0.0) is None:  # not even alone: nothing to gain
         return plans, dropped
-    given_way: dict[str, str] = {}
-    while _best_variant(own, window, {}, _lanes_done(plans)) is None:
+    kept_options, given_way = dict(others), {}
+    while _best_variant(own, window, _lanes_done(plans)) is None:
         kept = {plan.model for plan in plans}
         victim = next(
             (n for n in drop_order if n in kept and not any(v.steps_pinned for v in others[n])),
@@ -220,42 +196,42 @@ def _give_way(
         )
         if victim is None:
             break
-        del others[victim]
+        del kept_options[victim]
         given_way[victim] = (
             f"left out so that {own[0].model}, with every core to itself sooner, fits the "
             f"{window:.0f} s window"
         )
-        dropped = dict(given_way)
-        plans = refill(dropped)
+        plans, refilled = fill(kept_options)
+        dropped = given_way | refilled
     return plans, dropped
 
 
 def _lanes_done(plans: list[ModelPlan]) -> float:
     """When the last of the planned models' lanes is done, in seconds."""
-    loads: dict[int, float] = {}
-    for plan in plans:
-        loads[plan.lane] = loads.get(plan.lane, 0.0) + plan.estimated_seconds
-    return max(loads.values(), default=0.0)
+    return max(lane_seconds(plans, 1 + max((plan.lane for plan in plans), default=0)))
 
 
 def _best_variant(
-    options: list[Variant], seconds: float, dropped: dict[str, str], shared_seconds: float
+    options: list[Variant], seconds: float, shared_seconds: float
 ) -> tuple[Variant, int] | None:
     """The first (most accurate) variant that gets its fewest useful steps in `seconds`,
-    sharing the cores for the first `shared_seconds`."""
+    sharing the cores for the first `shared_seconds`; None when none does."""
     for variant in options:
         if variant.steps_pinned:
             return variant, variant.max_steps
-        steps = steps_sharing(variant, seconds, shared_seconds)
-        least = seconds_sharing(variant.cost, variant.min_steps, shared_seconds)
+        steps = variant.cost.steps_within(seconds, variant.max_steps, shared_seconds)
+        least = variant.cost.seconds(variant.min_steps, shared_seconds)
         if least <= seconds and steps >= variant.min_steps:
             return variant, steps
-    cheapest = options[-1]
-    dropped[cheapest.model] = (
+    return None
+
+
+def _no_room(cheapest: Variant, seconds: float) -> str:
+    """Why the cheapest variant of a model is left out of a lane of `seconds`."""
+    return (
         f"needs about {cheapest.cost.seconds(cheapest.min_steps):.0f} s "
         f"({_steps_text(cheapest, cheapest.min_steps)}), more than the {seconds:.0f} s its lane has"
     )
-    return None
 
 
 def _fill_lanes(
@@ -263,13 +239,12 @@ def _fill_lanes(
     window: float,
     lanes: int,
     drop_order: tuple[str, ...],
-    dropped: dict[str, str],
     first_lane: int,
-) -> list[ModelPlan]:
+) -> tuple[list[ModelPlan], dict[str, str]]:
     """The models sharing lanes: each at its first variant, the iterative ones with as
     many steps as keep every lane within `window`; models left out in `drop_order` until
-    the others fit."""
-    kept = {}
+    the others fit. Returns their plans and the models left out, with why."""
+    kept, dropped = {}, {}
     for name, options in variants.items():  # what cannot fit even alone goes first
         cheapest = min(v.cost.seconds(v.min_steps) for v in options)
         if cheapest > window and not any(v.steps_pinned for v in options):
@@ -295,7 +270,7 @@ def _fill_lanes(
             return [
                 _model_plan(chosen[name], steps[name], window, lane=first_lane + lane)
                 for name, lane in zip(chosen, placed, strict=True)
-            ]
+            ], dropped
         # A cheaper variant of a model first (the SVM on fewer components), then leave
         # models out: those with too few steps, then in `drop_order`.
         cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
@@ -309,7 +284,7 @@ def _fill_lanes(
         victim = droppable[0]
         dropped[victim] = f"the {window:.0f} s window does not hold it beside the models kept"
         del kept[victim]
-    return []
+    return [], dropped
 
 
 def _scaled(variant: Variant, fraction: float) -> int:
@@ -355,7 +330,6 @@ def _model_plan(
         )  # fmt: skip
     notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
     return ModelPlan(
-        variant.model, variant.label, params, steps,
-        seconds_sharing(cost, steps, alone_after), lane, tuple(notes), most,
-        alone_after, cost.per_step / cost.per_step_alone,
+        variant.model, variant.label, params, steps, cost.seconds(steps, alone_after), lane,
+        tuple(notes), most, CoreHandover(after=alone_after, speedup=cost.speedup),
     )  # fmt: skip

@@ -23,19 +23,13 @@ from tasks.core.storage import (
     project_code_version,
 )
 from tasks.run.config import ModelParams, PipelineConfig, build_config
-from tasks.training.models.registry import model_spec
+from tasks.training.cores import CoreHandover
+from tasks.training.models.registry import drop_order, model_spec, own_lane_model, step_name
 from tasks.training.tune import with_overrides
 
-# Which models to leave out first when not all fit: the forest is never the best nor
-# picked by the ensemble; XGBoost costs the most per point of accuracy on AVX2 CPUs.
-DROP_ORDER = ("random_forest", "xgboost", "logistic_regression", "svm_rbf", "cnn")
-# The CNN trains on a lane of its own: it gains the most from every minute.
-DEDICATED_MODEL = "cnn"
 # What follows training (ensemble, report), measured on a full run on an AVX2 EPYC: 19 s.
 REPORT_SECONDS, REPORT_SECONDS_PER_MODEL = 12.0, 3.0
 PLAN_FILE = "plan.json"
-# What the plan's log lines call the steps of the iterative models.
-STEP_NAMES = {"cnn": "epochs", "xgboost": "boosting rounds"}
 
 
 def pinned_fields(config: PipelineConfig, model: str) -> frozenset[str]:
@@ -66,6 +60,7 @@ def plan_key(
         {name: ref.sha256 for name, ref in data.arrays.items()}, threads,
         config.parallel_models, cpu_model(), measuring,
         code_version(__file__), project_code_version("tasks.budget.planner"),
+        project_code_version("tasks.training.models.measuring"),
     )  # fmt: skip
 
 
@@ -110,25 +105,24 @@ def make_plan(
         elapsed_seconds=elapsed_seconds,
         reserve_seconds=reserve_seconds(len(measured)),
         lanes=config.parallel_models,
-        drop_order=DROP_ORDER,
-        dedicated=DEDICATED_MODEL,
+        drop_order=drop_order(),
+        dedicated=own_lane_model(),
     )
 
 
-def training_limits(plan: Plan, started_at: float) -> dict[str, dict]:
+def training_limits(
+    plan: Plan, started_at: float, share: CoreHandover | None = None
+) -> dict[str, dict]:
     """What each model's training takes from the plan, as `train_task` parameters: the
     deadline (`time.time()`), the most steps it may extend to, and for the model that gets
-    every core once the others are done, when the plan expects that and its speed-up."""
+    every core once the others are done, the plan's handover bound to `share`'s cores."""
     deadline = started_at + plan.budget_seconds - plan.reserve_seconds
     planned_at = started_at + plan.elapsed_seconds
     limits = {}
     for model in plan.models:
         limits[model.model] = {"deadline": deadline, "most_steps": model.max_steps}
-        if model.alone_after is not None:
-            limits[model.model] |= {
-                "alone_from": planned_at + model.alone_after,
-                "speedup_alone": model.speedup_alone,
-            }
+        if model.handover:
+            limits[model.model]["handover"] = model.handover.bound_to(share, planned_at)
     return limits
 
 
@@ -140,7 +134,7 @@ def describe_plan(plan: Plan) -> list[str]:
         f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
     ]
     for model in plan.models:
-        steps = f", {model.steps} {STEP_NAMES.get(model.model, 'steps')}" if model.steps else ""
+        steps = f", {model.steps} {step_name(model.model)}" if model.steps else ""
         notes = f" ({'; '.join(model.notes)})" if model.notes else ""
         lines.append(
             f"plan: {model.model}: {model.variant}{steps}, about "

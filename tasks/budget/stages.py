@@ -3,9 +3,6 @@ others, the way each model will train."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from functools import partial
-
 from prefect import task
 
 from tasks.budget.measure import measure_variants
@@ -14,7 +11,7 @@ from tasks.core.contracts import ModelFailure, ProcessedDataset
 from tasks.core.runtime import stage_logger
 from tasks.core.stopping import check_stop
 from tasks.run.config import ModelParams
-from tasks.training.cores import CoreShare, every_core, held_to_lane
+from tasks.training.cores import CoreHandover
 from tasks.training.models.base import TrainingContext
 
 
@@ -27,13 +24,15 @@ def measure_task(
     seed: int,
     threads: int,
     seconds: float | None = None,
-    cores: CoreShare | None = None,
+    handover: CoreHandover | None = None,
 ) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
-    """With `cores`, measured as the model will train: threads sized to every core, held
-    to the lane's beside the others, then on every core once they are measured."""
-    threads = cores.threads if cores else threads
-    context = TrainingContext(seed, threads, stage_logger(), check_stop=check_stop)
-    if cores:
-        context = replace(context, every_core=partial(every_core, cores, check_stop))
-    with held_to_lane(cores, context.logger, until_released=False):
+    """With a `handover` bound to the cores, measured as the model will train: threads
+    sized to every core, held to the lane's beside the others, then on every core once
+    they are measured."""
+    handover = handover or CoreHandover()
+    threads = handover.threads if handover.bound else threads
+    context = TrainingContext(
+        seed, threads, stage_logger(), check_stop=check_stop, handover=handover
+    )
+    with handover.held_to_lane(context.logger, until_released=False):
         return measure_variants(names, params, pinned, data, context, seconds)

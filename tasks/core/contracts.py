@@ -8,6 +8,7 @@ Arrays travel as `ArrayRef`s (a path and its content hash), never as payloads.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from dataclasses import dataclass, field
 from functools import cache
@@ -211,5 +212,35 @@ class Cost:
     per_step: float = 0.0
     per_step_alone: float | None = None
 
-    def seconds(self, steps: int | None) -> float:
-        return self.fixed + self.per_step * (steps or 0)
+    @property
+    def speedup(self) -> float:
+        """How many times as fast a step is with every core (1 where not measured)."""
+        return self.per_step / self.per_step_alone if self.per_step_alone else 1.0
+
+    def seconds(self, steps: int | None, shared_seconds: float | None = None) -> float:
+        """The seconds `steps` take: beside the other models for the first
+        `shared_seconds`, with every core after (where measured); None: beside them all along."""
+        shared_steps = self._shared_steps(shared_seconds)
+        if shared_steps is None or not steps or steps <= shared_steps:
+            return self.fixed + self.per_step * (steps or 0)
+        return max(shared_seconds, self.fixed) + (steps - shared_steps) * self.per_step_alone
+
+    def steps_within(self, seconds: float, most: int, shared_seconds: float | None = None) -> int:
+        """The most steps, at most `most`, that fit in `seconds`: beside the other models
+        for the first `shared_seconds`, with every core after (where measured)."""
+        if self.per_step <= 0:
+            return most
+        shared_steps = self._shared_steps(shared_seconds)
+        if shared_steps is None or shared_seconds >= seconds:
+            steps = (seconds - self.fixed) / self.per_step
+        else:
+            alone = (seconds - max(shared_seconds, self.fixed)) / self.per_step_alone
+            steps = shared_steps + alone
+        return max(0, min(most, math.floor(steps)))
+
+    def _shared_steps(self, shared_seconds: float | None) -> float | None:
+        """The steps done beside the other models in `shared_seconds`; None where every
+        core is not counted on or not measured."""
+        if shared_seconds is None or not self.per_step_alone or self.per_step <= 0:
+            return None
+        return max(0.0, shared_seconds - self.fixed) / self.per_step

@@ -1,5 +1,7 @@
 """Sharing the cores between the models that train side by side: the CNN gets every core
 once the other models are done, instead of training on to the end on its lane's share.
+One `CoreHandover` holds all of it: what the plan counts on, the word that hands the cores
+over, and the re-planning of the CNN's epochs from there.
 
 TensorFlow sizes its thread pools once per process, so a CNN started with one core's
 share could never use a second. Its pools are sized to every core instead, and its threads
@@ -26,9 +28,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tasks.core.contracts import Cost
 from tasks.core.storage import scratch_name
 
 # How often a training CNN's process looks for the word that the others are done.
@@ -39,18 +42,50 @@ RELEASED_FILE = "released"
 
 
 @dataclass(frozen=True)
-class CoreShare:
-    """The cores one model may use: its lane's while the others train, then all of them.
+class CoreHandover:
+    """Every core to one model (the CNN) once the other models are done.
+
+    The plan makes one with what it counts on: when it expects the others done, and how
+    much faster the model steps then. `shared_cores` makes one bound to this machine's
+    cores and the directory where the word that the others are done is written; the
+    training stage's is both (`bound_to`). Unbound, the model keeps its lane's share.
 
     Attributes:
+        after: seconds after planning when the plan expects the others done; None when
+            it does not count on every core.
+        speedup: how many times as fast the model's steps are with every core.
+        planned_at: when the plan was made (`time.time()`), once bound for training.
         lane_cores: the cores its threads are held to while other models train.
         all_cores: the cores it may use once they are done.
         directory: where the word that they are done is written; on this machine only.
     """
 
-    lane_cores: tuple[int, ...]
-    all_cores: tuple[int, ...]
-    directory: Path
+    after: float | None = None
+    speedup: float = 1.0
+    planned_at: float | None = None
+    lane_cores: tuple[int, ...] = ()
+    all_cores: tuple[int, ...] = ()
+    directory: Path | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> CoreHandover | None:
+        """A handover as `dataclasses.asdict` wrote it (in a plan's JSON)."""
+        if values is None:
+            return None
+        directory = values["directory"] and Path(values["directory"])
+        cores = {name: tuple(values[name]) for name in ("lane_cores", "all_cores")}
+        return cls(**(values | cores | {"directory": directory}))
+
+    def bound_to(self, share: CoreHandover | None, planned_at: float) -> CoreHandover:
+        """What this plan counts on, from `planned_at`, on the cores of `share` (none
+        where there is no share)."""
+        cores = {"lane_cores": share.lane_cores, "all_cores": share.all_cores} if share else {}
+        directory = share.directory if share else None
+        return replace(self, planned_at=planned_at, directory=directory, **cores)
+
+    @property
+    def bound(self) -> bool:
+        return self.directory is not None
 
     @property
     def threads(self) -> int:
@@ -59,7 +94,113 @@ class CoreShare:
 
     @property
     def released(self) -> bool:
-        return (self.directory / RELEASED_FILE).exists()
+        """The other models are done: the model may use every core."""
+        return self.bound and (self.directory / RELEASED_FILE).exists()
+
+    @property
+    def expected_at(self) -> float | None:
+        """When the plan expects the others done (`time.time()`), once bound."""
+        if self.after is None or self.planned_at is None:
+            return None
+        return self.planned_at + self.after
+
+    def release(self) -> None:
+        """Say that the other models are done (measured, or trained and evaluated)."""
+        if self.bound and not self.released:
+            (self.directory / RELEASED_FILE).touch()
+
+    def withhold(self) -> None:
+        """Take the word back: the other models go on (from measuring to training)."""
+        if self.bound:
+            (self.directory / RELEASED_FILE).unlink(missing_ok=True)
+
+    def step_cost(self, shared: float, alone: float | None = None) -> Cost:
+        """A step's cost from here on: `shared` seconds beside the other models, `alone`
+        with every core (when not timed yet: `shared` sped up as the plan counts on)."""
+        return Cost(0.0, shared, shared / self.speedup if alone is None else alone)
+
+    def steps_left(self, step: Cost, seconds: float, now: float, most: int) -> int:
+        """How many steps of `step`, at most `most`, fit in the `seconds` from `now`:
+        beside the other models until they are done (none once they are; until the plan
+        expects it; else all along), then with every core."""
+        if self.released:
+            shared = 0.0
+        elif self.expected_at is None:
+            shared = seconds
+        else:
+            shared = min(seconds, max(0.0, self.expected_at - now))
+        return step.steps_within(seconds, most, shared)
+
+    def measure_alone(
+        self,
+        step: float,
+        timed_step: Callable[[], float],
+        check_stop: Callable[[], None] = lambda: None,
+    ) -> float | None:
+        """`step`, timed beside the other models, scaled to every core: by how much faster
+        `timed_step()` is with every core than on the lane's, timed one after the other
+        once the others are measured (`every_core`); None where not bound."""
+        if not self.bound:
+            return None
+        with self.every_core(check_stop) as widen:
+            on_lane = timed_step()
+            widen()
+            return step * timed_step() / on_lane
+
+    @contextlib.contextmanager
+    def every_core(
+        self, check_stop: Callable[[], None] = lambda: None
+    ) -> Iterator[Callable[[], None]]:
+        """To measure how much faster the model steps with every core: within, once the
+        other models are measured (or after WAIT_SECONDS), `widen()` gives every core to
+        the threads held to the lane; after, they are held to it again."""
+        waited_until = time.monotonic() + WAIT_SECONDS
+        while not self.released and self.directory.exists() and time.monotonic() < waited_until:
+            check_stop()
+            time.sleep(0.1)
+        held = _held_threads(self)
+
+        def widen() -> None:
+            _set_affinity(held, self.all_cores)
+
+        try:
+            yield widen
+        finally:
+            _set_affinity(held, self.lane_cores)
+
+    @contextlib.contextmanager
+    def held_to_lane(self, logger: logging.Logger, until_released: bool = True) -> Iterator[None]:
+        """Hold this thread, and the threads it starts (TensorFlow's pools), to the lane's
+        cores until the other models are done (`until_released`; else to the end); then
+        give them every core. The thread's own affinity is restored at the end; the pools
+        keep theirs until the word comes. Unbound, nothing changes."""
+        if not self.bound:
+            yield
+            return
+        before = os.sched_getaffinity(0)  # on Linux, 0 is the calling thread
+        if not self.released:
+            os.sched_setaffinity(0, self.lane_cores)
+        finished = threading.Event()
+
+        def widen_when_released() -> None:
+            while not finished.wait(POLL_SECONDS):
+                if self.released:
+                    logger.info(
+                        "the other models are done: %d thread(s) here now use all %d cores",
+                        len(widen_threads(self)), len(self.all_cores),
+                    )  # fmt: skip
+                    return
+
+        watcher = threading.Thread(target=widen_when_released, name="core-share", daemon=True)
+        if until_released:
+            watcher.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            if watcher.is_alive():
+                watcher.join()
+            os.sched_setaffinity(0, before)
 
 
 def usable_cores() -> tuple[int, ...]:
@@ -72,7 +213,7 @@ def usable_cores() -> tuple[int, ...]:
 @contextlib.contextmanager
 def shared_cores(
     scratch_root: Path, lane_threads: int, enabled: bool
-) -> Iterator[CoreShare | None]:
+) -> Iterator[CoreHandover | None]:
     """A share of `lane_threads` cores that grows to every core, for the training stage,
     with a scratch directory that ends with it; at the end every core is given back to
     the threads of this process still held to the lane. None when not `enabled` or when
@@ -83,7 +224,7 @@ def shared_cores(
         return
     directory = scratch_root / scratch_name(scratch_root / "cores")
     directory.mkdir(parents=True)
-    share = CoreShare(cores[:lane_threads], cores, directory)
+    share = CoreHandover(lane_cores=cores[:lane_threads], all_cores=cores, directory=directory)
     try:
         yield share
     finally:
@@ -91,20 +232,7 @@ def shared_cores(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def release(share: CoreShare | None) -> None:
-    """Say that the other models are done (measured, or trained and evaluated): the CNN
-    may use every core."""
-    if share is not None and not share.released:
-        (share.directory / RELEASED_FILE).touch()
-
-
-def withhold(share: CoreShare | None) -> None:
-    """Take the word back: the other models go on (from measuring to training)."""
-    if share is not None:
-        (share.directory / RELEASED_FILE).unlink(missing_ok=True)
-
-
-def widen_threads(share: CoreShare) -> list[int]:
+def widen_threads(share: CoreHandover) -> list[int]:
     """Give every core to each thread of this process held to the lane's cores (TensorFlow
     names few of its threads, so they are found by their affinity); returns their ids."""
     held = _held_threads(share)
@@ -112,7 +240,7 @@ def widen_threads(share: CoreShare) -> list[int]:
     return held
 
 
-def _held_threads(share: CoreShare) -> list[int]:
+def _held_threads(share: CoreHandover) -> list[int]:
     return [task for task in _thread_ids() if _affinity(task) == set(share.lane_cores)]
 
 
@@ -121,28 +249,6 @@ def _thread_ids() -> list[int]:
         return [int(task) for task in os.listdir("/proc/self/task")]
     except OSError:
         return []
-
-
-@contextlib.contextmanager
-def every_core(
-    share: CoreShare, check_stop: Callable[[], None] = lambda: None
-) -> Iterator[Callable[[], None]]:
-    """To measure how much faster the CNN steps with every core: within, once the other
-    models are measured (or after WAIT_SECONDS), `widen()` gives every core to the threads
-    held to the lane; after, they are held to it again."""
-    waited_until = time.monotonic() + WAIT_SECONDS
-    while not share.released and share.directory.exists() and time.monotonic() < waited_until:
-        check_stop()
-        time.sleep(0.1)
-    held = _held_threads(share)
-
-    def widen() -> None:
-        _set_affinity(held, share.all_cores)
-
-    try:
-        yield widen
-    finally:
-        _set_affinity(held, share.lane_cores)
 
 
 def _affinity(task: int) -> set[int]:
@@ -156,40 +262,3 @@ def _set_affinity(tasks: list[int], cores: tuple[int, ...]) -> None:
     for task in tasks:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(task, cores)
-
-
-@contextlib.contextmanager
-def held_to_lane(
-    share: CoreShare | None, logger: logging.Logger, until_released: bool = True
-) -> Iterator[None]:
-    """Hold this thread, and the threads it starts (TensorFlow's pools), to the lane's
-    cores until the other models are done (`until_released`; else to the end); then give
-    them every core. The thread's own affinity is restored at the end; the pools keep
-    theirs until the word comes."""
-    if share is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)  # on Linux, 0 is the calling thread
-    if not share.released:
-        os.sched_setaffinity(0, share.lane_cores)
-    finished = threading.Event()
-
-    def widen_when_released() -> None:
-        while not finished.wait(POLL_SECONDS):
-            if share.released:
-                logger.info(
-                    "the other models are done: %d thread(s) here now use all %d cores",
-                    len(widen_threads(share)), len(share.all_cores),
-                )  # fmt: skip
-                return
-
-    watcher = threading.Thread(target=widen_when_released, name="core-share", daemon=True)
-    if until_released:
-        watcher.start()
-    try:
-        yield
-    finally:
-        finished.set()
-        if watcher.is_alive():
-            watcher.join()
-        os.sched_setaffinity(0, before)

@@ -12,7 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tasks.core.contracts import ProcessedDataset, TrainedModel
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.core.stopping import check_stop
-from tasks.training.cores import CoreShare, held_to_lane
+from tasks.training.cores import CoreHandover
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.registry import ModelParams
 from tasks.training.train import train_model
@@ -37,20 +37,17 @@ def train_task(
     refresh: bool,
     deadline: float | None = None,
     most_steps: int | None = None,
-    cores: CoreShare | None = None,
-    alone_from: float | None = None,
-    speedup_alone: float = 1.0,
+    handover: CoreHandover | None = None,
 ) -> TrainedModel:
-    """With `cores`, the model's threads are sized to every core and held to its lane's
-    until the other models are done: the plan expects that at `alone_from`, after which
-    its steps are `speedup_alone` times as fast."""
-    threads = cores.threads if cores else threads
+    """With a `handover` bound to the cores, the model's threads are sized to every core
+    and held to its lane's until the other models are done; with the plan's, its epochs
+    count on every core from when the plan expects that."""
+    handover = handover or CoreHandover()
+    threads = handover.threads if handover.bound else threads
     context = TrainingContext(
         seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
-        most_steps=most_steps, alone_from=alone_from, speedup_alone=speedup_alone,
+        most_steps=most_steps, handover=handover,
     )  # fmt: skip
-    if cores:
-        context = replace(context, alone=lambda: cores.released)
     if in_task_run():  # a progress bar in the UI; none when the benchmark calls this plainly
         progress = create_progress_artifact(
             progress=0.0, key=artifact_key(f"training-{name}"), description=f"Training {name}"
@@ -59,7 +56,7 @@ def train_task(
             context,
             report_progress=lambda fraction: update_progress_artifact(progress, 100 * fraction),
         )
-    with held_to_lane(cores, context.logger):
+    with handover.held_to_lane(context.logger):
         return train_model(name, params, data, cache_dir, context, refresh)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from tasks.core.contracts import TuningSummary
 from tasks.evaluation.report.analysis import GALLERY_PAIRS, PARETO_COSTS, Findings
 from tasks.evaluation.report.figures import (
     CONFUSION_GRID_FILE,
@@ -19,6 +22,7 @@ from tasks.evaluation.report.tables import (
     tuning_table,
 )
 from tasks.evaluation.significance import ALPHA, BOOTSTRAP_RESAMPLES, describe_comparisons, percent
+from tasks.training.models.registry import model_spec, step_name
 from tasks.training.tuned_profile import TUNED_PROFILE_FILE, TUNING_DIR
 
 
@@ -98,8 +102,8 @@ def _optional_sections(findings: Findings) -> list[str]:
     if tuning := findings.tuning:
         sections += [
             "## Tuning",
-            "Each model's parameters were searched by Optuna (TPE sampler, median pruning of "
-            f"XGBoost and CNN trials) before training. Trials fit on {tuning[0].train_images} "
+            "Each model's parameters were searched by Optuna (TPE sampler, "
+            f"{_pruning(tuning)}) before training. Trials fit on {tuning[0].train_images} "
             "training images, stratified by class, and are scored on the validation split "
             "only; trial 0 is the defaults. The models above were trained with the best "
             "parameters. Every trial is in "
@@ -114,9 +118,7 @@ def _optional_sections(findings: Findings) -> list[str]:
             f"{plan['elapsed_seconds']:.0f} s of data preparation and measuring what each "
             f"model costs on this machine, and with {plan['reserve_seconds']:.0f} s kept for "
             f"this report, the plan gave training {plan['window_seconds']:.0f} s on "
-            f"{plan['lanes']} lane(s). Steps are epochs for the CNN and boosting rounds for "
-            "XGBoost, which both stop at the deadline if they run late; seconds are fit and "
-            "prediction.",
+            f"{plan['lanes']} lane(s). {_steps(plan)}",
             markdown_table(budget_table(findings)),
             *[f"- {model} was left out: {why}." for model, why in plan["dropped"].items()],
         ]
@@ -128,3 +130,20 @@ def _optional_sections(findings: Findings) -> list[str]:
             f"![learning curves]({LEARNING_CURVES_FILE})",
         ]
     return sections
+
+
+def _pruning(tuning: Sequence[TuningSummary]) -> str:
+    """Which models' trials the search may prune: those that report steps."""
+    pruned = [t.model for t in tuning if model_spec(t.model).pruning_warmup_steps]
+    return f"median pruning of {' and '.join(pruned)} trials" if pruned else "no pruning"
+
+
+def _steps(plan: dict) -> str:
+    """What the budget table's steps are, for each planned model trained in steps."""
+    stepped = [f"{step_name(m['model'])} for {m['model']}" for m in plan["models"] if m["steps"]]
+    if not stepped:
+        return "Seconds are fit and prediction."
+    return (
+        f"Steps are {' and '.join(stepped)}, which stop at the deadline if they run late; "
+        "seconds are fit and prediction."
+    )

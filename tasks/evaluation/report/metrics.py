@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING
 from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, ValidationSummary
 from tasks.evaluation.report.analysis import LEADERBOARD_COLUMNS, Findings
 from tasks.evaluation.significance import BOOTSTRAP_RESAMPLES
+from tasks.training.models.registry import model_packages
 
 if TYPE_CHECKING:
     from tasks.run.config import PipelineConfig
 
-PACKAGES = ("prefect", "scikit-learn", "xgboost", "tensorflow", "keras", "numpy", "pandas",
-            "pandera", "matplotlib")  # fmt: skip
+# The pipeline's own packages beside the orchestrator's; each model's are on its spec.
+PACKAGES = ("numpy", "pandas", "pandera", "matplotlib")
 
 
 def package_versions() -> dict[str, str]:
+    """Python's version and the packages' the results depend on: the pipeline's and the models'."""
     versions = {"python": platform.python_version()}
-    for package in PACKAGES:
+    for package in ("prefect", *model_packages(), *PACKAGES):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -19,6 +18,7 @@ from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict
 
 from tasks.core.contracts import N_CLASSES, LearningCurve
+from tasks.training.cores import CoreHandover
 
 # Written by the training stage next to every saved model; the CNN reads its parameters back.
 PARAMS_FILE = "params.json"
@@ -48,20 +48,15 @@ class TrainingContext:
     deadline: float | None = None
     # With a deadline: the most steps a fit that runs faster than planned may extend to.
     most_steps: int | None = None
-    # Whether the fit has every core now (the other models are done); when the plan
-    # expects that (`time.time()`), and how much faster its steps are then.
-    alone: Callable[[], bool] = lambda: False
-    alone_from: float | None = None
-    speedup_alone: float = 1.0
-    # To measure how fast the fit is alone: a context, entered once the other models are
-    # measured, that gives a function to give its threads every core.
-    every_core: Callable[[], AbstractContextManager[Callable[[], None]]] | None = None
+    # Every core to the fit once the other models are done: whether they are, when the
+    # plan expects it and the speed-up then; measuring, how to time the fit with them.
+    handover: CoreHandover = field(default_factory=CoreHandover)
     # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
     # ten where no data is at hand (loading a saved model).
     classes: int = N_CLASSES
 
-    def past_deadline(self) -> bool:
-        return self.deadline is not None and time.time() >= self.deadline
+    def past_deadline(self, clock: Callable[[], float] = time.time) -> bool:
+        return self.deadline is not None and clock() >= self.deadline
 
 
 @dataclass(frozen=True)
@@ -103,8 +98,23 @@ def with_every_class(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.union1d(rows, first_rows[lacking])
 
 
-def _as_configured(params: Any, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
-    return [("as configured", {}, 0)]
+@dataclass(frozen=True)
+class VariantSpec:
+    """One way to train a model, before the planner measures what it costs.
+
+    Attributes:
+        label: what it is, for the plan's table ("wide network").
+        params: the parameter values it sets.
+        min_steps: the fewest steps worth training it for; below them it is left out.
+    """
+
+    label: str
+    params: dict = field(default_factory=dict)
+    min_steps: int = 0
+
+
+def _as_configured(params: Any, pinned: frozenset[str]) -> list[VariantSpec]:
+    return [VariantSpec("as configured")]
 
 
 @dataclass(frozen=True)
@@ -113,17 +123,22 @@ class Budgeting:
 
     Attributes:
         measure: the model's cost here for the given parameters, measured on a sample of
-            the data and scaled to all of it.
+            the data and scaled to all of it; None for one timed fit on a sample, scaled
+            by `fit_growth` and `predict_growth` (`measuring.measure_cost`).
         step_field: the parameter that counts its steps (epochs, boosting rounds), which
             the plan fills; None for a model fitted in one go.
         variants: the ways to train it, most accurate first, given the parameters and
-            the fields the user set: a label, the parameter values it sets, and the fewest
-            steps worth training it for.
+            the fields the user set.
+        fit_growth: how its fit's time (an iterative model's step's) grows with the
+            training images n: as n ** fit_growth, measured on this model.
+        predict_growth: how its time to predict an image grows with the training images.
     """
 
-    measure: Callable[[Any, ProbeData, TrainingContext], Any]
+    measure: Callable[[Any, ProbeData, TrainingContext], Any] | None = None
     step_field: str | None = None
-    variants: Callable[[Any, frozenset[str]], list[tuple[str, dict, int]]] = _as_configured
+    variants: Callable[[Any, frozenset[str]], list[VariantSpec]] = _as_configured
+    fit_growth: float = 1.0
+    predict_growth: float = 0.0
 
 
 class Classifier(Protocol):
@@ -162,6 +177,12 @@ class ModelSpec:
             training images and of classes (Fashion-MNIST's ten by default: the disk-space
             check that counts on it runs before the data is read).
         budgeting: how a time budget plans it.
+        keep_priority: when not all models fit the budget, the planner leaves out the
+            one of lowest priority first (ties: in the registry's order).
+        step_name: what the logs and the report call its steps.
+        own_lane: it trains on a lane of its own, and gets every core once the others
+            are done: for the one model that gains the most from every minute.
+        packages: the Python packages it needs, whose versions metrics.json records.
     """
 
     name: str
@@ -173,6 +194,10 @@ class ModelSpec:
     quick: Mapping[str, Any] = field(default_factory=dict)
     saved_mb: Callable[..., float] = lambda params, train_images, classes=N_CLASSES: 1.0
     budgeting: Budgeting | None = None
+    keep_priority: int = 0
+    step_name: str = "steps"
+    own_lane: bool = False
+    packages: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:

@@ -24,6 +24,7 @@ from tasks.training.models.base import (
     ModelSpec,
     ProbeData,
     TrainingContext,
+    VariantSpec,
 )
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
@@ -243,7 +244,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     epoch is the steps of all the training images and a pass over the validation images;
     the rest is TensorFlow's start, the first step's tracing, and predicting both views of
     the validation and test images. Where it gets every core once the other models are
-    done (`context.every_core`), its steps are timed on its lane's cores and on every
+    done (`context.handover`), its steps are timed on its lane's cores and on every
     core once the others are measured, for the speed-up."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
@@ -270,13 +271,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
         network.fit(batches, epochs=1, callbacks=[record], verbose=0)
         return float(np.median(np.diff(ends[2:])))
 
-    step_alone = None
-    if context.every_core:  # it gets every core once the other models are done
-        with context.every_core() as widen:  # when the others are measured
-            on_lane = timed_step()
-            widen()
-            # The speed-up, timed at one moment, applied to the step timed beside them.
-            step_alone = step * timed_step() / on_lane
+    step_alone = context.handover.measure_alone(step, timed_step, context.check_stop)
     shown = to_image_tensor(probe.x_val[:PREDICT_BATCH])
     network.predict(image_batches(shown), verbose=0)  # traced once
     started = time.perf_counter()
@@ -292,14 +287,14 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     return Cost(fixed=imported + first + predictions, per_step=epoch, per_step_alone=epoch_alone)
 
 
-def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[VariantSpec]:
     """The wide network where it gets 10 epochs, else the small one: on AVX2 CPUs the
     small one reaches more in the same minutes."""
     if "conv_blocks" in pinned or p.conv_blocks != WIDE_BLOCKS:
-        return [(f"blocks {p.conv_blocks}", {}, 3)]
+        return [VariantSpec(f"blocks {p.conv_blocks}", min_steps=3)]
     return [
-        ("wide network (32,32),(64,64)", {}, 10),
-        ("small network (16),(32,32),(64)", {"conv_blocks": SMALL_BLOCKS}, 3),
+        VariantSpec("wide network (32,32),(64,64)", min_steps=10),
+        VariantSpec("small network (16),(32,32),(64)", {"conv_blocks": SMALL_BLOCKS}, 3),
     ]
 
 
@@ -322,4 +317,6 @@ CNN = ModelSpec(
     search_space=SEARCH_SPACE, pruning_warmup_steps=2,
     quick={"epochs": 2, "early_stopping_patience": 1}, saved_mb=saved_mb,
     budgeting=Budgeting(measure_cnn, step_field="epochs", variants=cnn_variants),
+    # Kept the longest, on a lane of its own: it gains the most from every minute.
+    keep_priority=50, step_name="epochs", own_lane=True, packages=("tensorflow", "keras"),
 )  # fmt: skip

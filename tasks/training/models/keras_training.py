@@ -149,13 +149,15 @@ class CosineToDeadline:
     one from the typical epoch's time (the median of the latest): fewer when they would
     run past the deadline, more (up to `context.most_steps`) when they run faster. The
     rest of the decay is stretched or compressed to end with the new last epoch, where
-    training stops, fully decayed, rather than cut off at the deadline."""
+    training stops, fully decayed, rather than cut off at the deadline. `clock` gives
+    the time, as `time.time()` (the deadline's)."""
 
     network: Any
     learning_rate: float
     steps_per_epoch: int
     epochs: int
     context: TrainingContext
+    clock: Callable[[], float] = time.time
     step: int = 0
     # The decay runs from `progress_from` at `step_from` to 1 at `end_step`.
     progress_from: float = 0.0
@@ -182,8 +184,8 @@ class CosineToDeadline:
         return min(1.0, self.progress_from + (1 - self.progress_from) * done)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch_started = time.time()
-        self.began_alone = self.context.alone()
+        self.epoch_started = self.clock()
+        self.began_alone = self.context.handover.released
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
@@ -193,15 +195,15 @@ class CosineToDeadline:
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.context.deadline is None:
             return
-        done, now = epoch + 1, time.time()
+        done, now = epoch + 1, self.clock()
         seconds = now - self.epoch_started
         if epoch == 0:
             self.first_epoch_seconds = seconds
         else:
             (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
-        typical, fitting = self.epochs_left(now)
         most = max(self.context.most_steps or self.epochs, self.epochs)
-        last = max(done, min(most, done + fitting))
+        typical, fitting = self.epochs_left(now, max(0, most - done))
+        last = done + fitting
         if last != self.last_epoch:
             self.context.logger.info(
                 "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
@@ -213,18 +215,14 @@ class CosineToDeadline:
         if done >= self.last_epoch:
             self.network.stop_training = True
 
-    def epochs_left(self, now: float) -> tuple[float, int]:
-        """The typical epoch's seconds, and how many epochs fit before the deadline: at
-        the speed of the latest epochs, sharing the cores until the other models are done
-        (when the plan expects it, or now if they are) and `speedup_alone` faster after."""
-        context = self.context
+    def epochs_left(self, now: float, most: int) -> tuple[float, int]:
+        """The typical epoch's seconds, and how many more epochs, at most `most`, fit
+        before the deadline: as fast as the latest epochs beside the other models until
+        they are done, then as the latest with every core, or as the plan's speed-up
+        counts on (`CoreHandover.steps_left`)."""
+        handover = self.context.handover
         shared = statistics.median(self.shared_seconds[-RECENT:] or [self.first_epoch_seconds])
-        alone = shared / context.speedup_alone
-        if self.alone_seconds:
-            alone = statistics.median(self.alone_seconds[-RECENT:])
-        left = context.deadline - now
-        if context.alone():
-            return alone, math.floor(left / alone)
-        shared_left = left if context.alone_from is None else context.alone_from - now
-        shared_left = min(left, max(0.0, shared_left))
-        return shared, math.floor(shared_left / shared + (left - shared_left) / alone)
+        alone = statistics.median(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
+        epoch = handover.step_cost(shared, alone)
+        fitting = handover.steps_left(epoch, self.context.deadline - now, now, most)
+        return (epoch.per_step_alone if handover.released else shared), fitting

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.contracts import Cost
-from tasks.training.models.base import ProbeData, TrainingContext, with_every_class
+from tasks.training.models.base import ModelSpec, ProbeData, TrainingContext, with_every_class
 
 # Images a measurement fits on: a second or two for every model here.
 PROBE_IMAGES = 4000
@@ -34,24 +34,35 @@ def measure_one_fit(
     context: TrainingContext,
     fit_growth: float,
     predict_growth: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Cost:
     """A one-go fit's cost: fitted on `PROBE_IMAGES` images, its time scaled by
     `(n / PROBE_IMAGES) ** fit_growth`, and its prediction of the validation and test
     images by `** predict_growth` (an SVM predicts with every support vector, and keeps
-    about a fixed share of its training images as those)."""
+    about a fixed share of its training images as those). `clock` times both."""
     images = len(probe.y_train)
     small = sample(probe, min(images, PROBE_IMAGES))
     classifier = build(params, context)
-    started = time.perf_counter()
+    started = clock()
     classifier.fit(small.x_train, small.y_train, small.x_val, small.y_val)
-    fit_seconds = time.perf_counter() - started
+    fit_seconds = clock() - started
     predicted = probe.x_val[:PREDICT_PROBE_IMAGES]
-    started = time.perf_counter()
+    started = clock()
     classifier.predict_proba(predicted)
-    predict_per_image = (time.perf_counter() - started) / len(predicted)
+    predict_per_image = (clock() - started) / len(predicted)
     growth = images / len(small.y_train)
     predict_images = len(probe.y_val) + probe.test_images
     return Cost(
         fit_seconds * growth**fit_growth
         + predict_per_image * predict_images * growth**predict_growth
     )
+
+
+def measure_cost(spec: ModelSpec, params: Any, probe: ProbeData, context: TrainingContext) -> Cost:
+    """A model's cost for `params`: its own measurement, or one timed fit scaled by the
+    growth its spec states."""
+    budgeting = spec.budgeting
+    if budgeting.measure is not None:
+        return budgeting.measure(params, probe, context)
+    growths = budgeting.fit_growth, budgeting.predict_growth
+    return measure_one_fit(spec.build, params, probe, context, *growths)

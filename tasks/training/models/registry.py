@@ -1,10 +1,13 @@
 """The model registry: every model's spec, and building or loading a model by its name.
 
-Adding a model is one module holding its spec and one line in `SPECS`.
+Adding a model is one module holding its spec and one line in `SPECS`: everything else
+(the plan's drop order, the logs' step names, metrics.json's packages) is read off the specs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import create_model
@@ -18,16 +21,45 @@ from tasks.training.models.xgboost_model import XGBOOST
 # ~800 s, xgboost ~190 s, svm ~75 s, random forest ~65 s): the pool starts the slow
 # models early and the short ones fill the gaps at the end instead of leaving a core idle.
 SPECS: tuple[ModelSpec, ...] = (CNN, XGBOOST, SVM, RANDOM_FOREST, LOGISTIC_REGRESSION)
-_BY_NAME = {spec.name: spec for spec in SPECS}
+# The specs in use: `SPECS`, and those `registered` for a while.
+_specs: tuple[ModelSpec, ...] = SPECS
 
-# The configuration's section of every model's hyper-parameters, in the order the Prefect
-# form and the CLI list them: quickest model first.
-ModelParams = create_model(
-    "ModelParams",
-    __base__=HyperParameters,
-    __doc__="Hyper-parameters of every registered model; the field names are the model names.",
-    **{spec.name: (spec.params, spec.params()) for spec in reversed(SPECS)},
-)
+
+def params_model(specs: tuple[ModelSpec, ...]) -> type[HyperParameters]:
+    """The configuration's section of the models' hyper-parameters, in the order the
+    Prefect form and the CLI list them: quickest model first."""
+    return create_model(
+        "ModelParams",
+        __base__=HyperParameters,
+        __doc__="Hyper-parameters of every registered model; the field names are the models'.",
+        **{spec.name: (spec.params, spec.params()) for spec in reversed(specs)},
+    )
+
+
+ModelParams = params_model(SPECS)
+
+
+@contextmanager
+def registered(*specs: ModelSpec) -> Iterator[type[HyperParameters]]:
+    """`specs` registered beside the models within the block, to try a model without
+    editing `SPECS` (the tests' throwaway one); yields the hyper-parameters class of all.
+
+    Raises:
+        ValueError: for a name already registered.
+    """
+    global _specs
+    if taken := [spec.name for spec in specs if spec.name in _by_name()]:
+        raise ValueError(f"models already registered: {', '.join(taken)}")
+    before = _specs
+    _specs = (*before, *specs)
+    try:
+        yield params_model(_specs)
+    finally:
+        _specs = before
+
+
+def _by_name() -> dict[str, ModelSpec]:
+    return {spec.name: spec for spec in _specs}
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -36,9 +68,10 @@ def model_spec(name: str) -> ModelSpec:
     Raises:
         ValueError: for a name no spec has, listing the valid ones.
     """
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_BY_NAME)}")
-    return _BY_NAME[name]
+    by_name = _by_name()
+    if name not in by_name:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(by_name)}")
+    return by_name[name]
 
 
 def build_model(name: str, params: ModelParams, context: TrainingContext) -> Classifier:
@@ -48,8 +81,36 @@ def build_model(name: str, params: ModelParams, context: TrainingContext) -> Cla
 
 def load_model(directory: Path, threads: int) -> Classifier:
     """A saved classifier, read back in its library's own format."""
-    loaders = {spec.adapter.model_file: spec.adapter.load for spec in SPECS}
+    loaders = {spec.adapter.model_file: spec.adapter.load for spec in _specs}
     for model_file, load in loaders.items():
         if (directory / model_file).is_file():
             return load(directory, threads)
     raise FileNotFoundError(f"{directory}: no saved model ({', '.join(loaders)})")
+
+
+def drop_order() -> tuple[str, ...]:
+    """The models the planner leaves out first when not all fit: lowest `keep_priority`."""
+    return tuple(spec.name for spec in sorted(_specs, key=lambda spec: spec.keep_priority))
+
+
+def own_lane_model() -> str | None:
+    """The model that trains on a lane of its own and gets every core once the others
+    are done, if one asks to.
+
+    Raises:
+        ValueError: when more than one asks: the planner gives one lane away.
+    """
+    names = [spec.name for spec in _specs if spec.own_lane]
+    if len(names) > 1:
+        raise ValueError(f"models {', '.join(names)} each ask for a lane of their own; one may")
+    return names[0] if names else None
+
+
+def step_name(name: str) -> str:
+    """What the logs and the report call a model's steps (epochs, boosting rounds)."""
+    return model_spec(name).step_name
+
+
+def model_packages() -> tuple[str, ...]:
+    """The Python packages the models need, once each, quickest model's first."""
+    return tuple(dict.fromkeys(p for spec in reversed(_specs) for p in spec.packages))

@@ -36,9 +36,9 @@ from tasks.training.models.base import (
     HyperParameters,
     ModelSpec,
     TrainingContext,
+    VariantSpec,
     check_labels,
 )
-from tasks.training.models.measuring import measure_one_fit
 
 
 def limit_blas_threads(threads: int) -> None:
@@ -141,11 +141,8 @@ LOGISTIC_REGRESSION = ModelSpec(
     quick={"max_iter": 100}, saved_mb=lambda p, train_images, classes=N_CLASSES: 0.01 * classes,
     # Its iterations are capped, each about linear in the images; measured from 4,000 to
     # 54,000 images on an AVX2 EPYC: n^0.85.
-    budgeting=Budgeting(
-        lambda p, probe, context: measure_one_fit(
-            build_logistic_regression, p, probe, context, 0.85
-        )
-    ),
+    budgeting=Budgeting(fit_growth=0.85),
+    keep_priority=30, packages=("scikit-learn",),
 )  # fmt: skip
 
 
@@ -181,9 +178,9 @@ RANDOM_FOREST = ModelSpec(
         p.n_estimators * train_images * 3.2e-6 * classes / p.min_samples_leaf
     ),
     # Sorting at every split, n log n: measured from 4,000 to 54,000 images, n^1.1.
-    budgeting=Budgeting(
-        lambda p, probe, context: measure_one_fit(build_random_forest, p, probe, context, 1.1)
-    ),
+    budgeting=Budgeting(fit_growth=1.1),
+    # Left out first when not all models fit: never the best, nor picked by the ensemble.
+    keep_priority=10, packages=("scikit-learn",),
 )  # fmt: skip
 
 
@@ -209,12 +206,12 @@ def build_svm(p: SVMParams, context: TrainingContext):
     return SklearnClassifier(svm, context.threads, context.classes, context.logger)
 
 
-def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[tuple[str, dict, int]]:
+def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[VariantSpec]:
     """128 principal components, or 64 when those do not fit (0.893 against 0.900)."""
     configured = f"{p.pca_components} components" if p.pca_components else "784 pixels"
     if "pca_components" in pinned or p.pca_components != 128:
-        return [(configured, {}, 0)]
-    return [(configured, {}, 0), ("64 components", {"pca_components": 64}, 0)]
+        return [VariantSpec(configured)]
+    return [VariantSpec(configured), VariantSpec("64 components", {"pca_components": 64})]
 
 
 def svm_saved_mb(p: SVMParams, train_images: int, classes: int = N_CLASSES) -> float:
@@ -237,7 +234,7 @@ SVM = ModelSpec(
     budgeting=Budgeting(
         # libsvm's time grows between n^1.5 and n^2 (measured from 4,000 to 54,000 images
         # on an AVX2 EPYC: n^1.5); it predicts with support vectors, about a fixed share.
-        lambda p, probe, context: measure_one_fit(build_svm, p, probe, context, 1.5, 1.0),
-        variants=svm_variants,
+        fit_growth=1.5, predict_growth=1.0, variants=svm_variants,
     ),
+    keep_priority=40, packages=("scikit-learn",),
 )  # fmt: skip
