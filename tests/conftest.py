@@ -3,8 +3,11 @@ Fashion-MNIST's, and a session-wide Prefect harness."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +17,13 @@ from tasks.core.contracts import ProcessedDataset, RawDataset
 from tasks.core.storage import array_refs, save_arrays
 from tasks.data.ingest import FASHION_MNIST_FILES, ingest_dataset
 from tasks.data.preprocess import preprocess_dataset
-from tests.idx_files import make_images, write_dataset
+from tests.support.data import QUICK_ARGS, REAL_DATA_DIR, THREE_CLASSES
+from tests.support.idx_files import make_images, write_dataset
+from tests.support.servers import LocalPrefect, local_prefect
 
 # Keep the test server off the network and TensorFlow's notices out of the output.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-THREE_CLASSES = ("sandal", "sneaker", "boot")
 
 
 @pytest.fixture
@@ -78,6 +80,30 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, prefect_harness) -> tuple[Path, Path, str]:
+    """One quick-profile run of the command line on the user's copy of the real files,
+    shared by the tests that read what it wrote or start from its cache: its working
+    directory, report directory and printed output."""
+    from flows.full_pipeline import main
+
+    workdir = tmp_path_factory.mktemp("quick")
+    shutil.copytree(REAL_DATA_DIR, workdir / "fashion")
+    printed = io.StringIO()
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(printed):
+        assert main(QUICK_ARGS) == 0
+    return workdir, (workdir / "reports" / "latest").resolve(), printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[LocalPrefect]:
+    """One real Prefect server on loopback for every test that needs a server, a pool
+    and a worker of its own process (the deployment tests): started once, since each
+    start costs seconds. Tests tell their runs apart by flow-run id."""
+    with local_prefect(tmp_path_factory.mktemp("prefect-server")) as prefect:
+        yield prefect
 
 
 @pytest.fixture

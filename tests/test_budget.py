@@ -11,12 +11,17 @@ import pytest
 
 from tasks.budget.measure import measure_variants
 from tasks.budget.planner import ModelPlan, Plan
-from tasks.budget.plans import pinned_fields, planned_params
+from tasks.budget.plans import pinned_fields, planned_params, training_limits
 from tasks.core.contracts import ProcessedDataset
 from tasks.core.storage import array_refs, save_arrays
 from tasks.run.config import build_config
-from tasks.training.models.base import TrainingContext
+from tasks.training.cores import CoreHandover
+from tasks.training.models import measuring
+from tasks.training.models.base import ProbeData, TrainingContext
 from tasks.training.models.cnn import SMALL_BLOCKS
+from tasks.training.models.registry import model_spec
+from tasks.training.models.sklearn_models import LogisticRegressionParams
+from tests.support.servers import LocalPrefect
 
 
 def test_only_values_changed_from_the_profile_are_the_users(tmp_path):
@@ -43,6 +48,28 @@ def test_the_plan_sets_what_it_chose_and_leaves_the_rest():
     assert planned.xgboost == params.xgboost
 
 
+def test_training_takes_the_deadline_and_the_handover_bound_to_the_cores(tmp_path):
+    handover = CoreHandover(after=300, speedup=2.0)
+    plan = Plan(
+        900, 30, 25, 760, 2,
+        (ModelPlan("cnn", "small", {"epochs": 16}, 16, 740, 0, (), 18, handover),
+         ModelPlan("svm_rbf", "64 components", {}, None, 290, 1)),
+    )  # fmt: skip
+    share = CoreHandover(lane_cores=(0,), all_cores=(0, 1), directory=tmp_path)
+    limits = training_limits(plan, started_at=1000, share=share)
+    bound = limits["cnn"].pop("handover")
+    assert limits == {
+        "cnn": {"deadline": 1000 + 900 - 25, "most_steps": 18},
+        "svm_rbf": {"deadline": 1000 + 900 - 25, "most_steps": None},
+    }
+    assert bound.expected_at == 1000 + 30 + 300  # planned 30 s in, the others done 300 s on
+    assert (bound.speedup, bound.lane_cores, bound.all_cores) == (2.0, (0,), (0, 1))
+    assert not bound.released
+    share.release()
+    assert bound.released  # the same word, in the same directory
+    assert training_limits(plan, 1000)["cnn"]["handover"].bound is False  # no cores here
+
+
 def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 100))
@@ -62,22 +89,54 @@ def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
     (xgboost,) = measured["xgboost"]
     assert xgboost.step_field == "n_estimators"
     assert (xgboost.min_steps, xgboost.max_steps) == (20, 30)
-    assert 0 < xgboost.cost.per_step < 5
+    assert xgboost.cost.per_step > 0
+    assert xgboost.cost.seconds(30) == pytest.approx(
+        xgboost.cost.fixed + 30 * xgboost.cost.per_step
+    )
     (logistic,) = measured["logistic_regression"]
     assert logistic.step_field is None
-    assert 0 < logistic.cost.fixed < 30
+    assert logistic.cost.fixed > 0
+    assert logistic.cost.per_step == 0
 
 
-def pipeline(tmp_path, *options: str) -> subprocess.CompletedProcess:
+def test_a_one_go_fit_is_timed_on_a_sample_and_scaled_by_its_growth(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 80))
+    pixels = (rng.random((800, 784)) + labels[:, None] / 10).astype(np.float32)
+    probe = ProbeData(pixels, labels, pixels[:200], labels[:200], test_images=300)
+    monkeypatch.setattr(measuring, "PROBE_IMAGES", 400)
+    ticks = iter([0.0, 2.0, 10.0, 10.5])  # a 2 s fit on 400 images, 0.5 s to predict 200
+    cost = measuring.measure_one_fit(
+        model_spec("logistic_regression").build,
+        LogisticRegressionParams(),
+        probe,
+        TrainingContext(seed=0, threads=1),
+        fit_growth=1.5,
+        predict_growth=1.0,
+        clock=lambda: next(ticks),
+    )
+    # 800 images are twice the sample: the fit 2 s x 2^1.5, the 500 predictions 0.5 s /
+    # 200 images x 500 x 2^1.
+    assert cost.fixed == pytest.approx(2 * 2**1.5 + 0.5 / 200 * 500 * 2)
+    assert cost.per_step == 0
+
+
+def pipeline(tmp_path, server: LocalPrefect, *options: str) -> subprocess.CompletedProcess:
+    """The command line's quick profile, on the tests' Prefect server rather than a
+    temporary one of its own."""
     return subprocess.run(
         [sys.executable, "-m", "flows.full_pipeline", "--profile", "quick", *options],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=server.env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_budget_below_the_cheapest_plan_is_one_line_before_training(tmp_path, real_data_dir):
-    result = pipeline(tmp_path, "--models", "svm_rbf,logistic_regression", "--time-budget", "0.3")
+def test_a_budget_below_the_cheapest_plan_is_one_line_before_training(
+    tmp_path, real_data_dir, prefect_server
+):
+    result = pipeline(
+        tmp_path, prefect_server, "--models", "svm_rbf,logistic_regression", "--time-budget", "0.3"
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: a time budget of 0.3 min cannot fit the cheapest useful plan")
@@ -87,9 +146,11 @@ def test_a_budget_below_the_cheapest_plan_is_one_line_before_training(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_run_reports_its_plan_and_a_rerun_reuses_it_and_its_models(tmp_path, real_data_dir):
+def test_a_run_reports_its_plan_and_a_rerun_reuses_it_and_its_models(
+    tmp_path, real_data_dir, prefect_server
+):
     models = "cnn,xgboost,logistic_regression"
-    first = pipeline(tmp_path, "--models", models, "--time-budget", "4")
+    first = pipeline(tmp_path, prefect_server, "--models", models, "--time-budget", "4")
     assert first.returncode == 0, first.stderr[-2000:]
     metrics = json.loads((tmp_path / "reports" / "latest" / "metrics.json").read_text())
     plan = metrics["plan"]
@@ -100,15 +161,15 @@ def test_a_run_reports_its_plan_and_a_rerun_reuses_it_and_its_models(tmp_path, r
     assert planned["cnn"]["steps"] == 2  # the quick profile's cap
     # The CNN was timed on its lane's core and on both, for after the others are done.
     assert re.search(r"measured cnn \(small .*, [0-9.]+ s with every core", first.stderr)
-    assert planned["cnn"]["alone_after"] == pytest.approx(
+    assert planned["cnn"]["handover"]["after"] == pytest.approx(
         sum(m["estimated_seconds"] for m in plan["models"] if m["lane"] == 1)
     )
-    assert planned["cnn"]["speedup_alone"] > 0
+    assert planned["cnn"]["handover"]["speedup"] > 0
     report = (tmp_path / "reports" / "latest" / "report.md").read_text()
     assert "## Time budget" in report
     assert "| cnn | small network (16),(32,32),(64) | 2 | 2 |" in report
 
-    second = pipeline(tmp_path, "--models", models, "--time-budget", "4")
+    second = pipeline(tmp_path, prefect_server, "--models", models, "--time-budget", "4")
     assert second.returncode == 0
     assert "reused plan" in second.stderr
     assert "built cnn" not in second.stderr

@@ -7,6 +7,7 @@ import subprocess
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, render
+from tests.support.figures import coloured, inked, read_png
 
 
 def git(checkout, *args: str) -> str:
@@ -39,4 +40,9 @@ def test_the_table_shows_each_rows_commit(tmp_path):
     assert "| 15 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[7]
     assert table[7].endswith("| — | 98% | 95% | 3b148fa |")
     assert table[6].endswith("| — |")  # a row from before commits were recorded
-    assert (tmp_path / "budget_sweep.png").stat().st_size > 10_000
+    pixels = read_png(tmp_path / "budget_sweep.png")
+    assert pixels.shape == (400, 600, 3)  # 6 x 4 inches at 100 dpi
+    # Axes, labels and legend alone ink 5 % and colour none of it; the two accuracy lines
+    # and their markers add the rest.
+    assert inked(pixels) > 0.06
+    assert coloured(pixels) > 0.005

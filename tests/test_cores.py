@@ -8,22 +8,16 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import as_completed as futures_completed
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import flows.parallel
 from flows.parallel import train_and_evaluate
 from tasks.run.config import build_config
-from tasks.training.cores import (
-    CoreShare,
-    every_core,
-    held_to_lane,
-    release,
-    shared_cores,
-    usable_cores,
-)
+from tasks.training.cores import CoreHandover, shared_cores, usable_cores
+from tests.support.pools import FakePool
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
     len(usable_cores()) < 2, reason="sharing cores needs two; CI machines have two"
@@ -33,15 +27,6 @@ logger = logging.getLogger("test-cores")
 
 def affinity() -> set[int]:
     return os.sched_getaffinity(0)  # on Linux, the calling thread's
-
-
-def wait_for(condition, seconds: float = 10.0) -> bool:
-    ends = time.time() + seconds
-    while time.time() < ends:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def in_thread(function):
@@ -74,16 +59,16 @@ def test_a_thread_held_to_its_lane_and_those_it_starts_get_every_core_once_relea
         def pool_thread():  # as TensorFlow's pools: started by the held thread, long-lived
             seen["started"] = affinity()
             started.set()
-            assert wait_for(lambda: affinity() == every)
+            wait_until(lambda: affinity() == every, 10, "every core", interval=0.05)
             seen["widened"] = affinity()
 
         def task():
-            with held_to_lane(share, logger):
+            with share.held_to_lane(logger):
                 seen["held"] = affinity()
                 child = threading.Thread(target=pool_thread)
                 child.start()
                 started.wait(5)
-                release(share)
+                share.release()
                 child.join(15)
                 seen["after release"] = affinity()
             return affinity()
@@ -97,7 +82,7 @@ def test_the_task_thread_gets_its_own_affinity_back_when_it_ends(tmp_path):
     with shared_cores(tmp_path, 1, enabled=True) as share:
 
         def task():
-            with held_to_lane(share, logger):
+            with share.held_to_lane(logger):
                 held = affinity()
             return held, affinity()
 
@@ -120,11 +105,11 @@ def test_measuring_with_every_core_waits_for_the_others_and_gives_the_lane_back(
             seen.append(affinity())
 
         def task():
-            with held_to_lane(share, logger, until_released=False):
+            with share.held_to_lane(logger, until_released=False):
                 child = threading.Thread(target=pool_thread)
                 child.start()
-                threading.Timer(0.5, release, (share,)).start()  # the others are measured
-                with every_core(share) as widen:
+                threading.Timer(0.5, share.release).start()  # the others are measured
+                with share.every_core() as widen:
                     waited = share.released
                     before = affinity(), os.sched_getaffinity(child.native_id)
                     widen()
@@ -142,13 +127,30 @@ def test_measuring_with_every_core_waits_for_the_others_and_gives_the_lane_back(
     assert seen == [lane]
 
 
-def hold_until_widened(share: CoreShare, ready, results) -> None:
+def test_the_step_with_every_core_is_scaled_by_the_speed_up_timed_here(tmp_path):
+    def timed_step() -> float:  # twice as fast with every core
+        return 4.0 if affinity() == set(share.lane_cores) else 2.0
+
+    with shared_cores(tmp_path, 1, enabled=True) as share:
+
+        def task():
+            with share.held_to_lane(logger, until_released=False):
+                share.release()  # the others are measured: no wait
+                return share.measure_alone(10.0, timed_step), affinity()
+
+        alone, after = in_thread(task)
+    assert alone == 5.0
+    assert after == set(share.lane_cores)  # given back to the lane after the measurement
+    assert CoreHandover().measure_alone(10.0, timed_step) is None  # no cores to widen to
+
+
+def hold_until_widened(share: CoreHandover, ready, results) -> None:
     """In a worker process: hold a thread to the lane, as a CNN training there would."""
-    with held_to_lane(share, logger):
+    with share.held_to_lane(logger):
         results.put(sorted(affinity()))
         ready.set()
-        widened = wait_for(lambda: affinity() == set(share.all_cores), seconds=20)
-        results.put(sorted(affinity()) if widened else "never widened")
+        wait_until(lambda: affinity() == set(share.all_cores), 20, "every core", interval=0.05)
+        results.put(sorted(affinity()))
 
 
 def test_a_worker_process_learns_from_the_file_that_the_others_are_done(tmp_path):
@@ -159,25 +161,10 @@ def test_a_worker_process_learns_from_the_file_that_the_others_are_done(tmp_path
         worker.start()
         assert ready.wait(60)
         assert results.get(timeout=5) == list(share.lane_cores)
-        release(share)
+        share.release()
         assert results.get(timeout=30) == list(share.all_cores)
         worker.join(10)
     assert worker.exitcode == 0
-
-
-class ThreadPool:
-    """The graph's pool on two threads: models train side by side, as on Prefect's."""
-
-    threads_per_model = 1
-
-    def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(2)
-
-    def submit(self, stage, parameters, wait_for=()) -> Future:
-        return self.executor.submit(stage, **parameters)
-
-    def as_completed(self, futures):
-        return futures_completed(list(futures))
 
 
 def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_path, monkeypatch):
@@ -186,16 +173,18 @@ def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_p
     events: list[str] = []
 
     def train(name, params, data, cache_dir, seed, threads, refresh, deadline=None,
-              most_steps=None, cores=None):  # fmt: skip
+              most_steps=None, handover=None):  # fmt: skip
         if name == "cnn":
-            assert cores is not None
+            assert handover is not None
             assert threads == 1
-            with held_to_lane(cores, logger):
-                assert affinity() == set(cores.lane_cores)
-                assert wait_for(lambda: affinity() == set(cores.all_cores), seconds=20)
+            with handover.held_to_lane(logger):
+                assert affinity() == set(handover.lane_cores)
+                wait_until(
+                    lambda: affinity() == set(handover.all_cores), 20, "every core", interval=0.05
+                )
             events.append("cnn trained on every core")
         else:
-            assert cores is None
+            assert handover is None
             time.sleep(0.3)
             events.append(f"{name} trained")
         return type("Trained", (), {"name": name})()
@@ -211,7 +200,7 @@ def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_p
     config = build_config("quick", cache_dir=tmp_path)
     with shared_cores(tmp_path, 1, enabled=True) as share:
         results, failures = train_and_evaluate(
-            ThreadPool(), config, None, None, ["cnn", "xgboost"], logger, share=share
+            FakePool(threads=2), config, None, None, ["cnn", "xgboost"], logger, share=share
         )
     assert failures == []
     assert sorted(results) == ["cnn", "xgboost"]

@@ -21,13 +21,15 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL
 
 from tasks.core.storage import entry_problem
-from tests.test_cancel_deployment import entries, scratch_left
-from tests.test_deployment import wait_for
+from tests.support.cache import entries, scratch_left
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "tests" / "faults"  # a sitecustomize that makes XGBoost's fit raise
 QUICK = ["--profile", "quick", "--seed", "7", "--data-dir", "/usr/share/datasets/fashion-mnist"]
 XGBOOST_ERROR = "XGBoostError: injected fault: the booster could not be built"
+# What a fault does to a run does not depend on how much it learns: a small subset.
+SMALL = {"train_subset_size": 2000, "validation_size": 500, "test_subset_size": 1000}
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("real_data_dir")]
 
@@ -38,8 +40,17 @@ def api_url(prefect_harness) -> str:
     return PREFECT_API_URL.value()
 
 
+@pytest.fixture(autouse=True)
+def small_profile(tmp_path) -> Path:
+    """SMALL as the profile file `small.json` in the runs' working directory."""
+    (tmp_path / "small.json").write_text(json.dumps(SMALL))
+    return tmp_path / "small.json"
+
+
 def command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "flows.full_pipeline", *QUICK, *arguments]
+    """The command line's quick run on SMALL, started in the test's tmp_path."""
+    small = ["--profile-file", "small.json"]
+    return [sys.executable, "-m", "flows.full_pipeline", *QUICK, *small, *arguments]
 
 
 def environment(api_url: str, fault: bool = False) -> dict:
@@ -107,7 +118,7 @@ def test_a_signal_while_models_train_stops_the_run_cleanly(
 ):
     # XGBoost made to train for minutes, with no deadline, so that the signal finds it
     # mid-fit.
-    long = {"params": {"xgboost": {"n_estimators": 5000, "early_stopping_rounds": 5000}}}
+    long = SMALL | {"params": {"xgboost": {"n_estimators": 5000, "early_stopping_rounds": 5000}}}
     (tmp_path / "long.json").write_text(json.dumps(long))
     arguments = ["--models", "xgboost,logistic_regression", "--task-runner", runner,
                  "--profile-file", "long.json", "--time-budget", "0"]  # fmt: skip
@@ -119,13 +130,15 @@ def test_a_signal_while_models_train_stops_the_run_cleanly(
     )  # fmt: skip
     try:
 
-        def xgboost_training() -> bool:  # and logistic regression finished
-            assert started.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        def xgboost_boosting() -> bool:  # and logistic regression finished
+            output = (tmp_path / "run.log").read_text()
+            assert started.poll() is None, output[-3000:]
             saved = list((data / "models" / "logistic_regression").glob("*/manifest.json"))
-            return bool(saved) and bool(list((data / "models" / "xgboost").glob(".*staging*")))
+            staging = list((data / "models" / "xgboost").glob(".*staging*"))
+            # Logged every 25 boosting rounds: XGBoost is inside its boosting loop.
+            return bool(saved) and bool(staging) and "xgboost round 25:" in output
 
-        wait_for(xgboost_training, 300, "logistic regression to finish and XGBoost to train")
-        time.sleep(3)
+        wait_until(xgboost_boosting, 300, "logistic regression to finish and XGBoost to boost")
         finished = entries(data)
         sent = time.monotonic()
         (os.killpg if to_group else os.kill)(started.pid, signum)

@@ -15,7 +15,7 @@ from flows.full_pipeline import main
 from tasks.core.errors import StorageError
 from tasks.core.storage import cached_directory, save_arrays
 from tasks.evaluation.report.writer import write_report
-from tests.test_report import sample_evaluations, sample_split
+from tests.support.samples import sample_evaluations, sample_split
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 

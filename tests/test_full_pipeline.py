@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +25,18 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.settings import PREFECT_API_URL
 from sklearn.metrics import log_loss
 
 from flows.full_pipeline import full_pipeline, main
 from tasks.data.ingest import FASHION_MNIST_FILES
 from tasks.run.config import DEFAULT_MODELS, build_config
-from tests.conftest import REAL_DATA_DIR
-
-QUICK_ARGS = ["--profile", "quick", "--data-dir", "fashion", "--seed", "7"]
+from tests.support.data import QUICK_ARGS, REAL_DATA_DIR
+from tests.support.figures import coloured, inked, read_png
+from tests.support.servers import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, prefect_harness):
-    """One quick-profile run of the command line on the user's copy of the real files."""
-    workdir = tmp_path_factory.mktemp("quick")
-    shutil.copytree(REAL_DATA_DIR, workdir / "fashion")
-    printed = io.StringIO()
-    with contextlib.chdir(workdir), contextlib.redirect_stdout(printed):
-        assert main(QUICK_ARGS) == 0
-    return workdir, (workdir / "reports" / "latest").resolve(), printed.getvalue()
 
 
 @pytest.mark.slow
@@ -114,7 +104,13 @@ def test_quick_profile_on_real_data(quick_run):
         assert sum(map(sum, record["confusion_matrix"])) == 2000
         assert (workdir / record["model_dir"]).is_dir(), model
         (png,) = report_dir.glob(f"confusion_matrix_{model}.png")
-        assert png.stat().st_size > 10_000
+        pixels = read_png(png)
+        assert pixels.shape == (700, 800, 3), model  # 8 x 7 inches at 100 dpi
+        # Drawn, not a blank canvas: the matrix inks about a fifth of it and its diagonal's
+        # dark cells colour 7 %; axes, labels, colour bar and a single dark cell ink 6 %
+        # and colour 2 %.
+        assert inked(pixels) > 0.15, model
+        assert coloured(pixels) > 0.05, model
     assert "## Most confused class pairs" in (report_dir / "report.md").read_text()
 
     with get_client(sync_client=True) as client:
@@ -180,12 +176,12 @@ def test_html_report_renders_in_headless_chromium(quick_run):
     assert [row[2] for row in leaderboard_rows] == [f"{a:.4f}" for a in board.test_accuracy]
     assert headings[:3] == ["Leaderboard", "Analysis", "Which differences are real"]
 
-    with get_client(sync_client=True) as client:
-        (summary,) = client.read_artifacts(
+    with get_client(sync_client=True) as client:  # the server keeps other runs' summaries too
+        summaries = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fashion-mnist-summary"])),
             sort=ArtifactSort.CREATED_DESC,
-            limit=1,
         )
+    (summary,) = [s for s in summaries if s.data.startswith(f"# Run {report_dir.name}\n")]
     assert f"[report.html]({page_file.as_uri()})" in summary.data
 
 
@@ -239,7 +235,8 @@ def test_tuning_searches_on_validation_and_saves_a_profile_later_runs_use(quick_
     workdir, _, _ = quick_run
     models = ["logistic_regression", "xgboost"]  # the CNN's trials: tests/test_tune.py
     args = [*QUICK_ARGS, "--models", ",".join(models), "--task-runner", "processes"]
-    tuning = ["--tune", "--tune-budget", "0.8", "--save-profile", "profiles/tuned.json"]
+    # 24 s of trials a model: its defaults' trial and at least one more.
+    tuning = ["--tune", "--tune-budget", "0.4", "--save-profile", "profiles/tuned.json"]
     with contextlib.chdir(workdir), contextlib.redirect_stdout(io.StringIO()):
         assert main([*args, *tuning]) == 0
     report_dir = (workdir / "reports" / "latest").resolve()
@@ -311,28 +308,29 @@ def test_killed_run_resumes_without_retraining(tmp_path, prefect_harness):
     run = subprocess.Popen(
         [sys.executable, "-m", "flows.full_pipeline", *args],
         cwd=tmp_path,
-        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        # The test server, not a temporary one of its own: tests/test_worker_api.py runs those.
+        env=os.environ | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value()},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its temporary Prefect server dies with it
+        start_new_session=True,  # the kill reaches every process of the run
     )
-    deadline = time.monotonic() + 180
+
+    def a_model_finished() -> list[Path]:
+        assert run.poll() is None, "the run ended before any model finished"
+        return [  # published entries: a staging directory has its manifest too
+            manifest
+            for manifest in (tmp_path / "data" / "models").glob("*/*/manifest.json")
+            if not manifest.parent.name.startswith(".")
+        ]
+
     try:
-        while time.monotonic() < deadline:
-            finished = [  # published entries: a staging directory has its manifest too
-                manifest
-                for manifest in (tmp_path / "data" / "models").glob("*/*/manifest.json")
-                if not manifest.parent.name.startswith(".")
-            ]
-            if finished:
-                break
-            assert run.poll() is None, "the run ended before any model finished"
-            time.sleep(0.2)
+        # Without a finished model the resume below would prove nothing.
+        finished = wait_until(a_model_finished, 180, "a model to finish before the kill")
         os.killpg(run.pid, signal.SIGKILL)
     finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-    # Without a finished model the resume below would prove nothing.
-    assert finished, "no model finished within 180 s, before the kill"
     done_before_kill = {p.parent for p in finished}
     assert "cnn" not in {entry.parent.name for entry in done_before_kill}
     assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())

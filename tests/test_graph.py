@@ -7,8 +7,6 @@ import json
 import logging
 import time
 import types
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import as_completed as futures_completed
 
 import pandas as pd
 import pytest
@@ -20,27 +18,7 @@ from tasks.core.errors import ModelsFailedError
 from tasks.evaluation.report.tables import console_table
 from tasks.run.config import build_config
 from tasks.training.stages import train_task
-
-
-class InlinePool:
-    """Runs each submission at once, in this process, recording the order and inputs."""
-
-    threads_per_model = 1
-
-    def __init__(self) -> None:
-        self.submitted: list[tuple[str, dict, list]] = []
-
-    def submit(self, stage, parameters, wait_for=()):
-        self.submitted.append((stage.name, parameters, list(wait_for)))
-        future = Future()
-        try:
-            future.set_result(stage.fn(**parameters))
-        except Exception as error:  # as a worker would hand it back
-            future.set_exception(error)
-        return future
-
-    def as_completed(self, futures):
-        return iter(list(futures))
+from tests.support.pools import FakePool
 
 
 class InlineStages:
@@ -49,7 +27,7 @@ class InlineStages:
     def __init__(self) -> None:
         self.logger = logging.getLogger("test-graph")
         self.called: list[str] = []
-        self.inline_pool = InlinePool()
+        self.inline_pool = FakePool()
 
     def call(self, stage, parameters):
         self.called.append(stage.name)
@@ -61,7 +39,7 @@ class InlineStages:
 
 
 def test_a_misspelled_parameter_fails_before_anything_is_submitted():
-    pool = InlinePool()
+    pool = FakePool()
     parameters = {"name": "x", "params": 0, "data": 0, "cache_dir": 0, "threads": 1}
     with pytest.raises(TypeError, match=r"^train-model: missing a required argument: 'seed'"):
         submit(pool, train_task, seeds=1, refresh=False, **parameters)
@@ -163,21 +141,6 @@ def test_a_failing_model_is_named_and_the_others_are_trained_ranked_and_reported
     ]  # fmt: skip
 
 
-class QueuePool:
-    """One worker that takes the submissions in turn, as a task runner's queue does."""
-
-    threads_per_model = 1
-
-    def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(1)
-
-    def submit(self, stage, parameters, wait_for=()):
-        return self.executor.submit(stage, **parameters)
-
-    def as_completed(self, futures):
-        return futures_completed(list(futures))
-
-
 def test_a_trained_models_evaluation_goes_before_the_next_models_training(tmp_path, monkeypatch):
     """The plan counts a model's prediction on its lane right after its fit: queued behind
     the trainings still to come, the SVM's (18 s) ran after the deadline."""
@@ -196,7 +159,7 @@ def test_a_trained_models_evaluation_goes_before_the_next_models_training(tmp_pa
     config = build_config("quick", cache_dir=tmp_path, parallel_models=1)
     models = ["xgboost", "svm_rbf", "random_forest"]
     results, failures = train_and_evaluate(
-        QueuePool(), config, None, None, models, logging.getLogger("test-graph")
+        FakePool(threads=1), config, None, None, models, logging.getLogger("test-graph")
     )
     assert failures == []
     assert results == models

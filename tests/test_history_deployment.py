@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +17,9 @@ import numpy as np
 import pytest
 
 from tasks.history.stages import REGRESSED_EVENT
-from tests.conftest import REAL_DATA_DIR
-from tests.test_cancel_deployment import prefect_cli
-from tests.test_deployment import running_server, start, stop, wait_for
+from tests.support.data import REAL_DATA_DIR
+from tests.support.servers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 COAT, PULLOVER = 4, 2
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -72,94 +68,89 @@ def since_of(reports: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_relabelled_class_is_named_and_the_model_regression_alerts_and_fails(tmp_path):
+def test_a_relabelled_class_is_named_and_the_model_regression_alerts_and_fails(
+    tmp_path, prefect_server
+):
     before, after, changed = write_datasets(tmp_path)
     reports = tmp_path / "reports"
-    settings = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-                "PWD": str(REPO)}  # fmt: skip
-    with running_server(tmp_path, **settings) as (api, env):
+    api, env = prefect_server.api, prefect_server.env
+    prefect_server.deploy("daily-quick")
+    log = prefect_server.worker()
 
-        def run_deployment(data_dir: Path, **overrides) -> dict:
-            config = {
-                "profile": "quick",
-                "models": ["logistic_regression"],
-                "time_budget_minutes": 0,
-                "data": {"dir": str(data_dir)},
-                "cache_dir": str(tmp_path / "data"),
-                "output_dir": str(reports),
-                **overrides,
-            }
-            started = prefect_cli(
-                env, "deployment", "run", "fashion-mnist-pipeline/daily-quick",
-                "--params", json.dumps({"config": config}),
-            )  # fmt: skip
-            flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+    def run_deployment(data_dir: Path, **overrides) -> tuple[str, dict]:
+        config = {
+            "profile": "quick",
+            "models": ["logistic_regression"],
+            "time_budget_minutes": 0,
+            "data": {"dir": str(data_dir)},
+            "cache_dir": str(tmp_path / "data"),
+            "output_dir": str(reports),
+            **overrides,
+        }
+        flow_run_id = prefect_server.run_deployment(
+            "fashion-mnist-pipeline/daily-quick", {"config": config}
+        )
+        return flow_run_id, prefect_server.wait_for_end(flow_run_id, 600)
 
-            def ended() -> dict | None:
-                state = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=5).json()["state"]
-                return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED"} else None
+    assert run_deployment(before)[1]["type"] == "COMPLETED"
+    assert since_of(reports) is None  # the first run has nothing to compare with
 
-            return wait_for(ended, 600, "the deployment's run to end", interval=2)
+    flow_run_id, state = run_deployment(after, fail_on_regression=True)
+    assert state["type"] == "FAILED", log.read_text()[-3000:]
+    assert "regressed" in state["message"]
+    since = since_of(reports)
+    train = since["data"]["splits"]["train"]
+    assert train["classes"]["Coat"]["change"] == -changed
+    assert train["classes"]["Pullover"]["change"] == changed
+    assert train["relabelled"] == changed
+    assert train["added"] == train["removed"] == 0
+    assert train["relabellings"] == [{"from": "Coat", "to": "Pullover", "images": changed}]
+    assert since["data"]["splits"]["test"]["relabelled"] == 0
+    model = since["models"]["logistic_regression"]
+    assert model["test"] == "McNemar"  # the same test images: a paired test
+    assert model["change"] < -0.01
+    assert model["p_value"] < 0.05
+    assert model["regression"]
+    report = (reports / "latest" / "report.md").read_text()
+    section = report.split("## Since the last run")[1].split("\n## ")[0]
+    assert "Coat" in section
+    assert "logistic_regression" in section
 
-        prefect_cli(env, "work-pool", "create", "fashion-mnist", "--type", "process")
-        prefect_cli(env, "deploy", "--name", "daily-quick")
-        worker = start([PREFECT, "worker", "start", "--pool", "fashion-mnist"],
-                       env, tmp_path / "worker.log")  # fmt: skip
-        try:
-            assert run_deployment(before)["type"] == "COMPLETED"
-            assert since_of(reports) is None  # the first run has nothing to compare with
+    events = httpx.post(
+        f"{api}/events/filter",
+        json={"filter": {"event": {"name": [REGRESSED_EVENT]}}, "limit": 50},
+        timeout=10,
+    ).json()["events"]
+    # The server is shared: this flow run's events are those related to it.
+    events = [
+        event
+        for event in events
+        if f"prefect.flow-run.{flow_run_id}"
+        in {related["prefect.resource.id"] for related in event["related"]}
+    ]
+    assert [event["payload"]["model"] for event in events] == ["logistic_regression"]
+    assert events[0]["payload"]["p_value"] == pytest.approx(model["p_value"])
 
-            state = run_deployment(after, fail_on_regression=True)
-            assert state["type"] == "FAILED", (tmp_path / "worker.log").read_text()[-3000:]
-            assert "regressed" in state["message"]
-            since = since_of(reports)
-            train = since["data"]["splits"]["train"]
-            assert train["classes"]["Coat"]["change"] == -changed
-            assert train["classes"]["Pullover"]["change"] == changed
-            assert train["relabelled"] == changed
-            assert train["added"] == train["removed"] == 0
-            assert train["relabellings"] == [{"from": "Coat", "to": "Pullover", "images": changed}]
-            assert since["data"]["splits"]["test"]["relabelled"] == 0
-            model = since["models"]["logistic_regression"]
-            assert model["test"] == "McNemar"  # the same test images: a paired test
-            assert model["change"] < -0.01
-            assert model["p_value"] < 0.05
-            assert model["regression"]
-            report = (reports / "latest" / "report.md").read_text()
-            section = report.split("## Since the last run")[1].split("\n## ")[0]
-            assert "Coat" in section
-            assert "logistic_regression" in section
-
-            events = httpx.post(
-                f"{api}/events/filter",
-                json={"filter": {"event": {"name": [REGRESSED_EVENT]}}, "limit": 10},
-                timeout=10,
-            ).json()["events"]
-            assert [event["payload"]["model"] for event in events] == ["logistic_regression"]
-            assert events[0]["payload"]["p_value"] == pytest.approx(model["p_value"])
-
-            # The same data from the command line: unchanged, then relabelled with the flag.
-            cli_reports = tmp_path / "cli-reports"
-            command = [sys.executable, "-m", "flows.full_pipeline", "--profile", "quick",
-                       "--models", "logistic_regression", "--time-budget", "0",
-                       "--output-dir", str(cli_reports)]  # fmt: skip
-            cli_env = env | {"PYTHONPATH": str(REPO)}
-            for data_dir in (before, before):
-                done = subprocess.run(
-                    [*command, "--data-dir", str(data_dir)],
-                    cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600,
-                )  # fmt: skip
-                assert done.returncode == 0, done.stderr[-3000:]
-            unchanged = since_of(cli_reports)
-            assert not unchanged["data"]["changed"]
-            assert not unchanged["models"]["logistic_regression"]["significant"]
-            failed = subprocess.run(
-                [*command, "--data-dir", str(after), "--fail-on-regression"],
-                cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600,
-            )  # fmt: skip
-            assert failed.returncode == 4, failed.stderr[-3000:]
-            last_line = failed.stderr.strip().splitlines()[-1]
-            assert last_line.startswith("error: 1 model regressed")
-            assert "logistic_regression" in last_line
-        finally:
-            stop(worker)
+    # The same data from the command line: unchanged, then relabelled with the flag.
+    cli_reports = tmp_path / "cli-reports"
+    command = [sys.executable, "-m", "flows.full_pipeline", "--profile", "quick",
+               "--models", "logistic_regression", "--time-budget", "0",
+               "--output-dir", str(cli_reports)]  # fmt: skip
+    cli_env = env | {"PYTHONPATH": str(REPO)}
+    for data_dir in (before, before):
+        done = subprocess.run(
+            [*command, "--data-dir", str(data_dir)],
+            cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    unchanged = since_of(cli_reports)
+    assert not unchanged["data"]["changed"]
+    assert not unchanged["models"]["logistic_regression"]["significant"]
+    failed = subprocess.run(
+        [*command, "--data-dir", str(after), "--fail-on-regression"],
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert failed.returncode == 4, failed.stderr[-3000:]
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: 1 model regressed")
+    assert "logistic_regression" in last_line

@@ -32,7 +32,7 @@ from tasks.data.ingest import (
 )
 from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
 from tasks.data.stages import ingest_task
-from tests.idx_files import idx_bytes, write_dataset, write_idx_gz
+from tests.support.idx_files import idx_bytes, write_dataset, write_idx_gz
 
 TRAIN_IMAGES = FASHION_MNIST_FILES["train_images"].name
 TRAIN_LABELS = FASHION_MNIST_FILES["train_labels"].name

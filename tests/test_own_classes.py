@@ -23,7 +23,7 @@ from tasks.training.models.measuring import sample
 from tasks.training.models.registry import build_model, load_model
 from tasks.training.train import train_model
 from tasks.training.tune import TuningSession, run_trial
-from tests.conftest import THREE_CLASSES
+from tests.support.data import THREE_CLASSES
 
 DATASET = "your data: image-folder at /data/shoes (3 classes)"
 # Every model small: one epoch of a one-block CNN, ten trees, ten boosting rounds.

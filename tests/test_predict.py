@@ -15,9 +15,9 @@ import tasks.predict.model
 from flows.predict import main
 from tasks.core.contracts import CLASS_NAMES
 from tasks.core.storage import sha256_file
-from tasks.predict.batch import classify, csv_header, predict_images, write_atomically
+from tasks.predict.batch import classify, csv_header, predict_images
 from tasks.predict.inputs import InputImages
-from tests.predict_run import RUN_ID, TEST_IMAGES, make_run
+from tests.support.predict_run import RUN_ID, TEST_IMAGES, make_run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 from tasks.core.errors import PredictionInputError
 from tasks.data.preprocess import scale_images
 from tasks.predict.inputs import find_inputs, read_input
-from tests.idx_files import idx_bytes, make_images
+from tests.support.idx_files import idx_bytes, make_images
 
 IMAGES = make_images(np.arange(6) % 10, seed=3)  # (6, 28, 28) uint8
 

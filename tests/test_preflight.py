@@ -11,7 +11,7 @@ from flows.full_pipeline import main
 from tasks.core.errors import RunEnvironmentError, UsageError
 from tasks.run.config import build_config
 from tasks.run.preflight import check_api, check_run, estimate_writes
-from tests.test_deployment import free_loopback_port
+from tests.support.servers import free_loopback_port
 
 QUICK = ["--profile", "quick", "--models", "logistic_regression"]
 Usage = namedtuple("Usage", "total used free")

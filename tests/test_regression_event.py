@@ -9,15 +9,14 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tasks.history.stages import REGRESSED_EVENT
-from tests.test_deployment import PREFECT, running_server, wait_for
+from tests.support.servers import PREFECT, REPO
+from tests.support.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
 AUTOMATION = REPO / "automations" / "model-regressed.yaml"
 PLACEHOLDER = "YOUR-NOTIFICATION-BLOCK-ID"
 
@@ -40,7 +39,7 @@ import sys
 from pathlib import Path
 from prefect import flow
 from tasks.history.stages import since_previous_run_task
-from tests.test_history import Run, make_arrays
+from tests.support.history_runs import Run, make_arrays
 
 work = Path(sys.argv[1])
 Run(work / "a", make_arrays()).evaluate("svm", 30).record(work / "reports", "run-a")
@@ -80,9 +79,10 @@ def webhook():
 
 
 @pytest.mark.slow
-def test_a_regression_event_reaches_the_server_and_notifies(tmp_path, webhook):
+def test_a_regression_event_reaches_the_server_and_notifies(tmp_path, webhook, prefect_server):
     url, received = webhook
-    with running_server(tmp_path) as (api, env):
+    api, env = prefect_server.api, prefect_server.env
+    try:
 
         def run(*command: str) -> str:
             done = subprocess.run(
@@ -103,10 +103,13 @@ def test_a_regression_event_reaches_the_server_and_notifies(tmp_path, webhook):
         assert run(sys.executable, "-c", REGRESSING_RUN, str(tmp_path)).split()[-1] == "True"
 
         def regression_events() -> list[dict]:
-            query = {"filter": {"event": {"name": [REGRESSED_EVENT]}}, "limit": 10}
+            # The server is shared: this test's model is the only svm that regresses.
+            events = {"name": [REGRESSED_EVENT]}
+            resource = {"id": ["fashion-mnist.model.svm"]}
+            query = {"filter": {"event": events, "resource": resource}, "limit": 10}
             return httpx.post(f"{api}/events/filter", json=query, timeout=5).json()["events"]
 
-        (event,) = wait_for(regression_events, 60, "the regression event on the server")
+        (event,) = wait_until(regression_events, 60, "the regression event on the server")
         assert event["resource"]["prefect.resource.id"] == "fashion-mnist.model.svm"
         payload = event["payload"]
         assert (payload["model"], payload["previous_accuracy"], payload["accuracy"]) == (
@@ -117,9 +120,11 @@ def test_a_regression_event_reaches_the_server_and_notifies(tmp_path, webhook):
         # Emitted inside a task run: Prefect relates it to the flow run.
         assert "flow-run" in {related["prefect.resource.role"] for related in event["related"]}
 
-        (notification,) = wait_for(lambda: received, 60, "the automation's notification")
+        (notification,) = wait_until(lambda: received, 60, "the automation's notification")
         assert notification["subject"] == "Fashion-MNIST: svm regressed"
         assert notification["body"] == (
             "svm got worse in run run-b: test accuracy 0.900 → 0.700 "
             "(McNemar p = 1.7e-18), since run run-a."
         )
+    finally:  # the server is shared: other tests' regressions are not this test's to notify
+        prefect_server.cli("automation", "delete", "fashion-mnist-model-regressed")

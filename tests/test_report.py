@@ -3,15 +3,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.core.contracts import CLASS_NAMES, LearningCurve, ModelEvaluation, ProcessedDataset
-from tasks.core.storage import array_refs, save_arrays
-from tasks.evaluation.evaluate import classification_metrics, plot_confusion_matrix
+from tasks.core.contracts import CLASS_NAMES, LearningCurve
 from tasks.evaluation.report.analysis import (
     class_difficulty,
     confused_pairs,
@@ -21,67 +18,7 @@ from tasks.evaluation.report.analysis import (
     pareto_front,
 )
 from tasks.evaluation.report.writer import write_report
-
-Y_TEST = np.repeat(np.arange(10), 10).astype(np.uint8)
-TEST_INDEX = np.arange(100) * 7  # positions in the original test set
-IMAGES = np.random.default_rng(0).random((100, 784), dtype=np.float32)
-
-
-def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvaluation:
-    directory = directory / name
-    directory.mkdir(parents=True)
-    probabilities = np.eye(10, dtype=np.float32)[predicted]
-    arrays = {
-        "test_predictions": predicted,
-        "test_probabilities": probabilities,
-        "validation_probabilities": probabilities,
-    }
-    save_arrays(directory, arrays)
-    metrics = classification_metrics(Y_TEST, predicted, classes=10)
-    figure = directory / "confusion_matrix.png"
-    plot_confusion_matrix(metrics["confusion"], CLASS_NAMES, name).savefig(figure)
-    return ModelEvaluation(
-        name=name,
-        validation_accuracy=0.5,
-        log_loss=0.3,
-        calibration_error=0.02,
-        fit_seconds=12.0,
-        predict_seconds=0.5,
-        predict_ms_per_1000=5.0,
-        fit_cpu_seconds=11.0,
-        predict_cpu_seconds=0.4,
-        model_size_mb=1.5,
-        model_dir=directory,
-        params={"depth": 3},
-        confusion_figure=figure,
-        curve=None,
-        **array_refs(directory, list(arrays)),
-        **metrics,
-    )
-
-
-def sample_split(directory: Path) -> ProcessedDataset:
-    """The split the evaluations were scored on, with the test arrays the report reads."""
-    directory = directory / "processed"
-    directory.mkdir()
-    arrays = {"y_test": Y_TEST, "test_index": TEST_INDEX, "x_test": IMAGES}
-    save_arrays(directory, arrays)
-    return ProcessedDataset(directory, array_refs(directory, list(arrays)))
-
-
-def sample_evaluations(directory: Path) -> list[ModelEvaluation]:
-    """Three models: one perfect, one taking every Shirt for a T-shirt, one worse still."""
-    perfect = Y_TEST.copy()
-    shirt_as_tshirt = Y_TEST.copy()
-    shirt_as_tshirt[Y_TEST == 6] = 0  # every Shirt taken for a T-shirt/top
-    mixed = shirt_as_tshirt.copy()
-    mixed[np.flatnonzero(Y_TEST == 0)[:3]] = 6  # and 3 T-shirts taken for Shirts
-    mixed[np.flatnonzero(Y_TEST == 4)[:2]] = 2  # 2 Coats taken for Pullovers
-    return [
-        evaluation("mixed", mixed, directory),
-        evaluation("perfect", perfect, directory),
-        evaluation("shirtless", shirt_as_tshirt, directory),
-    ]
+from tests.support.samples import TEST_INDEX, Y_TEST, evaluation, sample_evaluations, sample_split
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tasks.core.contracts import CLASS_NAMES
 from tasks.evaluation.report import artifacts as artifacts_module
 from tasks.evaluation.report.analysis import analyse
 from tasks.evaluation.report.artifacts import publish_artifacts, summary_markdown
-from tests.test_report import Y_TEST, sample_evaluations
+from tests.support.samples import Y_TEST, sample_evaluations
 
 INLINE_PNG = re.compile(r"!\[([^]]*)\]\(data:image/png;base64,([^)]+)\)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

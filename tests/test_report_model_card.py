@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from tasks.evaluation.report.model_card import render_model_card
 from tasks.evaluation.report.writer import write_report
-from tests.test_report import sample_evaluations, sample_split
+from tests.support.samples import sample_evaluations, sample_split
 
 CONTEXT = {
     "seed": 7,

@@ -14,7 +14,7 @@ from tasks.evaluation.report.artifacts import summary_markdown
 from tasks.evaluation.report.figures import plot_pareto
 from tasks.evaluation.report.writer import write_report
 from tasks.evaluation.significance import bootstrap_accuracy_intervals
-from tests.test_report import Y_TEST, sample_evaluations, sample_split
+from tests.support.samples import Y_TEST, sample_evaluations, sample_split
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from tasks.data.sources.base import class_names_for
 from tasks.data.sources.folders import folders_fingerprint, load_folders
 from tasks.data.sources.idx import load_idx
 from tasks.data.sources.kaggle_csv import COLUMNS, load_csv
-from tests.idx_files import make_images
+from tests.support.idx_files import make_images
 
 
 def write_png(path, pixels) -> None:
@@ -294,12 +294,18 @@ def test_image_folder_entry_is_keyed_by_the_images_and_the_split(tmp_path):
 def test_the_real_data_in_every_layout_gives_the_idx_arrays(tmp_path, real_data_dir):
     cache = tmp_path / "cache"
     idx = ingest_dataset(real_data_dir, cache)
-    arrays = {key: ref.load() for key, ref in idx.arrays.items()}
+    # The first 6,000 training and 1,000 test images, every class among them: real
+    # images in each layout, at a tenth of the writing and reading of all 70,000.
+    arrays = {key: ref.load()[: 6000 if key.startswith("train") else 1000]
+              for key, ref in idx.arrays.items()}  # fmt: skip
+    assert all(len(np.unique(arrays[f"{split}_labels"])) == 10 for split in ("train", "test"))
     export_csv(arrays, tmp_path / "csv")
     export_image_folders(arrays, numbered_folders(idx.class_names), tmp_path / "png")
     for directory in (tmp_path / "csv", tmp_path / "png"):
         raw = ingest_dataset(directory, cache)
         assert raw.unreadable == ()
-        assert {k: r.sha256 for k, r in raw.arrays.items()} == {
-            k: r.sha256 for k, r in idx.arrays.items()
-        }
+        assert sorted(raw.arrays) == sorted(arrays)
+        for key, ref in raw.arrays.items():
+            loaded = ref.load()
+            assert loaded.dtype == arrays[key].dtype, (directory, key)
+            np.testing.assert_array_equal(loaded, arrays[key], err_msg=f"{directory}: {key}")

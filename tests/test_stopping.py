@@ -13,6 +13,7 @@ import pytest
 
 from tasks.core.stopping import (
     RunStopped,
+    abandoned_fits,
     check_stop,
     clear_stop,
     request_stop,
@@ -24,6 +25,7 @@ from tasks.core.stopping import (
 )
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.xgboost_model import XGBoostParams, build_xgboost
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -47,12 +49,26 @@ def test_a_fit_runs_in_its_thread_with_this_context_and_hands_back_its_outcome()
 
 def test_a_fit_without_checks_is_left_behind_once_the_run_stops(monkeypatch):
     monkeypatch.setattr("tasks.core.stopping.FIT_STOP_SECONDS", 0.5)
-    release = threading.Event()  # a scikit-learn fit: it never looks at the flag
-    threading.Timer(0.3, request_stop, args=(signal.SIGTERM,)).start()
-    threading.Timer(5, release.set).start()  # it ends after all, long after the stop
-    with pytest.raises(RunStopped, match="stopped by SIGTERM"):
-        run_until_stopped(release.wait)
-    release.set()
+    fitting, release = threading.Event(), threading.Event()
+
+    def fit() -> None:  # a scikit-learn fit: it never looks at the flag
+        fitting.set()
+        release.wait()
+
+    def stop_once_fitting() -> None:
+        wait_until(fitting.is_set, 30, "the fit to start")
+        request_stop(signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_fitting)
+    stopper.start()
+    try:
+        with pytest.raises(RunStopped, match="stopped by SIGTERM"):
+            run_until_stopped(fit)
+        assert abandoned_fits() == 1  # still running, left behind by its task
+    finally:
+        release.set()  # it ends after all, long after the stop
+        stopper.join()
+    wait_until(lambda: abandoned_fits() == 0, 30, "the fit left behind to end")
     assert stop_requested()
     assert stop_signal() == signal.SIGTERM
 
@@ -93,7 +109,8 @@ def test_check_stop_raises_once_a_stop_is_requested():
 def test_signals_raise_a_stop_in_the_main_thread_and_the_old_handlers_come_back():
     def terminate_and_wait():
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises here, long before the end
+        # The handler raises in this thread as soon as it runs: while waiting for it.
+        wait_until(stop_requested, 30, "the SIGTERM handler")
 
     before = signal.getsignal(signal.SIGTERM)
     with stop_handlers():

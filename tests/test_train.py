@@ -8,22 +8,13 @@ import pytest
 
 from tasks.core.storage import PROJECT_PACKAGE
 from tasks.evaluation.evaluate import evaluate_model
-from tasks.run.config import MODEL_NAMES, ModelParams
+from tasks.run.config import MODEL_NAMES
 from tasks.training.models.base import TrainingContext
-from tasks.training.models.cnn import CNNParams
 from tasks.training.models.registry import SPECS, build_model, load_model
 from tasks.training.models.sklearn_models import RandomForestParams
-from tasks.training.models.xgboost_model import XGBoostParams
 from tasks.training.train import model_code_version, train_model
+from tests.support.params import SMALL
 
-SMALL = ModelParams(
-    random_forest=RandomForestParams(n_estimators=20),
-    xgboost=XGBoostParams(n_estimators=30, early_stopping_rounds=5),
-    # Class k is a band of rows 2 apart, so shifting would blur the classes into each other.
-    cnn=CNNParams(
-        epochs=4, batch_size=32, conv_blocks=((8,), (16,)), dense_units=32, shift_pixels=0
-    ),
-)
 MODEL_FILES = {
     "logistic_regression": "model.joblib",
     "random_forest": "model.joblib",

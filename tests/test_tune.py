@@ -24,7 +24,7 @@ from tasks.training.tune import (
     tuned_params,
     write_profile,
 )
-from tests.test_train import SMALL
+from tests.support.params import SMALL
 
 
 def tune_synchronously(session: TuningSession, data, subset=None) -> None:

@@ -16,7 +16,7 @@ from tasks.core.storage import array_refs, save_arrays
 from tasks.data.checks import check_data
 from tasks.data.sources.idx import FASHION_MNIST_FILES
 from tasks.data.validate import validate_raw_dataset
-from tests.idx_files import make_images
+from tests.support.idx_files import make_images
 
 NAMES = ("train_images", "train_labels", "test_images", "test_labels")
 THREE = ("sandal", "sneaker", "boot")

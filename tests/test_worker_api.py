@@ -4,6 +4,7 @@ through the server's API."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,11 +22,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.full_pipeline import main
 from flows.runner import check_cluster_api
 from tasks.core.errors import RunEnvironmentError
-from tests.test_deployment import free_loopback_port, start, stop, wait_for
+from tests.support.servers import REPO, free_loopback_port, start, stop
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUICK = ["--profile", "quick", "--models", "xgboost,logistic_regression"]
+# Where the tasks run and report is the point, not what they learn: a small subset, and
+# no time budget to measure the models' costs for.
+SMALL = {"train_subset_size": 2000, "validation_size": 500, "test_subset_size": 1000}
 # The run's processes and the Dask workers carry this variable in their environment, so
 # every process they start (a Prefect server among them) can be found, even orphaned.
 MARK = "FASHION_MNIST_TEST_PROCESS"
@@ -68,9 +71,11 @@ def prefect_servers(processes: dict[int, str]) -> dict[int, str]:
 def run_pipeline(args: list[str], env: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, set]:
     """The command line's quick run, and the Prefect servers its processes ran meanwhile."""
     mark = env[MARK]
+    (cwd / "small.json").write_text(json.dumps(SMALL))
+    small = ["--profile-file", "small.json", "--time-budget", "0"]
     with (cwd / "run.err").open("w+") as err, (cwd / "run.out").open("w+") as out:
         run = subprocess.Popen(
-            [sys.executable, "-m", "flows.full_pipeline", *QUICK, *args],
+            [sys.executable, "-m", "flows.full_pipeline", *QUICK, *small, *args],
             env=env, cwd=cwd, stdout=out, stderr=err,
         )  # fmt: skip
         servers = set()
@@ -118,27 +123,10 @@ def assert_one_record(api: str, flow_run_id: str) -> None:
         assert any(log["message"].startswith("training ") for log in logs), run["name"]
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server on loopback, with a database of its own; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_loopback_port()
-    api = f"http://127.0.0.1:{port}/api"
-    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-               str(port), "--no-ui"]  # fmt: skip
-    server = start(command, clean_env(PREFECT_HOME=str(home)), home / "server.log", home)
-    try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 180, "the Prefect server")
-        yield api
-    finally:
-        stop(server)
+@pytest.fixture
+def server_api(prefect_server) -> str:
+    """The API of the tests' real Prefect server on loopback."""
+    return prefect_server.api
 
 
 @pytest.mark.slow
@@ -161,19 +149,19 @@ def test_local_workers_start_no_server_of_their_own(task_runner, tmp_path):
 
 
 @pytest.mark.slow
-def test_process_workers_report_to_the_flows_server(prefect_server, tmp_path):
+def test_process_workers_report_to_the_flows_server(server_api, tmp_path):
     mark = uuid.uuid4().hex
-    env = clean_env(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path), **{MARK: mark})
+    env = clean_env(PREFECT_API_URL=server_api, PREFECT_HOME=str(tmp_path), **{MARK: mark})
     done, servers = run_pipeline(["--task-runner", "processes"], env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert servers == set()  # no worker started a Prefect server of its own
     assert "Starting temporary server" not in done.stderr
-    assert_one_record(prefect_server, flow_run_of(done.stderr))
+    assert_one_record(server_api, flow_run_of(done.stderr))
     assert marked_processes(mark) == {}  # nothing of the run is left
 
 
 @pytest.mark.slow
-def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_path):
+def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path):
     """Two `dask worker` processes, one started with PREFECT_API_URL and one without: the
     run warns about that one in one line before training, and records everything on the
     flow's server; an API the workers cannot reach is refused."""
@@ -189,7 +177,7 @@ def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_p
     try:
         # Workers start where the flow runs: they read its data/ by the same paths.
         for port, worker_env in (
-            (set_port, env | {"PREFECT_API_URL": prefect_server}),
+            (set_port, env | {"PREFECT_API_URL": server_api}),
             (unset_port, env),
         ):
             command = [str(BIN / "dask"), "worker", scheduler, "--nthreads", "1",
@@ -212,23 +200,23 @@ def test_external_dask_cluster_reports_to_the_flows_server(prefect_server, tmp_p
         )
 
         args = ["--task-runner", "dask", "--dask-address", scheduler]
-        done, servers = run_pipeline(args, env | {"PREFECT_API_URL": prefect_server}, tmp_path)
+        done, servers = run_pipeline(args, env | {"PREFECT_API_URL": server_api}, tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         warnings = [line for line in done.stderr.splitlines() if "Dask workers" in line]
         assert len(warnings) == 1, done.stderr[-3000:]
         assert warnings[0].endswith(
             "Dask workers not set to report to the flow's Prefect API (worker "
             f"tcp://127.0.0.1:{unset_port}: no PREFECT_API_URL): start every worker with "
-            f"PREFECT_API_URL={prefect_server} (this run's task runs still go there: Prefect "
+            f"PREFECT_API_URL={server_api} (this run's task runs still go there: Prefect "
             "sends the flow's settings with each task)"
         )
         flow_run_id = flow_run_of(done.stderr)
-        assert_one_record(prefect_server, flow_run_id)
+        assert_one_record(server_api, flow_run_id)
         # The warning came before any training: the flow run's log against the task runs.
         body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 30}}}
-        logs = httpx.post(f"{prefect_server}/logs/filter", json=body, timeout=10).json()
+        logs = httpx.post(f"{server_api}/logs/filter", json=body, timeout=10).json()
         warned = [at(log["timestamp"]) for log in logs if "not set to report" in log["message"]]
-        ours = [run for run in train_runs(prefect_server) if run["flow_run_id"] == flow_run_id]
+        ours = [run for run in train_runs(server_api) if run["flow_run_id"] == flow_run_id]
         assert len(warned) == 1
         assert all(warned[0] < at(run["start_time"]) for run in ours)
     finally:

@@ -20,7 +20,7 @@ from tasks.evaluation.report.writer import write_report
 from tasks.run.config import ModelParams
 from tasks.training.models.base import TrainingContext
 from tasks.training.train import train_model
-from tests.idx_files import write_dataset
+from tests.support.idx_files import write_dataset
 
 RUN_ID = "run-1"
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
