@@ -13,6 +13,9 @@ import yaml
 from tasks.run.config import DEFAULT_MODELS, PipelineConfig
 from tests.support.servers import REPO
 
+# One xdist worker runs the tests that share the quick run (conftest).
+pytestmark = pytest.mark.xdist_group("quick-run")
+
 
 @pytest.mark.slow
 def test_quick_deployment_runs_on_server_and_worker(tmp_path, prefect_server, quick_run):

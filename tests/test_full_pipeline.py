@@ -36,7 +36,8 @@ from tests.support.figures import coloured, inked, read_png
 from tests.support.servers import REPO
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+# One xdist worker runs the tests that share the quick run (conftest), in file order.
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.xdist_group("quick-run")]
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@ from tasks.run.config import build_config
 from tasks.run.preflight import check_api, check_run, estimate_writes
 from tests.support.servers import free_loopback_port
 
+# One xdist worker runs the tests that share the quick run (conftest).
+pytestmark = pytest.mark.xdist_group("quick-run")
+
 QUICK = ["--profile", "quick", "--models", "logistic_regression"]
 Usage = namedtuple("Usage", "total used free")
 
