@@ -99,11 +99,13 @@ def plan_training(
     A model whose measurement fails is left out of the plan and returned as a failure."""
     key = plan_key(config, data, params, pool.threads_per_model)
 
+    own_lane = own_lane_model()
+
     def measure_and_plan() -> tuple[Plan, list[ModelFailure]]:
         pinned = {name: pinned_fields(config, name) for name in models}
         groups = [
-            [n for n in models if n == own_lane_model()],
-            [n for n in models if n != own_lane_model()],
+            [n for n in models if n == own_lane],
+            [n for n in models if n != own_lane],
         ]
         left = config.time_budget_minutes * 60 - (time.time() - started_at)
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
@@ -118,7 +120,7 @@ def plan_training(
         }
         measured, failures = {}, []
         for future, group in reversed(futures.items()):  # the CNN's last
-            if share and own_lane_model() in group:
+            if share and own_lane in group:
                 share.release()  # the others are measured: the CNN times every core
             found, failed = future.result()
             measured |= found
