@@ -15,19 +15,19 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from pydantic import Field
 
+from flows.arguments import DEFAULT_RUN, OneLineErrorParser, whole_number
 from tasks.core.contracts import MAX_CLASSES
 from tasks.core.errors import PredictionInputError
 from tasks.predict.batch import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
 
 EXIT_UNREADABLE = 3
-DEFAULT_RUN = Path("reports/latest")
 DEFAULT_OUTPUT = Path("predictions.csv")
 
 
@@ -69,27 +69,12 @@ def batch_predict(
     return summary
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def _whole_number(low: int, high: int | None = None):
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
-            expected = f"from {low} to {high}" if high else f"of at least {low}"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number {expected}")
-        return int(text)
-
-    return parse
-
-
 # The run's classes bound --top-k too, checked once the run is read: it is not known here.
-parse_top_k, parse_threads = _whole_number(1, MAX_CLASSES), _whole_number(1)
+parse_top_k, parse_threads = whole_number(1, MAX_CLASSES), whole_number(1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _OneLineErrors(
+    parser = OneLineErrorParser(
         prog="python -m flows.predict",
         description="Classify images with a model a run trained; write one CSV row per image.",
     )

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -123,17 +124,32 @@ def read_input(path: Path) -> InputImages:
         return InputImages(name, error=str(exc).removeprefix(f"{path}: "))
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file in Fashion-MNIST's form (`tasks.data.images.to_fashion_mnist`)."""
+def read_image(source: Path | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+    """One image, a file or an uploaded stream, in Fashion-MNIST's form
+    (`tasks.data.images.to_fashion_mnist`).
+
+    Args:
+        max_pixels: a larger image is refused from its header, before it is decoded (a
+            decompression bomb: a small PNG can declare gigabytes of pixels); None:
+            Pillow's own limit (`Image.MAX_IMAGE_PIXELS`, about 179 million at twice it).
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise UnreadableInputError(
+                    f"image of {width:,} x {height:,} pixels is over the limit of "
+                    f"{max_pixels:,} pixels; refused before decoding it"
+                )
             image.load()
             return to_fashion_mnist(image)
     except Image.UnidentifiedImageError:
         raise UnreadableInputError(
             "not an image: Pillow recognises no image format in it"
         ) from None
-    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise UnreadableInputError(f"too large, refused before decoding it: {exc}") from None
+    except (OSError, SyntaxError, EOFError) as exc:
         raise UnreadableInputError(f"unreadable image (truncated or corrupt): {exc}") from None
     except ValueError as exc:  # tasks.data.images.BlankImageError among them
         raise UnreadableInputError(str(exc)) from None
