@@ -380,6 +380,8 @@ def test_served_predictions_match_flows_predict_on_1000_real_test_pngs(quick_run
                 answers += answer.json()["predictions"]
         assert [a["input"] for a in answers] == names
         assert [a["predicted_class"] for a in answers] == expected.predicted_class.tolist()
+        # Batches of 100 here, of 1,000 there: a float32 matrix product (logistic
+        # regression's) rounds by batch size, up to 5e-6 on these images.
         np.testing.assert_allclose(
-            [a["probability"] for a in answers], expected.probability, atol=5e-7
-        )  # the CSV's 6 decimals
+            [a["probability"] for a in answers], expected.probability, atol=1e-5
+        )
