@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import PREFECT_API_URL
 from sklearn.metrics import log_loss
+from statsmodels.stats.multitest import multipletests
 
 from flows.full_pipeline import full_pipeline, main
 from tasks.data.ingest import FASHION_MNIST_FILES
@@ -41,6 +42,24 @@ pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.xdist_grou
 
 
 @pytest.mark.slow
+def check_holm_and_paired_differences(tests: list[dict], predictions: pd.DataFrame) -> None:
+    """The family's Holm-adjusted p-values as statsmodels computes them, and each paired
+    difference's bootstrap interval beside the normal approximation's, on real predictions."""
+    holm = multipletests([t["p_value"] for t in tests], method="holm")[1]
+    assert [t["p_holm"] for t in tests] == pytest.approx(holm.tolist(), rel=1e-12)
+    assert [t["significant"] for t in tests] == (holm < 0.05).tolist()
+    n = len(predictions)
+    for test in tests:
+        right = predictions[[test["compared_to"], test["model"]]].eq(predictions.true_label, axis=0)
+        difference = right.iloc[:, 0].mean() - right.iloc[:, 1].mean()
+        discordant = (right.iloc[:, 0] != right.iloc[:, 1]).sum()
+        error = np.sqrt(discordant - n * difference**2) / n
+        wald = 100 * (difference + np.array([-1.96, 1.96]) * error)
+        assert test["difference"] == pytest.approx(100 * difference)
+        # 2,000 resamples of 2,000 images: Monte Carlo error of about 0.1 points.
+        assert [test["difference_low"], test["difference_high"]] == pytest.approx(wald, abs=0.35)
+
+
 def test_quick_profile_on_real_data(quick_run):
     workdir, report_dir, printed = quick_run
     real_data_dir = workdir / "fashion"
@@ -87,6 +106,7 @@ def test_quick_profile_on_real_data(quick_run):
         only_other = int((~right.iloc[:, 0] & right.iloc[:, 1]).sum())
         assert (test["only_model_right"], test["only_other_right"]) == (only_model, only_other)
     assert len(metrics["mcnemar_exact"]) == 2 * len(board) - 3  # next above, and the best
+    check_holm_and_paired_differences(metrics["mcnemar_exact"], predictions)
     ensemble = metrics["models"]["ensemble"]["params"]
     by_validation = board[board.model != "ensemble"].sort_values(
         ["validation_accuracy", "model"], ascending=[False, True]

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.stats.multitest import multipletests
 
 from tasks.core.contracts import CLASS_NAMES, LearningCurve
 from tasks.evaluation.report.analysis import (
@@ -165,10 +166,23 @@ def test_report_says_which_differences_are_significant(tmp_path, evaluations, da
     assert tests["mixed", "shirtless"]["p_value"] == pytest.approx(2 * 0.5**5)
     assert tests["mixed", "shirtless"]["significant"] is False
     report = (out.directory / "report.md").read_text()
-    assert (
-        "perfect is significantly more accurate than shirtless (McNemar exact p = 0.00195" in report
+    rows = metrics["mcnemar_exact"]
+    holm = multipletests([t["p_value"] for t in rows], method="holm")[1]
+    assert [t["p_holm"] for t in rows] == pytest.approx(holm.tolist())
+    assert [t["significant"] for t in rows] == (holm < 0.05).tolist()
+    shirtless = tests["shirtless", "perfect"]
+    n = len(data.load("y_test")[0])
+    assert shirtless["difference"] == pytest.approx(100 * 10 / n)  # the 10 Shirts
+    assert shirtless["difference_low"] <= shirtless["difference"] <= shirtless["difference_high"]
+    sentence = (
+        f"perfect is significantly more accurate than shirtless ({shirtless['difference']:+.2f} "
+        f"points for perfect (95% CI [{shirtless['difference_low']:+.2f}, "
+        f"{shirtless['difference_high']:+.2f}]); McNemar exact p = 0.00195, Holm-adjusted over "
+        f"{len(rows)} tests p = {shirtless['p_holm']:.3g};"
     )
+    assert sentence in report
     assert "shirtless and mixed are statistically tied at the 5% level" in report
+    assert "Holm-adjusted for the family (`p_holm`)" in report
 
 
 def test_pareto_front_keeps_the_models_nothing_beats_on_both_counts():

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 
 from tasks.evaluation.significance import (
     bootstrap_accuracy_intervals,
     describe_comparisons,
+    holm_adjusted,
     mcnemar_exact,
     percent,
     rank_comparisons,
@@ -76,8 +80,50 @@ def test_each_model_is_compared_with_the_one_above_and_the_best():
     ]
     assert comparisons.significant.tolist() == [False, True, True]
     sentences = describe_comparisons(comparisons)
-    assert sentences[0].startswith("best and tied are statistically tied at the 5% level (McNemar")
-    assert sentences[1].startswith("tied is significantly more accurate than worse (McNemar")
+    assert sentences[0].startswith(
+        "best and tied are statistically tied at the 5% level (+0.30 points for best (95% CI ["
+    )
+    assert sentences[1].startswith(
+        "tied is significantly more accurate than worse (+45.70 points for tied (95% CI ["
+    )
+    assert "Holm-adjusted over 3 tests p = " in sentences[0]
+
+
+def test_holm_adjustment_matches_statsmodels():
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 5, 9, 30):
+        p_values = np.concatenate([rng.uniform(0, 0.08, size), [1.0, 0.01, 0.01]])
+        expected = multipletests(p_values, alpha=0.05, method="holm")[1]
+        np.testing.assert_allclose(holm_adjusted(p_values), expected, rtol=1e-12)
+
+
+def test_a_difference_significant_alone_need_not_survive_the_family():
+    # 6 images only `best` gets right: p = 0.031 alone, 0.062 once Holm counts three tests.
+    best = np.arange(1000) < 900
+    second, third = best.copy(), best.copy()
+    second[:6] = False  # 6 images only `best` gets right: p = 2 * 0.5**6 = 0.031
+    third[:12] = False
+    comparisons = rank_comparisons(["best", "second", "third"], {
+        "best": best, "second": second, "third": third})  # fmt: skip
+    first = comparisons.iloc[0]
+    assert first.p_value == pytest.approx(2 * 0.5**6)
+    assert first.p_holm == pytest.approx(min(1, 2 * 2 * 0.5**6))  # second smallest of three
+    assert first.p_value < 0.05
+    assert not first.significant
+
+
+@pytest.mark.parametrize("table", [(8700, 320, 180, 800), (9000, 40, 60, 900), (5000, 5, 0, 4995)])
+def test_paired_difference_interval_agrees_with_the_wald_interval(table):
+    both, only_a, only_b, neither = table
+    a, b = paired_outcomes(both, only_a, only_b, neither)
+    row = rank_comparisons(["a", "b"], {"a": a, "b": b}, seed=0, resamples=4000).iloc[0]
+    n = len(a)
+    # Independent: the normal approximation for a paired difference of proportions.
+    difference = (only_a - only_b) / n
+    error = math.sqrt(only_a + only_b - (only_a - only_b) ** 2 / n) / n
+    wald = 100 * (difference + np.array([-1, 1]) * stats.norm.ppf(0.975) * error)
+    assert row.difference == pytest.approx(100 * difference)
+    assert [row.difference_low, row.difference_high] == pytest.approx(wald, abs=0.06)
 
 
 @pytest.mark.parametrize(("level", "text"), [(0.95, "95%"), (0.9, "90%"), (0.975, "97.5%")])

@@ -1,4 +1,5 @@
-"""Which differences between models are real: bootstrap intervals and McNemar's test.
+"""Which differences between models are real: bootstrap intervals, McNemar's test
+corrected for the many comparisons (Holm), and paired differences with their intervals.
 
 Used by the comparison stage. Both work on the test set's per-image correctness, so
 they compare the models on the same images (paired), which is what makes small
@@ -9,7 +10,7 @@ can only use the unpaired two-proportion z-test.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,29 @@ def percent(level: float) -> str:
     return f"{100 * level:g}%"
 
 
+def bootstrap_accuracies(
+    correct: Mapping[str, np.ndarray], seed: int, resamples: int = BOOTSTRAP_RESAMPLES
+) -> np.ndarray:
+    """Each model's accuracy on each bootstrap resample of the test images: models x
+    resamples, in the order of `correct`. Every resample draws one set of images for all
+    models, so any two rows are paired."""
+    hits = np.stack([np.asarray(values, dtype=np.uint8) for values in correct.values()])
+    n_images = hits.shape[1]
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for start in range(0, resamples, _RESAMPLES_PER_CHUNK):
+        size = min(_RESAMPLES_PER_CHUNK, resamples - start)
+        draws = rng.integers(0, n_images, size=(size, n_images))
+        accuracies.append(hits[:, draws].sum(axis=2) / n_images)  # models x resamples
+    return np.concatenate(accuracies, axis=1)
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
+    """The percentile bootstrap interval of each row of `samples`: (low, high) columns."""
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(samples, [tail, 100 - tail], axis=-1).T
+
+
 def bootstrap_accuracy_intervals(
     correct: Mapping[str, np.ndarray],
     seed: int,
@@ -34,28 +58,26 @@ def bootstrap_accuracy_intervals(
 ) -> pd.DataFrame:
     """Percentile bootstrap interval of each model's accuracy, from paired resamples.
 
-    Every resample draws one set of test images for all models, so the intervals of
-    two models come from the same draws.
-
     Args:
         correct: per model, a boolean array saying which test images it got right.
 
     Returns:
         One row per model: `accuracy_low`, `accuracy_high`, indexed by model.
     """
-    names = list(correct)
-    hits = np.stack([np.asarray(correct[name], dtype=np.uint8) for name in names])
-    n_images = hits.shape[1]
-    rng = np.random.default_rng(seed)
-    accuracies = []
-    for start in range(0, resamples, _RESAMPLES_PER_CHUNK):
-        size = min(_RESAMPLES_PER_CHUNK, resamples - start)
-        draws = rng.integers(0, n_images, size=(size, n_images))
-        accuracies.append(hits[:, draws].sum(axis=2) / n_images)  # models x resamples
-    accuracies = np.concatenate(accuracies, axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(accuracies, [tail, 100 - tail], axis=1)
-    return pd.DataFrame({"accuracy_low": low, "accuracy_high": high}, index=names)
+    bounds = percentile_interval(bootstrap_accuracies(correct, seed, resamples), confidence)
+    return pd.DataFrame(bounds, columns=["accuracy_low", "accuracy_high"], index=list(correct))
+
+
+def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of a family of tests, in the order given: a test
+    is significant at level alpha for the whole family when its adjusted value is below
+    alpha. Uniformly more powerful than Bonferroni, and as valid under any dependence."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
@@ -94,41 +116,66 @@ def two_proportion_z_test(
     return z, float(2 * stats.norm.sf(abs(z)))
 
 
-def rank_comparisons(ranked: list[str], correct: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """McNemar's test of each model against the one ranked just above it and the best.
+def rank_comparisons(
+    ranked: list[str],
+    correct: Mapping[str, np.ndarray],
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """McNemar's test of each model against the one ranked just above it and the best,
+    corrected for the family of tests, with the paired accuracy difference.
 
     Returns:
-        One row per (model, compared_to) pair, with the discordant counts, the p-value
-        and whether the difference is significant at `ALPHA`.
+        One row per (model, compared_to) pair: the discordant counts; `difference` (the
+        accuracy of `compared_to` minus the model's, in points) with its percentile
+        interval from paired bootstrap resamples of the test images (`seed`'s, the same
+        draws as the accuracy intervals); McNemar's `p_value`, its Holm-adjusted
+        `p_holm` over all the rows; and `significant`, `p_holm` < `ALPHA`.
     """
+    accuracies = dict(zip(ranked, bootstrap_accuracies(
+        {name: correct[name] for name in ranked}, seed, resamples), strict=True))  # fmt: skip
     rows = []
     for position, name in enumerate(ranked[1:], start=1):
         others = dict.fromkeys([ranked[position - 1], ranked[0]])  # once if they coincide
         for other in others:
             only_model, only_other, p_value = mcnemar_exact(correct[name], correct[other])
-            rows.append(
-                {
-                    "model": name,
-                    "compared_to": other,
-                    "against": "next above" if other == ranked[position - 1] else "best",
-                    "only_model_right": only_model,
-                    "only_other_right": only_other,
-                    "p_value": p_value,
-                    "significant": p_value < ALPHA,
-                }
-            )
+            differences = accuracies[other] - accuracies[name]
+            low, high = 100 * percentile_interval(differences, confidence)
+            rows.append({
+                "model": name, "compared_to": other,
+                "against": "next above" if other == ranked[position - 1] else "best",
+                "only_model_right": only_model, "only_other_right": only_other,
+                "difference": 100 * (only_other - only_model) / len(correct[name]),
+                "difference_low": low, "difference_high": high, "p_value": p_value,
+            })  # fmt: skip
     columns = ["model", "compared_to", "against", "only_model_right", "only_other_right",
-               "p_value", "significant"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+               "difference", "difference_low", "difference_high", "p_value"]  # fmt: skip
+    comparisons = pd.DataFrame(rows, columns=columns)
+    comparisons["p_holm"] = holm_adjusted(comparisons.p_value) if rows else []
+    comparisons["significant"] = comparisons.p_holm < ALPHA
+    return comparisons
 
 
-def describe_comparisons(comparisons: pd.DataFrame) -> list[str]:
-    """One plain sentence per comparison with the model ranked just above."""
+def difference_text(row, confidence: float = CONFIDENCE) -> str:
+    """A comparison's paired difference with its interval (at `confidence`), in points."""
+    return (
+        f"{row.difference:+.2f} points for {row.compared_to} ({percent(confidence)} CI "
+        f"[{row.difference_low:+.2f}, {row.difference_high:+.2f}])"
+    )
+
+
+def describe_comparisons(comparisons: pd.DataFrame, confidence: float = CONFIDENCE) -> list[str]:
+    """One plain sentence per comparison with the model ranked just above; significance
+    follows the Holm-adjusted p-value, and `confidence` is the level of the intervals."""
     sentences = []
+    tests = len(comparisons)
     for row in comparisons[comparisons.against == "next above"].itertuples():
         evidence = (
-            f"McNemar exact p = {row.p_value:.3g}; {row.only_other_right} test images only "
-            f"{row.compared_to} gets right, {row.only_model_right} only {row.model}"
+            f"{difference_text(row, confidence)}; McNemar exact p = {row.p_value:.3g}, "
+            f"Holm-adjusted over {tests} tests p = {row.p_holm:.3g}; {row.only_other_right} "
+            f"test images only {row.compared_to} gets right, {row.only_model_right} only "
+            f"{row.model}"
         )
         if row.significant:
             sentences.append(

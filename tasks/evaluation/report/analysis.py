@@ -96,7 +96,7 @@ def analyse(
     intervals = bootstrap_accuracy_intervals(correct, seed, confidence=CONFIDENCE)
     board = leaderboard(evaluations, intervals)
     ranked = list(board.model)
-    comparisons = rank_comparisons(ranked, correct)
+    comparisons = rank_comparisons(ranked, correct, seed, confidence=CONFIDENCE)
     f1 = f1_by_class(evaluations, ranked, class_names)
     pairs = confused_pairs(evaluations, class_names)
     difficulty = class_difficulty(evaluations, class_names)
@@ -293,7 +293,7 @@ def write_analysis(
             f"{lead} ({runner_up.test_accuracy:.4f}); "
             f"the last, {board.iloc[-1].model}, reaches {board.iloc[-1].test_accuracy:.4f}."
         )
-        findings.append(describe_comparisons(comparisons)[0])
+        findings.append(describe_comparisons(comparisons, confidence)[0])
         fastest = board.loc[board.fit_seconds.idxmin()]
         findings.append(
             f"The cheapest to train is {fastest.model} ({fastest.fit_seconds:.0f} s, "

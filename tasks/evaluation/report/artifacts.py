@@ -22,6 +22,7 @@ from tasks.evaluation.report.tables import (
     readable_leaderboard,
     since_last_run_section,
 )
+from tasks.evaluation.significance import describe_comparisons
 
 ARTIFACT_DPI = 72  # six models: about 200 KB of markdown, most of it the confusion grid
 # The widest figure drawn at ARTIFACT_DPI, the grid of ten classes: a wider one (more
@@ -45,6 +46,7 @@ def summary_markdown(findings: Findings, report_dir: Path) -> str:
         markdown_table(readable_leaderboard(findings.leaderboard, findings.confidence)),
         *(["## Failed models", "\n".join(failure_lines(findings))] if findings.failures else []),
         *[f"- {finding}" for finding in findings.analysis],
+        *differences_section(findings),
         "## Confusion matrices, each row scaled to its true class",
         _inline_image(grid, "confusion matrices, row-normalised"),
         f"## Accuracy against {label}",
@@ -53,6 +55,14 @@ def summary_markdown(findings: Findings, report_dir: Path) -> str:
         f"(`{html_report}`; the same as markdown beside it in `report.md`)",
     ]
     return "\n\n".join(sections)
+
+
+def differences_section(findings: Findings) -> list[str]:
+    sentences = describe_comparisons(findings.comparisons, findings.confidence)
+    if not sentences:
+        return []
+    return ["## Which differences are real (McNemar, Holm-adjusted for the family)",
+            "\n".join(f"- {sentence}" for sentence in sentences)]  # fmt: skip
 
 
 def _inline_image(figure: Figure, alt: str) -> str:

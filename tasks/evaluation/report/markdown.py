@@ -30,6 +30,7 @@ def render_markdown(findings: Findings, run_id: str) -> str:
     """report.md, whose figures are file names in the report's directory; it opens with
     the data and what changed since the last run."""
     board, level = findings.leaderboard, percent(findings.confidence)
+    comparisons = findings.comparisons
     f1_table = findings.f1.T.rename_axis("class").reset_index()
     front_sections = [
         f"Against {label}, the front is: {', '.join(board.model[findings.fronts[cost]])}."
@@ -50,9 +51,13 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         "\n".join(f"- {finding}" for finding in findings.analysis),
         "## Which differences are real",
         "McNemar's exact test on the test images, for each model against the one ranked "
-        f"just above it and against the best; significant means p < {ALPHA}.",
-        "\n".join(f"- {sentence}" for sentence in describe_comparisons(findings.comparisons)),
-        markdown_table(findings.comparisons, ".3g"),
+        f"just above it and against the best. With {len(comparisons)} tests, some "
+        "would pass p < 0.05 by chance alone, so their p-values are Holm-adjusted for the "
+        f"family (`p_holm`); significant means p_holm < {ALPHA}, and tied the opposite. "
+        "`difference` is the accuracy of `compared_to` minus the model's, in points, with "
+        f"its {level} interval from the same paired bootstrap resamples as the leaderboard's.",
+        "\n".join(f"- {line}" for line in describe_comparisons(comparisons, findings.confidence)),
+        markdown_table(comparisons, ".3g"),
         "## Cost and accuracy",
         "A model is on the Pareto front when no other model is at least as accurate and at "
         f"most as costly. Bars are the {level} confidence intervals.",
