@@ -303,6 +303,7 @@ def test_a_newer_run_is_served_under_load_and_a_broken_one_refused(run, tmp_path
         for client in clients:
             client.start()
         try:
+            wait_until(lambda: len(answers) >= 8, 60, "answers from run-1")
             point_latest_at(copy_run(report_dir, "run-2"))
             wait_until(lambda: httpx.get(f"{s.url}/health").json()["run"] == "run-2", 60,
                        "the switch to run-2")  # fmt: skip
