@@ -18,6 +18,7 @@ from tasks.evaluation.report.analysis import (
     misclassified_examples,
     pareto_front,
 )
+from tasks.evaluation.report.artifacts import summary_markdown
 from tasks.evaluation.report.writer import write_report
 from tests.support.samples import TEST_INDEX, Y_TEST, evaluation, sample_evaluations, sample_split
 
@@ -257,3 +258,13 @@ def test_lead_of_the_best_model_is_its_gap_or_a_tie(tmp_path, evaluations, data)
         seed=1,
     )
     assert tied.findings.analysis[1].startswith("It ties with twin, which ranks second (1.0000)")
+
+
+def test_a_data_warning_opens_the_report_and_the_summary(tmp_path, evaluations, data):
+    warning = "named and shaped like Fashion-MNIST, but 1 image of x.gz differs"
+    out = write_report(evaluations=evaluations, data=data, report_dir=tmp_path / "run-1",
+                       context={"validation": {"warning": warning}}, seed=0)  # fmt: skip
+    report = (out.directory / "report.md").read_text()
+    assert f"**Warning:** {warning}." in report.split("## Leaderboard")[0]
+    assert f"**Warning:** {warning}." in summary_markdown(out.findings, out.directory)
+    assert f"{warning}." in (out.directory / "report.html").read_text()

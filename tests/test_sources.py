@@ -56,6 +56,8 @@ def test_uncompressed_idx_files_read_as_the_gzipped_ones(tmp_path, synthetic_dir
     assert uncompressed.split_files == {
         "train": "train-images-idx3-ubyte",
         "test": "t10k-images-idx3-ubyte",
+        "train_labels": "train-labels-idx1-ubyte",
+        "test_labels": "t10k-labels-idx1-ubyte",
     }
 
 

@@ -145,8 +145,9 @@ def test_every_problem_is_collected_into_one_line_and_the_csv(tmp_path):
         f"pixel outside 0-255: 1 ({train} row 5: a pixel of 300; expected 0-255); "
         f"blank image: 4 (e.g. {train} row 4: every pixel is 0, {train} row 7: every pixel "
         f"is 0, {train} row 10: every pixel is 0); "
-        f"label outside the classes: 2 ({train} row 2: label 7; expected one of the 3 "
-        f"classes, 0-2, {train} row 3: label 7; expected one of the 3 classes, 0-2); "
+        f"label outside the classes: 2 ({train} row 2: label 7 is out of range: expected one "
+        f"of the 3 classes, 0-2, {train} row 3: label 7 is out of range: expected one of the "
+        "3 classes, 0-2); "
         f"too few images of a class: 1 ({test}: boot has 0 images in test; at least 10 "
         "needed); "
         f"image in both train and test: 3 ({test} row 1: same pixels as {train} row 21 "
@@ -175,8 +176,9 @@ def test_label_outside_the_classes_is_refused(tmp_path):
     arrays["train_labels"][[4, 9]] = 3  # a fourth class of three
     assert refusal(tmp_path, make_raw(tmp_path, arrays)).endswith(
         "(3 classes): label outside the classes: 2 (fashion-mnist_train.csv row 5: "
-        "label 3; expected one of the 3 classes, 0-2, fashion-mnist_train.csv row 10: label 3; "
-        f"expected one of the 3 classes, 0-2); all 2 are listed in "
+        "label 3 is out of range: expected one of the 3 classes, 0-2, fashion-mnist_train.csv "
+        "row 10: label 3 is out of range: expected one of the 3 classes, 0-2); all 2 are "
+        "listed in "
         f"{tmp_path / 'reports' / 'validation_errors.csv'}"
     )
 

@@ -47,7 +47,8 @@ class RawDataset:
             input); empty for the other layouts.
         arrays: train_images, train_labels, test_images, test_labels (uint8, labels
             0..n-1 indexing `class_names`).
-        split_files: per split ("train", "test"), the file its images came from (IDX, CSV).
+        split_files: per split ("train", "test"), the file its images came from (IDX, CSV);
+            under "train_labels" and "test_labels", a file its labels came from, if apart (IDX).
         origins: image folders: a JSON file holding, per split, each row's image file.
         unreadable: image files that could not be read (left out of the arrays).
     """
@@ -67,6 +68,13 @@ class RawDataset:
             return _origins(self.origins)[split][row]
         return f"{self.split_files.get(split, split)} row {row + 1}"
 
+    def label_origin(self, split: str, row: int) -> str:
+        """Where row `row`'s label came from: its row of a labels file of their own (IDX),
+        or else where the image came from."""
+        if labels_file := self.split_files.get(f"{split}_labels"):
+            return f"{labels_file} row {row + 1}"
+        return self.origin(split, row)
+
 
 @cache
 def _origins(path: Path) -> dict[str, list[str]]:
@@ -79,6 +87,7 @@ class ValidationSummary:
     class_counts: dict[str, list[int]]
     gates: dict[str, str]  # each gate the data passed, and what it checked
     dataset: str = "Fashion-MNIST"  # "Fashion-MNIST" only when the official files' checksums match
+    warning: str = ""  # data named and shaped like Fashion-MNIST that is not (tasks.data.published)
 
 
 @dataclass(frozen=True)

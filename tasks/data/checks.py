@@ -146,7 +146,7 @@ def _failure_problems(
             problems += [
                 Problem(
                     split,
-                    raw.origin(split, int(row)),
+                    (raw.label_origin if check == LABEL else raw.origin)(split, int(row)),
                     int(row),
                     check,
                     describe(check, value, n_classes),
@@ -163,7 +163,10 @@ def describe(check: str, value: object, n_classes: int) -> str:
     if check == BLANK:
         return "every pixel is 0"
     if check == LABEL:
-        return f"label {value}; expected one of the {n_classes} classes, 0-{n_classes - 1}"
+        return (
+            f"label {value} is out of range: expected one of the {n_classes} classes, "
+            f"0-{n_classes - 1}"
+        )
     return f"{value} fails {check}"
 
 

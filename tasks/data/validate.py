@@ -22,9 +22,10 @@ from tasks.core.errors import DataValidationError, StorageError
 from tasks.core.files import write_atomically
 from tasks.core.storage import cached_stage, content_key, project_code_version
 from tasks.data.checks import KINDS, Problem, check_data
+from tasks.data.ingest import SYSTEM_DATA_DIR
+from tasks.data.published import OFFICIAL_NAME, near_miss_warning
 from tasks.data.sources.idx import FASHION_MNIST_FILES, IdxFile, checksum_mismatch
 
-OFFICIAL_NAME = "Fashion-MNIST"
 ERRORS_FILE = "validation_errors.csv"
 SUMMARY_FILE = "summary.json"
 EXAMPLES_SHOWN = 3
@@ -120,8 +121,11 @@ def validate_raw_dataset(
     published: Mapping[str, IdxFile] = FASHION_MNIST_FILES,
     refresh: bool = False,
     logger: logging.Logger | None = None,
+    reference_dir: Path = SYSTEM_DATA_DIR,
 ) -> ValidationSummary:
-    """Pass the data through the gate and name it.
+    """Pass the data through the gate and name it; warn about files named and shaped like
+    the published ones whose content is not theirs (a published copy in `reference_dir`
+    counts the images that differ).
 
     A pass is cached per content, class names, thresholds and code version; a failure is
     not cached, so the next run checks the data again.
@@ -133,6 +137,8 @@ def validate_raw_dataset(
     """
     logger = logger or logging.getLogger(__name__)
     dataset, checksum_gate = name_dataset(raw, published)
+    if warning := near_miss_warning(raw, published, reference_dir):
+        logger.warning("%s", warning)
     errors_file = output_dir / ERRORS_FILE
     key = content_key(
         {name: ref.sha256 for name, ref in raw.arrays.items()},
@@ -166,4 +172,4 @@ def validate_raw_dataset(
     gates = {"checksums": checksum_gate} | summary.gates
     for gate, outcome in gates.items():
         logger.info("%s gate %s", gate, outcome)
-    return replace(summary, gates=gates, dataset=dataset)
+    return replace(summary, gates=gates, dataset=dataset, warning=warning)

@@ -36,10 +36,13 @@ class ParsedData:
     origins: dict[str, list[str]] | None = None
 
 
-def class_names_for(directory: Path, labels: Iterable[np.ndarray]) -> tuple[str, ...]:
+def class_names_for(
+    directory: Path, labels: Iterable[np.ndarray], most_labels: int | None = None
+) -> tuple[str, ...]:
     """The names in `classes.txt` beside the data; without it Fashion-MNIST's when the
-    labels go up to 9, else "0".."n-1" up to the largest label. Labels beyond the names
-    stay: the validation stage refuses them, listing the rows.
+    labels go up to 9, else "0".."n-1" up to the largest label, or up to `most_labels`
+    (labels beyond it are out of range, not more classes). Labels beyond the names stay:
+    the validation stage refuses them, listing the rows.
 
     Raises:
         DatasetFileError: `classes.txt` is not UTF-8 text, is empty or repeats a name.
@@ -48,6 +51,8 @@ def class_names_for(directory: Path, labels: Iterable[np.ndarray]) -> tuple[str,
     if path.is_file():
         return read_classes_file(path)
     largest = max((int(array.max()) for array in labels if array.size), default=0)
+    if most_labels is not None:
+        largest = min(largest, most_labels - 1)
     if largest == len(CLASS_NAMES) - 1:
         return CLASS_NAMES
     return tuple(str(label) for label in range(largest + 1))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core.contracts import IMAGE_SHAPE
+from tasks.core.contracts import CLASS_NAMES, IMAGE_SHAPE
 from tasks.core.errors import DatasetFileError
 from tasks.data.sources.base import ParsedData, class_names_for
 
@@ -172,9 +172,15 @@ def load_idx(directory: Path, files: Mapping[str, IdxFile]) -> ParsedData:
             paths[f"{split}_images"],
             paths[f"{split}_labels"],
         )
+    # Files named like Fashion-MNIST's: a label beyond 9 is out of range, not an 11th class.
+    labels = [arrays["train_labels"], arrays["test_labels"]]
+    names = class_names_for(directory, labels, most_labels=len(CLASS_NAMES))
     return ParsedData(
         arrays,
-        class_names_for(directory, [arrays["train_labels"], arrays["test_labels"]]),
-        split_files={split: paths[f"{split}_images"].name for split in ("train", "test")},
+        names,
+        split_files={
+            key: paths[f"{key}_images" if key in ("train", "test") else key].name
+            for key in ("train", "test", "train_labels", "test_labels")
+        },
         file_sha256=checksums,
     )

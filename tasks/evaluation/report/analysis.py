@@ -63,6 +63,7 @@ class Findings:
     failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
     plan: dict | None = None  # the time budget's plan (`tasks.budget.planner.Plan.as_dict`)
     dataset: str | None = None  # what the data is called (`ValidationSummary.dataset`)
+    data_warning: str = ""  # `ValidationSummary.warning`: not the data it looks like
     since_last_run: tuple[str, ...] = ()  # sentences comparing with the previous run, if any
 
 
@@ -77,6 +78,7 @@ def analyse(
     failures: Sequence[ModelFailure] = (),
     plan: dict | None = None,
     dataset: str | None = None,
+    data_warning: str = "",
     since_last_run: Sequence[str] = (),
 ) -> Findings:
     """The findings of a run, computed once for every view of them.
@@ -90,6 +92,7 @@ def analyse(
         failures: the models that failed, named by every view.
         plan: the time budget's plan, when the run had one.
         dataset: what the data is called, when known.
+        data_warning: why the data is not what it looks like, when it is not.
         since_last_run: what changed since the previous run, in sentences; none on a first run.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
@@ -125,6 +128,7 @@ def analyse(
         failures=tuple(failures),
         plan=plan,
         dataset=dataset,
+        data_warning=data_warning,
         since_last_run=tuple(since_last_run),
     )
 

@@ -52,7 +52,8 @@ def data_line(findings: Findings) -> str:
     if len(names) > NAMED_CLASSES:
         listed += f" and {len(names) - NAMED_CLASSES} more"
     called = f"{findings.dataset}. " if findings.dataset else ""
-    return f"**Data:** {called}Classes: {listed}."
+    warning = f"\n\n**Warning:** {findings.data_warning}." if findings.data_warning else ""
+    return f"**Data:** {called}Classes: {listed}.{warning}"
 
 
 def since_last_run_section(findings: Findings) -> list[str]:

@@ -76,6 +76,7 @@ def write_report(
         failures=failures,
         plan=context.get("plan"),
         dataset=context.get("validation", {}).get("dataset"),
+        data_warning=context.get("validation", {}).get("warning", ""),
         since_last_run=(context.get("since_previous_run") or {}).get("summary", ()),
     )
     run_id = report_dir.name
