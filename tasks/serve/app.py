@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from tasks.serve.batching import MicroBatcher
-from tasks.serve.guards import BearerToken, BodyLimit, CountRequests
+from tasks.serve.guards import ASGIApp, BearerToken, BodyLimit, CountRequests
 from tasks.serve.inputs import RequestInput, RequestShapeError, read_instances, read_upload
 from tasks.serve.metrics import ServeMetrics
 from tasks.serve.slot import ModelSlot
@@ -54,7 +54,9 @@ class ServeSettings:
     decode_threads: int = 2
 
 
-def prediction(item: RequestInput, probabilities: np.ndarray | None, top_k: int, classes) -> dict:
+def prediction(
+    item: RequestInput, probabilities: np.ndarray | None, top_k: int, classes: Sequence[str]
+) -> dict:
     """One input's entry in the answer: its class, probability and top-k, or its error."""
     if probabilities is None:
         return {"input": item.name, "predicted_class": None, "predicted_label": None,
@@ -69,8 +71,9 @@ def prediction(item: RequestInput, probabilities: np.ndarray | None, top_k: int,
     }  # fmt: skip
 
 
-def create_app(slot: ModelSlot, settings: ServeSettings) -> FastAPI:
-    """The application serving `slot`'s model, with its guards around it."""
+def create_app(slot: ModelSlot, settings: ServeSettings) -> ASGIApp:
+    """The application serving `slot`'s model, inside its guards (token, body limit,
+    counting)."""
     metrics = ServeMetrics()
     metrics.serving(slot.model.run_id, slot.model.name)
     batcher = MicroBatcher(
@@ -82,9 +85,12 @@ def create_app(slot: ModelSlot, settings: ServeSettings) -> FastAPI:
     async def follow_runs() -> None:
         while True:
             await asyncio.sleep(settings.poll_seconds)
-            if slot.newer_run() is None:
+            try:
+                switch = await anyio.to_thread.run_sync(slot.switch_if_newer)
+            except Exception:  # the next check tries again; the model being served stays
+                logger.exception("checking %s for a newer run failed", slot.run)
                 continue
-            if switch := await anyio.to_thread.run_sync(slot.switch_if_newer):
+            if switch:
                 metrics.switches.labels(outcome="switched" if switch.switched else "refused").inc()
                 metrics.serving(slot.model.run_id, slot.model.name)
 
@@ -137,7 +143,11 @@ def create_app(slot: ModelSlot, settings: ServeSettings) -> FastAPI:
         if not readable:
             return _refuse("no readable input", errors=[{"input": i.name, "error": i.error}
                                                         for i in inputs])  # fmt: skip
-        model, probabilities = await batcher.predict(np.stack([i.features for i in readable]))
+        try:
+            model, probabilities = await batcher.predict(np.stack([i.features for i in readable]))
+        except Exception as exc:  # this batch's requests fail; the server goes on
+            logger.exception("classifying %d images failed", len(readable))
+            return _refuse(f"the model failed: {exc.__class__.__name__}: {exc}", 500)
         metrics.inputs.labels(outcome="classified").inc(len(readable))
         rows = iter(probabilities)
         answers = [
