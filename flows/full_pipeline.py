@@ -121,7 +121,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fail-on-regression",
         action="store_true",
         help="exit with status 4 (the flow run Failed) when a model got significantly worse "
-        "since the previous run of the profile",
+        "since the profile's champion run",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="RUN_ID",
+        help="compare with this earlier run of the profile and make it the champion, "
+        "accepting it (default: the champion, the last run without a regression)",
     )
     parser.add_argument(
         "--profile-file",
@@ -197,6 +203,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
             time_budget_minutes=args.time_budget,
             refresh=args.refresh or None,
             fail_on_regression=args.fail_on_regression or None,
+            baseline=args.baseline,
             task_runner=args.task_runner,
             dask_address=args.dask_address,
             profile_file=args.profile_file,

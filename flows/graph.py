@@ -143,8 +143,9 @@ def _run_stages(
     history = {"output_dir": config.output_dir, "run_id": run_id, "profile": config.profile}
     history |= {"raw": raw, "data": data, "evaluations": results}
     since = call(
-        since_previous_run_task, **history, regression_tolerance=config.regression_tolerance
-    )
+        since_previous_run_task, **history, regression_tolerance=config.regression_tolerance,
+        baseline=config.baseline,
+    )  # fmt: skip
     context = run_context(config, raw, validation, data)
     context |= {"plan": plan and plan.as_dict(), "since_previous_run": since}
     report_dir = call(
@@ -158,7 +159,7 @@ def _run_stages(
         tuning=tuning,
         failures=failures,
     )
-    call(record_run_task, **history)
+    call(record_run_task, **history, regressed=bool(regressions(since)))
     if config.fail_on_regression and regressions(since):
         raise regression_error(since, report_dir)
     if failures:

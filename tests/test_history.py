@@ -13,17 +13,18 @@ import pytest
 from statsmodels.stats.proportion import proportions_ztest
 
 from tasks.core.contracts import CLASS_NAMES
-from tasks.core.errors import RegressionError, RunEnvironmentError
+from tasks.core.errors import RegressionError, RunEnvironmentError, UsageError
 from tasks.evaluation.significance import two_proportion_z_test
 from tasks.history.changes import MCNEMAR, Z_TEST, regressions
 from tasks.history.db import (
     KEEP_IMAGE_DATA_RUNS,
+    check_known_run,
     history_path,
     previous_run,
     record_snapshot,
-    snapshot_run,
 )
-from tasks.history.runs import regression_error
+from tasks.history.runs import PINNED, WITHOUT_REGRESSION, regression_error
+from tasks.history.snapshots import snapshot_run
 from tasks.history.stages import record_run_task, since_previous_run_task
 from tests.support.history_runs import PULLOVER, TRAIN_PER_CLASS, TROUSER, Run, make_arrays
 
@@ -208,7 +209,8 @@ WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from tasks.history.db import ModelOutcome, RunSnapshot, record_snapshot, split_images
+from tasks.history.db import record_snapshot
+from tasks.history.snapshots import ModelOutcome, RunSnapshot, split_images
 
 db, name = Path(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(abs(hash(name)) % 1000)
@@ -251,7 +253,7 @@ def test_a_history_that_cannot_be_read_is_one_line(tmp_path):
         connection.execute("PRAGMA user_version = 7")
     garbled.parent.mkdir()
     garbled.write_text("not a database " * 100)
-    expected = "schema version 7; this pipeline reads version 1"
+    expected = "schema version 7; this pipeline reads version 2"
     with pytest.raises(RunEnvironmentError, match=expected):
         previous_run(newer, "quick", "now")
     with pytest.raises(RunEnvironmentError, match=r"history.sqlite: run history failed \(file is"):
@@ -284,3 +286,65 @@ def test_the_tasks_compare_then_record(tmp_path):
     assert since["previous_run_id"] == "a"
     (output / "history.sqlite").write_bytes(b"not a database")  # the report still comes
     assert since_previous_run_task.fn(run_id="c", regression_tolerance=0.01, **common) is None
+
+
+def test_a_regression_keeps_alerting_against_the_champion_until_a_baseline_accepts_it(tmp_path):
+    output = tmp_path / "reports"
+    good = Run(tmp_path / "a", make_arrays()).evaluate("svm", 30).evaluate("cnn", 3)
+    good.record(output, "a")
+
+    def worse(name: str) -> Run:
+        return Run(tmp_path / name, make_arrays()).evaluate("svm", 90).evaluate("cnn", 3)
+
+    b, c, d = worse("b"), worse("c"), worse("d")
+    first = b.since(output, "b")
+    assert (first["previous_run_id"], first["previous_chosen"]) == ("a", WITHOUT_REGRESSION)
+    assert [row["model"] for row in regressions(first)] == ["svm"]
+    b.record(output, "b", regressed=True)  # the champion stays run a
+
+    second = c.since(output, "c")
+    assert second["previous_run_id"] == "a"  # against run b, nothing would have changed
+    assert [row["model"] for row in regressions(second)] == ["svm"]
+    c.record(output, "c", regressed=True)
+
+    accepted = d.since(output, "d", baseline="b")
+    assert (accepted["previous_run_id"], accepted["previous_chosen"]) == ("b", PINNED)
+    assert regressions(accepted) == []
+    d.record(output, "d")  # no regression: the champion now
+
+    without_cnn = Run(tmp_path / "e", make_arrays()).evaluate("svm", 90).since(output, "e")
+    assert without_cnn["previous_run_id"] == "d"
+    assert without_cnn["missing_models"] == ["cnn"]
+    assert "cnn ran in run d but not in this one (failed or left out)." in without_cnn["summary"]
+
+
+def test_an_unknown_baseline_is_refused_naming_the_latest_runs(tmp_path):
+    output = tmp_path / "reports"
+    with pytest.raises(UsageError, match=r"--baseline x: no run history in .*history.sqlite yet"):
+        check_known_run(history_path(output), "quick", "x")
+    Run(tmp_path / "a", make_arrays()).evaluate("svm", 30).record(output, "a")
+    Run(tmp_path / "b", make_arrays()).evaluate("svm", 30).record(output, "b")
+    with pytest.raises(UsageError, match=r"--baseline x: no quick run of that id in .*; its "
+                       r"latest: b, a$"):  # fmt: skip
+        Run(tmp_path / "c", make_arrays()).since(output, "c", baseline="x")
+
+
+def test_the_champion_keeps_its_image_data_beyond_the_newest_runs(tmp_path):
+    output = tmp_path / "reports"
+    Run(tmp_path / "a", make_arrays()).evaluate("svm", 30).record(output, "a")
+    for number in range(KEEP_IMAGE_DATA_RUNS + 1):
+        run = Run(tmp_path / f"r{number}", make_arrays()).evaluate("svm", 90)
+        run.record(output, f"r{number}", regressed=True)
+    since = Run(tmp_path / "now", make_arrays()).evaluate("svm", 30).since(output)
+    assert since["previous_run_id"] == "a"
+    assert since["data"]["splits"]["train"]["added"] == 0  # compared image by image
+
+
+def test_a_version_1_history_gains_its_champions(tmp_path):
+    output = tmp_path / "reports"
+    Run(tmp_path / "a", make_arrays()).evaluate("svm", 30).record(output, "a")
+    with sqlite3.connect(history_path(output)) as db:
+        db.execute("DROP TABLE champions")
+        db.execute("PRAGMA user_version = 1")
+    since = Run(tmp_path / "b", make_arrays()).evaluate("svm", 30).since(output, "b")
+    assert (since["previous_run_id"], since["previous_chosen"]) == ("a", "the last run")

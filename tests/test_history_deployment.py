@@ -112,7 +112,7 @@ def test_a_relabelled_class_is_named_and_the_model_regression_alerts_and_fails(
     assert model["p_value"] < 0.05
     assert model["regression"]
     report = (reports / "latest" / "report.md").read_text()
-    section = report.split("## Since the last run")[1].split("\n## ")[0]
+    section = report.split("## Since the champion run")[1].split("\n## ")[0]
     assert "Coat" in section
     assert "logistic_regression" in section
 

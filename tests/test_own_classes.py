@@ -90,7 +90,7 @@ def test_the_report_uses_the_datas_name_and_classes(run):
     assert markdown.split("\n\n")[:2] == ["# Model comparison — run `run-3`", data_line]
     assert "| boot | " in markdown  # the per-class tables
     assert "Ankle boot" not in markdown
-    assert "Since the last run" not in markdown  # a first run
+    assert "Since the champion run" not in markdown  # a first run
     assert "sandal, sneaker, boot" in (directory / "report.html").read_text()
     assert data_line in summary_markdown(report.findings, directory)
 

@@ -32,8 +32,11 @@ def last_error_line(capsys) -> str:
          "is a file, not a directory"),
         (["--data-dir", "taken.txt"], 2, "error: taken.txt: is a file, not a directory"),
         (["--seed", "-1"], 2, "error: seed: Input should be greater than or equal to 0"),
+        (["--baseline", "nope"], 2, "error: --baseline nope: no run history in "
+         "reports/history.sqlite yet"),
     ],
-    ids=["output-dir-is-a-file", "output-dir-under-a-file", "data-dir-is-a-file", "seed"],
+    ids=["output-dir-is-a-file", "output-dir-under-a-file", "data-dir-is-a-file", "seed",
+         "unknown-baseline"],
 )  # fmt: skip
 def test_a_path_or_value_the_run_cannot_use_is_refused_before_anything_runs(
     tmp_path, monkeypatch, capsys, arguments, status, line

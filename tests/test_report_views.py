@@ -86,12 +86,13 @@ def test_what_changed_since_the_last_run_opens_every_view(tmp_path):
         context={"since_previous_run": SINCE},
         seed=0,
     )
-    section = "## Since the last run\n\n" + "\n".join(f"- {s}" for s in SINCE["summary"])
+    lead = f"- Compared with run {SINCE['previous_run_id']}, the last run.\n"
+    section = "## Since the champion run\n\n" + lead + "\n".join(f"- {s}" for s in SINCE["summary"])
     markdown = (report.directory / "report.md").read_text()
     assert section in markdown
     assert markdown.index(section) < markdown.index("## Leaderboard")
     page = (report.directory / "report.html").read_text()
-    assert page.index("<h2>Since the last run</h2>") < page.index("<h2>Leaderboard</h2>")
+    assert page.index("<h2>Since the champion run</h2>") < page.index("<h2>Leaderboard</h2>")
     assert "gained 120 <strong>Sandal</strong> training images" in page
     summary = summary_markdown(report.findings, report.directory)
     assert summary.index(section) < summary.index("| rank | model |")
@@ -111,5 +112,5 @@ def test_a_first_run_says_nothing_about_a_last_run(tmp_path, context):
     markdown = (report.directory / "report.md").read_text()
     page = (report.directory / "report.html").read_text()
     for text in (markdown, page, summary_markdown(report.findings, report.directory)):
-        assert "Since the last run" not in text
+        assert "Since the champion run" not in text
     assert json.loads((report.directory / "metrics.json").read_text())["since_previous_run"] is None

@@ -13,23 +13,28 @@ import numpy as np
 from scipy import stats
 
 from tasks.evaluation.significance import ALPHA, mcnemar_exact, two_proportion_z_test
-from tasks.history.db import RunSnapshot, SplitImages
+from tasks.history.snapshots import RunSnapshot, SplitImages
 
 MCNEMAR, Z_TEST = "McNemar", "two-proportion z-test"
 SPLIT_NOUNS = {"train": "training", "test": "test"}
 _LISTED = 3  # class changes, relabellings and drifts named in a sentence
 
 
-def compare_runs(previous: RunSnapshot, current: RunSnapshot, tolerance: float) -> dict:
+def compare_runs(
+    previous: RunSnapshot, current: RunSnapshot, tolerance: float, chosen: str = "the last run"
+) -> dict:
     """`since_previous_run`: the data and the models of `current` against `previous`.
 
     Args:
         tolerance: the accuracy drop (0.01: one point) a significant drop must exceed
             to count as a regression.
+        chosen: why `previous` is the run compared with (the champion's reason).
     """
     since = {
         "previous_run_id": previous.run_id,
+        "previous_chosen": chosen,
         "previous_finished_at": previous.finished_at,
+        "missing_models": sorted(set(previous.models) - set(current.models)),
         "regression_tolerance": tolerance,
         "same_test_images": previous.test_set_fingerprint == current.test_set_fingerprint,
         "data": compare_data(previous, current),
@@ -184,6 +189,11 @@ def summarize(since: dict) -> list[str]:
         ending = ", a regression" if len(regressed) == 1 else ", all regressions"
         sentences.append(_models_sentence("got worse", regressed, ending))
     sentences += data_sentences(since["data"])
+    if missing := since.get("missing_models"):
+        sentences.append(
+            f"{_joined(missing)} ran in run {since['previous_run_id']} but not in this one "
+            "(failed or left out)."
+        )
     if better:
         sentences.append(_models_sentence("got better", better))
     if within:

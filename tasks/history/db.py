@@ -3,35 +3,32 @@
 Each completed run is recorded in `<output_dir>/history.sqlite`: its data's fingerprint
 and class counts; per image, a content hash, the label and the mean intensity (to count
 images added, removed and relabelled, and to test for drift); and each model's test
-accuracy and per-image correctness (for McNemar's paired test). Runs sharing an output
-directory may record at once: every write is one transaction, and a busy database is
-waited for. Only the newest runs of a profile keep their per-image data; the rest of
-every run stays.
+accuracy and per-image correctness (for McNemar's paired test). Each profile has a
+champion, the run the next one is compared with: the last run without a regression, or
+one a user pinned. Runs sharing an output directory may record at once: every write is
+one transaction, and a busy database is waited for. Only the newest runs of a profile and
+its champion keep their per-image data; the rest of every run stays.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset
-from tasks.core.errors import RunEnvironmentError
+from tasks.core.errors import RunEnvironmentError, UsageError
+from tasks.history.snapshots import ModelOutcome, RunSnapshot, SplitImages
 
 HISTORY_FILE = "history.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 60.0
 # Comparing needs the previous run's per-image data only; ~1 MB a run for 70,000 images.
 KEEP_IMAGE_DATA_RUNS = 3
-SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
 
 _SCHEMA = (
     """CREATE TABLE runs (
@@ -67,100 +64,16 @@ _SCHEMA = (
         PRIMARY KEY (run_id, model)
     )""",
 )
-
-
-@dataclass(frozen=True)
-class SplitImages:
-    """One split's images as the comparison sees them; arrays are aligned by image."""
-
-    hashes: np.ndarray  # uint64
-    labels: np.ndarray  # uint8, indexing the run's class names
-    mean_intensity: np.ndarray  # float32
-
-
-@dataclass(frozen=True)
-class ModelOutcome:
-    accuracy: float
-    correct: np.ndarray  # bool per test image, in the processed test set's order
-
-
-@dataclass(frozen=True)
-class RunSnapshot:
-    """What the history keeps of one run."""
-
-    run_id: str
-    finished_at: str
-    profile: str
-    class_names: tuple[str, ...]
-    data_fingerprint: str
-    test_set_fingerprint: str
-    splits: dict[str, SplitImages]
-    models: dict[str, ModelOutcome]
+# Version 2: each profile's champion, the run the next one is compared with.
+_CHAMPIONS = """CREATE TABLE champions (
+    profile TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    chosen TEXT NOT NULL  -- how: the last run without a regression, or pinned by a user
+)"""
 
 
 def history_path(output_dir: Path) -> Path:
     return output_dir / HISTORY_FILE
-
-
-def data_fingerprint(raw: RawDataset) -> str:
-    """A hash of the data's content and class names: equal exactly when nothing changed."""
-    hashes = {name: ref.sha256 for name, ref in sorted(raw.arrays.items())}
-    text = json.dumps([hashes, list(raw.class_names)])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def evaluated_set_fingerprint(data: ProcessedDataset) -> str:
-    """A hash of the evaluated test images and labels: equal when the two runs' models
-    can be compared image by image."""
-    text = json.dumps([data.arrays["x_test"].sha256, data.arrays["y_test"].sha256])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def image_hashes(images: np.ndarray) -> np.ndarray:
-    """An 8-byte BLAKE2b hash of each image's pixels: collisions among 70,000 images have
-    a chance of about 1 in 10^10."""
-    rows = np.ascontiguousarray(images).reshape(len(images), -1)
-    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
-    return np.frombuffer(digests, dtype="<u8").copy()
-
-
-def split_images(images: np.ndarray, labels: np.ndarray) -> SplitImages:
-    flat = np.asarray(images).reshape(len(images), -1)
-    return SplitImages(
-        image_hashes(flat), np.asarray(labels, np.uint8), flat.mean(axis=1, dtype=np.float32)
-    )
-
-
-def snapshot_run(
-    run_id: str,
-    profile: str,
-    raw: RawDataset,
-    data: ProcessedDataset,
-    evaluations: list[ModelEvaluation],
-) -> RunSnapshot:
-    """This run as the history records it, its arrays loaded from their references."""
-    splits = {
-        split: split_images(raw.arrays[images].load(), raw.arrays[labels].load())
-        for split, (images, labels) in SPLITS.items()
-    }
-    (y_test,) = data.load("y_test")
-    models = {
-        evaluation.name: ModelOutcome(
-            float(evaluation.test_accuracy),
-            np.asarray(evaluation.test_predictions.load()) == y_test,
-        )
-        for evaluation in evaluations
-    }
-    return RunSnapshot(
-        run_id=run_id,
-        finished_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-        profile=profile,
-        class_names=tuple(raw.class_names),
-        data_fingerprint=data_fingerprint(raw),
-        test_set_fingerprint=evaluated_set_fingerprint(data),
-        splits=splits,
-        models=models,
-    )
 
 
 def record_snapshot(history_db: Path, run: RunSnapshot) -> None:
@@ -201,7 +114,8 @@ def record_snapshot(history_db: Path, run: RunSnapshot) -> None:
         db.execute(
             """DELETE FROM split_images WHERE run_id IN (
                 SELECT run_id FROM runs WHERE profile = ?
-                ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?)""",
+                ORDER BY finished_at DESC, rowid DESC LIMIT -1 OFFSET ?)
+            AND run_id NOT IN (SELECT run_id FROM champions)""",
             (run.profile, KEEP_IMAGE_DATA_RUNS),
         )
 
@@ -212,15 +126,39 @@ def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | N
     Raises:
         RunEnvironmentError: the history cannot be read.
     """
+    found = champion_run(history_db, profile, run_id, champion=False)
+    return found and found[0]
+
+
+def champion_run(
+    history_db: Path, profile: str, run_id: str, champion: bool = True
+) -> tuple[RunSnapshot, str] | None:
+    """The run `run_id` is compared with, and how it was chosen: the profile's champion
+    (`set_champion`), or else its last completed run other than `run_id`; None without one.
+
+    Raises:
+        RunEnvironmentError: the history cannot be read.
+    """
     if not history_db.is_file():
         return None
     with _open(history_db) as db, _transaction(db):  # one snapshot of a changing database
-        row = db.execute(
-            """SELECT run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint
-            FROM runs WHERE profile = ? AND run_id != ?
+        columns = "runs.run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint"
+        row = (
+            champion
+            and db.execute(
+                f"""SELECT {columns}, chosen FROM champions JOIN runs USING (run_id)
+            WHERE champions.profile = ? AND runs.run_id != ?""",
+                (profile, run_id),
+            ).fetchone()
+        )
+        row = (
+            row
+            or db.execute(
+                f"""SELECT {columns}, 'the last run' FROM runs WHERE profile = ? AND run_id != ?
             ORDER BY finished_at DESC, rowid DESC LIMIT 1""",
-            (profile, run_id),
-        ).fetchone()
+                (profile, run_id),
+            ).fetchone()
+        )
         if row is None:
             return None
         found = db.execute(
@@ -236,7 +174,7 @@ def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | N
             name: ModelOutcome(accuracy, _unpacked(correct, images))
             for name, accuracy, images, correct in found
         }
-    return RunSnapshot(
+    snapshot = RunSnapshot(
         run_id=row[0],
         finished_at=row[1],
         profile=profile,
@@ -246,6 +184,40 @@ def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | N
         splits=splits,
         models=models,
     )
+    return snapshot, row[5]
+
+
+def set_champion(history_db: Path, profile: str, run_id: str, chosen: str) -> None:
+    """Make `run_id` the run the next runs of `profile` are compared with.
+
+    Raises:
+        UsageError: the history holds no run `run_id` of `profile`.
+        RunEnvironmentError: the history cannot be written.
+    """
+    check_known_run(history_db, profile, run_id)
+    with _open(history_db) as db, _transaction(db, write=True):
+        db.execute("INSERT OR REPLACE INTO champions VALUES (?, ?, ?)", (profile, run_id, chosen))
+
+
+def check_known_run(history_db: Path, profile: str, run_id: str) -> None:
+    """That the history holds run `run_id` of `profile` (a `--baseline`).
+
+    Raises:
+        UsageError: naming the profile's latest runs.
+        RunEnvironmentError: the history cannot be read.
+    """
+    if not history_db.is_file():
+        raise UsageError(f"--baseline {run_id}: no run history in {history_db} yet")
+    with _open(history_db) as db, _transaction(db):
+        found = db.execute(
+            "SELECT run_id FROM runs WHERE profile = ? ORDER BY finished_at DESC", (profile,)
+        )
+        runs = [name for (name,) in found]
+    if run_id not in runs:
+        raise UsageError(
+            f"--baseline {run_id}: no {profile} run of that id in {history_db}; its latest: "
+            f"{', '.join(runs[:5]) or 'none'}"
+        )
 
 
 def _blob(array: np.ndarray) -> bytes:
@@ -304,6 +276,8 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         if version == 0:
             for statement in _SCHEMA:
                 db.execute(statement)
+        if version in (0, 1):  # a version-1 history gains its champions
+            db.execute(_CHAMPIONS)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise RunEnvironmentError(

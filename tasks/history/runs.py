@@ -13,7 +13,11 @@ from pathlib import Path
 from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset
 from tasks.core.errors import RegressionError
 from tasks.history.changes import change_text, compare_runs, regressions
-from tasks.history.db import previous_run, record_snapshot, snapshot_run
+from tasks.history.db import champion_run, record_snapshot, set_champion
+from tasks.history.snapshots import snapshot_run
+
+PINNED = "pinned with --baseline"
+WITHOUT_REGRESSION = "the last run without a regression"
 
 
 def compare_with_previous(
@@ -24,14 +28,23 @@ def compare_with_previous(
     data: ProcessedDataset,
     evaluations: list[ModelEvaluation],
     tolerance: float,
+    baseline: str | None = None,
 ) -> dict | None:
-    """`since_previous_run`: this run against the last completed run of its profile in
-    `history_db`, or None when there is none."""
-    previous = previous_run(history_db, profile, run_id)
-    if previous is None:
+    """`since_previous_run`: this run against its profile's champion in `history_db` (the
+    last run without a regression, or `baseline`, which this promotes to champion), or
+    None when the history holds no run of the profile.
+
+    Raises:
+        UsageError: `baseline` is no run of the profile in the history.
+    """
+    if baseline is not None:
+        set_champion(history_db, profile, baseline, PINNED)
+    found = champion_run(history_db, profile, run_id)
+    if found is None:
         return None
+    champion, chosen = found
     current = snapshot_run(run_id, profile, raw, data, evaluations)
-    return compare_runs(previous, current, tolerance)
+    return compare_runs(champion, current, tolerance, chosen)
 
 
 def record_run(
@@ -41,9 +54,14 @@ def record_run(
     raw: RawDataset,
     data: ProcessedDataset,
     evaluations: list[ModelEvaluation],
+    regressed: bool = False,
 ) -> None:
-    """Record a completed run, for the next run of its profile to compare with."""
+    """Record a completed run; without a regression it becomes its profile's champion,
+    the run the next one is compared with, so that a regression keeps being reported
+    until it is fixed or accepted (`--baseline`)."""
     record_snapshot(history_db, snapshot_run(run_id, profile, raw, data, evaluations))
+    if not regressed:
+        set_champion(history_db, profile, run_id, WITHOUT_REGRESSION)
 
 
 def regression_error(since: dict, report_dir: Path | None = None) -> RegressionError:

@@ -63,14 +63,17 @@ def since_previous_run_task(
     data: ProcessedDataset,
     evaluations: list[ModelEvaluation],
     regression_tolerance: float,
+    baseline: str | None = None,
 ) -> dict | None:
-    """`since_previous_run` for metrics.json and the report; emits the regression events.
-    A history that cannot be read costs the comparison, not the run's report."""
+    """`since_previous_run` for metrics.json and the report: this run against its
+    profile's champion (`baseline`, when given, is promoted to champion first); emits the
+    regression events. A history that cannot be read costs the comparison, not the run's
+    report."""
     logger = stage_logger()
     history_db = history_path(output_dir)
     try:
         since = compare_with_previous(
-            history_db, profile, run_id, raw, data, evaluations, regression_tolerance
+            history_db, profile, run_id, raw, data, evaluations, regression_tolerance, baseline
         )
     except RunEnvironmentError as error:
         logger.warning("no comparison with the previous run: %s", error)
@@ -78,7 +81,7 @@ def since_previous_run_task(
     if since is None:
         logger.info("no earlier %s run in %s to compare with", profile, history_db)
         return None
-    logger.info("since run %s:", since["previous_run_id"])
+    logger.info("since run %s (%s):", since["previous_run_id"], since["previous_chosen"])
     for sentence in since["summary"]:
         logger.info(sentence)
     if in_task_run():  # the benchmark's plain calls have no Prefect API to send them to
@@ -95,12 +98,14 @@ def record_run_task(
     raw: RawDataset,
     data: ProcessedDataset,
     evaluations: list[ModelEvaluation],
+    regressed: bool = False,
 ) -> Path:
-    """Record the run in `<output_dir>/history.sqlite`; returns the database's path. A
-    history that cannot be written is a warning: the report is already written."""
+    """Record the run in `<output_dir>/history.sqlite`, as its profile's champion unless
+    it `regressed`; returns the database's path. A history that cannot be written is a
+    warning: the report is already written."""
     history_db = history_path(output_dir)
     try:
-        record_run(history_db, run_id, profile, raw, data, evaluations)
+        record_run(history_db, run_id, profile, raw, data, evaluations, regressed)
     except RunEnvironmentError as error:
         stage_logger().warning("run %s not recorded in the history: %s", run_id, error)
     else:

@@ -166,11 +166,16 @@ class PipelineConfig(BaseModel):
         0.01,
         ge=0,
         le=1,
-        description="A model whose test accuracy drops by more than this since the previous "
+        description="A model whose test accuracy drops by more than this since the champion "
         "run of the same profile, significantly (p < 0.05), has regressed.",
     )
     fail_on_regression: bool = Field(
         False, description="End the run Failed (exit status 4) when a model regressed."
+    )
+    baseline: str | None = Field(
+        None,
+        description="Compare with this earlier run of the profile and make it the champion "
+        "(accepting it); default: the champion, the last run without a regression.",
     )
 
     profile_file: Path | None = Field(

@@ -20,6 +20,7 @@ import httpx
 from tasks.core.errors import RunEnvironmentError, UsageError
 from tasks.data.ingest import check_data_source
 from tasks.data.preprocess import VALIDATION_SHARE
+from tasks.history.db import check_known_run, history_path
 from tasks.training.models.registry import model_spec
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ def check_run(config: PipelineConfig, api_url: str | None = None) -> None:
     """Every check that needs no data; `api_url`, when given, must answer.
 
     Raises:
-        UsageError: a path names a file where a directory belongs.
+        UsageError: a path names a file where a directory belongs, or `--baseline` a run
+            the history does not hold.
         DatasetFileError: the data directory does not exist or lacks files.
         RunEnvironmentError: a directory cannot be written, its disk is too full for
             what the run writes, or the Prefect API does not answer.
@@ -54,6 +56,8 @@ def check_run(config: PipelineConfig, api_url: str | None = None) -> None:
     if config.tune.save_profile:
         check_writable_directory(config.tune.save_profile.parent)
     check_disk_space(estimate_writes(config))
+    if config.baseline:
+        check_known_run(history_path(config.output_dir), config.profile, config.baseline)
     if api_url:
         check_api(api_url)
 

@@ -66,10 +66,14 @@ class Run:
         self.evaluations.append(ModelEvaluation(name, accuracy, **fields))
         return self
 
-    def record(self, output: Path, run_id: str, profile: str = "quick") -> None:
-        record_run(history_path(output), run_id, profile, self.raw, self.data, self.evaluations)
+    def record(
+        self, output: Path, run_id: str, profile: str = "quick", regressed: bool = False
+    ) -> None:
+        record_run(history_path(output), run_id, profile, self.raw, self.data,
+                   self.evaluations, regressed)  # fmt: skip
 
-    def since(self, output: Path, run_id: str = "now", tolerance: float = 0.01) -> dict | None:
-        return compare_with_previous(
-            history_path(output), "quick", run_id, self.raw, self.data, self.evaluations, tolerance
-        )
+    def since(
+        self, output: Path, run_id: str = "now", tolerance: float = 0.01, baseline=None
+    ) -> dict | None:
+        return compare_with_previous(history_path(output), "quick", run_id, self.raw, self.data,
+                                     self.evaluations, tolerance, baseline)  # fmt: skip

@@ -57,10 +57,10 @@ def data_line(findings: Findings) -> str:
 
 
 def since_last_run_section(findings: Findings) -> list[str]:
-    """The comparison with the previous run in its sentences; nothing on a first run."""
+    """The comparison with the champion run in its sentences; nothing on a first run."""
     if not findings.since_last_run:
         return []
-    return ["## Since the last run", "\n".join(f"- {s}" for s in findings.since_last_run)]
+    return ["## Since the champion run", "\n".join(f"- {s}" for s in findings.since_last_run)]
 
 
 def failure_lines(findings: Findings) -> list[str]:

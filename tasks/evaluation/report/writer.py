@@ -77,7 +77,7 @@ def write_report(
         plan=context.get("plan"),
         dataset=context.get("validation", {}).get("dataset"),
         data_warning=context.get("validation", {}).get("warning", ""),
-        since_last_run=(context.get("since_previous_run") or {}).get("summary", ()),
+        since_last_run=since_sentences(context.get("since_previous_run")),
     )
     run_id = report_dir.name
     ranked = list(findings.leaderboard.model)
@@ -111,6 +111,15 @@ def write_report(
     write_new_directory(report_dir, write)
     point_latest_at(report_dir)
     return Report(report_dir, findings)
+
+
+def since_sentences(since: dict | None) -> tuple[str, ...]:
+    """What the report says of the comparison with the champion run: which run, why it
+    is the one, then what changed."""
+    if not since:
+        return ()
+    chosen = since.get("previous_chosen", "the last run")
+    return (f"Compared with run {since['previous_run_id']}, {chosen}.", *since["summary"])
 
 
 def point_latest_at(report_dir: Path) -> None:
