@@ -64,8 +64,16 @@ def bootstrap_accuracy_intervals(
     Returns:
         One row per model: `accuracy_low`, `accuracy_high`, indexed by model.
     """
-    bounds = percentile_interval(bootstrap_accuracies(correct, seed, resamples), confidence)
-    return pd.DataFrame(bounds, columns=["accuracy_low", "accuracy_high"], index=list(correct))
+    return accuracy_intervals(bootstrap_accuracies(correct, seed, resamples), list(correct),
+                              confidence)  # fmt: skip
+
+
+def accuracy_intervals(
+    resampled: np.ndarray, names: list[str], confidence: float = CONFIDENCE
+) -> pd.DataFrame:
+    """Each model's interval from its `bootstrap_accuracies` row (in the order of `names`)."""
+    bounds = percentile_interval(resampled, confidence)
+    return pd.DataFrame(bounds, columns=["accuracy_low", "accuracy_high"], index=names)
 
 
 def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
@@ -122,9 +130,14 @@ def rank_comparisons(
     seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = CONFIDENCE,
+    resampled: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """McNemar's test of each model against the one ranked just above it and the best,
     corrected for the family of tests, with the paired accuracy difference.
+
+    Args:
+        resampled: each model's `bootstrap_accuracies`, when the caller has them (the
+            leaderboard's intervals come from the same); else drawn here from `seed`.
 
     Returns:
         One row per (model, compared_to) pair: the discordant counts; `difference` (the
@@ -133,14 +146,15 @@ def rank_comparisons(
         draws as the accuracy intervals); McNemar's `p_value`, its Holm-adjusted
         `p_holm` over all the rows; and `significant`, `p_holm` < `ALPHA`.
     """
-    accuracies = dict(zip(ranked, bootstrap_accuracies(
-        {name: correct[name] for name in ranked}, seed, resamples), strict=True))  # fmt: skip
+    if resampled is None:
+        draws = bootstrap_accuracies({name: correct[name] for name in ranked}, seed, resamples)
+        resampled = dict(zip(ranked, draws, strict=True))
     rows = []
     for position, name in enumerate(ranked[1:], start=1):
         others = dict.fromkeys([ranked[position - 1], ranked[0]])  # once if they coincide
         for other in others:
             only_model, only_other, p_value = mcnemar_exact(correct[name], correct[other])
-            differences = accuracies[other] - accuracies[name]
+            differences = resampled[other] - resampled[name]
             low, high = 100 * percentile_interval(differences, confidence)
             rows.append({
                 "model": name, "compared_to": other,

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats
 
 from tasks.evaluation.significance import ALPHA, mcnemar_exact, two_proportion_z_test
+from tasks.history.db import LAST_RUN
 from tasks.history.snapshots import RunSnapshot, SplitImages
 
 MCNEMAR, Z_TEST = "McNemar", "two-proportion z-test"
@@ -21,7 +22,7 @@ _LISTED = 3  # class changes, relabellings and drifts named in a sentence
 
 
 def compare_runs(
-    previous: RunSnapshot, current: RunSnapshot, tolerance: float, chosen: str = "the last run"
+    previous: RunSnapshot, current: RunSnapshot, tolerance: float, chosen: str = LAST_RUN
 ) -> dict:
     """`since_previous_run`: the data and the models of `current` against `previous`.
 

@@ -64,6 +64,8 @@ _SCHEMA = (
         PRIMARY KEY (run_id, model)
     )""",
 )
+_RUN_COLUMNS = "run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint"
+LAST_RUN = "the last run"  # how a run is chosen for comparison when its profile has no champion
 # Version 2: each profile's champion, the run the next one is compared with.
 _CHAMPIONS = """CREATE TABLE champions (
     profile TEXT PRIMARY KEY,
@@ -126,65 +128,69 @@ def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | N
     Raises:
         RunEnvironmentError: the history cannot be read.
     """
-    found = champion_run(history_db, profile, run_id, champion=False)
-    return found and found[0]
+    if not history_db.is_file():
+        return None
+    with _open(history_db) as db, _transaction(db):  # one snapshot of a changing database
+        row = _last_run(db, profile, run_id)
+        return row and _snapshot(db, profile, row)
 
 
-def champion_run(
-    history_db: Path, profile: str, run_id: str, champion: bool = True
-) -> tuple[RunSnapshot, str] | None:
+def champion_run(history_db: Path, profile: str, run_id: str) -> tuple[RunSnapshot, str] | None:
     """The run `run_id` is compared with, and how it was chosen: the profile's champion
-    (`set_champion`), or else its last completed run other than `run_id`; None without one.
+    (`set_champion`), or else its last completed run other than `run_id` (`LAST_RUN`);
+    None without one.
 
     Raises:
         RunEnvironmentError: the history cannot be read.
     """
     if not history_db.is_file():
         return None
-    with _open(history_db) as db, _transaction(db):  # one snapshot of a changing database
-        columns = "runs.run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint"
-        row = (
-            champion
-            and db.execute(
-                f"""SELECT {columns}, chosen FROM champions JOIN runs USING (run_id)
+    with _open(history_db) as db, _transaction(db):
+        champion = db.execute(
+            f"""SELECT {_RUN_COLUMNS}, chosen FROM champions JOIN runs USING (run_id)
             WHERE champions.profile = ? AND runs.run_id != ?""",
-                (profile, run_id),
-            ).fetchone()
-        )
-        row = (
-            row
-            or db.execute(
-                f"""SELECT {columns}, 'the last run' FROM runs WHERE profile = ? AND run_id != ?
-            ORDER BY finished_at DESC, rowid DESC LIMIT 1""",
-                (profile, run_id),
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        found = db.execute(
-            "SELECT split, image_hashes, labels, mean_intensity FROM split_images WHERE run_id = ?",
-            (row[0],),
-        )
-        splits = {split: SplitImages(*map(_array, blobs)) for split, *blobs in found}
-        found = db.execute(
-            "SELECT model, test_accuracy, test_images, correct FROM models WHERE run_id = ?",
-            (row[0],),
-        )
-        models = {
-            name: ModelOutcome(accuracy, _unpacked(correct, images))
-            for name, accuracy, images, correct in found
-        }
-    snapshot = RunSnapshot(
-        run_id=row[0],
-        finished_at=row[1],
+            (profile, run_id),
+        ).fetchone()
+        if champion:
+            return _snapshot(db, profile, champion[:-1]), champion[-1]
+        row = _last_run(db, profile, run_id)
+        return row and (_snapshot(db, profile, row), LAST_RUN)
+
+
+def _last_run(db: sqlite3.Connection, profile: str, run_id: str) -> tuple | None:
+    return db.execute(
+        f"""SELECT {_RUN_COLUMNS} FROM runs WHERE profile = ? AND run_id != ?
+        ORDER BY finished_at DESC, rowid DESC LIMIT 1""",
+        (profile, run_id),
+    ).fetchone()
+
+
+def _snapshot(db: sqlite3.Connection, profile: str, row: tuple) -> RunSnapshot:
+    """The run of a `runs` row (`_RUN_COLUMNS`), with its per-image data and models."""
+    run_id, finished_at, class_names, data_fingerprint, test_set_fingerprint = row
+    found = db.execute(
+        "SELECT split, image_hashes, labels, mean_intensity FROM split_images WHERE run_id = ?",
+        (run_id,),
+    )
+    splits = {split: SplitImages(*map(_array, blobs)) for split, *blobs in found}
+    found = db.execute(
+        "SELECT model, test_accuracy, test_images, correct FROM models WHERE run_id = ?",
+        (run_id,),
+    )
+    models = {
+        name: ModelOutcome(accuracy, _unpacked(correct, images))
+        for name, accuracy, images, correct in found
+    }
+    return RunSnapshot(
+        run_id=run_id,
+        finished_at=finished_at,
         profile=profile,
-        class_names=tuple(json.loads(row[2])),
-        data_fingerprint=row[3],
-        test_set_fingerprint=row[4],
+        class_names=tuple(json.loads(class_names)),
+        data_fingerprint=data_fingerprint,
+        test_set_fingerprint=test_set_fingerprint,
         splits=splits,
         models=models,
     )
-    return snapshot, row[5]
 
 
 def set_champion(history_db: Path, profile: str, run_id: str, chosen: str) -> None:

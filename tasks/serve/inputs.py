@@ -81,7 +81,7 @@ def read_instance(name: str, instance: Any) -> RequestInput:
     if low < 0 or high > 255:
         found = f"values from {low:g} to {high:g}"
         return RequestInput(name, error=f"{found}; expected pixels in 0-255")
-    return RequestInput(name, (pixels.reshape(PIXELS) / np.float32(255)).astype(np.float32))
+    return RequestInput(name, scale_images(pixels.reshape(1, PIXELS))[0])
 
 
 def _kind(pixels: np.ndarray) -> str:

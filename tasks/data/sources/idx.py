@@ -178,9 +178,7 @@ def load_idx(directory: Path, files: Mapping[str, IdxFile]) -> ParsedData:
     return ParsedData(
         arrays,
         names,
-        split_files={
-            key: paths[f"{key}_images" if key in ("train", "test") else key].name
-            for key in ("train", "test", "train_labels", "test_labels")
-        },
+        split_files={split: paths[f"{split}_images"].name for split in ("train", "test")}
+        | {f"{split}_labels": paths[f"{split}_labels"].name for split in ("train", "test")},
         file_sha256=checksums,
     )

@@ -16,7 +16,8 @@ import pandas as pd
 from tasks.core.contracts import LearningCurve, ModelEvaluation, ModelFailure, TuningSummary
 from tasks.evaluation.significance import (
     CONFIDENCE,
-    bootstrap_accuracy_intervals,
+    accuracy_intervals,
+    bootstrap_accuracies,
     describe_comparisons,
     percent,
     rank_comparisons,
@@ -96,10 +97,13 @@ def analyse(
         since_last_run: what changed since the previous run, in sentences; none on a first run.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
-    intervals = bootstrap_accuracy_intervals(correct, seed, confidence=CONFIDENCE)
+    # One set of paired resamples for the intervals and the comparisons' differences.
+    draws = bootstrap_accuracies(correct, seed)
+    intervals = accuracy_intervals(draws, list(correct), CONFIDENCE)
     board = leaderboard(evaluations, intervals)
     ranked = list(board.model)
-    comparisons = rank_comparisons(ranked, correct, seed, confidence=CONFIDENCE)
+    resampled = dict(zip(correct, draws, strict=True))
+    comparisons = rank_comparisons(ranked, correct, confidence=CONFIDENCE, resampled=resampled)
     f1 = f1_by_class(evaluations, ranked, class_names)
     pairs = confused_pairs(evaluations, class_names)
     difficulty = class_difficulty(evaluations, class_names)

@@ -26,6 +26,7 @@ from tasks.evaluation.report.markdown import render_markdown
 from tasks.evaluation.report.metrics import metrics_document
 from tasks.evaluation.report.model_card import render_model_card
 from tasks.evaluation.report.tables import leaderboard_with_failures
+from tasks.history.db import LAST_RUN
 from tasks.training.tuned_profile import write_tuning_files
 
 
@@ -118,7 +119,7 @@ def since_sentences(since: dict | None) -> tuple[str, ...]:
     is the one, then what changed."""
     if not since:
         return ()
-    chosen = since.get("previous_chosen", "the last run")
+    chosen = since.get("previous_chosen", LAST_RUN)  # a comparison from before champions
     return (f"Compared with run {since['previous_run_id']}, {chosen}.", *since["summary"])
 
 
