@@ -26,7 +26,13 @@ from pathlib import Path
 from tasks.core.contracts import RawDataset, UnreadableFile
 from tasks.core.errors import DatasetFileError
 from tasks.core.files import replacing
-from tasks.core.storage import array_refs, cached_stage, code_version, content_key, save_arrays
+from tasks.core.storage import (
+    array_refs,
+    cached_stage,
+    content_key,
+    project_code_version,
+    save_arrays,
+)
 from tasks.data.sources import LAYOUT_NAMES, detect_layout, input_key, parse_layout
 from tasks.data.sources.idx import (
     FASHION_MNIST_FILES,
@@ -229,7 +235,8 @@ def ingest_dataset(
     else:
         layout, source = "idx", fashion_mnist_dir(cache_dir, files, system_dir, mirror_url)
     key = input_key(layout, source, files, test_fraction, seed)
-    target = cache_dir / "interim" / content_key(key, code_version(__file__))
+    # Keyed by the parsers' code too: a changed parser (class names, say) parses again.
+    target = cache_dir / "interim" / content_key(key, project_code_version("tasks.data.ingest"))
 
     def parse(staging: Path) -> None:
         parsed = parse_layout(layout, source, files, test_fraction, seed)
