@@ -19,6 +19,7 @@ import pytest
 from tasks.history.stages import REGRESSED_EVENT
 from tests.support.data import REAL_DATA_DIR
 from tests.support.servers import REPO
+from tests.support.waiting import wait_until
 
 COAT, PULLOVER = 4, 2
 IDX_FILES = {
@@ -116,18 +117,19 @@ def test_a_relabelled_class_is_named_and_the_model_regression_alerts_and_fails(
     assert "Coat" in section
     assert "logistic_regression" in section
 
-    events = httpx.post(
-        f"{api}/events/filter",
-        json={"filter": {"event": {"name": [REGRESSED_EVENT]}}, "limit": 50},
-        timeout=10,
-    ).json()["events"]
-    # The server is shared: this flow run's events are those related to it.
-    events = [
-        event
-        for event in events
-        if f"prefect.flow-run.{flow_run_id}"
-        in {related["prefect.resource.id"] for related in event["related"]}
-    ]
+    def regression_events() -> list[dict]:
+        # Events reach the server after the flow run ends, and the server is shared: this
+        # flow run's events are those related to it.
+        query = {"filter": {"event": {"name": [REGRESSED_EVENT]}}, "limit": 50}
+        events = httpx.post(f"{api}/events/filter", json=query, timeout=10).json()["events"]
+        return [
+            event
+            for event in events
+            if f"prefect.flow-run.{flow_run_id}"
+            in {related["prefect.resource.id"] for related in event["related"]}
+        ]
+
+    events = wait_until(regression_events, 60, "the regression event on the server")
     assert [event["payload"]["model"] for event in events] == ["logistic_regression"]
     assert events[0]["payload"]["p_value"] == pytest.approx(model["p_value"])
 
