@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from flows.graph import run_stages
-from tasks.evaluation.ensemble import ENSEMBLE_NAME
+from tasks.core.contracts import ENSEMBLE_NAME
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import PipelineConfig, build_config
 

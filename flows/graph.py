@@ -25,11 +25,15 @@ from flows.parallel import (
     tune_models,
 )
 from tasks.budget.plans import planned_params, training_limits
-from tasks.core.contracts import ProcessedDataset, RawDataset, ValidationSummary
+from tasks.core.contracts import (
+    ENSEMBLE_NAME,
+    ProcessedDataset,
+    RawDataset,
+    ValidationSummary,
+)
 from tasks.core.errors import ModelsFailedError, StorageError
 from tasks.core.storage import sweep_scratch
 from tasks.data.stages import ingest_task, preprocess_task, validate_task
-from tasks.evaluation.ensemble import ENSEMBLE_NAME
 from tasks.evaluation.report.metrics import run_context
 from tasks.evaluation.stages import ensemble_task, report_task
 from tasks.history.changes import regressions
@@ -205,6 +209,7 @@ def prepare_data(
         seed=config.seed,
         train_subset_size=config.train_subset_size,
         test_subset_size=config.test_subset_size,
+        selection_size=config.selection_size,
         refresh=refresh,
     )
     return raw, validation, data

@@ -35,7 +35,7 @@ def synthetic_dir(tmp_path: Path):
 
 @pytest.fixture
 def processed(tmp_path: Path, synthetic_dir):
-    """The synthetic files ingested and split: 50 validation images."""
+    """The synthetic files ingested and split: 50 validation and 50 selection images."""
     directory, files, _ = synthetic_dir
     raw = ingest_dataset(directory, tmp_path / "data", files)
     return preprocess_dataset(raw, tmp_path / "data", validation_size=50, seed=0)
@@ -44,8 +44,9 @@ def processed(tmp_path: Path, synthetic_dir):
 @pytest.fixture(scope="module")
 def own_classes(tmp_path_factory) -> Callable[..., ProcessedDataset]:
     """Makes data with its own class names, as a user's image folders give it, processed:
-    `own_classes(names, train_per_class=80, test_per_class=20)`, a fifth of the training
-    images for validation. Class k lights up band k of its images (up to 12 classes)."""
+    `own_classes(names, train_per_class=80, test_per_class=20)`, a tenth of the training
+    images for validation and a tenth for selection. Class k lights up band k of its
+    images (up to 12 classes)."""
 
     def make(
         class_names: Sequence[str], train_per_class: int = 80, test_per_class: int = 20
@@ -61,7 +62,7 @@ def own_classes(tmp_path_factory) -> Callable[..., ProcessedDataset]:
         raw = RawDataset(
             directory, {}, array_refs(directory, list(arrays)), tuple(class_names), "image-folder"
         )
-        validation = train_per_class * len(class_names) // 5
+        validation = train_per_class * len(class_names) // 10
         return preprocess_dataset(raw, directory / "data", validation_size=validation, seed=0)
 
     return make
@@ -69,8 +70,8 @@ def own_classes(tmp_path_factory) -> Callable[..., ProcessedDataset]:
 
 @pytest.fixture(scope="module")
 def three_classes(own_classes) -> ProcessedDataset:
-    """Three classes of their own names (`THREE_CLASSES`): 192 training, 48 validation
-    and 60 test images."""
+    """Three classes of their own names (`THREE_CLASSES`): 192 training, 24 validation,
+    24 selection and 60 test images."""
     return own_classes(THREE_CLASSES)
 
 

@@ -76,7 +76,7 @@ def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
     pixels = (rng.random((1000, 784)) + labels[:, None] / 10).astype(np.float32)
     arrays = {
         "x_train": pixels[:800], "y_train": labels[:800], "x_val": pixels[800:],
-        "y_val": labels[800:], "y_test": labels[:300],
+        "y_val": labels[800:], "y_selection": labels[:100], "y_test": labels[:300],
     }  # fmt: skip
     save_arrays(tmp_path, arrays)
     data = ProcessedDataset(tmp_path, array_refs(tmp_path, list(arrays)))
@@ -103,7 +103,7 @@ def test_a_one_go_fit_is_timed_on_a_sample_and_scaled_by_its_growth(monkeypatch)
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 80))
     pixels = (rng.random((800, 784)) + labels[:, None] / 10).astype(np.float32)
-    probe = ProbeData(pixels, labels, pixels[:200], labels[:200], test_images=300)
+    probe = ProbeData(pixels, labels, pixels[:200], labels[:200], scored_images=300)
     monkeypatch.setattr(measuring, "PROBE_IMAGES", 400)
     ticks = iter([0.0, 2.0, 10.0, 10.5])  # a 2 s fit on 400 images, 0.5 s to predict 200
     cost = measuring.measure_one_fit(

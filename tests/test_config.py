@@ -28,3 +28,12 @@ def test_quick_profile_shortens_the_iterative_models():
     assert (quick.cnn.epochs, quick.cnn.early_stopping_patience) == (2, 1)
     assert (quick.random_forest.n_estimators, quick.logistic_regression.max_iter) == (30, 100)
     assert quick.svm_rbf == SVMParams()
+
+
+def test_held_out_splits_must_leave_training_images_before_anything_runs():
+    config = PipelineConfig(train_subset_size=1000, validation_size=400)
+    assert (config.validation_size, config.selection_size) == (400, None)
+    with pytest.raises(ValidationError, match="validation_size 400 and selection_size 400 must"):
+        PipelineConfig(train_subset_size=800, validation_size=400)
+    with pytest.raises(ValidationError, match="validation_size 50 and selection_size 950 must"):
+        PipelineConfig(train_subset_size=1000, selection_size=950)

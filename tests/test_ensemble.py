@@ -13,16 +13,20 @@ from tasks.training.models.base import TrainingContext
 from tasks.training.train import train_model
 
 
-def test_members_are_chosen_by_validation_accuracy_not_test():
-    scores = {"a": (0.80, 0.99), "b": (0.90, 0.50), "c": (0.85, 0.60), "d": (0.70, 0.98)}
+def test_members_are_chosen_by_selection_accuracy_not_validation_or_test():
+    scores = {
+        "a": (0.99, 0.80, 0.99), "b": (0.50, 0.90, 0.50), "c": (0.60, 0.85, 0.60),
+        "d": (0.98, 0.70, 0.98),
+    }  # fmt: skip
     evaluations = [
-        SimpleNamespace(name=name, validation_accuracy=val, test_accuracy=test)
-        for name, (val, test) in scores.items()
-    ]
+        SimpleNamespace(name=name, validation_accuracy=val, selection_accuracy=sel,
+                        test_accuracy=test)
+        for name, (val, sel, test) in scores.items()
+    ]  # fmt: skip
     assert [m.name for m in choose_members(evaluations, 2)] == ["b", "c"]
 
 
-def test_weights_favour_the_model_that_predicts_the_validation_labels():
+def test_weights_favour_the_model_that_predicts_the_labels():
     rng = np.random.default_rng(0)
     y_val = rng.integers(0, 10, size=300)
     knows = np.full((300, 10), 0.01)
@@ -51,6 +55,12 @@ def test_ensemble_mixes_the_members_stored_probabilities(tmp_path, processed):
         for name, weight in zip(record["members"], record["weights"], strict=True)
     )
     np.testing.assert_allclose(ensemble.test_probabilities.load(), mixed, atol=1e-6)
+    # The weights are the mix's best on the selection split, which no member saw.
+    (y_selection,) = processed.load("y_selection")
+    on_selection = [members[name].selection_probabilities.load() for name in record["members"]]
+    np.testing.assert_allclose(
+        record["weights"], choose_weights(on_selection, y_selection), atol=1e-6
+    )
     y_test = processed.load("y_test")[0]
     predicted = ensemble.test_predictions.load()
     np.testing.assert_array_equal(predicted, mixed.argmax(axis=1))

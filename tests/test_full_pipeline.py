@@ -29,9 +29,12 @@ from prefect.settings import PREFECT_API_URL
 from sklearn.metrics import log_loss
 from statsmodels.stats.multitest import multipletests
 
+from benchmarks.selection_split import ensembles_by_chooser
 from flows.full_pipeline import full_pipeline, main
 from tasks.data.ingest import FASHION_MNIST_FILES
+from tasks.evaluation.ensemble import choose_weights
 from tasks.run.config import DEFAULT_MODELS, build_config
+from tasks.training.models.registry import load_model
 from tests.support.data import QUICK_ARGS, REAL_DATA_DIR
 from tests.support.figures import coloured, inked, read_png
 from tests.support.servers import REPO
@@ -108,10 +111,10 @@ def test_quick_profile_on_real_data(quick_run):
     assert len(metrics["mcnemar_exact"]) == 2 * len(board) - 3  # next above, and the best
     check_holm_and_paired_differences(metrics["mcnemar_exact"], predictions)
     ensemble = metrics["models"]["ensemble"]["params"]
-    by_validation = board[board.model != "ensemble"].sort_values(
-        ["validation_accuracy", "model"], ascending=[False, True]
-    )  # ties on validation accuracy go by name
-    assert sorted(ensemble["members"]) == sorted(by_validation.model.head(3))
+    by_selection = board[board.model != "ensemble"].sort_values(
+        ["selection_accuracy", "model"], ascending=[False, True]
+    )  # ties on selection accuracy go by name
+    assert sorted(ensemble["members"]) == sorted(by_selection.model.head(3))
     assert sum(ensemble["weights"]) == pytest.approx(1)
     assert metrics["seed"] == 7
     assert metrics["config"]["profile"] == "quick"
@@ -252,6 +255,74 @@ def test_changed_hyperparameter_retrains_only_that_model(quick_run):
 
 
 @pytest.mark.slow
+def test_the_selection_split_chose_the_ensemble_and_the_report_says_what_each_split_decided(
+    quick_run,
+):
+    workdir, report_dir, _ = quick_run
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    decided = {row["split"]: row for row in metrics["splits"]["decided"]}
+    # The quick profile: 6,000 training images, 500 for validation and 500 for selection.
+    assert {split: row["images"] for split, row in decided.items()} == {
+        "train": 5000, "validation": 500, "selection": 500, "test": 2000,
+    }  # fmt: skip
+    assert "cnn's early stopping" in decided["validation"]["decided"]
+    assert "svm_rbf's temperature scaling" in decided["validation"]["decided"]
+    assert "the ensemble's members and weights" not in decided["validation"]["decided"]
+    assert decided["selection"]["decided"].startswith("the ensemble's members and weights (")
+    assert decided["test"]["decided"].startswith("nothing")
+
+    processed = Path(metrics["data"]["processed_dir"])
+    processed = processed if processed.is_absolute() else workdir / processed
+    held_out = {
+        split: (np.load(processed / f"x_{name}.npy"), np.load(processed / f"y_{name}.npy"))
+        for split, name in (("validation", "val"), ("selection", "selection"))
+    }
+    gaps = {row["model"]: row for row in metrics["splits"]["held_out_gaps"]}
+    selection_probabilities = {}
+    for model, record in metrics["models"].items():
+        if model == "ensemble":
+            continue
+        classifier = load_model(workdir / record["model_dir"], threads=2)
+        for split, (images, labels) in held_out.items():
+            probabilities = classifier.predict_proba(images)
+            accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
+            assert record[f"{split}_accuracy"] == pytest.approx(accuracy, abs=0.002), model
+            assert gaps[model][f"{split}_gap"] == pytest.approx(
+                100 * (record[f"{split}_accuracy"] - record["test_accuracy"]), abs=1e-6
+            )
+        selection_probabilities[model] = probabilities
+    ensemble = metrics["models"]["ensemble"]["params"]
+    weights = choose_weights(
+        [selection_probabilities[m] for m in ensemble["members"]], held_out["selection"][1]
+    )
+    np.testing.assert_allclose(ensemble["weights"], weights, atol=0.01)
+    report = (report_dir / "report.md").read_text()
+    section = report.split("## Which split decided what")[1].split("\n## ")[0]
+    assert "| selection | 500 | the ensemble's members and weights (" in section
+    assert "The ensemble scores" in section
+
+
+def test_the_selection_benchmark_rebuilds_the_runs_ensemble_from_the_cache(quick_run):
+    workdir, report_dir, _ = quick_run
+    table = ensembles_by_chooser(report_dir, workdir).set_index("chosen on")
+    assert table.images.to_dict() == {
+        "validation": 500, "selection": 500, "validation+selection": 1000,
+    }  # fmt: skip
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    ensemble = metrics["models"]["ensemble"]
+    members, weights = ensemble["params"]["members"], ensemble["params"]["weights"]
+    assert table.loc["selection", "members (weights)"] == ", ".join(
+        f"{m} {w:.3f}" for m, w in zip(members, weights, strict=True)
+    )
+    # The run stores the mix in float32: a near tie may fall the other way (2 of 2,000 images).
+    assert table.loc["selection", "test_accuracy"] == pytest.approx(
+        ensemble["test_accuracy"], abs=0.001
+    )
+    assert table.loc["selection", "accuracy there"] == pytest.approx(
+        ensemble["selection_accuracy"], abs=0.004
+    )
+
+
 def test_tuning_searches_on_validation_and_saves_a_profile_later_runs_use(quick_run):
     workdir, _, _ = quick_run
     models = ["logistic_regression", "xgboost"]  # the CNN's trials: tests/test_tune.py

@@ -151,7 +151,7 @@ def test_a_class_missing_from_the_training_images_is_refused(name, three_classes
 def test_a_measuring_sample_holds_every_class():
     labels = np.array([0, 0, 0, 0, 1, 2, 1, 0], dtype=np.uint8)
     features = np.arange(len(labels), dtype=np.float32)[:, None]
-    probe = ProbeData(features, labels, features, labels, test_images=1)
+    probe = ProbeData(features, labels, features, labels, scored_images=1)
     small = sample(probe, 3)
     assert small.y_train.tolist() == [0, 0, 0, 1, 2]
     assert small.x_train[:, 0].tolist() == [0, 1, 2, 4, 5]

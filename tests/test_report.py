@@ -19,6 +19,7 @@ from tasks.evaluation.report.analysis import (
     pareto_front,
 )
 from tasks.evaluation.report.artifacts import summary_markdown
+from tasks.evaluation.report.splits import describe_gaps, held_out_gaps
 from tasks.evaluation.report.writer import write_report
 from tests.support.samples import TEST_INDEX, Y_TEST, evaluation, sample_evaluations, sample_split
 
@@ -44,8 +45,8 @@ def test_leaderboard_ranks_by_accuracy(evaluations):
     assert board.test_accuracy.tolist() == pytest.approx([1.0, 0.9, 0.85])
     assert board.columns.tolist() == [
         "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss",
-        "calibration_error", "validation_accuracy", "fit_seconds", "predict_seconds",
-        "predict_ms_per_1000", "model_size_mb",
+        "calibration_error", "validation_accuracy", "selection_accuracy", "fit_seconds",
+        "predict_seconds", "predict_ms_per_1000", "model_size_mb",
     ]  # fmt: skip
     assert board.accuracy_low.tolist() == [0.9, 0.8, 0.7]
 
@@ -268,3 +269,35 @@ def test_a_data_warning_opens_the_report_and_the_summary(tmp_path, evaluations, 
     assert f"**Warning:** {warning}." in report.split("## Leaderboard")[0]
     assert f"**Warning:** {warning}." in summary_markdown(out.findings, out.directory)
     assert f"{warning}." in (out.directory / "report.html").read_text()
+
+
+def test_held_out_gaps_are_in_points_and_say_what_the_validation_split_adds():
+    board = pd.DataFrame({
+        "model": ["ensemble", "cnn", "logistic_regression", "svm_rbf"],
+        "validation_accuracy": [0.95, 0.93, 0.85, 0.80],
+        "selection_accuracy": [0.96, 0.91, 0.85, 0.79],
+        "test_accuracy": [0.94, 0.90, 0.84, 0.78],
+    })  # fmt: skip
+    gaps = held_out_gaps(board)
+    assert gaps.validation_gap.tolist() == pytest.approx([1.0, 3.0, 1.0, 2.0])
+    assert gaps.selection_gap.tolist() == pytest.approx([2.0, 1.0, 1.0, 1.0])
+    roles = pd.DataFrame({"split": ["validation", "selection"], "images": [500, 2000]})
+    means, added, chance, ensemble = describe_gaps(gaps, roles)
+    assert means == (
+        "On average over the 3 models, the validation accuracy is 2.00 points above the test "
+        "accuracy, and the selection accuracy 1.00 points above it."
+    )
+    # cnn and svm_rbf read the validation split (early stopping, temperature scaling).
+    assert added.endswith(
+        "the validation split (cnn, svm_rbf), what it adds is their validation accuracy "
+        "minus their selection accuracy: +1.50 points on average."
+    )
+    # Mean test accuracy 0.84: sqrt(0.84 * 0.16 / n) is 1.64 points at 500, 0.82 at 2,000.
+    assert chance == (
+        "At an accuracy near 0.84, one standard error is 1.6 points on the 500 validation "
+        "images and 0.8 on the 2000 selection images: a smaller gap is chance."
+    )
+    assert ensemble == (
+        "The ensemble scores 0.9600 on the selection split that chose its members and "
+        "weights and 0.9400 on the test set (2.00 points above its test accuracy)."
+    )

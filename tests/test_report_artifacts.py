@@ -30,6 +30,7 @@ def findings(tmp_path):
         predicted={e.name: e.test_predictions.load() for e in evaluations},
         probabilities={e.name: e.test_probabilities.load() for e in evaluations},
         seed=0,
+        split_images={"train": 400, "validation": 50, "selection": 50, "test": 100},
     )
 
 

@@ -33,7 +33,8 @@ def measure_variants(
     """
     context = replace(context, classes=len(data.class_names))
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
-    probe = ProbeData(x_train, y_train, x_val, y_val, data.arrays["y_test"].shape[0])
+    scored = sum(data.arrays[name].shape[0] for name in ("y_selection", "y_test"))
+    probe = ProbeData(x_train, y_train, x_val, y_val, scored)
     measured, failures = {}, []
     for name in names:
         try:

@@ -27,6 +27,7 @@ N_CLASSES = len(CLASS_NAMES)
 MIN_CLASSES, MAX_CLASSES = 2, 100
 IMAGE_SHAPE = (28, 28)
 TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+ENSEMBLE_NAME = "ensemble"  # the soft-voting ensemble's name among the models
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class ModelEvaluation:
     name: str
     test_accuracy: float
     macro_f1: float
-    validation_accuracy: float
+    validation_accuracy: float  # the split that stopped, calibrated and tuned the model
+    selection_accuracy: float  # the split that chose the ensemble, unseen by the models
     precision: list[float]
     recall: list[float]
     f1: list[float]
@@ -158,6 +160,7 @@ class ModelEvaluation:
     test_predictions: ArrayRef
     test_probabilities: ArrayRef
     validation_probabilities: ArrayRef
+    selection_probabilities: ArrayRef
     model_dir: Path
     params: dict
     confusion_figure: Path
@@ -210,7 +213,7 @@ class Cost:
     """Seconds one model takes on one lane of this machine, scaled to the run's data.
 
     Attributes:
-        fixed: everything but the steps: start-up, setup, predicting the validation and
+        fixed: everything but the steps: start-up, setup, predicting the held-out and
             test sets, saving.
         per_step: one epoch or boosting round; 0 for a model fitted in one go.
         per_step_alone: one step with every core, for the model that gets them once the

@@ -1,7 +1,9 @@
-"""Preprocessing: scale pixels to [0, 1], take the stratified validation split, reshape.
+"""Preprocessing: scale pixels to [0, 1], take the stratified held-out splits, reshape.
 
-The test images are kept apart for the final evaluation only: early stopping
-and model selection use the validation split carved out of the training images.
+Three splits are carved out of the training images and each decides one thing, so no
+choice is scored on the data that made it: the models fit on `train`; early stopping,
+calibration and tuning use `validation`; the ensemble's members and weights are chosen
+on `selection`, which no model has seen. The test images only score the result.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from tasks.core.storage import (
     save_arrays,
 )
 
-PROCESSED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "test_index")
+PROCESSED_ARRAYS = (
+    "x_train", "y_train", "x_val", "y_val", "x_selection", "y_selection", "x_test", "y_test",
+    "test_index",
+)  # fmt: skip
 CLASS_NAMES_FILE = "class_names.json"
-VALIDATION_SHARE = 10  # without a validation_size: a tenth of the training images
+VALIDATION_SHARE = 20  # without a validation_size: a twentieth of the training images
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -42,14 +47,26 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.nda
     return np.sort(chosen)
 
 
-def split_train_validation(
-    labels: np.ndarray, validation_size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded train and validation row indices."""
-    train, validation = train_test_split(
-        np.arange(len(labels)), test_size=validation_size, stratify=labels, random_state=seed
-    )
-    return np.sort(train), np.sort(validation)
+def split_held_out(labels: np.ndarray, sizes: tuple[int, ...], seed: int) -> tuple[np.ndarray, ...]:
+    """Stratified, seeded, disjoint row indices: the training rows, then one array per
+    held-out size in `sizes` (the validation and selection splits)."""
+    rest, held_out = np.arange(len(labels)), []
+    for size in sizes:
+        rest, taken = train_test_split(
+            rest, test_size=size, stratify=labels[rest], random_state=seed
+        )
+        held_out.append(np.sort(taken))
+    return np.sort(rest), *held_out
+
+
+def held_out_sizes(
+    training_images: int, validation_size: int | None, selection_size: int | None
+) -> tuple[int, int]:
+    """The validation and selection splits' sizes: a twentieth of the training images
+    each by default (together the tenth that used to be validation alone); the
+    selection split is as large as the validation split unless given."""
+    validation = validation_size or training_images // VALIDATION_SHARE
+    return validation, selection_size or validation
 
 
 def preprocess_arrays(
@@ -58,37 +75,39 @@ def preprocess_arrays(
     seed: int,
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
+    selection_size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Model-ready arrays for every split; the inputs are left untouched.
 
     Raises:
-        UsageError: the data cannot be split as asked: the validation split would leave
+        UsageError: the data cannot be split as asked: the held-out splits would leave
             fewer than 10 training images, or a class is too rare for a stratified split.
     """
     try:
         subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
-        validation_size = validation_size or len(subset) // VALIDATION_SHARE
-        if validation_size > len(subset) - 10:
+        sizes = held_out_sizes(len(subset), validation_size, selection_size)
+        if sum(sizes) > len(subset) - 10:
             raise UsageError(
-                f"validation_size {validation_size} must leave at least 10 of the "
-                f"{len(subset)} training images it is taken from for training; choose a "
-                "smaller one"
+                f"validation_size {sizes[0]} and selection_size {sizes[1]} must leave at "
+                f"least 10 of the {len(subset)} training images they are taken from for "
+                "training; choose smaller ones"
             )
-        train_rows, val_rows = split_train_validation(
-            raw["train_labels"][subset], validation_size, seed
-        )
+        rows = split_held_out(raw["train_labels"][subset], sizes, seed)
         test_rows = stratified_subset(raw["test_labels"], test_subset_size, seed)
     except ValueError as error:  # scikit-learn's: a class with too few images to stratify
         raise UsageError(
-            f"cannot take the stratified subsets and validation split ({error}); give more "
-            "images of the rarest classes, or larger train_subset_size / validation_size"
+            f"cannot take the stratified subsets and held-out splits ({error}); give more "
+            "images of the rarest classes, or larger train_subset_size, validation_size or "
+            "selection_size"
         ) from None
-    train_rows, val_rows = subset[train_rows], subset[val_rows]
+    train_rows, val_rows, selection_rows = (subset[split] for split in rows)
     return {
         "x_train": scale_images(raw["train_images"][train_rows]),
         "y_train": raw["train_labels"][train_rows],
         "x_val": scale_images(raw["train_images"][val_rows]),
         "y_val": raw["train_labels"][val_rows],
+        "x_selection": scale_images(raw["train_images"][selection_rows]),
+        "y_selection": raw["train_labels"][selection_rows],
         "x_test": scale_images(raw["test_images"][test_rows]),
         "y_test": raw["test_labels"][test_rows],
         "test_index": test_rows,
@@ -102,6 +121,7 @@ def preprocess_dataset(
     seed: int,
     train_subset_size: int | None = None,
     test_subset_size: int | None = None,
+    selection_size: int | None = None,
     refresh: bool = False,
     logger: logging.Logger | None = None,
 ) -> ProcessedDataset:
@@ -110,7 +130,7 @@ def preprocess_dataset(
     The key covers the raw data's hashes, the parameters and this module's code,
     so runs with other settings never overwrite each other's arrays.
     """
-    parameters = (validation_size, seed, train_subset_size, test_subset_size)
+    parameters = (validation_size, seed, train_subset_size, test_subset_size, selection_size)
     raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
     key = content_key(raw_hashes, parameters, list(raw.class_names), code_version(__file__))
     target = cache_dir / "processed" / key

@@ -71,9 +71,10 @@ def preprocess_task(
     seed: int,
     train_subset_size: int | None,
     test_subset_size: int | None,
+    selection_size: int | None,
     refresh: bool,
 ) -> ProcessedDataset:
     return preprocess_dataset(
         raw, cache_dir, validation_size, seed, train_subset_size, test_subset_size,
-        refresh, stage_logger(),
+        selection_size, refresh, stage_logger(),
     )  # fmt: skip

@@ -1,8 +1,10 @@
 """The soft-voting ensemble: a weighted average of the best models' class probabilities.
 
-Members and weights are chosen on the validation split only; the test set only scores
-the result. It is built from the members' stored probabilities, so it costs no new
-prediction, and it is reported like any other model.
+Members and weights are chosen on the selection split, which no model was fitted,
+stopped, calibrated or tuned on: chosen on the validation split, they would favour the
+models that fit that split best. The test set only scores the result. The ensemble is
+built from the members' stored probabilities, so it costs no new prediction, and it is
+reported like any other model.
 """
 
 from __future__ import annotations
@@ -15,37 +17,37 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.core.contracts import ENSEMBLE_NAME, ModelEvaluation, ProcessedDataset, TrainedModel
 from tasks.core.storage import cached_stage, code_version, content_key
-from tasks.evaluation.evaluate import read_evaluation, write_evaluation
+from tasks.evaluation.evaluate import HELD_OUT_ARRAYS, read_evaluation, write_evaluation
 
-ENSEMBLE_NAME = "ensemble"
 WEIGHTS_FILE = "weights.json"
 _PROBABILITY_FLOOR = 1e-7  # log-loss of a confident mistake stays finite
 
 
 def choose_members(evaluations: list[ModelEvaluation], size: int) -> list[ModelEvaluation]:
-    """The `size` models with the best validation accuracy (never the test accuracy).
+    """The `size` models with the best selection accuracy (never the test accuracy).
 
-    Ties, common on a small validation split, go to the model whose name sorts first.
+    Ties, common on a small selection split, go to the model whose name sorts first.
     """
-    ranked = sorted(evaluations, key=lambda e: (-e.validation_accuracy, e.name))
+    ranked = sorted(evaluations, key=lambda e: (-e.selection_accuracy, e.name))
     return ranked[:size]
 
 
-def choose_weights(validation_probabilities: list[np.ndarray], y_val: np.ndarray) -> np.ndarray:
-    """Non-negative weights summing to 1 that minimise the validation log-loss of the mix.
+def choose_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the log-loss of the mix on these
+    (the selection split's) labels.
 
     The weights are a softmax of free parameters, so the search is unconstrained.
     """
-    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in validation_probabilities])
-    rows = np.arange(len(y_val))
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in probabilities])
+    rows = np.arange(len(labels))
 
-    def validation_log_loss(parameters: np.ndarray) -> float:
+    def mixed_log_loss(parameters: np.ndarray) -> float:
         mixed = np.tensordot(softmax(parameters), stacked, axes=1)
-        return float(-np.mean(np.log(np.maximum(mixed[rows, y_val], _PROBABILITY_FLOOR))))
+        return float(-np.mean(np.log(np.maximum(mixed[rows, labels], _PROBABILITY_FLOOR))))
 
-    result = minimize(validation_log_loss, np.zeros(len(stacked)), method="L-BFGS-B")
+    result = minimize(mixed_log_loss, np.zeros(len(stacked)), method="L-BFGS-B")
     return softmax(result.x)
 
 
@@ -59,16 +61,19 @@ def build_ensemble(
 ) -> ModelEvaluation:
     """Mix the best `size` models' probabilities; cached per members' probabilities."""
     members = choose_members(evaluations, size)
+    splits = [*HELD_OUT_ARRAYS, "test"]
     inputs = [
-        (m.name, m.validation_probabilities.sha256, m.test_probabilities.sha256) for m in members
+        (m.name, *(getattr(m, f"{split}_probabilities").sha256 for split in splits))
+        for m in members
     ]
-    labels = [data.arrays[name].sha256 for name in ("y_val", "y_test")]
+    label_arrays = [labels for _, labels in HELD_OUT_ARRAYS.values()] + ["y_test"]
+    labels = [data.arrays[name].sha256 for name in label_arrays]
     key = content_key(inputs, labels, list(data.class_names), code_version(__file__))
     target = cache_dir / "evaluations" / ENSEMBLE_NAME / key
 
     def mix_and_measure(staging: Path) -> None:
-        y_val, y_test = data.load("y_val", "y_test")
-        weights = choose_weights([m.validation_probabilities.load() for m in members], y_val)
+        (y_selection,) = data.load("y_selection")
+        weights = choose_weights([m.selection_probabilities.load() for m in members], y_selection)
         record = {"members": [m.name for m in members], "weights": weights.tolist()}
         (staging / WEIGHTS_FILE).write_text(json.dumps(record, indent=2))
 
@@ -82,10 +87,14 @@ def build_ensemble(
             "predict_cpu_seconds": sum(m.predict_cpu_seconds for m in members),
             "model_size_mb": sum(m.model_size_mb for m in members),
         }
+        held_out = {
+            split: (data.arrays[labels].load(), mix(split))
+            for split, (_, labels) in HELD_OUT_ARRAYS.items()
+        }
+        (y_test,) = data.load("y_test")
         write_evaluation(
-            staging, ENSEMBLE_NAME, data.class_names, y_val, mix("validation"), y_test,
-            mix("test"), cost,
-        )  # fmt: skip
+            staging, ENSEMBLE_NAME, data.class_names, held_out, y_test, mix("test"), cost
+        )
 
     def read(entry: Path) -> ModelEvaluation:
         params = json.loads((entry / WEIGHTS_FILE).read_text())

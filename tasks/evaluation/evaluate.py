@@ -1,4 +1,5 @@
-"""Evaluation: predict the held-out test set with a saved model and measure it."""
+"""Evaluation: predict the held-out splits and the test set with a saved model, and
+measure it on the test set."""
 
 from __future__ import annotations
 
@@ -31,8 +32,12 @@ from tasks.core.storage import (
 from tasks.evaluation.report.figures import MOST_LABELLED_CLASSES, class_font_size, grown
 from tasks.training.models.registry import load_model
 
-EVALUATION_ARRAYS = ("x_val", "y_val", "x_test", "y_test")
-PROBABILITY_ARRAYS = ("test_predictions", "test_probabilities", "validation_probabilities")
+# The held-out splits every model predicts besides the test set, and their arrays.
+HELD_OUT_ARRAYS = {"validation": ("x_val", "y_val"), "selection": ("x_selection", "y_selection")}
+PROBABILITY_ARRAYS = (
+    "test_predictions", "test_probabilities", "validation_probabilities",
+    "selection_probabilities",
+)  # fmt: skip
 CALIBRATION_BINS = 15
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "confusion_matrix.png"
@@ -112,8 +117,7 @@ def write_evaluation(
     staging: Path,
     title: str,
     class_names: Sequence[str],
-    y_val: np.ndarray,
-    validation_probabilities: np.ndarray,
+    held_out: dict[str, tuple[np.ndarray, np.ndarray]],
     y_test: np.ndarray,
     test_probabilities: np.ndarray,
     cost: dict[str, float],
@@ -123,38 +127,43 @@ def write_evaluation(
     Args:
         title: the model's name, shown on its confusion-matrix figure.
         class_names: the data's classes, one probability column each.
+        held_out: per held-out split (`HELD_OUT_ARRAYS`), its labels and the probabilities.
         cost: `predict_seconds`, `predict_cpu_seconds` and `model_size_mb`.
 
     Raises:
         ValueError: when the probabilities have another number of columns than classes.
     """
-    for split, array in (("validation", validation_probabilities), ("test", test_probabilities)):
+    given = {split: probabilities for split, (_, probabilities) in held_out.items()}
+    for split, array in (given | {"test": test_probabilities}).items():
         if np.shape(array)[1] != len(class_names):
             raise ValueError(
                 f"{title} gave {np.shape(array)[1]} {split} probabilities per image; "
                 f"expected one per class, {len(class_names)}"
             )
     labels = list(range(len(class_names)))
-    validation_probabilities = as_stored(validation_probabilities)
+    stored = {split: as_stored(probabilities) for split, probabilities in given.items()}
     probabilities = as_stored(test_probabilities)
     predicted = probabilities.argmax(axis=1).astype(np.uint8)
     save_arrays(
         staging,
-        {
-            "test_predictions": predicted,
-            "test_probabilities": probabilities,
-            "validation_probabilities": validation_probabilities,
-        },
+        {"test_predictions": predicted, "test_probabilities": probabilities}
+        | {f"{split}_probabilities": array for split, array in stored.items()},
     )
-    metrics = {
-        "validation_accuracy": float(accuracy_score(y_val, validation_probabilities.argmax(1))),
-        "predict_seconds": cost["predict_seconds"],
-        "predict_ms_per_1000": 1e6 * cost["predict_seconds"] / len(y_test),
-        "predict_cpu_seconds": cost["predict_cpu_seconds"],
-        "model_size_mb": cost["model_size_mb"],
-        "log_loss": float(log_loss(y_test, probabilities, labels=labels)),
-        "calibration_error": expected_calibration_error(y_test, probabilities),
-    } | classification_metrics(y_test, predicted, len(class_names))
+    metrics = (
+        {
+            f"{split}_accuracy": float(accuracy_score(held_out[split][0], array.argmax(1)))
+            for split, array in stored.items()
+        }
+        | {
+            "predict_seconds": cost["predict_seconds"],
+            "predict_ms_per_1000": 1e6 * cost["predict_seconds"] / len(y_test),
+            "predict_cpu_seconds": cost["predict_cpu_seconds"],
+            "model_size_mb": cost["model_size_mb"],
+            "log_loss": float(log_loss(y_test, probabilities, labels=labels)),
+            "calibration_error": expected_calibration_error(y_test, probabilities),
+        }
+        | classification_metrics(y_test, predicted, len(class_names))
+    )
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     # Drawn here, as each model finishes, rather than all at once in the report.
     figure = plot_confusion_matrix(
@@ -187,9 +196,10 @@ def evaluate_model(
     refresh: bool = False,
     logger: logging.Logger | None = None,
 ) -> ModelEvaluation:
-    """Class probabilities and metrics on the validation and test splits, timing the test
+    """Class probabilities and metrics on the held-out and test splits, timing the test
     prediction; cached per model content, evaluation data, class names and code version."""
-    inputs = {name: data.arrays[name].sha256 for name in EVALUATION_ARRAYS}
+    evaluated = [*(name for pair in HELD_OUT_ARRAYS.values() for name in pair), "x_test", "y_test"]
+    inputs = {name: data.arrays[name].sha256 for name in evaluated}
     key = content_key(
         manifest_digest(trained.directory), inputs, list(data.class_names), code_version(__file__)
     )
@@ -197,8 +207,11 @@ def evaluate_model(
 
     def predict_and_measure(staging: Path) -> None:
         classifier = load_model(trained.directory, threads)
-        x_val, y_val, x_test, y_test = data.load(*EVALUATION_ARRAYS)
-        validation_probabilities = run_until_stopped(classifier.predict_proba, x_val)
+        held_out = {}
+        for split, (features, labels) in HELD_OUT_ARRAYS.items():
+            x, y = data.load(features, labels)
+            held_out[split] = (y, run_until_stopped(classifier.predict_proba, x))
+        x_test, y_test = data.load("x_test", "y_test")
         started, cpu_started = time.perf_counter(), time.process_time()
         probabilities = run_until_stopped(classifier.predict_proba, x_test)
         cost = {
@@ -207,8 +220,7 @@ def evaluate_model(
             "model_size_mb": sum(p.stat().st_size for p in trained.directory.glob("model.*")) / 1e6,
         }
         write_evaluation(
-            staging, trained.name, data.class_names, y_val, validation_probabilities, y_test,
-            probabilities, cost,
+            staging, trained.name, data.class_names, held_out, y_test, probabilities, cost,
         )  # fmt: skip
 
     return cached_stage(

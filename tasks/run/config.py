@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.data.preprocess import held_out_sizes
 from tasks.training.models.registry import SPECS, ModelParams
 
 ProfileName = Literal["quick", "full"]
@@ -37,7 +38,7 @@ DEFAULT_MODELS: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 QUICK_PROFILE: dict = {
     "time_budget_minutes": 3.0,
     "train_subset_size": 6000,
-    "validation_size": 1000,
+    "validation_size": 500,
     "test_subset_size": 2000,
     "params": {spec.name: dict(spec.quick) for spec in reversed(SPECS) if spec.quick},
 }
@@ -126,8 +127,14 @@ class PipelineConfig(BaseModel):
     validation_size: int | None = Field(
         None,
         ge=10,
-        description="Validation images, a stratified share of the training images; default: "
-        "a tenth of them (6,000 of Fashion-MNIST's 60,000).",
+        description="Validation images (early stopping, calibration, tuning), a stratified "
+        "share of the training images; default: a twentieth (3,000 of Fashion-MNIST's 60,000).",
+    )
+    selection_size: int | None = Field(
+        None,
+        ge=10,
+        description="Selection images (the ensemble's members and weights), a stratified "
+        "share of the training images no model sees; default: as many as validation.",
     )
     train_subset_size: int | None = Field(
         None, ge=20, description="Stratified subset of the training images (before the split)."
@@ -222,15 +229,16 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:
-        if (
-            self.train_subset_size
-            and self.validation_size
-            and self.validation_size > self.train_subset_size - 10
-        ):
-            raise ValueError(
-                f"validation_size {self.validation_size} must leave at least 10 of the "
-                f"{self.train_subset_size} training images it is taken from for training"
+        if self.train_subset_size and (self.validation_size or self.selection_size):
+            validation, selection = held_out_sizes(
+                self.train_subset_size, self.validation_size, self.selection_size
             )
+            if validation + selection > self.train_subset_size - 10:
+                raise ValueError(
+                    f"validation_size {validation} and selection_size {selection} must "
+                    f"leave at least 10 of the {self.train_subset_size} training images "
+                    "they are taken from for training"
+                )
         return self
 
     @property

@@ -19,7 +19,7 @@ import httpx
 
 from tasks.core.errors import RunEnvironmentError, UsageError
 from tasks.data.ingest import check_data_source
-from tasks.data.preprocess import VALIDATION_SHARE
+from tasks.data.preprocess import held_out_sizes
 from tasks.history.db import check_known_run, history_path
 from tasks.training.models.registry import model_spec
 
@@ -97,10 +97,10 @@ def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
     """About how many MB a run writes into its cache and its output directory, counting
     every cache entry as new: reused ones write nothing, so this is an upper bound."""
     subset = config.train_subset_size or TRAINING_IMAGES
-    validation_images = config.validation_size or subset // VALIDATION_SHARE
-    train_images = subset - validation_images
+    held_out = sum(held_out_sizes(subset, config.validation_size, config.selection_size))
+    train_images = subset - held_out
     test_images = config.test_subset_size or TEST_IMAGES
-    images = train_images + validation_images + test_images
+    images = train_images + held_out + test_images
     parsed = (TRAINING_IMAGES + TEST_IMAGES) * (PIXELS + 1) / MB  # uint8 images, labels
     processed = images * (PIXELS * 4 + 9) / MB  # float32 pixels, label, test index
     models = sum(
@@ -108,8 +108,8 @@ def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
         for name in config.models
     )
     evaluated = len(config.models) + (config.ensemble_size >= 2)
-    # Validation and test probabilities (float32, ten classes), predictions, a figure.
-    evaluations = evaluated * ((validation_images + test_images) * 41 / MB + 0.1)
+    # Held-out and test probabilities (float32, ten classes), predictions, a figure.
+    evaluations = evaluated * ((held_out + test_images) * 41 / MB + 0.1)
     report = REPORT_BASE_MB + evaluated * (REPORT_PER_MODEL_MB + test_images * 48 / MB)
     return {config.cache_dir: parsed + processed + models + evaluations, config.output_dir: report}
 

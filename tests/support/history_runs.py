@@ -14,7 +14,8 @@ from tasks.history.runs import compare_with_previous, record_run
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 30
 TROUSER, PULLOVER = CLASS_NAMES.index("Trouser"), CLASS_NAMES.index("Pullover")
-UNUSED_NUMBERS = ("macro_f1", "validation_accuracy", "log_loss", "calibration_error",
+UNUSED_NUMBERS = ("macro_f1", "validation_accuracy", "selection_accuracy", "log_loss",
+                  "calibration_error",
                   "fit_seconds", "predict_seconds", "predict_ms_per_1000", "fit_cpu_seconds",
                   "predict_cpu_seconds", "model_size_mb")  # fmt: skip
 UNUSED_LISTS = ("precision", "recall", "f1", "support", "confusion")
@@ -60,7 +61,8 @@ class Run:
         # The history reads a model's name, test accuracy and predictions only.
         fields = dict.fromkeys(UNUSED_NUMBERS, 0.0) | {key: [] for key in UNUSED_LISTS}
         fields |= dict.fromkeys(("test_predictions", "test_probabilities"), ref)
-        fields |= {"validation_probabilities": ref, "params": {}, "curve": None}
+        fields |= dict.fromkeys(("validation_probabilities", "selection_probabilities"), ref)
+        fields |= {"params": {}, "curve": None}
         fields |= dict.fromkeys(("model_dir", "confusion_figure"), self.directory)
         accuracy = float(np.mean(predicted == y_test))
         self.evaluations.append(ModelEvaluation(name, accuracy, **fields))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.contracts import LearningCurve, ModelEvaluation, ModelFailure, TuningSummary
+from tasks.evaluation.report.splits import held_out_gaps, split_roles
 from tasks.evaluation.significance import (
     CONFIDENCE,
     accuracy_intervals,
@@ -25,8 +26,8 @@ from tasks.evaluation.significance import (
 
 LEADERBOARD_COLUMNS = [
     "rank", "model", "test_accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss",
-    "calibration_error", "validation_accuracy", "fit_seconds", "predict_seconds",
-    "predict_ms_per_1000", "model_size_mb",
+    "calibration_error", "validation_accuracy", "selection_accuracy", "fit_seconds",
+    "predict_seconds", "predict_ms_per_1000", "model_size_mb",
 ]  # fmt: skip
 EVALUATION_COLUMNS = [c for c in LEADERBOARD_COLUMNS if c not in ("rank", "accuracy_low",
                                                                  "accuracy_high")]  # fmt: skip
@@ -61,6 +62,8 @@ class Findings:
     gallery_model: str | None  # the best model, if it makes any mistake
     tuning: tuple[TuningSummary, ...]
     test_images: int
+    split_roles: pd.DataFrame  # `split_roles`: what each split decided
+    gaps: pd.DataFrame  # `held_out_gaps`, by rank
     failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
     plan: dict | None = None  # the time budget's plan (`tasks.budget.planner.Plan.as_dict`)
     dataset: str | None = None  # what the data is called (`ValidationSummary.dataset`)
@@ -75,6 +78,7 @@ def analyse(
     predicted: dict[str, np.ndarray],
     probabilities: dict[str, np.ndarray],
     seed: int,
+    split_images: dict[str, int],
     tuning: Sequence[TuningSummary] = (),
     failures: Sequence[ModelFailure] = (),
     plan: dict | None = None,
@@ -89,6 +93,7 @@ def analyse(
         predicted: each model's test predictions.
         probabilities: each model's test class probabilities.
         seed: seed of the bootstrap resamples.
+        split_images: images in the train, validation, selection and test splits.
         tuning: the tuning stage's searches, when it ran.
         failures: the models that failed, named by every view.
         plan: the time budget's plan, when the run had one.
@@ -129,6 +134,8 @@ def analyse(
         gallery_model=best if len(mistakes) else None,
         tuning=tuple(tuning),
         test_images=len(y_test),
+        split_roles=split_roles(split_images, evaluations, [t.model for t in tuning]),
+        gaps=held_out_gaps(board),
         failures=tuple(failures),
         plan=plan,
         dataset=dataset,

@@ -12,6 +12,7 @@ from tasks.evaluation.report.figures import (
     GALLERY_FILE,
     LEARNING_CURVES_FILE,
 )
+from tasks.evaluation.report.splits import describe_gaps
 from tasks.evaluation.report.tables import (
     budget_table,
     data_line,
@@ -58,6 +59,14 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         f"its {level} interval from the same paired bootstrap resamples as the leaderboard's.",
         "\n".join(f"- {line}" for line in describe_comparisons(comparisons, findings.confidence)),
         markdown_table(comparisons, ".3g"),
+        "## Which split decided what",
+        "Each split carved out of the training images decides one thing, so that no "
+        "choice is scored on the data that made it; the test images decide nothing.",
+        markdown_table(findings.split_roles),
+        "Each model's accuracy on the held-out splits beside its test accuracy; a gap is "
+        "the held-out accuracy minus the test accuracy, in points. "
+        + " ".join(describe_gaps(findings.gaps, findings.split_roles)),
+        markdown_table(findings.gaps, ".4f"),
         "## Cost and accuracy",
         "A model is on the Pareto front when no other model is at least as accurate and at "
         f"most as costly. Bars are the {level} confidence intervals.",

@@ -66,6 +66,8 @@ def metrics_document(
         "accuracy_interval": {"confidence": findings.confidence, "paired_bootstrap_resamples":
                               BOOTSTRAP_RESAMPLES},
         "mcnemar_exact": findings.comparisons.to_dict(orient="records"),
+        "splits": {"decided": findings.split_roles.to_dict(orient="records"),
+                   "held_out_gaps": findings.gaps.to_dict(orient="records")},
         "tuning": [asdict(summary) for summary in findings.tuning],
         "failures": [asdict(failure) for failure in findings.failures],
     }  # fmt: skip

@@ -41,7 +41,8 @@ def render_model_card(
         f"| test accuracy | {best.test_accuracy:.4f} ({ci}) on {findings.test_images:,} "
         "test images |",
         f"| macro-F1 | {best.macro_f1:.4f} |",
-        f"| validation accuracy | {best.validation_accuracy:.4f} |",
+        f"| validation, selection accuracy | {best.validation_accuracy:.4f}, "
+        f"{best.selection_accuracy:.4f} |",
         f"| log-loss, calibration error | {best.log_loss:.4f}, {best.calibration_error:.4f} |",
         f"| prediction time | {best.predict_seconds:.2f} s for the test images "
         f"({best.predict_ms_per_1000:.0f} ms per 1,000) |",

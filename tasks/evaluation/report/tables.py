@@ -18,7 +18,7 @@ CONSOLE_COLUMNS = [
 ]  # fmt: skip
 COLUMN_FORMATS = {
     "fit_seconds": ".1f", "predict_seconds": ".2f", "predict_ms_per_1000": ".1f",
-    "model_size_mb": ".2f",
+    "model_size_mb": ".2f", "validation_gap": ".2f", "selection_gap": ".2f",
 }  # fmt: skip
 NAMED_CLASSES = 12  # the data line names this many classes, then counts the rest
 

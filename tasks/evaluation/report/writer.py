@@ -29,6 +29,14 @@ from tasks.evaluation.report.tables import leaderboard_with_failures
 from tasks.history.db import LAST_RUN
 from tasks.training.tuned_profile import write_tuning_files
 
+# Each split, and the name of its labels array (`y_<name>`).
+SPLIT_LABELS = (
+    ("train", "train"),
+    ("validation", "val"),
+    ("selection", "selection"),
+    ("test", "test"),
+)
+
 
 @dataclass(frozen=True)
 class Report:
@@ -73,6 +81,7 @@ def write_report(
         predicted=predicted,
         probabilities=probabilities,
         seed=seed,
+        split_images={split: data.arrays[f"y_{name}"].shape[0] for split, name in SPLIT_LABELS},
         tuning=tuning,
         failures=failures,
         plan=context.get("plan"),

@@ -67,7 +67,7 @@ class ProbeData:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    test_images: int
+    scored_images: int  # predicted once trained, besides validation: selection and test
 
 
 def check_labels(labels: np.ndarray, classes: int, split: str) -> None:
@@ -183,6 +183,8 @@ class ModelSpec:
         own_lane: it trains on a lane of its own, and gets every core once the others
             are done: for the one model that gains the most from every minute.
         packages: the Python packages it needs, whose versions metrics.json records.
+        validation_use: what the validation split decides in its training, for the
+            report ("" when its training does not read it).
     """
 
     name: str
@@ -198,6 +200,7 @@ class ModelSpec:
     step_name: str = "steps"
     own_lane: bool = False
     packages: tuple[str, ...] = ()
+    validation_use: str = ""
 
     @property
     def module(self) -> str:

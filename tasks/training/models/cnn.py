@@ -250,7 +250,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     model trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an
     epoch is the steps of all the training images and a pass over the validation images;
     the rest is TensorFlow's start, the first step's tracing, and predicting both views of
-    the validation and test images. Where it gets every core once the other models are
+    the held-out and test images. Where it gets every core once the other models are
     done (`context.handover`), its steps are timed on its lane's cores and on every
     core once the others are measured, for the speed-up."""
     started = time.perf_counter()
@@ -290,7 +290,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     batches_per_epoch = batch_count(len(probe.y_train), p.batch_size)
     epoch = batches_per_epoch * step + validation * per_image
     epoch_alone = step_alone and batches_per_epoch * step_alone + validation * per_image
-    predictions = views * (validation + probe.test_images) * per_image
+    predictions = views * (validation + probe.scored_images) * per_image
     return Cost(fixed=imported + first + predictions, per_step=epoch, per_step_alone=epoch_alone)
 
 
@@ -326,4 +326,5 @@ CNN = ModelSpec(
     budgeting=Budgeting(measure_cnn, step_field="epochs", variants=cnn_variants),
     # Kept the longest, on a lane of its own: it gains the most from every minute.
     keep_priority=50, step_name="epochs", own_lane=True, packages=("tensorflow", "keras"),
+    validation_use="early stopping: the epoch whose weights are kept",
 )  # fmt: skip

@@ -23,7 +23,7 @@ def sample(probe: ProbeData, images: int) -> ProbeData:
     of each class they lack, so that every model can be fitted on them."""
     rows = with_every_class(np.arange(images), probe.y_train)
     return ProbeData(
-        probe.x_train[rows], probe.y_train[rows], probe.x_val, probe.y_val, probe.test_images
+        probe.x_train[rows], probe.y_train[rows], probe.x_val, probe.y_val, probe.scored_images
     )
 
 
@@ -37,7 +37,7 @@ def measure_one_fit(
     clock: Callable[[], float] = time.perf_counter,
 ) -> Cost:
     """A one-go fit's cost: fitted on `PROBE_IMAGES` images, its time scaled by
-    `(n / PROBE_IMAGES) ** fit_growth`, and its prediction of the validation and test
+    `(n / PROBE_IMAGES) ** fit_growth`, and its prediction of the held-out and test
     images by `** predict_growth` (an SVM predicts with every support vector, and keeps
     about a fixed share of its training images as those). `clock` times both."""
     images = len(probe.y_train)
@@ -51,7 +51,7 @@ def measure_one_fit(
     classifier.predict_proba(predicted)
     predict_per_image = (clock() - started) / len(predicted)
     growth = images / len(small.y_train)
-    predict_images = len(probe.y_val) + probe.test_images
+    predict_images = len(probe.y_val) + probe.scored_images
     return Cost(
         fit_seconds * growth**fit_growth
         + predict_per_image * predict_images * growth**predict_growth

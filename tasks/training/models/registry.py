@@ -6,7 +6,7 @@ Adding a model is one module holding its spec and one line in `SPECS`: everythin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,3 +114,14 @@ def step_name(name: str) -> str:
 def model_packages() -> tuple[str, ...]:
     """The Python packages the models need, once each, quickest model's first."""
     return tuple(dict.fromkeys(p for spec in reversed(_specs) for p in spec.packages))
+
+
+def validation_uses(names: Iterable[str]) -> dict[str, str]:
+    """What the validation split decides in the training of each named model that reads
+    it; names of no registered model (the ensemble) are passed over."""
+    by_name = _by_name()
+    return {
+        name: by_name[name].validation_use
+        for name in names
+        if name in by_name and by_name[name].validation_use
+    }

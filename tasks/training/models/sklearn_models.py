@@ -237,4 +237,5 @@ SVM = ModelSpec(
         fit_growth=1.5, predict_growth=1.0, variants=svm_variants,
     ),
     keep_priority=40, packages=("scikit-learn",),
+    validation_use="temperature scaling: its scores turned into probabilities",
 )  # fmt: skip

@@ -190,4 +190,5 @@ XGBOOST = ModelSpec(
     ),
     # Left out early when not all models fit: the most time per point of accuracy on AVX2.
     keep_priority=20, step_name="boosting rounds", packages=("xgboost",),
+    validation_use="early stopping: the boosting rounds kept",
 )  # fmt: skip
