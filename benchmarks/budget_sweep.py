@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.core.cpus import usable_cores
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.registry import SPECS, own_lane_model, step_name
 
@@ -79,7 +80,7 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
     metrics = json.loads((workdir / "reports" / "latest" / "metrics.json").read_text())
     plan = metrics.get("plan") or {}
     (t0, c0), (t1, c1) = marks[TRAINING_STARTS], marks[TRAINING_ENDS]
-    cores = os.cpu_count()
+    cores = usable_cores()
     return {
         "budget_minutes": minutes,
         "setting": "AVX2 / float32" if avx2 else "native",
@@ -140,7 +141,7 @@ def cpu_name() -> str:
     info = Path("/proc/cpuinfo").read_text()
     name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
     flags = "AVX-512 BF16" if "avx512_bf16" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{name} ({flags}, {os.cpu_count()} cores)"
+    return f"{name} ({flags}, {usable_cores()} usable cores)"
 
 
 def render(rows: pd.DataFrame, output: Path) -> None:

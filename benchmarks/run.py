@@ -90,7 +90,7 @@ class PlainStages:
         spawn = multiprocessing.get_context("spawn")
         with (
             timed(self.times, "train and evaluate"),
-            ProcessPoolExecutor(config.parallel_models, mp_context=spawn) as executor,
+            ProcessPoolExecutor(config.lanes, mp_context=spawn) as executor,
         ):
             yield PlainPool(executor, config.model_threads)
 

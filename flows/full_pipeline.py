@@ -115,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how models train in parallel (default: threads)",
     )
     parser.add_argument(
+        "--parallel-models",
+        type=int,
+        metavar="N",
+        help="models trained at the same time (default: 2, or 1 where one core is usable)",
+    )
+    parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"
     )
     parser.add_argument(
@@ -205,6 +211,7 @@ def _run(args: argparse.Namespace, started_at: float) -> int:
             fail_on_regression=args.fail_on_regression or None,
             baseline=args.baseline,
             task_runner=args.task_runner,
+            parallel_models=args.parallel_models,
             dask_address=args.dask_address,
             profile_file=args.profile_file,
             tune=tune_options(args),

@@ -31,6 +31,7 @@ from tasks.core.contracts import (
     RawDataset,
     ValidationSummary,
 )
+from tasks.core.cpus import machine_cores
 from tasks.core.errors import ModelsFailedError, StorageError
 from tasks.core.storage import sweep_scratch
 from tasks.data.stages import ingest_task, preprocess_task, validate_task
@@ -93,8 +94,8 @@ def _run_stages(
     raw, validation, data = prepare_data(call, config, logger)
 
     logger.info(
-        "stage 3/5: train %s, %d at a time (%s)",
-        ", ".join(config.models), config.parallel_models, config.task_runner,
+        "stage 3/5: train %s, %d at a time (%s) on %s",
+        ", ".join(config.models), config.lanes, config.task_runner, machine_cores(),
     )  # fmt: skip
     tuning, failures = [], []
     # The CNN gets every core once the others are done, where its process can be told so.

@@ -170,7 +170,7 @@ def train_and_evaluate(
         )
         trainings[future] = name
 
-    while waiting and len(trainings) < config.parallel_models:
+    while waiting and len(trainings) < config.lanes:
         start_next_training()
     evaluations, failures = {}, []
 
@@ -226,13 +226,13 @@ def tune_models(
     fails gets no more trials; without a completed one it is not trained."""
     logger.info(
         "tuning %s on the validation split, %.1f min each, %d trials at a time",
-        ", ".join(config.models), config.tune.budget_minutes, config.parallel_models,
+        ", ".join(config.models), config.tune.budget_minutes, config.lanes,
     )  # fmt: skip
     study_dir = config.cache_dir / "tuning" / run_id
     session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
     running: dict[Future, TrialRequest] = {}
     while True:
-        while len(running) < config.parallel_models and (request := session.next_trial()):
+        while len(running) < config.lanes and (request := session.next_trial()):
             parameters = {
                 "request": request,
                 "params": config.params,

@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from tasks.core.cpus import usable_cores
 from tasks.core.errors import PipelineError, RunEnvironmentError
 from tasks.core.stopping import (
     FIT_STOP_SECONDS,
@@ -87,12 +88,12 @@ def training_runner(config: PipelineConfig, api_url: str | None = None) -> TaskR
     """The pool that trains `parallel_models` models at once: threads, processes or Dask.
     Worker processes started here report to `api_url`."""
     if config.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=config.parallel_models)
+        return ThreadPoolTaskRunner(max_workers=config.lanes)
     if config.task_runner == "processes":
         # Its workers report to the flow's API and turn SIGTERM and SIGINT into a stop
         # of the task they run.
         return ProcessPoolTaskRunner(
-            max_workers=config.parallel_models,
+            max_workers=config.lanes,
             initializer=prepare_worker_process,
             initargs=(api_url,),
         )
@@ -101,7 +102,7 @@ def training_runner(config: PipelineConfig, api_url: str | None = None) -> TaskR
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     # One single-threaded worker process per model slot, reachable on loopback only.
-    cluster = {"n_workers": config.parallel_models, "threads_per_worker": 1, "processes": True}
+    cluster = {"n_workers": config.lanes, "threads_per_worker": 1, "processes": True}
     return DaskTaskRunner(cluster_kwargs=cluster | {"host": "127.0.0.1", "dashboard_address": None})
 
 
@@ -176,7 +177,7 @@ def threads_per_model(config: PipelineConfig, runner: TaskRunner) -> int:
     if config.threads_per_model or not config.dask_address:
         return config.model_threads
     client = runner.client
-    return dask_threads_per_model(client.run(os.cpu_count), client.nthreads())
+    return dask_threads_per_model(client.run(usable_cores), client.nthreads())
 
 
 class PrefectPool:

@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 
 from flows.arguments import DEFAULT_RUN, OneLineErrorParser, non_negative_number, whole_number
+from tasks.core.cpus import usable_cores
 from tasks.core.errors import PredictionInputError
 from tasks.serve.app import ServeSettings, create_app
 from tasks.serve.slot import ModelSlot
-from tasks.training.cores import usable_cores
 
 TOKEN_VARIABLE = "FASHION_MNIST_SERVE_TOKEN"
 DEFAULTS = ServeSettings()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA notices on a CPU machine
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(message)s")
-    threads = args.threads or len(usable_cores()) or os.cpu_count() or 1
+    threads = args.threads or usable_cores()
     try:
         slot = ModelSlot(Path(args.run), args.model, threads)
     except PredictionInputError as error:

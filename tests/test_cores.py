@@ -13,14 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import flows.parallel
+import tasks.training.cores
 from flows.parallel import train_and_evaluate
+from tasks.core.cpus import allowed_cpus, usable_cores
 from tasks.run.config import build_config
-from tasks.training.cores import CoreHandover, shared_cores, usable_cores
+from tasks.training.cores import CoreHandover, shared_cores
 from tests.support.pools import FakePool
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
-    len(usable_cores()) < 2, reason="sharing cores needs two; CI machines have two"
+    usable_cores() < 2, reason="sharing cores needs two; CI machines have two"
 )
 logger = logging.getLogger("test-cores")
 
@@ -35,8 +37,8 @@ def in_thread(function):
         return executor.submit(function).result(timeout=30)
 
 
-def test_a_share_is_made_only_where_there_are_cores_to_give(tmp_path):
-    cores = usable_cores()
+def test_a_share_is_made_only_where_there_are_cores_to_give(tmp_path, monkeypatch):
+    cores = allowed_cpus()
     with shared_cores(tmp_path, 1, enabled=True) as share:
         assert share.lane_cores == cores[:1]
         assert share.all_cores == cores
@@ -48,6 +50,10 @@ def test_a_share_is_made_only_where_there_are_cores_to_give(tmp_path):
     with shared_cores(tmp_path, len(cores), enabled=True) as share:
         assert share is None  # the lane has every core already
     with shared_cores(tmp_path, 1, enabled=False) as share:
+        assert share is None
+    # A CPU quota of one core (docker --cpus 1) on this 2-core machine: nothing to give.
+    monkeypatch.setattr(tasks.training.cores, "usable_cores", lambda: 1)
+    with shared_cores(tmp_path, 1, enabled=True) as share:
         assert share is None
 
 
@@ -208,5 +214,5 @@ def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_p
         "xgboost trained",
         "xgboost evaluated with 1 thread(s)",
         "cnn trained on every core",
-        f"cnn evaluated with {len(usable_cores())} thread(s)",
+        f"cnn evaluated with {usable_cores()} thread(s)",
     ]

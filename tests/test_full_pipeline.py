@@ -31,6 +31,7 @@ from statsmodels.stats.multitest import multipletests
 
 from benchmarks.selection_split import ensembles_by_chooser
 from flows.full_pipeline import full_pipeline, main
+from tasks.core.cpus import cpu_model, usable_cores
 from tasks.data.ingest import FASHION_MNIST_FILES
 from tasks.evaluation.ensemble import choose_weights
 from tasks.run.config import DEFAULT_MODELS, build_config
@@ -300,6 +301,16 @@ def test_the_selection_split_chose_the_ensemble_and_the_report_says_what_each_sp
     section = report.split("## Which split decided what")[1].split("\n## ")[0]
     assert "| selection | 500 | the ensemble's members and weights (" in section
     assert "The ensemble scores" in section
+
+
+def test_the_report_names_the_cpu_and_the_cores_the_run_could_use(quick_run):
+    _, report_dir, _ = quick_run
+    machine = json.loads((report_dir / "metrics.json").read_text())["machine"]
+    assert (machine["usable_cores"], machine["host_cpus"]) == (usable_cores(), os.cpu_count())
+    assert machine["cpu"] == cpu_model()
+    summary = f"{cpu_model()}, {usable_cores()} of {os.cpu_count()} cores usable"
+    assert machine["summary"].startswith(summary)
+    assert f"**Machine:** {machine['summary']}." in (report_dir / "report.md").read_text()
 
 
 def test_the_selection_benchmark_rebuilds_the_runs_ensemble_from_the_cache(quick_run):

@@ -4,7 +4,6 @@ cheapest variant first, a costlier one only when it could fit."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from tasks.budget.planner import Variant
 from tasks.core.contracts import TRAINING_ARRAYS, ModelFailure, ProcessedDataset
@@ -82,20 +81,3 @@ def _measure_model(
             name, way.label, cost.fixed, cost.per_step, field or "fit", alone,
         )  # fmt: skip
     return options
-
-
-def cpu_model() -> str:
-    """The CPU's model name, and whether it has AVX-512 BF16: plans do not travel."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return f"{name}{' avx512_bf16' if 'avx512_bf16' in info else ''}"

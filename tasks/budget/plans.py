@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.budget.measure import cpu_model
 from tasks.budget.planner import Plan, Variant, plan_run
 from tasks.core.contracts import ModelFailure, ProcessedDataset
+from tasks.core.cpus import cpu_model
 from tasks.core.storage import (
     cached_stage,
     code_version,
@@ -58,7 +58,7 @@ def plan_key(
     return content_key(
         config.time_budget_minutes, config.models, params.model_dump(mode="json"),
         {name: ref.sha256 for name, ref in data.arrays.items()}, threads,
-        config.parallel_models, cpu_model(), measuring,
+        config.lanes, cpu_model(), measuring,
         code_version(__file__), project_code_version("tasks.budget.planner"),
         project_code_version("tasks.training.models.measuring"),
     )  # fmt: skip
@@ -104,7 +104,7 @@ def make_plan(
         budget_seconds=config.time_budget_minutes * 60,
         elapsed_seconds=elapsed_seconds,
         reserve_seconds=reserve_seconds(len(measured)),
-        lanes=config.parallel_models,
+        lanes=config.lanes,
         drop_order=drop_order(),
         dedicated=own_lane_model(),
     )

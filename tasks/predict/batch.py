@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
+from tasks.core.cpus import usable_cores
 from tasks.core.errors import PredictionInputError
 from tasks.core.files import write_atomically
 from tasks.predict.inputs import InputImages, find_inputs, read_input
@@ -142,7 +142,7 @@ def predict_images(
             f"has {classes} classes; expected 1 to {classes}"
         )
     started = time.perf_counter()
-    loaded = load_run_model(Path(run_dir), model, threads or os.cpu_count() or 1)
+    loaded = load_run_model(Path(run_dir), model, threads or usable_cores())
     load_seconds = time.perf_counter() - started
     predict_seconds = 0.0
 

@@ -7,7 +7,6 @@ it as a form in the UI, and every task receives only the fields it needs.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,10 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.core.cpus import usable_cores
 from tasks.data.preprocess import held_out_sizes
 from tasks.training.models.registry import SPECS, ModelParams
 
 ProfileName = Literal["quick", "full"]
+DEFAULT_LANES = 2  # the CNN on one, the other models after each other on the other
 
 
 class _Params(BaseModel):
@@ -149,7 +150,11 @@ class PipelineConfig(BaseModel):
         "what its models cost on this machine and plans epochs, rounds and which models fit. "
         "0: no budget, every model trains as configured.",
     )
-    parallel_models: PositiveInt = Field(2, description="Models trained at the same time.")
+    parallel_models: PositiveInt | None = Field(
+        None,
+        description="Models trained at the same time; default: 2, or 1 where one core is "
+        "usable (two would time-share it).",
+    )
     threads_per_model: PositiveInt | None = Field(
         None, description="Threads each model may use; default: the cores shared evenly."
     )
@@ -242,9 +247,15 @@ class PipelineConfig(BaseModel):
         return self
 
     @property
+    def lanes(self) -> int:
+        """Models trained at the same time: `parallel_models`, or as many of the default
+        `DEFAULT_LANES` as there are usable cores."""
+        return self.parallel_models or min(DEFAULT_LANES, usable_cores())
+
+    @property
     def model_threads(self) -> int:
-        """Threads per model, so that the models trained at once share the cores evenly."""
-        return self.threads_per_model or max(1, (os.cpu_count() or 1) // self.parallel_models)
+        """Threads per model, so that the models trained at once share the usable cores evenly."""
+        return self.threads_per_model or max(1, usable_cores() // self.lanes)
 
 
 def build_config(profile: ProfileName = "full", **overrides: object) -> PipelineConfig:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tasks.core.contracts import Cost
+from tasks.core.cpus import allowed_cpus, usable_cores
 from tasks.core.storage import scratch_name
 
 # How often a training CNN's process looks for the word that the others are done.
@@ -203,13 +204,6 @@ class CoreHandover:
             os.sched_setaffinity(0, before)
 
 
-def usable_cores() -> tuple[int, ...]:
-    """The cores this process may run on; none where CPU affinity does not exist."""
-    if not hasattr(os, "sched_getaffinity"):
-        return ()
-    return tuple(sorted(os.sched_getaffinity(0)))
-
-
 @contextlib.contextmanager
 def shared_cores(
     scratch_root: Path, lane_threads: int, enabled: bool
@@ -218,7 +212,8 @@ def shared_cores(
     with a scratch directory that ends with it; at the end every core is given back to
     the threads of this process still held to the lane. None when not `enabled` or when
     the lane already has every core (one lane, one core, or no affinity here)."""
-    cores = usable_cores()
+    # Under a CPU quota, as many of the allowed CPUs as it leaves usable.
+    cores = allowed_cpus()[: usable_cores()]
     if not enabled or len(cores) <= lane_threads:
         yield None
         return

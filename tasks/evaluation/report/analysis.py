@@ -68,6 +68,7 @@ class Findings:
     plan: dict | None = None  # the time budget's plan (`tasks.budget.planner.Plan.as_dict`)
     dataset: str | None = None  # what the data is called (`ValidationSummary.dataset`)
     data_warning: str = ""  # `ValidationSummary.warning`: not the data it looks like
+    machine: str = ""  # the CPU and its usable cores (`machine_facts`' summary)
     since_last_run: tuple[str, ...] = ()  # sentences comparing with the previous run, if any
 
 
@@ -85,6 +86,7 @@ def analyse(
     dataset: str | None = None,
     data_warning: str = "",
     since_last_run: Sequence[str] = (),
+    machine: str = "",
 ) -> Findings:
     """The findings of a run, computed once for every view of them.
 
@@ -100,6 +102,7 @@ def analyse(
         dataset: what the data is called, when known.
         data_warning: why the data is not what it looks like, when it is not.
         since_last_run: what changed since the previous run, in sentences; none on a first run.
+        machine: what the models trained on: the CPU and its usable cores.
     """
     correct = {name: labels == y_test for name, labels in predicted.items()}
     # One set of paired resamples for the intervals and the comparisons' differences.
@@ -141,6 +144,7 @@ def analyse(
         dataset=dataset,
         data_warning=data_warning,
         since_last_run=tuple(since_last_run),
+        machine=machine,
     )
 
 

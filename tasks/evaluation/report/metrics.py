@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, ValidationSummary
+from tasks.core.cpus import machine_facts
 from tasks.evaluation.report.analysis import LEADERBOARD_COLUMNS, Findings
 from tasks.evaluation.significance import BOOTSTRAP_RESAMPLES
 from tasks.training.models.registry import model_packages
@@ -87,4 +88,5 @@ def run_context(
             "processed_sha256": {name: ref.sha256 for name, ref in data.arrays.items()},
         },
         "validation": asdict(validation),
+        "machine": machine_facts(),
     }

@@ -46,14 +46,16 @@ def leaderboard_with_failures(findings: Findings) -> pd.DataFrame:
 
 
 def data_line(findings: Findings) -> str:
-    """What the models learnt: the data's name, when known, and its classes."""
+    """What the models learnt: the data's name, when known, and its classes; and what
+    they trained on, the CPU and its usable cores."""
     names = findings.class_names
     listed = ", ".join(names[:NAMED_CLASSES])
     if len(names) > NAMED_CLASSES:
         listed += f" and {len(names) - NAMED_CLASSES} more"
     called = f"{findings.dataset}. " if findings.dataset else ""
     warning = f"\n\n**Warning:** {findings.data_warning}." if findings.data_warning else ""
-    return f"**Data:** {called}Classes: {listed}.{warning}"
+    machine = f"\n\n**Machine:** {findings.machine}." if findings.machine else ""
+    return f"**Data:** {called}Classes: {listed}.{warning}{machine}"
 
 
 def since_last_run_section(findings: Findings) -> list[str]:

@@ -88,6 +88,7 @@ def write_report(
         dataset=context.get("validation", {}).get("dataset"),
         data_warning=context.get("validation", {}).get("warning", ""),
         since_last_run=since_sentences(context.get("since_previous_run")),
+        machine=context.get("machine", {}).get("summary", ""),
     )
     run_id = report_dir.name
     ranked = list(findings.leaderboard.model)
