@@ -33,16 +33,12 @@ def split_roles(
     uses = [f"{name}'s {use}" for name, use in validation_uses(e.name for e in models).items()]
     if tuned:
         uses.append(f"the tuning trials' scores ({', '.join(tuned)})")
-    ensemble = next((e for e in evaluations if e.name == ENSEMBLE_NAME), None)
-    chosen = (
-        "the ensemble's members and weights ("
-        + ", ".join(f"{m} {w:.3f}" for m, w in zip(*_members(ensemble), strict=True))
-        + ")"
-        if ensemble
-        else "nothing: no ensemble was built"
-    )
+    chosen = "nothing: no ensemble was built"
+    if ensemble := next((e for e in evaluations if e.name == ENSEMBLE_NAME), None):
+        mix = zip(ensemble.params["members"], ensemble.params["weights"], strict=True)
+        chosen = f"the ensemble's members and weights ({', '.join(f'{m} {w:.3f}' for m, w in mix)})"
     decided = {
-        "train": f"each model's fit ({len(models)} models)",
+        "train": f"each model's fit ({len(models)} model{'s' if len(models) != 1 else ''})",
         "validation": "; ".join(uses) or "nothing: no model here reads it",
         "selection": chosen,
         "test": "nothing: it only scores the models (the ranking, intervals and tests)",
@@ -51,10 +47,6 @@ def split_roles(
         {"split": split, "images": split_images[split], "decided": what}
         for split, what in decided.items()
     )
-
-
-def _members(ensemble: ModelEvaluation) -> tuple[list[str], list[float]]:
-    return ensemble.params["members"], ensemble.params["weights"]
 
 
 def held_out_gaps(board: pd.DataFrame) -> pd.DataFrame:
