@@ -66,6 +66,8 @@ def test_no_quota_leaves_the_affinity(tmp_path):
     })  # fmt: skip
     assert cgroup_cpu_quota(root, proc) is None
     assert cgroup_cpu_quota(root, tmp_path / "no-proc") is None  # not Linux
+    proc.write_text("garbled\n1:cpu:/\n")
+    assert cgroup_cpu_quota(root, proc) is None
     assert usable_core_count(allowed=64, quota=None) == 64
 
 

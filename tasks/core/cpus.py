@@ -38,7 +38,10 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) 
         return None
     quotas = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":  # cgroup v2, the unified hierarchy
             quotas += [_v2_quota(d) for d in _cgroup_dirs(root, path)]
         elif "cpu" in controllers.split(","):
