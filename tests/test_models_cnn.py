@@ -14,6 +14,7 @@ from tasks.training.models.base import TrainingContext
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
     CosineToDeadline,
+    EpochProgress,
     augmented_batches,
     image_batches,
     shift_and_mirror,
@@ -199,6 +200,20 @@ def test_epochs_faster_than_planned_stretch_the_decay_up_to_the_most_allowed():
     assert network.stop_training
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_progress_counts_against_the_epochs_planned_now_and_ends_at_one():
+    network, reported = FakeNetwork(), []
+    context = TrainingContext(
+        seed=0, threads=1, deadline=400, most_steps=6, report_progress=reported.append
+    )
+    schedule = CosineToDeadline(network, 0.002, 10, 3, context, clock=FakeClock())
+    progress = EpochProgress(lambda: schedule.last_epoch, context)
+    scores = {"loss": 0.5, "accuracy": 0.8, "val_accuracy": 0.8}
+    for epoch in range(6):  # 3 planned, stretched to the 6 allowed
+        run_epoch(schedule, network, epoch, seconds=50)
+        progress(epoch, scores)  # Keras calls it after the schedule's end-of-epoch hook
+    assert reported == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
 
 
 def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():

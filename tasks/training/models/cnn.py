@@ -186,7 +186,7 @@ class KerasCNN:
                     on_epoch_end=schedule.on_epoch_end,
                 ),
                 keras.callbacks.LambdaCallback(
-                    on_epoch_end=EpochProgress(self.params.epochs, self.context),
+                    on_epoch_end=EpochProgress(lambda: schedule.last_epoch, self.context),
                     # A run told to stop stops within a batch, validation included.
                     on_train_batch_end=lambda batch, logs: self._after_batch(),
                     on_test_batch_end=lambda batch, logs: self.context.check_stop(),

@@ -127,14 +127,17 @@ def image_batches(images: np.ndarray, labels: np.ndarray | None = None):
 @dataclass(frozen=True)
 class EpochProgress:
     """Keras' end-of-epoch hook (through a LambdaCallback, so this module needs no Keras
-    to import): log the epoch's scores, report progress and validation accuracy."""
+    to import): log the epoch's scores, report progress and validation accuracy.
 
-    epochs: int
+    Progress counts against the last epoch planned now (`CosineToDeadline.last_epoch`,
+    re-planned under a deadline before this hook runs), so it never passes 100 %."""
+
+    last_epoch: Callable[[], int]
     context: TrainingContext
 
     def __call__(self, epoch: int, logs: dict) -> None:
         """Keras' end-of-epoch hook."""
-        self.context.report_progress((epoch + 1) / self.epochs)
+        self.context.report_progress(min(1.0, (epoch + 1) / self.last_epoch()))
         self.context.logger.info(
             "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
             epoch + 1, logs["loss"], logs["accuracy"], logs["val_accuracy"],
