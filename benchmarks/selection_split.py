@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
-from tasks.core.contracts import ENSEMBLE_NAME
+from tasks.core.contracts import ENSEMBLE_NAME, HELD_OUT, SPLIT_ARRAYS
 from tasks.evaluation.ensemble import choose_weights
 from tasks.evaluation.report.tables import markdown_table
 
@@ -47,8 +47,7 @@ def ensembles_by_chooser(run: Path, workdir: Path) -> pd.DataFrame:
     cache_dir = workdir / metrics["config"]["cache_dir"]
     processed = workdir / metrics["data"]["processed_dir"]
     labels = {
-        split: np.load(processed / f"y_{name}.npy")
-        for split, name in (("validation", "val"), ("selection", "selection"), ("test", "test"))
+        split: np.load(processed / f"{SPLIT_ARRAYS[split][1]}.npy") for split in (*HELD_OUT, "test")
     }
     entries = {
         model: stored_probabilities(cache_dir, model, record["test_predictions_sha256"])

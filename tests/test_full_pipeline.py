@@ -31,6 +31,7 @@ from statsmodels.stats.multitest import multipletests
 
 from benchmarks.selection_split import ensembles_by_chooser
 from flows.full_pipeline import full_pipeline, main
+from tasks.core.contracts import HELD_OUT, SPLIT_ARRAYS
 from tasks.core.cpus import cpu_model, usable_cores
 from tasks.data.ingest import FASHION_MNIST_FILES
 from tasks.evaluation.ensemble import choose_weights
@@ -275,8 +276,8 @@ def test_the_selection_split_chose_the_ensemble_and_the_report_says_what_each_sp
     processed = Path(metrics["data"]["processed_dir"])
     processed = processed if processed.is_absolute() else workdir / processed
     held_out = {
-        split: (np.load(processed / f"x_{name}.npy"), np.load(processed / f"y_{name}.npy"))
-        for split, name in (("validation", "val"), ("selection", "selection"))
+        split: tuple(np.load(processed / f"{array}.npy") for array in SPLIT_ARRAYS[split])
+        for split in HELD_OUT
     }
     gaps = {row["model"]: row for row in metrics["splits"]["held_out_gaps"]}
     selection_probabilities = {}

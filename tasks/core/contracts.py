@@ -26,7 +26,15 @@ CLASS_NAMES: tuple[str, ...] = (
 N_CLASSES = len(CLASS_NAMES)
 MIN_CLASSES, MAX_CLASSES = 2, 100
 IMAGE_SHAPE = (28, 28)
-TRAINING_ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+# Each split's features and labels, as the processed data names them.
+SPLIT_ARRAYS: dict[str, tuple[str, str]] = {
+    "train": ("x_train", "y_train"),
+    "validation": ("x_val", "y_val"),  # early stopping, calibration, tuning
+    "selection": ("x_selection", "y_selection"),  # the ensemble's members and weights
+    "test": ("x_test", "y_test"),
+}
+HELD_OUT = ("validation", "selection")  # the splits every model predicts besides the test set
+TRAINING_ARRAYS = SPLIT_ARRAYS["train"] + SPLIT_ARRAYS["validation"]
 ENSEMBLE_NAME = "ensemble"  # the soft-voting ensemble's name among the models
 
 

@@ -69,6 +69,17 @@ def held_out_sizes(
     return validation, selection_size or validation
 
 
+def held_out_problem(training_images: int, sizes: tuple[int, int]) -> str | None:
+    """Why the validation and selection splits of `sizes` cannot be taken from
+    `training_images`: they must leave at least 10 for training; None when they can."""
+    if sum(sizes) <= training_images - 10:
+        return None
+    return (
+        f"validation_size {sizes[0]} and selection_size {sizes[1]} must leave at least 10 of "
+        f"the {training_images} training images they are taken from for training"
+    )
+
+
 def preprocess_arrays(
     raw: dict[str, np.ndarray],
     validation_size: int | None,
@@ -86,12 +97,8 @@ def preprocess_arrays(
     try:
         subset = stratified_subset(raw["train_labels"], train_subset_size, seed)
         sizes = held_out_sizes(len(subset), validation_size, selection_size)
-        if sum(sizes) > len(subset) - 10:
-            raise UsageError(
-                f"validation_size {sizes[0]} and selection_size {sizes[1]} must leave at "
-                f"least 10 of the {len(subset)} training images they are taken from for "
-                "training; choose smaller ones"
-            )
+        if problem := held_out_problem(len(subset), sizes):
+            raise UsageError(f"{problem}; choose smaller ones")
         rows = split_held_out(raw["train_labels"][subset], sizes, seed)
         test_rows = stratified_subset(raw["test_labels"], test_subset_size, seed)
     except ValueError as error:  # scikit-learn's: a class with too few images to stratify

@@ -17,9 +17,16 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from tasks.core.contracts import ENSEMBLE_NAME, ModelEvaluation, ProcessedDataset, TrainedModel
+from tasks.core.contracts import (
+    ENSEMBLE_NAME,
+    HELD_OUT,
+    SPLIT_ARRAYS,
+    ModelEvaluation,
+    ProcessedDataset,
+    TrainedModel,
+)
 from tasks.core.storage import cached_stage, code_version, content_key
-from tasks.evaluation.evaluate import HELD_OUT_ARRAYS, read_evaluation, write_evaluation
+from tasks.evaluation.evaluate import read_evaluation, write_evaluation
 
 WEIGHTS_FILE = "weights.json"
 _PROBABILITY_FLOOR = 1e-7  # log-loss of a confident mistake stays finite
@@ -61,13 +68,12 @@ def build_ensemble(
 ) -> ModelEvaluation:
     """Mix the best `size` models' probabilities; cached per members' probabilities."""
     members = choose_members(evaluations, size)
-    splits = [*HELD_OUT_ARRAYS, "test"]
+    splits = (*HELD_OUT, "test")
     inputs = [
         (m.name, *(getattr(m, f"{split}_probabilities").sha256 for split in splits))
         for m in members
     ]
-    label_arrays = [labels for _, labels in HELD_OUT_ARRAYS.values()] + ["y_test"]
-    labels = [data.arrays[name].sha256 for name in label_arrays]
+    labels = [data.arrays[SPLIT_ARRAYS[split][1]].sha256 for split in splits]
     key = content_key(inputs, labels, list(data.class_names), code_version(__file__))
     target = cache_dir / "evaluations" / ENSEMBLE_NAME / key
 
@@ -88,8 +94,7 @@ def build_ensemble(
             "model_size_mb": sum(m.model_size_mb for m in members),
         }
         held_out = {
-            split: (data.arrays[labels].load(), mix(split))
-            for split, (_, labels) in HELD_OUT_ARRAYS.items()
+            split: (data.arrays[SPLIT_ARRAYS[split][1]].load(), mix(split)) for split in HELD_OUT
         }
         (y_test,) = data.load("y_test")
         write_evaluation(

@@ -19,7 +19,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, TrainedModel, as_stored
+from tasks.core.contracts import (
+    HELD_OUT,
+    SPLIT_ARRAYS,
+    ModelEvaluation,
+    ProcessedDataset,
+    TrainedModel,
+    as_stored,
+)
 from tasks.core.stopping import run_until_stopped
 from tasks.core.storage import (
     array_refs,
@@ -32,8 +39,6 @@ from tasks.core.storage import (
 from tasks.evaluation.report.figures import MOST_LABELLED_CLASSES, class_font_size, grown
 from tasks.training.models.registry import load_model
 
-# The held-out splits every model predicts besides the test set, and their arrays.
-HELD_OUT_ARRAYS = {"validation": ("x_val", "y_val"), "selection": ("x_selection", "y_selection")}
 PROBABILITY_ARRAYS = (
     "test_predictions", "test_probabilities", "validation_probabilities",
     "selection_probabilities",
@@ -127,7 +132,7 @@ def write_evaluation(
     Args:
         title: the model's name, shown on its confusion-matrix figure.
         class_names: the data's classes, one probability column each.
-        held_out: per held-out split (`HELD_OUT_ARRAYS`), its labels and the probabilities.
+        held_out: per held-out split (`HELD_OUT`), its labels and the probabilities.
         cost: `predict_seconds`, `predict_cpu_seconds` and `model_size_mb`.
 
     Raises:
@@ -198,7 +203,7 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Class probabilities and metrics on the held-out and test splits, timing the test
     prediction; cached per model content, evaluation data, class names and code version."""
-    evaluated = [*(name for pair in HELD_OUT_ARRAYS.values() for name in pair), "x_test", "y_test"]
+    evaluated = (name for split in (*HELD_OUT, "test") for name in SPLIT_ARRAYS[split])
     inputs = {name: data.arrays[name].sha256 for name in evaluated}
     key = content_key(
         manifest_digest(trained.directory), inputs, list(data.class_names), code_version(__file__)
@@ -208,10 +213,10 @@ def evaluate_model(
     def predict_and_measure(staging: Path) -> None:
         classifier = load_model(trained.directory, threads)
         held_out = {}
-        for split, (features, labels) in HELD_OUT_ARRAYS.items():
-            x, y = data.load(features, labels)
+        for split in HELD_OUT:
+            x, y = data.load(*SPLIT_ARRAYS[split])
             held_out[split] = (y, run_until_stopped(classifier.predict_proba, x))
-        x_test, y_test = data.load("x_test", "y_test")
+        x_test, y_test = data.load(*SPLIT_ARRAYS["test"])
         started, cpu_started = time.perf_counter(), time.process_time()
         probabilities = run_until_stopped(classifier.predict_proba, x_test)
         cost = {

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from tasks.core.cpus import usable_cores
-from tasks.data.preprocess import held_out_sizes
+from tasks.data.preprocess import held_out_problem, held_out_sizes
 from tasks.training.models.registry import SPECS, ModelParams
 
 ProfileName = Literal["quick", "full"]
@@ -235,15 +235,11 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _split_fits(self) -> PipelineConfig:
         if self.train_subset_size and (self.validation_size or self.selection_size):
-            validation, selection = held_out_sizes(
+            sizes = held_out_sizes(
                 self.train_subset_size, self.validation_size, self.selection_size
             )
-            if validation + selection > self.train_subset_size - 10:
-                raise ValueError(
-                    f"validation_size {validation} and selection_size {selection} must "
-                    f"leave at least 10 of the {self.train_subset_size} training images "
-                    "they are taken from for training"
-                )
+            if problem := held_out_problem(self.train_subset_size, sizes):
+                raise ValueError(problem)
         return self
 
     @property

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from tasks.core.contracts import ENSEMBLE_NAME, ModelEvaluation
+from tasks.core.contracts import ENSEMBLE_NAME, HELD_OUT, ModelEvaluation
 from tasks.training.models.registry import validation_uses
 
 GAP_COLUMNS = ["model", "validation_accuracy", "selection_accuracy", "test_accuracy"]
-HELD_OUT = ("validation", "selection")
 
 
 def split_roles(

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.core.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.core.contracts import (
+    SPLIT_ARRAYS,
+    ModelEvaluation,
+    ModelFailure,
+    ProcessedDataset,
+    TuningSummary,
+)
 from tasks.core.errors import StorageError
 from tasks.core.files import replacing
 from tasks.core.storage import write_new_directory
@@ -28,14 +34,6 @@ from tasks.evaluation.report.model_card import render_model_card
 from tasks.evaluation.report.tables import leaderboard_with_failures
 from tasks.history.db import LAST_RUN
 from tasks.training.tuned_profile import write_tuning_files
-
-# Each split, and the name of its labels array (`y_<name>`).
-SPLIT_LABELS = (
-    ("train", "train"),
-    ("validation", "val"),
-    ("selection", "selection"),
-    ("test", "test"),
-)
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def write_report(
         predicted=predicted,
         probabilities=probabilities,
         seed=seed,
-        split_images={split: data.arrays[f"y_{name}"].shape[0] for split, name in SPLIT_LABELS},
+        split_images={split: data.arrays[y].shape[0] for split, (_, y) in SPLIT_ARRAYS.items()},
         tuning=tuning,
         failures=failures,
         plan=context.get("plan"),
