@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from flows.graph import run_stages
+from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ENSEMBLE_NAME
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import PipelineConfig, build_config
@@ -59,8 +60,8 @@ def _call_task_function(module: str, name: str, parameters: dict) -> Any:
 class PlainPool:
     """The graph's pool as a pool of spawned worker processes, one model per process."""
 
-    def __init__(self, executor: ProcessPoolExecutor, threads: int):
-        self.executor, self.threads_per_model = executor, threads
+    def __init__(self, executor: ProcessPoolExecutor, cores: CoreSchedule):
+        self.executor, self.cores = executor, cores
 
     def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future:
         # The graph passes what a submission depends on already computed.
@@ -92,7 +93,7 @@ class PlainStages:
             timed(self.times, "train and evaluate"),
             ProcessPoolExecutor(config.lanes, mp_context=spawn) as executor,
         ):
-            yield PlainPool(executor, config.model_threads)
+            yield PlainPool(executor, config.core_schedule())
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 
 from flows.graph import run_stages
 from flows.runner import STOPS, PrefectStages, quiet_tracebacks, stop_signal_of
-from flows.runner import dask_threads_per_model as dask_threads_per_model
 from flows.server import prefect_api
 from tasks.core.errors import PipelineError
 from tasks.core.stopping import (

@@ -32,6 +32,7 @@ from tasks.core.contracts import (
     ValidationSummary,
 )
 from tasks.core.cpus import machine_cores
+from tasks.core.devices import detect_devices
 from tasks.core.errors import ModelsFailedError, StorageError
 from tasks.core.storage import sweep_scratch
 from tasks.data.stages import ingest_task, preprocess_task, validate_task
@@ -42,7 +43,7 @@ from tasks.history.runs import regression_error
 from tasks.history.stages import record_run_task, since_previous_run_task
 from tasks.run.config import PipelineConfig
 from tasks.run.preflight import check_run, space_needed
-from tasks.training.cores import shared_cores
+from tasks.training.cores import CoreHandover, cluster_shared_cores, shared_cores
 from tasks.training.models.registry import own_lane_model
 from tasks.training.tune import tuned_params, write_profile
 
@@ -83,6 +84,17 @@ def run_stages(
         sweep_scratch(scratch_roots, runner.logger)  # what stopped worker processes left
 
 
+def core_share(
+    pool: Any, config: PipelineConfig, enabled: bool
+) -> AbstractContextManager[CoreHandover | None]:
+    """The CNN's share of the cores: told by a file on this machine, or through the Dask
+    cluster when it may train on another of its machines."""
+    if config.dask_address:
+        return cluster_shared_cores(pool.client, enabled)
+    lane = pool.cores.threads.get(own_lane_model(), 1)
+    return shared_cores(config.cache_dir, lane, enabled)
+
+
 def _run_stages(
     config: PipelineConfig, runner: StageRunner, run_id: str, started_at: float
 ) -> Path:
@@ -94,17 +106,14 @@ def _run_stages(
     raw, validation, data = prepare_data(call, config, logger)
 
     logger.info(
-        "stage 3/5: train %s, %d at a time (%s) on %s",
-        ", ".join(config.models), config.lanes, config.task_runner, machine_cores(),
+        "stage 3/5: train %s (%s) on %s; %s",
+        ", ".join(config.models), config.task_runner, machine_cores(), detect_devices().summary,
     )  # fmt: skip
     tuning, failures = [], []
-    # The CNN gets every core once the others are done, where its process can be told so.
+    # The CNN gets the others' cores as they are done, where its process can be told so.
     sharing = own_lane_model() in config.models and len(config.models) > 1
-    sharing = sharing and not config.dask_address
-    with (
-        runner.pool(config) as pool,
-        shared_cores(cache, pool.threads_per_model, sharing) as share,
-    ):
+    with runner.pool(config) as pool, core_share(pool, config, sharing) as share:
+        logger.info("core schedule: %s", pool.cores.describe())
         if config.tune.enabled:
             tuning, failures = tune_models(pool, config, data, run_id, logger)
         params = tuned_params(config.params, tuning)

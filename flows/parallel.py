@@ -18,8 +18,10 @@ from tasks.budget.plans import (
     plan_key,
     reserve_seconds,
 )
+from tasks.budget.schedule import CoreSchedule
 from tasks.budget.stages import measure_task
 from tasks.core.contracts import ModelEvaluation, ModelFailure, ProcessedDataset, TuningSummary
+from tasks.core.cpus import threads_here
 from tasks.core.errors import ModelsFailedError, RunEnvironmentError
 from tasks.core.stopping import RunStopped, stop_requested, stop_signal
 from tasks.evaluation.stages import evaluate_task
@@ -37,7 +39,7 @@ class Future(Protocol):
 class Pool(Protocol):
     """Runs stages side by side: Prefect's task runner, or a process pool."""
 
-    threads_per_model: int
+    cores: CoreSchedule
 
     def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future: ...
 
@@ -97,7 +99,7 @@ def plan_training(
     plan, and so the models it trained. The CNN is measured beside the others as they will
     train, on its lane's cores of `share`, and once they are measured on every core too.
     A model whose measurement fails is left out of the plan and returned as a failure."""
-    key = plan_key(config, data, params, pool.threads_per_model)
+    key = plan_key(config, data, params, pool.cores)
 
     own_lane = own_lane_model()
 
@@ -110,10 +112,14 @@ def plan_training(
         left = config.time_budget_minutes * 60 - (time.time() - started_at)
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
-        common["threads"] = pool.threads_per_model
         futures = {
             submit(
-                pool, measure_task, names=group, handover=_share_of(group, share), **common
+                pool,
+                measure_task,
+                names=group,
+                handover=_share_of(group, share),
+                threads={name: pool.cores.threads_for(name) for name in group},
+                **common,
             ): group
             for group in groups
             if group
@@ -129,7 +135,8 @@ def plan_training(
             share.withhold()  # until the others are trained
         if not measured:
             raise ModelsFailedError(f"all {len(models)} models failed: {listed(failures)}")
-        return make_plan(config, measured, time.time() - started_at), failures
+        elapsed = time.time() - started_at
+        return make_plan(config, measured, elapsed, pool.cores.lanes), failures
 
     plan, failures = cached_plan(
         config.cache_dir / "plans" / key, measure_and_plan, config.refresh, logger
@@ -154,10 +161,10 @@ def train_and_evaluate(
     training, so that it never waits behind that training for a worker (the plan counts a
     model's prediction on its lane, right after its fit). A model whose training or
     evaluation fails is recorded and the others go on. `limits` are the plan's for each
-    model (`training_limits`), the CNN's handover among them. Once every other model is
-    trained and evaluated, the CNN gets every core of `share`."""
+    model (`training_limits`), the CNN's handover among them. Once no model waits to
+    start, each other model done (trained and evaluated) grants its threads' cores to the
+    CNN, which has every core of `share` once they all are."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
-    common["threads"] = pool.threads_per_model
     waiting = list(models)
     trainings: dict[Future, str] = {}
 
@@ -165,38 +172,55 @@ def train_and_evaluate(
         name = waiting.pop(0)
         # The plan's handover, bound to the cores, where it counts on every core.
         limit = {"handover": _share_of([name], share)} | (limits or {}).get(name, {})
+        threads = pool.cores.threads_for(name)
         future = submit(
-            pool, train_task, name=name, params=params, seed=config.seed, **limit, **common
-        )
+            pool, train_task, name=name, params=params, seed=config.seed, threads=threads,
+            **limit, **common,
+        )  # fmt: skip
         trainings[future] = name
 
-    while waiting and len(trainings) < config.lanes:
+    while waiting and len(trainings) < pool.cores.lanes:
         start_next_training()
     evaluations, failures = {}, []
+    # Evaluations whose model's cores go to the CNN once done: no model took its lane.
+    granting: dict[Future, str] = {}
 
     def only_the_cnn_left() -> bool:
         return {*waiting, *trainings.values()} == {own_lane_model()}
 
-    if share and only_the_cnn_left():  # the CNN alone: every core from the start
-        share.release()
+    def grant(name: str) -> None:
+        if share and name != own_lane_model():
+            share.grant(threads_here(pool.cores.threads_for(name)))
+
     while trainings:
-        trained = next(iter(pool.as_completed(list(trainings))))
-        name = trainings.pop(trained)
+        if share and only_the_cnn_left() and not granting and not share.released:
+            logger.info("the other models are done: the CNN may use every core of its machine")
+            share.release()
+        done = next(iter(pool.as_completed([*trainings, *granting])))
+        if done in granting:
+            grant(granting.pop(done))
+            continue
+        name = trainings.pop(done)
+        lane_free = not waiting
         try:
-            model = trained.result()
+            model = done.result()
         except Exception as error:
             failures.append(isolated(name, "training", error, logger))
+            if lane_free:
+                grant(name)
         else:
             # The CNN predicts with the pools it trained with.
-            threads = {"threads": share.threads} if _share_of([model.name], share) else {}
+            threads = pool.cores.threads_for(model.name)
+            if _share_of([model.name], share) and share.threads:
+                threads = share.threads
             evaluation = submit(
-                pool, evaluate_task, wait_for=[trained], trained=model, **(common | threads)
+                pool, evaluate_task, wait_for=[done], trained=model, threads=threads, **common
             )
             evaluations[evaluation] = model.name
+            if share and lane_free and model.name != own_lane_model():
+                granting[evaluation] = model.name
         if waiting:
             start_next_training()
-        if share and only_the_cnn_left() and not share.released:
-            _release_when_evaluated(pool, evaluations, share, logger)
     results = []
     for evaluation, name in evaluations.items():
         try:
@@ -204,18 +228,6 @@ def train_and_evaluate(
         except Exception as error:
             failures.append(isolated(name, "evaluation", error, logger))
     return results, failures
-
-
-def _release_when_evaluated(
-    pool: Pool, evaluations: dict[Future, str], share: CoreHandover, logger: Any
-) -> None:
-    """Give the CNN every core once the other models' evaluations are done too (the
-    SVM's takes minutes)."""
-    waiting = [future for future, name in evaluations.items() if name != own_lane_model()]
-    for _ in pool.as_completed(waiting):
-        pass
-    logger.info("the other models are done: the CNN may use all %d cores", share.threads)
-    share.release()
 
 
 def tune_models(
@@ -226,13 +238,13 @@ def tune_models(
     fails gets no more trials; without a completed one it is not trained."""
     logger.info(
         "tuning %s on the validation split, %.1f min each, %d trials at a time",
-        ", ".join(config.models), config.tune.budget_minutes, config.lanes,
+        ", ".join(config.models), config.tune.budget_minutes, pool.cores.lanes,
     )  # fmt: skip
     study_dir = config.cache_dir / "tuning" / run_id
     session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
     running: dict[Future, TrialRequest] = {}
     while True:
-        while len(running) < config.lanes and (request := session.next_trial()):
+        while len(running) < pool.cores.lanes and (request := session.next_trial()):
             parameters = {
                 "request": request,
                 "params": config.params,
@@ -240,7 +252,7 @@ def tune_models(
                 "study_dir": study_dir,
                 "train_subset_size": config.tune.train_subset_size,
                 "seed": config.seed,
-                "threads": pool.threads_per_model,
+                "threads": pool.cores.threads_for(request.model),
             }
             running[submit(pool, trial_task, **parameters)] = request
         if not running:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -19,7 +20,8 @@ from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from tasks.core.cpus import usable_cores
+from tasks.budget.schedule import CoreSchedule
+from tasks.core.cpus import HostThreads, cpu_model, usable_cores
 from tasks.core.errors import PipelineError, RunEnvironmentError
 from tasks.core.stopping import (
     FIT_STOP_SECONDS,
@@ -165,26 +167,38 @@ def _workers(workers: Iterable[str], shown: int = 3) -> str:
     return f"workers {', '.join(names[:shown])}{more}"
 
 
-def dask_threads_per_model(worker_cores: dict[str, int], worker_slots: dict[str, int]) -> int:
-    """Threads each model may use on a Dask cluster: the cores of the smallest share, where
-    a worker runs as many models at once as it has task slots."""
-    return max(1, min(worker_cores[w] // max(1, worker_slots[w]) for w in worker_slots))
+def host_threads(workers: dict[str, dict], worker_cores: dict[str, int]) -> HostThreads:
+    """Threads per model on each host of a Dask cluster: the host's usable cores over the
+    task slots of all its workers (`scheduler_info()["workers"]`: their `host` and
+    `nthreads`), so that two single-slot workers on 2 cores train on one thread each."""
+    cores: dict[str, int] = {}
+    slots: dict[str, int] = {}
+    for worker, info in workers.items():
+        host = info["host"]
+        cores[host] = max(cores.get(host, 1), worker_cores.get(worker, 1))
+        slots[host] = slots.get(host, 0) + max(1, info["nthreads"])
+    return HostThreads(tuple((host, max(1, cores[host] // slots[host])) for host in sorted(cores)))
 
 
-def threads_per_model(config: PipelineConfig, runner: TaskRunner) -> int:
-    """The configured threads, or the cores of the machines the models train on, shared
-    evenly: on a remote Dask cluster those are the workers', not this host's."""
+def core_schedule(config: PipelineConfig, runner: TaskRunner) -> CoreSchedule:
+    """The models' lanes and threads planned for this host's usable cores, or, on a
+    remote Dask cluster, each host's cores shared among its task slots, and the CPUs of
+    its machines (what their costs are measured on)."""
+    schedule = config.core_schedule()
     if config.threads_per_model or not config.dask_address:
-        return config.model_threads
+        return schedule
     client = runner.client
-    return dask_threads_per_model(client.run(usable_cores), client.nthreads())
+    threads = host_threads(client.scheduler_info()["workers"], client.run(usable_cores))
+    machines = tuple(sorted(set(client.run(cpu_model).values())))
+    return replace(schedule, threads=dict.fromkeys(schedule.threads, threads), machines=machines)
 
 
 class PrefectPool:
     """The graph's pool on a Prefect task runner: each submission is a task run."""
 
-    def __init__(self, runner: TaskRunner, threads: int):
-        self.runner, self.threads_per_model = runner, threads
+    def __init__(self, runner: TaskRunner, cores: CoreSchedule):
+        self.runner, self.cores = runner, cores
+        self.client = getattr(runner, "client", None)  # a Dask runner's
         self.futures: list[PrefectFuture] = []
 
     def submit(
@@ -228,7 +242,7 @@ class PrefectStages:
                 check_cluster_api(runner.client, get_current_settings().api.url, self.logger)
             elif config.task_runner == "dask":
                 runner.client.run(prepare_worker_process, api_url)
-            pool = PrefectPool(runner, threads_per_model(config, runner))
+            pool = PrefectPool(runner, core_schedule(config, runner))
             try:
                 yield pool
             except BaseException as error:  # a stop, or an error that ends the run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.full_pipeline import dask_threads_per_model, main
+from flows.full_pipeline import main
 from tasks.core.contracts import CLASS_NAMES
 from tasks.run.config import MODEL_NAMES
 from tests.support.idx_files import idx_bytes, write_dataset, write_idx_gz
@@ -19,13 +19,6 @@ def test_unknown_model_is_one_line_before_anything_runs(tmp_path, monkeypatch, c
     error = capsys.readouterr().err.strip()
     assert error == f"error: models: unknown model 'svm'; valid models: {', '.join(MODEL_NAMES)}"
     assert list(tmp_path.iterdir()) == []
-
-
-def test_remote_dask_threads_come_from_the_workers_cores():
-    # Two workers: 8 cores running 2 models at once, and 4 cores running 1.
-    assert dask_threads_per_model({"a": 8, "b": 4}, {"a": 2, "b": 1}) == 4
-    assert dask_threads_per_model({"a": 8, "b": 4}, {"a": 2, "b": 4}) == 1
-    assert dask_threads_per_model({"a": 2}, {"a": 4}) == 1  # never below one thread
 
 
 def test_missing_data_directory_fails_cleanly(tmp_path, monkeypatch, capsys):

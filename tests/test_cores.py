@@ -216,3 +216,49 @@ def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_p
         "cnn trained on every core",
         f"cnn evaluated with {usable_cores()} thread(s)",
     ]
+
+
+def test_grants_add_up_to_every_core_and_are_taken_back_between_stages(tmp_path):
+    share = CoreHandover(lane_cores=(0,), all_cores=(0, 1, 2, 3), directory=tmp_path)
+    assert (share.granted, share.released) == (1, False)
+    share.grant(1)
+    assert share.granted == 2
+    share.grant(5)  # never more than every core
+    assert (share.granted, share.released) == (4, True)
+    share.withhold()
+    assert share.granted == 1
+    assert CoreHandover().granted == 0  # unbound
+    assert not CoreHandover().released
+
+
+def test_each_model_done_grants_its_cores_to_the_cnn_without_waiting_for_the_others(
+    tmp_path, monkeypatch
+):
+    """Three lanes, one thread each: XGBoost done grants the CNN its core while the SVM
+    is still being evaluated; the SVM done grants the last one."""
+    share = CoreHandover(lane_cores=(0,), all_cores=(0, 1, 2), directory=tmp_path)
+    seen = []
+
+    def train(name, params, data, cache_dir, seed, threads, refresh, deadline=None,
+              most_steps=None, handover=None):  # fmt: skip
+        if name == "cnn":
+            wait_until(lambda: handover.released, 20, "every core", interval=0.05)
+        return type("Trained", (), {"name": name})()
+
+    def evaluate(trained, data, cache_dir, threads, refresh):
+        if trained.name == "svm_rbf":  # the CNN has XGBoost's core before the SVM is done
+            wait_until(lambda: share.granted == 2, 20, "XGBoost's core", interval=0.05)
+            seen.append(share.granted)
+        return trained.name
+
+    monkeypatch.setattr(flows.parallel, "train_task", train)
+    monkeypatch.setattr(flows.parallel, "evaluate_task", evaluate)
+    config = build_config("quick", cache_dir=tmp_path)
+    models = ["cnn", "xgboost", "svm_rbf"]
+    results, failures = train_and_evaluate(
+        FakePool(threads=4, lanes=3), config, None, None, models, logger, share=share
+    )
+    assert failures == []
+    assert sorted(results) == sorted(models)
+    assert seen == [2]
+    assert share.granted == 3

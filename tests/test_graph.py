@@ -159,7 +159,7 @@ def test_a_trained_models_evaluation_goes_before_the_next_models_training(tmp_pa
     config = build_config("quick", cache_dir=tmp_path, parallel_models=1)
     models = ["xgboost", "svm_rbf", "random_forest"]
     results, failures = train_and_evaluate(
-        FakePool(threads=1), config, None, None, models, logging.getLogger("test-graph")
+        FakePool(threads=1, lanes=1), config, None, None, models, logging.getLogger("test-graph")
     )
     assert failures == []
     assert results == models

@@ -122,7 +122,7 @@ def test_a_throwaway_model_runs_through_every_stage(processed, tmp_path, caplog)
         assert variant.label == "as configured"
         assert variant.cost.fixed > 0
 
-        plan = make_plan(PipelineConfig(time_budget_minutes=10), measured, elapsed_seconds=5)
+        plan = make_plan(PipelineConfig(time_budget_minutes=10), measured, 5, lanes=2)
         assert {model.model for model in plan.models} == set(names)
         assert not plan.dropped
         lines = describe_plan(plan)

@@ -3,11 +3,14 @@ from __future__ import annotations
 import os
 import threading
 
+from tasks.training.models import tensorflow_runtime
 from tasks.training.models.tensorflow_runtime import (
     TENSORFLOW_STARTUP_NOISE,
+    compute_dtype_policy,
     configure_tensorflow_threads,
     native_stderr_without,
     start_tensorflow,
+    tensorflow_device,
 )
 
 
@@ -33,3 +36,25 @@ def test_thread_pools_fixed_before_are_a_warning_naming_both_counts(caplog):
         configure_tensorflow_threads(kept + 2)
     assert f"asked for {kept + 2} thread(s), it keeps {kept or 'its default'}" in caplog.text
     assert tf.config.threading.get_intra_op_parallelism_threads() == kept
+
+
+def test_auto_precision_is_bfloat16_only_for_a_cnn_on_a_cpu_that_computes_it(monkeypatch):
+    start_tensorflow(threads=1)
+    import tensorflow as tf
+
+    monkeypatch.setattr(tensorflow_runtime, "cpu_computes_bfloat16", lambda: True)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert compute_dtype_policy("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert compute_dtype_policy("auto") == "float32"  # a GPU, whatever the CPU
+    assert compute_dtype_policy("bfloat16") == "mixed_bfloat16"  # asked for: kept
+
+
+def test_the_cnn_log_names_where_tensorflow_computes(monkeypatch):
+    start_tensorflow(threads=1)
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert tensorflow_device() == "the CPU"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert tensorflow_device() == "1 GPU(s) (memory growth, deterministic ops)"

@@ -219,6 +219,15 @@ def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path)
         ours = [run for run in train_runs(server_api) if run["flow_run_id"] == flow_run_id]
         assert len(warned) == 1
         assert all(warned[0] < at(run["start_time"]) for run in ours)
+        # Two single-slot workers on this 2-core host: one thread per model, not two.
+        assert "core schedule: 2 at a time on 2 core(s), threads: xgboost per host " in done.stderr
+        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}}
+        logs = httpx.post(f"{server_api}/logs/filter", json=body, timeout=10).json()
+        trained = sorted(log["message"] for log in logs if log["message"].startswith("training "))
+        assert trained == [
+            "training logistic_regression on 1000 images with 1 thread(s)",
+            "training xgboost on 1000 images with 1 thread(s)",
+        ]
     finally:
         for process in reversed(started):
             stop(process)

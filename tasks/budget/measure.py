@@ -22,13 +22,15 @@ def measure_variants(
     data: ProcessedDataset,
     context: TrainingContext,
     seconds: float | None = None,
+    threads: dict[str, int] | None = None,
 ) -> tuple[dict[str, list[Variant]], list[ModelFailure]]:
     """Each model's ways to train, most accurate first, with their cost measured here;
     and the models whose measurement failed, which the run leaves out and reports.
 
     The cheapest variant is measured first; a costlier one is not measured when even the
     cheaper one's steps would not fit its fewest useful ones in `seconds`. The models are
-    measured predicting the data's classes, whatever `context` says.
+    measured predicting the data's classes, whatever `context` says, each on its
+    `threads` (default: the context's).
     """
     context = replace(context, classes=len(data.class_names))
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
@@ -37,7 +39,8 @@ def measure_variants(
     measured, failures = {}, []
     for name in names:
         try:
-            measured[name] = _measure_model(name, params, pinned[name], probe, context, seconds)
+            own = replace(context, threads=threads[name]) if threads else context
+            measured[name] = _measure_model(name, params, pinned[name], probe, own, seconds)
         except (RunStopped, PipelineError):  # not the model's: the run stops
             raise
         except Exception as error:

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.budget.planner import Plan, Variant, plan_run
+from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ModelFailure, ProcessedDataset
 from tasks.core.cpus import cpu_model
+from tasks.core.devices import device_key
 from tasks.core.storage import (
     cached_stage,
     code_version,
@@ -50,15 +52,16 @@ def reserve_seconds(models: int) -> float:
 
 
 def plan_key(
-    config: PipelineConfig, data: ProcessedDataset, params: ModelParams, threads: int
+    config: PipelineConfig, data: ProcessedDataset, params: ModelParams, cores: CoreSchedule
 ) -> str:
     """What a plan depends on: the budget, the models and their parameters, the data,
-    the thread count, this machine's CPU and the code that measures and plans."""
+    the core schedule, this machine's CPU and devices, and the code that measures and
+    plans."""
     measuring = [project_code_version(model_spec(name).module) for name in config.models]
     return content_key(
         config.time_budget_minutes, config.models, params.model_dump(mode="json"),
-        {name: ref.sha256 for name, ref in data.arrays.items()}, threads,
-        config.lanes, cpu_model(), measuring,
+        {name: ref.sha256 for name, ref in data.arrays.items()}, cores.threads,
+        cores.lanes, cores.machines or cpu_model(), device_key(), measuring,
         code_version(__file__), project_code_version("tasks.budget.planner"),
         project_code_version("tasks.training.models.measuring"),
     )  # fmt: skip
@@ -97,14 +100,17 @@ def planned_params(params: ModelParams, plan: Plan) -> ModelParams:
 
 
 def make_plan(
-    config: PipelineConfig, measured: dict[str, list[Variant]], elapsed_seconds: float
+    config: PipelineConfig,
+    measured: dict[str, list[Variant]],
+    elapsed_seconds: float,
+    lanes: int,
 ) -> Plan:
     return plan_run(
         measured,
         budget_seconds=config.time_budget_minutes * 60,
         elapsed_seconds=elapsed_seconds,
         reserve_seconds=reserve_seconds(len(measured)),
-        lanes=config.lanes,
+        lanes=lanes,
         drop_order=drop_order(),
         dedicated=own_lane_model(),
     )

@@ -217,6 +217,34 @@ def one_line(error: BaseException, limit: int = 300) -> str:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """How a model's work speeds up with threads, by Amdahl's law.
+
+    Attributes:
+        parallel: the share of its work that threads split (measured from one thread to
+            two by `benchmarks/thread_scaling.py`; beyond two, extrapolated).
+        most_threads: the most threads it uses at all (libsvm's SVC: one).
+    """
+
+    parallel: float
+    most_threads: int | None = None
+
+    def speedup(self, threads: int) -> float:
+        """How many times as fast as on one thread its work is on `threads`."""
+        used = min(threads, self.most_threads or threads)
+        return 1.0 / ((1.0 - self.parallel) + self.parallel / used)
+
+    def useful_threads(self, least_efficiency: float = 0.5) -> int:
+        """The most threads on which each still does at least `least_efficiency` of a
+        thread's work alone: more would mostly wait."""
+        if self.parallel >= 1.0:
+            return self.most_threads or 1 << 16
+        # speedup(t) / t >= e  <=>  t <= (1/e - p) / (1 - p)
+        most = math.floor((1.0 / least_efficiency - self.parallel) / (1.0 - self.parallel))
+        return max(1, min(most, self.most_threads or most))
+
+
+@dataclass(frozen=True)
 class Cost:
     """Seconds one model takes on one lane of this machine, scaled to the run's data.
 

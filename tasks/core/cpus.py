@@ -12,10 +12,14 @@ The readers take their files as arguments, so tests drive them with a made-up tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from tasks.core.devices import detect_devices, device_facts
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -120,6 +124,58 @@ def usable_cores() -> int:
     return machine_cores().usable
 
 
+@dataclass(frozen=True)
+class HostThreads:
+    """Threads per model on each host of a Dask cluster, read where the task runs: Dask
+    picks a task's worker after the flow has submitted it."""
+
+    by_host: tuple[tuple[str, int], ...]
+
+    def here(self) -> int:
+        """This host's threads; the fewest of any host outside a worker."""
+        hosts = dict(self.by_host)
+        return hosts.get(worker_host(), min(hosts.values()))
+
+    def __str__(self) -> str:
+        return "per host " + ", ".join(f"{host} {threads}" for host, threads in self.by_host)
+
+
+def worker_host() -> str | None:
+    """The host of the Dask worker running this task, as the scheduler names it."""
+    try:
+        from distributed import get_worker
+
+        return urlsplit(get_worker().address).hostname
+    except (ImportError, ValueError):  # not in a Dask worker's task
+        return None
+
+
+def threads_here(threads: int | HostThreads) -> int:
+    """A task's threads: as given, or its host's share on a Dask cluster."""
+    return threads if isinstance(threads, int) else threads.here()
+
+
+def thread_ids() -> list[int]:
+    """This process's threads (Linux), to find those held to some cores by affinity."""
+    try:
+        return [int(task) for task in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def thread_affinity(task: int) -> set[int]:
+    try:
+        return os.sched_getaffinity(task)
+    except OSError:  # a thread that ended meanwhile
+        return set()
+
+
+def set_thread_affinity(tasks: list[int], cores: tuple[int, ...]) -> None:
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(task, cores)
+
+
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's model name, and whether it has AVX-512 BF16: plans do not travel."""
     try:
@@ -138,13 +194,14 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 
 
 def machine_facts() -> dict:
-    """The CPU and its usable cores, for metrics.json and the report."""
-    cores, cpu = machine_cores(), cpu_model()
+    """The CPU, its usable cores and the GPUs, for metrics.json and the report."""
+    cores, cpu, devices = machine_cores(), cpu_model(), detect_devices()
     return {
         "cpu": cpu,
         "usable_cores": cores.usable,
         "host_cpus": cores.host,
         "allowed_cpus": cores.allowed,
         "cpu_quota_cores": cores.quota,
-        "summary": f"{cpu}, {cores}",
+        **device_facts(devices),
+        "summary": f"{cpu}, {cores}; {devices.summary}",
     }

@@ -14,6 +14,7 @@ from tasks.core.contracts import (
     TrainedModel,
     TuningSummary,
 )
+from tasks.core.cpus import HostThreads, threads_here
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.evaluation.ensemble import build_ensemble
 from tasks.evaluation.evaluate import evaluate_model
@@ -24,10 +25,14 @@ from tasks.evaluation.report.writer import write_report
 # No retries: predicting with a saved model is deterministic.
 @task(name="evaluate-model", task_run_name="evaluate-{trained.name}")
 def evaluate_task(
-    trained: TrainedModel, data: ProcessedDataset, cache_dir: Path, threads: int, refresh: bool
+    trained: TrainedModel,
+    data: ProcessedDataset,
+    cache_dir: Path,
+    threads: int | HostThreads,
+    refresh: bool,
 ) -> ModelEvaluation:
     logger = stage_logger()
-    evaluation = evaluate_model(trained, data, cache_dir, threads, refresh, logger)
+    evaluation = evaluate_model(trained, data, cache_dir, threads_here(threads), refresh, logger)
     logger.info(
         "%s: test accuracy %.4f, macro-F1 %.4f (predicted in %.1f s)",
         evaluation.name, evaluation.test_accuracy, evaluation.macro_f1, evaluation.predict_seconds,

@@ -19,12 +19,14 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.budget.schedule import CoreSchedule, schedule_cores
 from tasks.core.cpus import usable_cores
+from tasks.core.devices import cnn_on_gpu, detect_devices
 from tasks.data.preprocess import held_out_problem, held_out_sizes
-from tasks.training.models.registry import SPECS, ModelParams
+from tasks.training.models.base import ONE_THREAD
+from tasks.training.models.registry import SPECS, ModelParams, model_spec, own_lane_model
 
 ProfileName = Literal["quick", "full"]
-DEFAULT_LANES = 2  # the CNN on one, the other models after each other on the other
 
 
 class _Params(BaseModel):
@@ -152,11 +154,14 @@ class PipelineConfig(BaseModel):
     )
     parallel_models: PositiveInt | None = Field(
         None,
-        description="Models trained at the same time; default: 2, or 1 where one core is "
-        "usable (two would time-share it).",
+        description="Models trained at the same time; default: planned from the usable "
+        "cores and how each model scales with threads (one per core up to the number of "
+        "models).",
     )
     threads_per_model: PositiveInt | None = Field(
-        None, description="Threads each model may use; default: the cores shared evenly."
+        None,
+        description="Threads each model may use; default: planned per model, the cores "
+        "shared evenly where parallel_models is set.",
     )
     params: ModelParams = ModelParams()
     ensemble_size: int = Field(
@@ -242,16 +247,25 @@ class PipelineConfig(BaseModel):
                 raise ValueError(problem)
         return self
 
-    @property
-    def lanes(self) -> int:
-        """Models trained at the same time: `parallel_models`, or as many of the default
-        `DEFAULT_LANES` as there are usable cores."""
-        return self.parallel_models or min(DEFAULT_LANES, usable_cores())
+    def core_schedule(self, cores: int | None = None, gpu: bool | None = None) -> CoreSchedule:
+        """Models trained at once and each one's threads, on `cores` (default: the usable
+        cores here); `parallel_models` and `threads_per_model` override the plan. With a
+        GPU (default: whether one is here), the CNN computes there: it keeps one thread
+        to feed it, and no lane's cores are held for it."""
+        gpu = cnn_on_gpu(detect_devices()) if gpu is None else gpu
+        own_lane = own_lane_model()
+        scalings = {name: model_spec(name).scaling for name in self.models}
+        if gpu and own_lane in scalings:
+            scalings[own_lane] = ONE_THREAD
+        return schedule_cores(
+            usable_cores() if cores is None else cores, scalings,
+            None if gpu else own_lane, self.parallel_models, self.threads_per_model,
+        )  # fmt: skip
 
     @property
-    def model_threads(self) -> int:
-        """Threads per model, so that the models trained at once share the usable cores evenly."""
-        return self.threads_per_model or max(1, usable_cores() // self.lanes)
+    def lanes(self) -> int:
+        """Models trained at the same time here (`core_schedule`)."""
+        return self.core_schedule().lanes
 
 
 def build_config(profile: ProfileName = "full", **overrides: object) -> PipelineConfig:

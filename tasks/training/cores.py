@@ -1,21 +1,19 @@
-"""Sharing the cores between the models that train side by side: the CNN gets every core
-once the other models are done, instead of training on to the end on its lane's share.
-One `CoreHandover` holds all of it: what the plan counts on, the word that hands the cores
-over, and the re-planning of the CNN's epochs from there.
+"""Sharing the cores between the models that train side by side: the CNN gets the cores
+of the other models as they are done, instead of training on to the end on its lane's
+share. One `CoreHandover` holds all of it: what the plan counts on, the word that hands
+the cores over, and the re-planning of the CNN's epochs from there.
 
-TensorFlow sizes its thread pools once per process, so a CNN started with one core's
-share could never use a second. Its pools are sized to every core instead, and its threads
-are held to its lane's cores by their CPU affinity while the others train: the thread
-that starts TensorFlow is, and the threads it starts, TensorFlow's pools among them,
-inherit its affinity. When the others are done, every thread of the process held to the
-lane's cores is given them all. On an AVX2 EPYC
-(2 cores), two threads held to one core stepped as fast as one thread (small network 73
-ms against 95 ms, wide 254 against 244 ms a batch, within this machine's noise), and on
-both cores 2.3 times (small) and 1.3 times (wide) as fast as one.
+TensorFlow sizes its thread pools once per process, so its pools are sized to every core,
+and its threads are held to its lane's cores by their CPU affinity while the others
+train: the thread that starts TensorFlow is, and the threads it starts inherit it. On an
+AVX2 EPYC (2 cores), two threads held to one core stepped as fast as one thread (small
+network 73 ms against 95 ms, wide 254 against 244 ms a batch), and on both cores 2.3
+times (small) and 1.3 times (wide) as fast as one.
 
-A file says that the other models are done, so that the CNN's process learns it whatever
-runs it: a thread of the flow's process, or a worker process of the same machine; a
-thread there polls it each second.
+Once no model waits to start, each model done (trained and evaluated) grants its threads'
+cores to the CNN. A file says how many it may use, so that its process learns it
+whatever runs it (a thread of the flow's process, or a worker process of the same
+machine); on a Dask cluster, a Dask Variable does. A thread there polls it each second.
 Where CPU affinity does not exist (macOS, Windows), the CNN keeps its lane's share.
 """
 
@@ -27,19 +25,31 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tasks.core.contracts import Cost
-from tasks.core.cpus import allowed_cpus, usable_cores
+from tasks.core.cpus import (
+    allowed_cpus,
+    set_thread_affinity,
+    thread_affinity,
+    thread_ids,
+    usable_cores,
+)
 from tasks.core.storage import scratch_name
 
 # How often a training CNN's process looks for the word that the others are done.
 POLL_SECONDS = 1.0
 # How long the CNN's measurement waits for the others' before timing it with every core.
 WAIT_SECONDS = 120.0
-RELEASED_FILE = "released"
+GRANTED_FILE = "granted"
+# Granted: every core, whatever the machine the model trains on has.
+EVERY_CORE = 1 << 16
+# Grants are read, added to and written back by the flow's threads, one at a time.
+_granting = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,10 @@ class CoreHandover:
 
     The plan makes one with what it counts on: when it expects the others done, and how
     much faster the model steps then. `shared_cores` makes one bound to this machine's
-    cores and the directory where the word that the others are done is written; the
-    training stage's is both (`bound_to`). Unbound, the model keeps its lane's share.
+    cores and the directory where the word that the others are done is written;
+    `cluster_shared_cores` one told through Dask (`channel`), whose cores are those of the
+    machine it trains on (`on_this_machine`). The training stage's is both (`bound_to`).
+    Unbound, the model keeps its lane's share.
 
     Attributes:
         after: seconds after planning when the plan expects the others done; None when
@@ -59,6 +71,8 @@ class CoreHandover:
         lane_cores: the cores its threads are held to while other models train.
         all_cores: the cores it may use once they are done.
         directory: where the word that they are done is written; on this machine only.
+        channel: the name of the Dask Variable that holds it instead, for a model that
+            may train on another machine of a cluster.
     """
 
     after: float | None = None
@@ -67,6 +81,7 @@ class CoreHandover:
     lane_cores: tuple[int, ...] = ()
     all_cores: tuple[int, ...] = ()
     directory: Path | None = None
+    channel: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict | None) -> CoreHandover | None:
@@ -81,12 +96,23 @@ class CoreHandover:
         """What this plan counts on, from `planned_at`, on the cores of `share` (none
         where there is no share)."""
         cores = {"lane_cores": share.lane_cores, "all_cores": share.all_cores} if share else {}
-        directory = share.directory if share else None
-        return replace(self, planned_at=planned_at, directory=directory, **cores)
+        where = {"directory": share and share.directory, "channel": share and share.channel}
+        return replace(self, planned_at=planned_at, **where, **cores)
+
+    def on_this_machine(self, lane_threads: int) -> CoreHandover:
+        """A handover told through Dask, on the cores of the machine it is read on: the
+        first `lane_threads` of them, then all; unbound where that is all it has."""
+        if self.channel is None or self.all_cores:
+            return self
+        cores = allowed_cpus()[: usable_cores()]
+        if len(cores) <= lane_threads:
+            return replace(self, channel=None)
+        dask_variable(self.channel)  # in the task's thread, where Dask finds its client
+        return replace(self, lane_cores=cores[:lane_threads], all_cores=cores)
 
     @property
     def bound(self) -> bool:
-        return self.directory is not None
+        return self.directory is not None or self.channel is not None
 
     @property
     def threads(self) -> int:
@@ -94,9 +120,17 @@ class CoreHandover:
         return len(self.all_cores)
 
     @property
+    def granted(self) -> int:
+        """How many of `all_cores` the model may use now: its lane's, and the cores the
+        models done have granted it."""
+        granted = self._read_granted()
+        return len(self.lane_cores) if granted is None else min(len(self.all_cores), granted)
+
+    @property
     def released(self) -> bool:
         """The other models are done: the model may use every core."""
-        return self.bound and (self.directory / RELEASED_FILE).exists()
+        granted = self._read_granted()
+        return granted is not None and granted >= len(self.all_cores)
 
     @property
     def expected_at(self) -> float | None:
@@ -105,15 +139,45 @@ class CoreHandover:
             return None
         return self.planned_at + self.after
 
+    def grant(self, cores: int) -> None:
+        """Let the model use `cores` more cores: a model done frees its threads'. Told
+        through Dask, only the release counts: the models done may have trained on
+        another machine."""
+        if self.bound and self.channel is None:
+            with _granting:
+                self._write_granted(self.granted + cores)
+
     def release(self) -> None:
         """Say that the other models are done (measured, or trained and evaluated)."""
         if self.bound and not self.released:
-            (self.directory / RELEASED_FILE).touch()
+            self._write_granted(EVERY_CORE)
 
     def withhold(self) -> None:
-        """Take the word back: the other models go on (from measuring to training)."""
-        if self.bound:
-            (self.directory / RELEASED_FILE).unlink(missing_ok=True)
+        """Take the cores back: the other models go on (from measuring to training)."""
+        if self.channel is not None:
+            dask_variable(self.channel).delete()
+        elif self.bound:
+            (self.directory / GRANTED_FILE).unlink(missing_ok=True)
+
+    def _read_granted(self) -> int | None:
+        """The cores granted; None before any grant, and where unbound."""
+        if self.channel is not None:
+            try:
+                return int(dask_variable(self.channel).get(timeout=0.2))
+            except TimeoutError:  # not set
+                return None
+        try:
+            return int((self.directory / GRANTED_FILE).read_text())
+        except (OSError, TypeError, ValueError):
+            return None
+
+    def _write_granted(self, cores: int) -> None:
+        if self.channel is not None:
+            dask_variable(self.channel).set(cores)
+            return
+        staging = self.directory / f".{GRANTED_FILE}.{threading.get_ident()}"
+        staging.write_text(str(cores))
+        staging.replace(self.directory / GRANTED_FILE)  # never read half-written
 
     def step_cost(self, shared: float, alone: float | None = None) -> Cost:
         """A step's cost from here on: `shared` seconds beside the other models, `alone`
@@ -156,18 +220,19 @@ class CoreHandover:
         other models are measured (or after WAIT_SECONDS), `widen()` gives every core to
         the threads held to the lane; after, they are held to it again."""
         waited_until = time.monotonic() + WAIT_SECONDS
-        while not self.released and self.directory.exists() and time.monotonic() < waited_until:
+        told = self.channel is not None or self.directory.exists()
+        while not self.released and told and time.monotonic() < waited_until:
             check_stop()
             time.sleep(0.1)
         held = _held_threads(self)
 
         def widen() -> None:
-            _set_affinity(held, self.all_cores)
+            set_thread_affinity(held, self.all_cores)
 
         try:
             yield widen
         finally:
-            _set_affinity(held, self.lane_cores)
+            set_thread_affinity(held, self.lane_cores)
 
     @contextlib.contextmanager
     def held_to_lane(self, logger: logging.Logger, until_released: bool = True) -> Iterator[None]:
@@ -183,16 +248,20 @@ class CoreHandover:
             os.sched_setaffinity(0, self.lane_cores)
         finished = threading.Event()
 
-        def widen_when_released() -> None:
-            while not finished.wait(POLL_SECONDS):
-                if self.released:
+        def widen_as_granted() -> None:
+            widened = len(self.lane_cores)
+            while widened < len(self.all_cores) and not finished.wait(POLL_SECONDS):
+                granted = self.granted
+                if granted > widened:
+                    moved = _move_threads(self.all_cores[:widened], self.all_cores[:granted])
                     logger.info(
-                        "the other models are done: %d thread(s) here now use all %d cores",
-                        len(widen_threads(self)), len(self.all_cores),
+                        "%d more core(s) as other models are done: %d thread(s) here now "
+                        "use %d of %d cores",
+                        granted - widened, len(moved), granted, len(self.all_cores),
                     )  # fmt: skip
-                    return
+                    widened = granted
 
-        watcher = threading.Thread(target=widen_when_released, name="core-share", daemon=True)
+        watcher = threading.Thread(target=widen_as_granted, name="core-share", daemon=True)
         if until_released:
             watcher.start()
         try:
@@ -227,33 +296,54 @@ def shared_cores(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def cluster_shared_cores(client: Any, enabled: bool) -> Iterator[CoreHandover | None]:
+    """A share told through the Dask cluster of `client`, for a CNN that may train on
+    another machine: its cores are that machine's, read where it trains. None when not
+    `enabled`."""
+    if not enabled:
+        yield None
+        return
+    name = f"core-share-{uuid.uuid4().hex}"
+    dask_variable(name, client)
+    try:
+        yield CoreHandover(channel=name)
+    finally:
+        with contextlib.suppress(Exception):  # the cluster may be gone
+            _variables.pop(name).delete()
+
+
+_variables: dict[str, Any] = {}
+
+
+def dask_variable(name: str, client: Any = None) -> Any:
+    """The Dask Variable `name`, made once per process: in a worker, first in the task's
+    own thread, where Dask finds the worker's client (a thread it starts does not)."""
+    if name not in _variables:
+        from distributed import Variable
+
+        _variables[name] = Variable(name, client=client)
+    return _variables[name]
+
+
 def widen_threads(share: CoreHandover) -> list[int]:
-    """Give every core to each thread of this process held to the lane's cores (TensorFlow
-    names few of its threads, so they are found by their affinity); returns their ids."""
+    """Give every core to each thread of this process held to some of the cores (the
+    lane's, or those granted so far: TensorFlow names few of its threads, so they are
+    found by their affinity); returns their ids."""
     held = _held_threads(share)
-    _set_affinity(held, share.all_cores)
+    set_thread_affinity(held, share.all_cores)
     return held
 
 
 def _held_threads(share: CoreHandover) -> list[int]:
-    return [task for task in _thread_ids() if _affinity(task) == set(share.lane_cores)]
+    """The threads held to the lane's cores, or to the first cores granted after it."""
+    cores = share.all_cores
+    holds = {frozenset(cores[:count]) for count in range(len(share.lane_cores), len(cores))}
+    return [task for task in thread_ids() if frozenset(thread_affinity(task)) in holds]
 
 
-def _thread_ids() -> list[int]:
-    try:
-        return [int(task) for task in os.listdir("/proc/self/task")]
-    except OSError:
-        return []
-
-
-def _affinity(task: int) -> set[int]:
-    try:
-        return os.sched_getaffinity(task)
-    except OSError:  # a thread that ended meanwhile
-        return set()
-
-
-def _set_affinity(tasks: list[int], cores: tuple[int, ...]) -> None:
-    for task in tasks:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(task, cores)
+def _move_threads(before: tuple[int, ...], after: tuple[int, ...]) -> list[int]:
+    """Give `after` to the threads of this process held to exactly `before`."""
+    moved = [task for task in thread_ids() if thread_affinity(task) == set(before)]
+    set_thread_affinity(moved, after)
+    return moved

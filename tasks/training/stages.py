@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.core.contracts import ProcessedDataset, TrainedModel
+from tasks.core.cpus import HostThreads, threads_here
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.core.stopping import check_stop
 from tasks.training.cores import CoreHandover
@@ -33,7 +34,7 @@ def train_task(
     data: ProcessedDataset,
     cache_dir: Path,
     seed: int,
-    threads: int,
+    threads: int | HostThreads,
     refresh: bool,
     deadline: float | None = None,
     most_steps: int | None = None,
@@ -41,8 +42,10 @@ def train_task(
 ) -> TrainedModel:
     """With a `handover` bound to the cores, the model's threads are sized to every core
     and held to its lane's until the other models are done; with the plan's, its epochs
-    count on every core from when the plan expects that."""
-    handover = handover or CoreHandover()
+    count on every core from when the plan expects that. On a Dask cluster, `threads`
+    and the cores are those of the machine it trains on."""
+    threads = threads_here(threads)
+    handover = (handover or CoreHandover()).on_this_machine(threads)
     threads = handover.threads if handover.bound else threads
     context = TrainingContext(
         seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
@@ -68,8 +71,9 @@ def trial_task(
     study_dir: Path,
     train_subset_size: int | None,
     seed: int,
-    threads: int,
+    threads: int | HostThreads,
 ) -> TrialOutcome:
     return run_trial(
-        request, params, data, study_dir, train_subset_size, seed, threads, stage_logger()
-    )
+        request, params, data, study_dir, train_subset_size, seed, threads_here(threads),
+        stage_logger(),
+    )  # fmt: skip

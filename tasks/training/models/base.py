@@ -17,7 +17,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict
 
-from tasks.core.contracts import N_CLASSES, LearningCurve
+from tasks.core.contracts import N_CLASSES, LearningCurve, Scaling
 from tasks.training.cores import CoreHandover
 
 # Written by the training stage next to every saved model; the CNN reads its parameters back.
@@ -160,6 +160,10 @@ class Classifier(Protocol):
         """The model `save` wrote, ready to predict with `threads` threads."""
 
 
+# A model whose work does not speed up with threads: the default, until measured.
+ONE_THREAD = Scaling(parallel=0.0, most_threads=1)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the pipeline knows about one model.
@@ -185,6 +189,7 @@ class ModelSpec:
         packages: the Python packages it needs, whose versions metrics.json records.
         validation_use: what the validation split decides in its training, for the
             report ("" when its training does not read it).
+        scaling: how its work speeds up with threads, for the core schedule.
     """
 
     name: str
@@ -201,6 +206,7 @@ class ModelSpec:
     own_lane: bool = False
     packages: tuple[str, ...] = ()
     validation_use: str = ""
+    scaling: Scaling = ONE_THREAD
 
     @property
     def module(self) -> str:

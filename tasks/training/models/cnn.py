@@ -16,7 +16,7 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import Field, PositiveInt
 
-from tasks.core.contracts import IMAGE_SHAPE, N_CLASSES, Cost, LearningCurve
+from tasks.core.contracts import IMAGE_SHAPE, N_CLASSES, Cost, LearningCurve, Scaling
 from tasks.training.models.base import (
     PARAMS_FILE,
     Budgeting,
@@ -35,7 +35,11 @@ from tasks.training.models.keras_training import (
     image_batches,
     one_hot,
 )
-from tasks.training.models.tensorflow_runtime import compute_dtype_policy, start_tensorflow
+from tasks.training.models.tensorflow_runtime import (
+    compute_dtype_policy,
+    start_tensorflow,
+    tensorflow_device,
+)
 
 # Two networks for two kinds of CPU. The wide one, measured on an AVX-512 BF16 EPYC on one
 # thread (bfloat16, fused BatchNorm): 44 s epochs, 0.942 test accuracy after 18 epochs
@@ -75,8 +79,9 @@ class CNNParams(HyperParameters):
         "prediction with its mirror image's."
     )  # fmt: skip
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bfloat16 where the CPU computes it natively (AVX-512 BF16)."
-    )
+        "auto", description="auto: bfloat16 where the CNN trains on a CPU that computes it "
+        "natively (AVX-512 BF16); float32 on a GPU."
+    )  # fmt: skip
 
 
 # Tuning: named after the fields above, so the best values are configuration values.
@@ -154,7 +159,7 @@ class KerasCNN:
 
         self.context.check_stop()  # importing TensorFlow took seconds
         self.context.logger.info(
-            "cnn computes with the %s dtype policy, blocks %s",
+            "cnn computes on %s with the %s dtype policy, blocks %s", tensorflow_device(),
             compute_dtype_policy(self.params.precision), self.params.conv_blocks,
         )  # fmt: skip
         classes = self.context.classes
@@ -326,5 +331,7 @@ CNN = ModelSpec(
     budgeting=Budgeting(measure_cnn, step_field="epochs", variants=cnn_variants),
     # Kept the longest, on a lane of its own: it gains the most from every minute.
     keep_priority=50, step_name="epochs", own_lane=True, packages=("tensorflow", "keras"),
+    # Measured 1.78 times as fast on two threads as on one (docs/benchmark/thread_scaling.md).
+    scaling=Scaling(parallel=0.88),
     validation_use="early stopping: the epoch whose weights are kept",
 )  # fmt: skip

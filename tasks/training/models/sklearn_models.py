@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from tasks.core.contracts import N_CLASSES
+from tasks.core.contracts import N_CLASSES, Scaling
 from tasks.training.models.base import (
     Budgeting,
     HyperParameters,
@@ -143,6 +143,9 @@ LOGISTIC_REGRESSION = ModelSpec(
     # 54,000 images on an AVX2 EPYC: n^0.85.
     budgeting=Budgeting(fit_growth=0.85),
     keep_priority=30, packages=("scikit-learn",),
+    # Measured slower on two threads than on one (11.0 s against 28.8: BLAS threads on
+    # small products, docs/benchmark/thread_scaling.md): one thread.
+    scaling=Scaling(parallel=0.0, most_threads=1),
 )  # fmt: skip
 
 
@@ -181,6 +184,8 @@ RANDOM_FOREST = ModelSpec(
     budgeting=Budgeting(fit_growth=1.1),
     # Left out first when not all models fit: never the best, nor picked by the ensemble.
     keep_priority=10, packages=("scikit-learn",),
+    # Its trees fit in parallel: 1.89 times as fast on two threads (thread_scaling.md).
+    scaling=Scaling(parallel=0.94),
 )  # fmt: skip
 
 
@@ -237,5 +242,7 @@ SVM = ModelSpec(
         fit_growth=1.5, predict_growth=1.0, variants=svm_variants,
     ),
     keep_priority=40, packages=("scikit-learn",),
+    # libsvm fits on one thread: no faster on two (thread_scaling.md).
+    scaling=Scaling(parallel=0.0, most_threads=1),
     validation_use="temperature scaling: its scores turned into probabilities",
 )  # fmt: skip

@@ -1,5 +1,5 @@
-"""Starting TensorFlow in this process: quietly, with a fixed number of threads, and
-with the compute precision this CPU runs fastest.
+"""Starting TensorFlow in this process: quietly, with a fixed number of threads, its GPUs
+ready to share, and with the compute precision its device runs fastest.
 
 TensorFlow is imported only when a CNN is fitted or loaded, so runs whose CNN is
 cached never pay its start-up (seconds, and most of a gigabyte).
@@ -13,8 +13,11 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from tasks.core.devices import Devices, cnn_on_gpu, detect_devices
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,8 @@ def native_stderr_without(noise: re.Pattern[bytes]) -> Iterator[None]:
 
 
 def start_tensorflow(threads: int) -> None:
-    """Import TensorFlow on first use, without its start-up notices, with `threads` threads."""
+    """Import TensorFlow on first use, without its start-up notices, with `threads` threads
+    and its GPUs prepared before any model."""
     with _tensorflow_start:
         if "tensorflow" in sys.modules:
             configure_tensorflow_threads(threads)
@@ -70,8 +74,49 @@ def start_tensorflow(threads: int) -> None:
         with native_stderr_without(TENSORFLOW_STARTUP_NOISE):
             import tensorflow as tf
 
+            gpus = tf.config.list_physical_devices("GPU")
+            prepare_gpus(tf.config, gpus)
             configure_tensorflow_threads(threads)
             tf.config.list_logical_devices()  # device probing prints its own notices
+        if note := missing_gpu_note(gpus, detect_devices()):
+            logger.warning("%s", note)
+
+
+def prepare_gpus(config: Any, gpus: Sequence[Any]) -> None:
+    """Memory growth on every GPU, and deterministic ops where there is one; `config` is
+    `tf.config`, the GPUs its physical devices. Both must come before any model.
+
+    Without memory growth TensorFlow takes nearly all of a GPU's memory at its first
+    operation, so XGBoost, or a second process that starts TensorFlow (the processes and
+    Dask runners, tuning trials), runs out of it. The README promises deterministic fits
+    (a failed model is not retried; a rerun reuses what the same inputs made), and on a
+    GPU cuDNN picks algorithms that add in any order unless told not to; that costs some
+    speed, so a CPU keeps the kernels its costs were measured with. Keras compiles the
+    model without XLA then, whose GPU max-pooling gradient has no deterministic form.
+    """
+    for gpu in gpus:
+        config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        config.experimental.enable_op_determinism()
+
+
+def missing_gpu_note(gpus: Sequence[Any], devices: Devices) -> str:
+    """Why the CNN trains on the CPU though the driver shows a GPU; "" where it does not."""
+    if gpus or not cnn_on_gpu(devices):
+        return ""
+    return (
+        f"TensorFlow lists no GPU, though the driver shows {', '.join(devices.gpus)}: the CNN "
+        "trains on the CPU (TensorFlow without its CUDA libraries? pip install "
+        "'tensorflow[and-cuda]')"
+    )
+
+
+def tensorflow_device() -> str:
+    """Where TensorFlow computes, for the CNN's log; once it is started."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{len(gpus)} GPU(s) (memory growth, deterministic ops)" if gpus else "the CPU"
 
 
 def configure_tensorflow_threads(threads: int) -> None:
@@ -105,7 +150,15 @@ def cpu_computes_bfloat16() -> bool:
 
 
 def compute_dtype_policy(precision: str) -> str:
-    """Keras dtype policy: bfloat16 compute with float32 weights, or float32 throughout."""
+    """Keras dtype policy: bfloat16 compute with float32 weights, or float32 throughout.
+
+    "auto" is bfloat16 only where the CNN trains on a CPU that computes it natively: a
+    GPU keeps float32 whatever the CPU (bfloat16 convolutions need an Ampere or newer
+    GPU, and none was here to measure). Called once TensorFlow is started.
+    """
     if precision == "auto":
-        precision = "bfloat16" if cpu_computes_bfloat16() else "float32"
+        import tensorflow as tf
+
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        precision = "bfloat16" if cpu_computes_bfloat16() and not on_gpu else "float32"
     return "mixed_bfloat16" if precision == "bfloat16" else "float32"
