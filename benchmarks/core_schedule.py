@@ -28,7 +28,12 @@ from tasks.budget.simulate import SimulatedRun, simulate_run
 from tasks.core.contracts import Cost
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import build_config
-from tasks.training.models.registry import drop_order, model_spec, own_lane_model
+from tasks.training.models.registry import (
+    drop_order,
+    growing_models,
+    model_spec,
+    own_lane_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs/benchmark/core_schedule.md"
@@ -57,10 +62,8 @@ def simulated_runs(budget_minutes: float, cores: tuple[int, ...] = CORES) -> lis
     variants = one_thread_variants()
     scalings = {name: model_spec(name).scaling for name in variants}
     timing = (budget_minutes * 60, MEASURED["elapsed_seconds"], reserve_seconds(len(variants)))
-    return [
-        simulate_run(count, variants, scalings, *timing, drop_order(), own_lane_model())
-        for count in cores
-    ]
+    roles = (drop_order(), own_lane_model(), tuple(growing_models(variants)))
+    return [simulate_run(count, variants, scalings, *timing, *roles) for count in cores]
 
 
 def core_table(budget_minutes: float) -> pd.DataFrame:
@@ -102,12 +105,14 @@ def render(budget_minutes: float) -> str:
         "`work done` counts those seconds at one thread's worth of work, so it falls "
         "below `cores held` by what the threads lose to scaling.\n\n"
         f"{markdown_table(core_table(budget_minutes))}\n\n"
-        "Where cores are not held: a model's threads are set when it starts, and only the "
-        "model with a lane of its own (the CNN) takes the cores of the models done. Once "
-        "it reaches its configured epochs, a model still training (XGBoost) keeps the "
-        "threads it started with. From 16 cores up, the CNN and XGBoost both reach their "
-        "configured epochs and rounds before the deadline: those caps, not the cores, end "
-        "training early.\n"
+        "Once no model waits to start, each model done hands its cores to the models "
+        "still training that take more threads mid-fit: the CNN (up to every core), then "
+        "XGBoost (between rounds, up to the threads worth using). Where cores are not "
+        "held, no model training can use them: the SVM, the forest and logistic "
+        "regression keep the threads they started with, XGBoost gains little past its "
+        "few useful threads, and from 16 cores up the CNN and XGBoost both reach their "
+        "configured epochs and rounds before the deadline: those caps, not the cores, "
+        "end training early.\n"
     )
 
 

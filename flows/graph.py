@@ -9,9 +9,9 @@ A model that fails is recorded and left out; the report and the run's end name i
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,8 +43,8 @@ from tasks.history.runs import regression_error
 from tasks.history.stages import record_run_task, since_previous_run_task
 from tasks.run.config import PipelineConfig
 from tasks.run.preflight import check_run, space_needed
-from tasks.training.cores import CoreHandover, cluster_shared_cores, shared_cores
-from tasks.training.models.registry import own_lane_model
+from tasks.training.cores import cluster_shared_cores, shared_cores
+from tasks.training.models.registry import growing_models, model_spec, own_lane_model
 from tasks.training.tune import tuned_params, write_profile
 
 
@@ -54,7 +54,7 @@ class StageRunner(Protocol):
     def call(self, stage: Any, parameters: dict) -> Any:
         """Run one stage here and return its result."""
 
-    def pool(self, config: PipelineConfig) -> AbstractContextManager[Pool]: ...
+    def pool(self, config: PipelineConfig) -> contextlib.AbstractContextManager[Pool]: ...
 
 
 def run_stages(
@@ -84,15 +84,29 @@ def run_stages(
         sweep_scratch(scratch_roots, runner.logger)  # what stopped worker processes left
 
 
-def core_share(
-    pool: Any, config: PipelineConfig, enabled: bool
-) -> AbstractContextManager[CoreHandover | None]:
-    """The CNN's share of the cores: told by a file on this machine, or through the Dask
-    cluster when it may train on another of its machines."""
-    if config.dask_address:
-        return cluster_shared_cores(pool.client, enabled)
-    lane = pool.cores.threads.get(own_lane_model(), 1)
-    return shared_cores(config.cache_dir, lane, enabled)
+@contextlib.contextmanager
+def core_shares(pool: Any, config: PipelineConfig, enabled: bool) -> Iterator[dict]:
+    """The shares of the cores of the models that take those of the models done: the
+    CNN's, told by a file on this machine or through the Dask cluster when it may train
+    on another of its machines; the others' (XGBoost's), up to the threads worth using,
+    on this machine only."""
+    own_lane = own_lane_model()
+    with contextlib.ExitStack() as stack:
+        shares = {}
+        for name in growing_models(config.models) if enabled else []:
+            if name == own_lane and config.dask_address:
+                share = cluster_shared_cores(pool.client, enabled=True)
+            elif name == own_lane:
+                share = shared_cores(config.cache_dir, pool.cores.threads[name], enabled=True)
+            elif not config.dask_address:
+                most = model_spec(name).scaling.useful_threads()
+                threads = pool.cores.threads[name]
+                share = shared_cores(config.cache_dir, threads, True, most, pinned=False)
+            else:
+                continue
+            if (entered := stack.enter_context(share)) is not None:
+                shares[name] = entered
+        yield shares
 
 
 def _run_stages(
@@ -110,10 +124,11 @@ def _run_stages(
         ", ".join(config.models), config.task_runner, machine_cores(), detect_devices().summary,
     )  # fmt: skip
     tuning, failures = [], []
-    # The CNN gets the others' cores as they are done, where its process can be told so.
-    sharing = own_lane_model() in config.models and len(config.models) > 1
-    with runner.pool(config) as pool, core_share(pool, config, sharing) as share:
+    # The CNN and XGBoost get the others' cores as they are done, where they can be told so.
+    sharing = len(config.models) > 1
+    with runner.pool(config) as pool, core_shares(pool, config, sharing) as shares:
         logger.info("core schedule: %s", pool.cores.describe())
+        share = shares.get(own_lane_model())
         if config.tune.enabled:
             tuning, failures = tune_models(pool, config, data, run_id, logger)
         params = tuned_params(config.params, tuning)
@@ -133,7 +148,7 @@ def _run_stages(
             limits = training_limits(plan, started_at, share)
         logger.info("stage 4/5: evaluate on the test set as models finish")
         results, failed = train_and_evaluate(
-            pool, config, data, params, models, logger, limits, share
+            pool, config, data, params, models, logger, limits, shares
         )
         failures += failed
 

@@ -27,7 +27,7 @@ from tasks.core.stopping import RunStopped, stop_requested, stop_signal
 from tasks.evaluation.stages import evaluate_task
 from tasks.run.config import PipelineConfig
 from tasks.training.cores import CoreHandover
-from tasks.training.models.registry import own_lane_model
+from tasks.training.models.registry import growing_models, own_lane_model
 from tasks.training.stages import train_task, trial_task
 from tasks.training.tune import TrialRequest, TuningSession
 
@@ -154,7 +154,7 @@ def train_and_evaluate(
     models: list[str],
     logger: Any,
     limits: dict[str, dict] | None = None,
-    share: CoreHandover | None = None,
+    shares: dict[str, CoreHandover] | None = None,
 ) -> tuple[list[ModelEvaluation], list[ModelFailure]]:
     """`parallel_models` models train at once, in the order of `models`; each is evaluated
     as soon as it is trained, and its evaluation is submitted before the next model's
@@ -162,43 +162,51 @@ def train_and_evaluate(
     model's prediction on its lane, right after its fit). A model whose training or
     evaluation fails is recorded and the others go on. `limits` are the plan's for each
     model (`training_limits`), the CNN's handover among them. Once no model waits to
-    start, each other model done (trained and evaluated) grants its threads' cores to the
-    CNN, which has every core of `share` once they all are."""
+    start, each model done (trained and evaluated) grants its cores to the models still
+    training that take them (`shares`: the CNN first, then XGBoost, each up to its share's
+    cores); the last one training gets all of its share."""
     common = {"data": data, "cache_dir": config.cache_dir, "refresh": config.refresh}
+    shares = shares or {}
     waiting = list(models)
     trainings: dict[Future, str] = {}
+    held: dict[str, int] = {}  # the cores of each model training: its threads, and grants
 
     def start_next_training() -> None:
         name = waiting.pop(0)
         # The plan's handover, bound to the cores, where it counts on every core.
-        limit = {"handover": _share_of([name], share)} | (limits or {}).get(name, {})
+        limit = {"handover": shares.get(name)} | (limits or {}).get(name, {})
         threads = pool.cores.threads_for(name)
+        held[name] = threads_here(threads)
         future = submit(
             pool, train_task, name=name, params=params, seed=config.seed, threads=threads,
             **limit, **common,
         )  # fmt: skip
         trainings[future] = name
 
+    def hand_out(cores: int) -> None:
+        """The cores of a model done, to the models training that take them, in turn."""
+        for name in growing_models(trainings.values()):
+            share = shares.get(name)
+            taken = min(cores, len(share.all_cores) - held[name]) if share else 0
+            if taken > 0:
+                share.grant(taken)
+                held[name] += taken
+                cores -= taken
+
     while waiting and len(trainings) < pool.cores.lanes:
         start_next_training()
     evaluations, failures = {}, []
-    # Evaluations whose model's cores go to the CNN once done: no model took its lane.
+    # Evaluations whose model's cores are handed out once done: no model took its lane.
     granting: dict[Future, str] = {}
-
-    def only_the_cnn_left() -> bool:
-        return {*waiting, *trainings.values()} == {own_lane_model()}
-
-    def grant(name: str) -> None:
-        if share and name != own_lane_model():
-            share.grant(threads_here(pool.cores.threads_for(name)))
-
     while trainings:
-        if share and only_the_cnn_left() and not granting and not share.released:
-            logger.info("the other models are done: the CNN may use every core of its machine")
-            share.release()
+        last = next(iter(trainings.values())) if len(trainings) == 1 else None
+        if last in shares and not waiting and not granting and not shares[last].released:
+            logger.info("the other models are done: %s may use every core it can", last)
+            shares[last].release()
+            held[last] = len(shares[last].all_cores)
         done = next(iter(pool.as_completed([*trainings, *granting])))
         if done in granting:
-            grant(granting.pop(done))
+            hand_out(held.pop(granting.pop(done)))
             continue
         name = trainings.pop(done)
         lane_free = not waiting
@@ -207,17 +215,18 @@ def train_and_evaluate(
         except Exception as error:
             failures.append(isolated(name, "training", error, logger))
             if lane_free:
-                grant(name)
+                hand_out(held.pop(name))
         else:
             # The CNN predicts with the pools it trained with.
             threads = pool.cores.threads_for(model.name)
-            if _share_of([model.name], share) and share.threads:
+            share = shares.get(model.name)
+            if share and share.pinned and share.threads:
                 threads = share.threads
             evaluation = submit(
                 pool, evaluate_task, wait_for=[done], trained=model, threads=threads, **common
             )
             evaluations[evaluation] = model.name
-            if share and lane_free and model.name != own_lane_model():
+            if lane_free:
                 granting[evaluation] = model.name
         if waiting:
             start_next_training()

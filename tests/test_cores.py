@@ -206,7 +206,13 @@ def test_the_cnn_gets_every_core_once_the_others_are_trained_and_evaluated(tmp_p
     config = build_config("quick", cache_dir=tmp_path)
     with shared_cores(tmp_path, 1, enabled=True) as share:
         results, failures = train_and_evaluate(
-            FakePool(threads=2), config, None, None, ["cnn", "xgboost"], logger, share=share
+            FakePool(threads=2),
+            config,
+            None,
+            None,
+            ["cnn", "xgboost"],
+            logger,
+            shares={"cnn": share},
         )
     assert failures == []
     assert sorted(results) == ["cnn", "xgboost"]
@@ -256,9 +262,44 @@ def test_each_model_done_grants_its_cores_to_the_cnn_without_waiting_for_the_oth
     config = build_config("quick", cache_dir=tmp_path)
     models = ["cnn", "xgboost", "svm_rbf"]
     results, failures = train_and_evaluate(
-        FakePool(threads=4, lanes=3), config, None, None, models, logger, share=share
+        FakePool(threads=4, lanes=3), config, None, None, models, logger, shares={"cnn": share}
     )
     assert failures == []
     assert sorted(results) == sorted(models)
     assert seen == [2]
     assert share.granted == 3
+
+
+def test_cores_of_models_done_go_to_the_cnn_first_then_to_xgboost_up_to_its_share(
+    tmp_path, monkeypatch
+):
+    """Four lanes of one thread: the forest and the SVM done give the CNN their cores;
+    the CNN done gives XGBoost what its share holds (one more), and nothing is lost."""
+    cnn = CoreHandover(lane_cores=(0,), all_cores=(0, 1, 2, 3), directory=tmp_path / "cnn")
+    xgb = CoreHandover(lane_cores=(1,), all_cores=(1, 2), directory=tmp_path / "xgb", pinned=False)
+    for share in (cnn, xgb):
+        share.directory.mkdir()
+
+    def train(name, params, data, cache_dir, seed, threads, refresh, deadline=None,
+              most_steps=None, handover=None):  # fmt: skip
+        assert handover is {"cnn": cnn, "xgboost": xgb}.get(name)
+        if name == "cnn":  # the SVM's and the forest's cores, before it is done
+            wait_until(lambda: cnn.granted == 3, 20, "two more cores", interval=0.05)
+        if name == "xgboost":  # the CNN's, once it is done: as many as its share holds
+            wait_until(lambda: xgb.granted == 2, 20, "one more thread", interval=0.05)
+        return type("Trained", (), {"name": name})()
+
+    def evaluate(trained, data, cache_dir, threads, refresh):
+        return trained.name
+
+    monkeypatch.setattr(flows.parallel, "train_task", train)
+    monkeypatch.setattr(flows.parallel, "evaluate_task", evaluate)
+    config = build_config("quick", cache_dir=tmp_path)
+    models = ["cnn", "xgboost", "svm_rbf", "random_forest"]
+    shares = {"cnn": cnn, "xgboost": xgb}
+    results, failures = train_and_evaluate(
+        FakePool(threads=5, lanes=4), config, None, None, models, logger, shares=shares
+    )
+    assert failures == []
+    assert sorted(results) == sorted(models)
+    assert (cnn.granted, xgb.granted) == (3, 2)

@@ -99,10 +99,14 @@ def test_on_a_loopback_cluster_each_machine_trains_on_its_own_share(two_machine_
 
 
 def _train_on_the_lane_until_every_core(handover) -> tuple[int, int]:
-    """In a worker: the CNN's stage, held to its lane's core until told it has them all."""
+    """In a worker: the CNN's stage, held to its lane's core until told it has them all;
+    it says when it is held (a Variable of its own), so that the test tells it then."""
+    from distributed import Variable
+
     local = handover.on_this_machine(1)
     with local.held_to_lane(logging.getLogger("test-dask")):
         before = len(os.sched_getaffinity(0))
+        Variable(f"{handover.channel}-held").set(before)
         while len(os.sched_getaffinity(0)) < len(local.all_cores):
             time.sleep(0.05)
         return before, len(os.sched_getaffinity(0))
@@ -112,13 +116,16 @@ def _train_on_the_lane_until_every_core(handover) -> tuple[int, int]:
 def test_a_remote_cnn_gets_every_core_of_its_machine_when_told_through_dask(
     two_machine_cluster,
 ):
+    from distributed import Variable
+
     client = two_machine_cluster
     worker = next(
         a for a, i in client.scheduler_info()["workers"].items() if i["host"] == "127.0.0.1"
     )
     with cluster_shared_cores(client, enabled=True) as share:
         training = client.submit(_train_on_the_lane_until_every_core, share, workers=[worker])
-        time.sleep(3)  # the others train; the CNN stays on its lane's core
-        assert not training.done()
+        held = Variable(f"{share.channel}-held", client=client).get(timeout=120)
+        time.sleep(2)  # the others train; the CNN stays on its lane's core
+        assert (held, training.done()) == (1, False)
         share.release()
         assert training.result(timeout=30) == (1, usable_cores())

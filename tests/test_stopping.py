@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import xgboost
 
 from tasks.core.stopping import (
     RunStopped,
@@ -23,8 +25,9 @@ from tasks.core.stopping import (
     stop_requested,
     stop_signal,
 )
+from tasks.training.cores import CoreHandover
 from tasks.training.models.base import TrainingContext
-from tasks.training.models.xgboost_model import XGBoostParams, build_xgboost
+from tasks.training.models.xgboost_model import XGBoostParams, XGBoostProgress, build_xgboost
 from tests.support.waiting import wait_until
 
 
@@ -120,3 +123,30 @@ def test_signals_raise_a_stop_in_the_main_thread_and_the_old_handlers_come_back(
         assert stop_requested()
     assert not stop_handlers_installed()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_xgboost_takes_the_threads_granted_to_it_between_rounds(tmp_path):
+    share = CoreHandover(lane_cores=(0,), all_cores=(0, 1), directory=tmp_path, pinned=False)
+    progress = XGBoostProgress(10, TrainingContext(seed=0, threads=1, handover=share))
+
+    class Booster:
+        def __init__(self):
+            self.params = {}
+
+        def set_param(self, name, value):
+            self.params[name] = value
+
+    booster = Booster()
+    progress.before_iteration(booster, 0, {})
+    assert booster.params == {}  # nothing granted yet: its own thread
+    share.grant(1)
+    progress.before_iteration(booster, 1, {})
+    assert booster.params == {"nthread": 2}
+    # A real booster takes it mid-fit, and keeps it.
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 8)), np.arange(200) % 2
+    grown = XGBoostProgress(10, TrainingContext(seed=0, threads=1, handover=share))
+    model = xgboost.XGBClassifier(n_estimators=3, n_jobs=1, callbacks=[grown])
+    model.fit(x, y, eval_set=[(x, y), (x, y)], verbose=False)
+    config = json.loads(model.get_booster().save_config())
+    assert config["learner"]["generic_param"]["nthread"] == "2"

@@ -52,9 +52,11 @@ def simulate_run(
     reserve_seconds: float,
     drop_order: tuple[str, ...],
     own_lane: str | None,
+    growing: tuple[str, ...] = (),
 ) -> SimulatedRun:
     """Schedule, plan and replay the models of `one_thread` (each one's variants with
-    their one-thread costs, in training order) on `cores` cores."""
+    their one-thread costs, in training order) on `cores` cores; `growing` take the cores
+    of the models done, in turn (`registry.growing_models`)."""
     schedule = schedule_cores(cores, scalings, own_lane)
 
     def on_its_threads(name: str, variant: Variant) -> Variant:
@@ -72,7 +74,7 @@ def simulate_run(
         drop_order, own_lane,
     )  # fmt: skip
     deadline = plan.window_seconds / SAFETY  # the training stops by then
-    replayed = replay(plan, schedule, one_thread, scalings, own_lane, deadline)
+    replayed = replay(plan, schedule, one_thread, scalings, own_lane, growing, deadline)
     capacity = cores * replayed.seconds if replayed.seconds else 1.0
     return SimulatedRun(
         schedule, plan, replayed.seconds, replayed.held / capacity,
@@ -94,14 +96,21 @@ def replay(
     one_thread: dict[str, list[Variant]],
     scalings: dict[str, Scaling],
     own_lane: str | None,
+    growing: tuple[str, ...],
     deadline: float,
 ) -> Replay:
     """The plan run as the training pool runs it: `schedule.lanes` models at once in the
-    plan's order, each on its threads; once no model waits, each model done grants its
-    threads to the model with a lane of its own, which trains on (to its most steps)
-    until the deadline. Work is counted in one-thread seconds, done at the speed-up of
-    the threads held."""
+    plan's order, each on its threads; once no model waits, each model done hands its
+    threads to the `growing` models still training, in turn, each up to every core (the
+    model with a lane of its own) or the threads worth using, and the last one training
+    gets that many. The model with a lane of its own trains on (to its most steps) until
+    the deadline. Work is counted in one-thread seconds, done at the speed-up of the
+    threads held."""
     threads = dict(schedule.threads)
+    most = {
+        name: schedule.cores if name == own_lane else min(schedule.cores, s.useful_threads())
+        for name, s in scalings.items()
+    }
     variants = {
         model.model: next(v for v in one_thread[model.model] if v.label == model.variant)
         for model in plan.models
@@ -129,8 +138,13 @@ def replay(
             held += threads[running_name] * step
         now += step
         running.remove(name)
-        if name != own_lane and not waiting and own_lane in running:
-            threads[own_lane] = min(schedule.cores, threads[own_lane] + threads[name])
+        free = 0 if waiting else threads[name]
+        for grower in (g for g in growing if g in running):
+            taken = max(0, min(free, most[grower] - threads[grower]))
+            threads[grower] += taken
+            free -= taken
+        if len(running) == 1 and not waiting and running[0] in growing:
+            threads[running[0]] = max(threads[running[0]], most[running[0]])
     own = variants.get(own_lane)
     own_steps = None
     if own is not None:  # the steps it got through before its most, or the deadline

@@ -39,6 +39,7 @@ from tasks.core.cpus import (
     thread_ids,
     usable_cores,
 )
+from tasks.core.dask_variables import dask_variable, forget_dask_variable
 from tasks.core.storage import scratch_name
 
 # How often a training CNN's process looks for the word that the others are done.
@@ -73,6 +74,8 @@ class CoreHandover:
         directory: where the word that they are done is written; on this machine only.
         channel: the name of the Dask Variable that holds it instead, for a model that
             may train on another machine of a cluster.
+        pinned: its threads are held to the cores granted (TensorFlow's pools, sized
+            once); else the model sets its own thread count from `granted` (XGBoost).
     """
 
     after: float | None = None
@@ -82,6 +85,7 @@ class CoreHandover:
     all_cores: tuple[int, ...] = ()
     directory: Path | None = None
     channel: str | None = None
+    pinned: bool = True
 
     @classmethod
     def from_dict(cls, values: dict | None) -> CoreHandover | None:
@@ -239,8 +243,8 @@ class CoreHandover:
         """Hold this thread, and the threads it starts (TensorFlow's pools), to the lane's
         cores until the other models are done (`until_released`; else to the end); then
         give them every core. The thread's own affinity is restored at the end; the pools
-        keep theirs until the word comes. Unbound, nothing changes."""
-        if not self.bound:
+        keep theirs until the word comes. Unbound or not pinned, nothing changes."""
+        if not self.bound or not self.pinned:
             yield
             return
         before = os.sched_getaffinity(0)  # on Linux, 0 is the calling thread
@@ -275,20 +279,23 @@ class CoreHandover:
 
 @contextlib.contextmanager
 def shared_cores(
-    scratch_root: Path, lane_threads: int, enabled: bool
+    scratch_root: Path, lane_threads: int, enabled: bool, most: int | None = None, pinned=True
 ) -> Iterator[CoreHandover | None]:
-    """A share of `lane_threads` cores that grows to every core, for the training stage,
-    with a scratch directory that ends with it; at the end every core is given back to
-    the threads of this process still held to the lane. None when not `enabled` or when
-    the lane already has every core (one lane, one core, or no affinity here)."""
+    """A share of `lane_threads` cores that grows to every core (at `most`), for the
+    training stage, with a scratch directory that ends with it; at the end every core is
+    given back to the threads of this process still held to the lane. None when not
+    `enabled` or when the lane already has every core (one lane, one core, or no affinity
+    here). Not `pinned`: the model sets its thread count from the grants itself."""
     # Under a CPU quota, as many of the allowed CPUs as it leaves usable.
-    cores = allowed_cpus()[: usable_cores()]
+    cores = allowed_cpus()[: usable_cores()][:most]
     if not enabled or len(cores) <= lane_threads:
         yield None
         return
     directory = scratch_root / scratch_name(scratch_root / "cores")
     directory.mkdir(parents=True)
-    share = CoreHandover(lane_cores=cores[:lane_threads], all_cores=cores, directory=directory)
+    share = CoreHandover(
+        lane_cores=cores[:lane_threads], all_cores=cores, directory=directory, pinned=pinned
+    )
     try:
         yield share
     finally:
@@ -310,20 +317,7 @@ def cluster_shared_cores(client: Any, enabled: bool) -> Iterator[CoreHandover | 
         yield CoreHandover(channel=name)
     finally:
         with contextlib.suppress(Exception):  # the cluster may be gone
-            _variables.pop(name).delete()
-
-
-_variables: dict[str, Any] = {}
-
-
-def dask_variable(name: str, client: Any = None) -> Any:
-    """The Dask Variable `name`, made once per process: in a worker, first in the task's
-    own thread, where Dask finds the worker's client (a thread it starts does not)."""
-    if name not in _variables:
-        from distributed import Variable
-
-        _variables[name] = Variable(name, client=client)
-    return _variables[name]
+            forget_dask_variable(name).delete()
 
 
 def widen_threads(share: CoreHandover) -> list[int]:

@@ -46,7 +46,7 @@ def train_task(
     and the cores are those of the machine it trains on."""
     threads = threads_here(threads)
     handover = (handover or CoreHandover()).on_this_machine(threads)
-    threads = handover.threads if handover.bound else threads
+    threads = handover.threads if handover.bound and handover.pinned else threads
     context = TrainingContext(
         seed, threads, stage_logger(), check_stop=check_stop, deadline=deadline,
         most_steps=most_steps, handover=handover,

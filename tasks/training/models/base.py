@@ -190,6 +190,9 @@ class ModelSpec:
         validation_use: what the validation split decides in its training, for the
             report ("" when its training does not read it).
         scaling: how its work speeds up with threads, for the core schedule.
+        takes_more_threads: its fit takes the threads the models done grant it, up to
+            the threads worth using (`Scaling.useful_threads`); the model with a lane
+            of its own takes them first, and up to every core.
     """
 
     name: str
@@ -207,6 +210,7 @@ class ModelSpec:
     packages: tuple[str, ...] = ()
     validation_use: str = ""
     scaling: Scaling = ONE_THREAD
+    takes_more_threads: bool = False
 
     @property
     def module(self) -> str:

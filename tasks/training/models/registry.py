@@ -106,6 +106,14 @@ def own_lane_model() -> str | None:
     return names[0] if names else None
 
 
+def growing_models(names: Iterable[str]) -> list[str]:
+    """Of `names`, the models that take the cores of the models done while they train,
+    in the order they take them: the one with a lane of its own first."""
+    by_name, own = _by_name(), own_lane_model()
+    taking = [n for n in names if n == own or (n in by_name and by_name[n].takes_more_threads)]
+    return sorted(taking, key=lambda name: name != own)
+
+
 def step_name(name: str) -> str:
     """What the logs and the report call a model's steps (epochs, boosting rounds)."""
     return model_spec(name).step_name
