@@ -13,7 +13,6 @@ cores than this machine has are that law, extrapolated: the table says so.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
-from tasks.core.contracts import Cost, ProcessedDataset
-from tasks.core.storage import array_refs
-from tasks.data.preprocess import PROCESSED_ARRAYS
+from tasks.core.contracts import Cost
+from tasks.data.preprocess import read_processed
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import DEFAULT_MODELS
 
@@ -36,8 +34,7 @@ def measured_seconds(model: str, processed: Path, threads: int) -> float:
     from tasks.run.config import build_config
     from tasks.training.models.base import TrainingContext
 
-    class_names = tuple(json.loads((processed / "class_names.json").read_text()))
-    data = ProcessedDataset(processed, array_refs(processed, PROCESSED_ARRAYS), class_names)
+    data = read_processed(processed)
     params = build_config("full").params
     measured, failures = measure_variants(
         [model], params, {model: frozenset()}, data, TrainingContext(42, threads)

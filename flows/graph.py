@@ -95,7 +95,7 @@ def core_shares(pool: Any, config: PipelineConfig, enabled: bool) -> Iterator[di
         shares = {}
         for name in growing_models(config.models) if enabled else []:
             if name == own_lane and config.dask_address:
-                share = cluster_shared_cores(pool.client, enabled=True)
+                share = cluster_shared_cores(pool.client)
             elif name == own_lane:
                 share = shared_cores(config.cache_dir, pool.cores.threads[name], enabled=True)
             elif not config.dask_address:

@@ -122,7 +122,7 @@ def test_a_remote_cnn_gets_every_core_of_its_machine_when_told_through_dask(
     worker = next(
         a for a, i in client.scheduler_info()["workers"].items() if i["host"] == "127.0.0.1"
     )
-    with cluster_shared_cores(client, enabled=True) as share:
+    with cluster_shared_cores(client) as share:
         training = client.submit(_train_on_the_lane_until_every_core, share, workers=[worker])
         held = Variable(f"{share.channel}-held", client=client).get(timeout=120)
         time.sleep(2)  # the others train; the CNN stays on its lane's core

@@ -11,8 +11,9 @@ The rule, and why:
 - as many cores as models, or more: every model starts at once. A model that uses one
   thread (libsvm's SVC) gets one; each other model an equal share of the rest, up to
   the threads it can use (`Scaling.useful_threads`); the model with a lane of its own
-  (the CNN, which fills the time budget) gets what is left, and every core once the
-  others are done.
+  (the CNN, which fills the time budget) gets what is left.
+Either way, once no model waits to start, the cores of each model done go to the models
+still training that take more threads (`flows.parallel.train_and_evaluate`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class CoreSchedule:
         return self.threads[model]
 
     def describe(self) -> str:
-        """For the log: "5 at a time on 16 cores: cnn 6, xgboost 3, …"."""
+        """For the log: "5 at a time on 16 core(s), threads: cnn 7, xgboost 3, …"."""
         each = ", ".join(f"{name} {threads}" for name, threads in self.threads.items())
         return f"{self.lanes} at a time on {self.cores} core(s), threads: {each}"
 

@@ -147,8 +147,10 @@ def preprocess_dataset(
         save_arrays(staging, preprocess_arrays(arrays, *parameters))
         (staging / CLASS_NAMES_FILE).write_text(json.dumps(list(raw.class_names)))
 
-    def read(entry: Path) -> ProcessedDataset:
-        class_names = tuple(json.loads((entry / CLASS_NAMES_FILE).read_text()))
-        return ProcessedDataset(entry, array_refs(entry, PROCESSED_ARRAYS), class_names)
+    return cached_stage(target, write, read_processed, "the processed arrays", refresh, logger)
 
-    return cached_stage(target, write, read, "the processed arrays", refresh, logger)
+
+def read_processed(entry: Path) -> ProcessedDataset:
+    """The processed arrays of a cache entry (`<cache_dir>/processed/<key>`), by reference."""
+    class_names = tuple(json.loads((entry / CLASS_NAMES_FILE).read_text()))
+    return ProcessedDataset(entry, array_refs(entry, PROCESSED_ARRAYS), class_names)

@@ -11,9 +11,11 @@ network 73 ms against 95 ms, wide 254 against 244 ms a batch), and on both cores
 times (small) and 1.3 times (wide) as fast as one.
 
 Once no model waits to start, each model done (trained and evaluated) grants its threads'
-cores to the CNN. A file says how many it may use, so that its process learns it
-whatever runs it (a thread of the flow's process, or a worker process of the same
-machine); on a Dask cluster, a Dask Variable does. A thread there polls it each second.
+cores to the models still training that take more: the CNN, then XGBoost, which is not
+held to cores but sets its thread count from its grants. A file says how many each may
+use, so that its process learns it whatever runs it (a thread of the flow's process, or
+a worker process of the same machine); on a Dask cluster, a Dask Variable does. A thread
+there polls it each second.
 Where CPU affinity does not exist (macOS, Windows), the CNN keeps its lane's share.
 """
 
@@ -49,8 +51,6 @@ WAIT_SECONDS = 120.0
 GRANTED_FILE = "granted"
 # Granted: every core, whatever the machine the model trains on has.
 EVERY_CORE = 1 << 16
-# Grants are read, added to and written back by the flow's threads, one at a time.
-_granting = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,7 @@ class CoreHandover:
         through Dask, only the release counts: the models done may have trained on
         another machine."""
         if self.bound and self.channel is None:
-            with _granting:
-                self._write_granted(self.granted + cores)
+            self._write_granted(self.granted + cores)
 
     def release(self) -> None:
         """Say that the other models are done (measured, or trained and evaluated)."""
@@ -304,13 +303,9 @@ def shared_cores(
 
 
 @contextlib.contextmanager
-def cluster_shared_cores(client: Any, enabled: bool) -> Iterator[CoreHandover | None]:
+def cluster_shared_cores(client: Any) -> Iterator[CoreHandover]:
     """A share told through the Dask cluster of `client`, for a CNN that may train on
-    another machine: its cores are that machine's, read where it trains. None when not
-    `enabled`."""
-    if not enabled:
-        yield None
-        return
+    another machine: its cores are that machine's, read where it trains."""
     name = f"core-share-{uuid.uuid4().hex}"
     dask_variable(name, client)
     try:
