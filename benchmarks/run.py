@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,8 +63,14 @@ class PlainPool:
     def __init__(self, executor: ProcessPoolExecutor, cores: CoreSchedule):
         self.executor, self.cores = executor, cores
 
-    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future:
-        # The graph passes what a submission depends on already computed.
+    def submit(
+        self,
+        stage: Any,
+        parameters: dict,
+        wait_for: Iterable[Future] = (),
+        workers: Collection[str] = (),
+    ) -> Future:
+        # The graph passes what a submission depends on already computed; one machine.
         function = stage.fn
         return self.executor.submit(
             _call_task_function, function.__module__, function.__name__, parameters

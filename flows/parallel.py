@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
-from tasks.budget.planner import Plan
+from tasks.budget.measure import slowest_costs
+from tasks.budget.planner import Plan, Variant
 from tasks.budget.plans import (
     cached_plan,
     describe_plan,
@@ -41,7 +43,15 @@ class Pool(Protocol):
 
     cores: CoreSchedule
 
-    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future: ...
+    def submit(
+        self,
+        stage: Any,
+        parameters: dict,
+        wait_for: Iterable[Future] = (),
+        workers: Collection[str] = (),
+    ) -> Future:
+        """Run `stage` once `wait_for` are done; on a Dask cluster, on one of `workers`
+        where any are named (a pool of one machine has nowhere else to run it)."""
 
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]: ...
 
@@ -57,9 +67,15 @@ def checked(stage: Any, parameters: dict) -> dict:
     return parameters
 
 
-def submit(pool: Pool, stage: Any, wait_for: Iterable[Future] = (), **parameters: Any) -> Future:
+def submit(
+    pool: Pool,
+    stage: Any,
+    wait_for: Iterable[Future] = (),
+    workers: Collection[str] = (),
+    **parameters: Any,
+) -> Future:
     """Submit a stage to the pool once its parameters bind to its signature."""
-    return pool.submit(stage, checked(stage, parameters), wait_for)
+    return pool.submit(stage, checked(stage, parameters), wait_for, workers)
 
 
 def listed(failures: list[ModelFailure]) -> str:
@@ -98,7 +114,9 @@ def plan_training(
     """Measure the models' costs here and plan them to the budget; a rerun reuses the
     plan, and so the models it trained. The CNN is measured beside the others as they will
     train, on its lane's cores of `share`, and once they are measured on every core too.
-    A model whose measurement fails is left out of the plan and returned as a failure."""
+    On a Dask cluster of several kinds of machine, each kind is measured, and the plan
+    holds on the slowest. A model whose measurement fails is left out of the plan and
+    returned as a failure."""
     key = plan_key(config, data, params, pool.cores)
 
     own_lane = own_lane_model()
@@ -109,6 +127,8 @@ def plan_training(
             [n for n in models if n == own_lane],
             [n for n in models if n != own_lane],
         ]
+        # One kind of machine: wherever the pool runs it. Several: on each kind.
+        kinds = pool.cores.machines if len(pool.cores.machines) > 1 else {"": ()}
         left = config.time_budget_minutes * 60 - (time.time() - started_at)
         common = {"params": params, "pinned": pinned, "data": data, "seed": config.seed}
         common["seconds"] = left - reserve_seconds(len(models))
@@ -116,23 +136,33 @@ def plan_training(
             submit(
                 pool,
                 measure_task,
+                workers=workers,
                 names=group,
                 handover=_share_of(group, share),
                 threads={name: pool.cores.threads_for(name) for name in group},
                 **common,
-            ): group
+            ): (kind, group)
+            for kind, workers in kinds.items()
             for group in groups
             if group
         }
-        measured, failures = {}, []
-        for future, group in reversed(futures.items()):  # the CNN's last
+        by_kind: dict[str, dict[str, list[Variant]]] = {kind: {} for kind in kinds}
+        failures = []
+        for future, (kind, group) in sorted(futures.items(), key=lambda f: own_lane in f[1][1]):
             if share and own_lane in group:
                 share.release()  # the others are measured: the CNN times every core
-            found, failed = future.result()
-            measured |= found
-            failures += failed  # logged by the task; a stop or a full disk raised instead
+            found, failed = future.result()  # failures logged by the task
+            by_kind[kind] |= found
+            where = f"measuring on {kind}" if kind else "measuring"
+            failures += [replace(failure, stage=where) for failure in failed]
         if share:
             share.withhold()  # until the others are trained
+        measured, slowest = slowest_costs(by_kind)
+        if slowest:
+            logger.info(
+                "measured on %d kinds of machine; planned for the slowest: %s",
+                len(kinds), ", ".join(f"{name} on {kind}" for name, kind in slowest.items()),
+            )  # fmt: skip
         if not measured:
             raise ModelsFailedError(f"all {len(models)} models failed: {listed(failures)}")
         elapsed = time.time() - started_at

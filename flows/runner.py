@@ -8,10 +8,11 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import dask
 from prefect.client.orchestration import get_client
 from prefect.context import refresh_global_settings_context
 from prefect.exceptions import TerminationSignal
@@ -21,7 +22,7 @@ from prefect.settings import get_current_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from tasks.budget.schedule import CoreSchedule
-from tasks.core.cpus import HostThreads, cpu_model, usable_cores
+from tasks.core.cpus import HostThreads, machine_kind, usable_cores
 from tasks.core.errors import PipelineError, RunEnvironmentError
 from tasks.core.stopping import (
     FIT_STOP_SECONDS,
@@ -180,16 +181,26 @@ def host_threads(workers: dict[str, dict], worker_cores: dict[str, int]) -> Host
     return HostThreads(tuple((host, max(1, cores[host] // slots[host])) for host in sorted(cores)))
 
 
+def workers_by_kind(kinds: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """A cluster's workers grouped by the kind of machine each runs on (`machine_kind`)."""
+    machines: dict[str, tuple[str, ...]] = {}
+    for worker, kind in sorted(kinds.items()):
+        machines[kind] = (*machines.get(kind, ()), worker)
+    return dict(sorted(machines.items()))
+
+
 def core_schedule(config: PipelineConfig, runner: TaskRunner) -> CoreSchedule:
     """The models' lanes and threads planned for this host's usable cores, or, on a
-    remote Dask cluster, each host's cores shared among its task slots, and the CPUs of
-    its machines (what their costs are measured on)."""
+    remote Dask cluster, each host's cores shared among its task slots, and its workers
+    by kind of machine (each kind's costs are measured on its own)."""
     schedule = config.core_schedule()
-    if config.threads_per_model or not config.dask_address:
+    if not config.dask_address:
         return schedule
     client = runner.client
+    machines = workers_by_kind(client.run(machine_kind))
+    if config.threads_per_model:
+        return replace(schedule, machines=machines)
     threads = host_threads(client.scheduler_info()["workers"], client.run(usable_cores))
-    machines = tuple(sorted(set(client.run(cpu_model).values())))
     return replace(schedule, threads=dict.fromkeys(schedule.threads, threads), machines=machines)
 
 
@@ -202,9 +213,16 @@ class PrefectPool:
         self.futures: list[PrefectFuture] = []
 
     def submit(
-        self, stage: Any, parameters: dict, wait_for: Iterable[PrefectFuture] = ()
+        self,
+        stage: Any,
+        parameters: dict,
+        wait_for: Iterable[PrefectFuture] = (),
+        workers: Collection[str] = (),
     ) -> PrefectFuture:
-        future = self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
+        """A task run of `stage`; on a Dask cluster, on one of `workers` where any are named."""
+        pinned = dask.annotate(workers=list(workers)) if workers else contextlib.nullcontext()
+        with pinned:  # prefect-dask submits within Dask's annotations
+            future = self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
         self.futures.append(future)
         return future
 

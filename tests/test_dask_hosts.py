@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.runner import host_threads
+from flows.runner import host_threads, workers_by_kind
 from tasks.core.cpus import threads_here, usable_cores
 from tasks.training.cores import cluster_shared_cores
 
@@ -37,6 +37,20 @@ def test_threads_per_model_are_each_hosts_cores_over_all_its_task_slots():
     assert threads.here() == 1  # outside a worker: the fewest, never oversubscribing
     assert threads_here(3) == 3
     assert str(threads) == "per host 10.0.0.5 4, 10.0.0.7 1, 10.0.0.9 1"
+
+
+def test_workers_are_grouped_by_the_kind_of_machine_they_run_on():
+    kinds = {
+        "tcp://10.0.0.7:1": "Intel Xeon avx512_bf16",
+        "tcp://10.0.0.5:2": "AMD EPYC",
+        "tcp://10.0.0.5:1": "AMD EPYC",
+        "tcp://10.0.0.9:1": "AMD EPYC + NVIDIA A100",
+    }
+    assert workers_by_kind(kinds) == {
+        "AMD EPYC": ("tcp://10.0.0.5:1", "tcp://10.0.0.5:2"),
+        "AMD EPYC + NVIDIA A100": ("tcp://10.0.0.9:1",),
+        "Intel Xeon avx512_bf16": ("tcp://10.0.0.7:1",),
+    }
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from tasks.budget.measure import slowest_costs
 from tasks.budget.planner import (
     SAFETY,
     BudgetTooSmallError,
@@ -216,3 +217,24 @@ def test_nothing_gives_way_to_a_cnn_that_would_not_fit_even_alone():
     result = plan(variants, budget_minutes=3, elapsed=36.0, reserve=27.0)
     assert [model.model for model in result.models] == ["svm_rbf"]
     assert set(result.dropped) == {"cnn"}
+
+
+def test_a_cluster_of_two_kinds_of_machine_is_planned_on_each_models_slowest():
+    fast = {"cnn": cnn(wide_epoch=40, small_epoch=12)} | others(round_seconds=1.0, svm=30)
+    # The AVX2 machine: the wide network cannot fit there, so it was not measured; the
+    # forest failed there; the SVM is cheaper there (a faster libsvm build, say).
+    slow = {"cnn": cnn(wide_epoch=280, small_epoch=45)[1:]} | others(round_seconds=4.0, svm=20)
+    del slow["random_forest"]
+    measured, slowest = slowest_costs({"AVX-512 CPU": fast, "AVX2 CPU": slow})
+
+    assert list(measured) == ["cnn", "xgboost", "svm_rbf", "logistic_regression"]
+    assert [variant.label for variant in measured["cnn"]] == ["small"]
+    assert measured["cnn"][0].cost == Cost(15, 45)
+    assert measured["xgboost"][0].cost == Cost(10, 4.0)
+    assert [variant.cost for variant in measured["svm_rbf"]] == [Cost(30), Cost(15)]
+    assert slowest == {
+        "cnn": "AVX2 CPU", "xgboost": "AVX2 CPU", "svm_rbf": "AVX-512 CPU",
+        "logistic_regression": "AVX-512 CPU",  # a tie: the first kind
+    }  # fmt: skip
+    # One kind of machine: its costs as they are, and no kind named.
+    assert slowest_costs({"AVX2 CPU": slow}) == (slow, {})

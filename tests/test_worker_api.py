@@ -4,6 +4,7 @@ through the server's API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -160,14 +162,14 @@ def test_process_workers_report_to_the_flows_server(server_api, tmp_path):
     assert marked_processes(mark) == {}  # nothing of the run is left
 
 
-@pytest.mark.slow
-def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path):
-    """Two `dask worker` processes, one started with PREFECT_API_URL and one without: the
-    run warns about that one in one line before training, and records everything on the
-    flow's server; an API the workers cannot reach is refused."""
-    mark = uuid.uuid4().hex
-    env = clean_env(PREFECT_HOME=str(tmp_path), **{MARK: mark})
-    scheduler_port, set_port, unset_port = (free_loopback_port() for _ in range(3))
+@contextlib.contextmanager
+def loopback_cluster(
+    env: dict, tmp_path: Path, workers: list[tuple[str, int, dict, list[str]]]
+) -> Iterator[str]:
+    """A `dask scheduler` and single-slot `dask worker` processes (host, port, environment,
+    more arguments) on loopback; yields the scheduler's address once every worker joined.
+    Workers start where the flow runs: they read its data/ by the same paths."""
+    scheduler_port = free_loopback_port()
     scheduler = f"tcp://127.0.0.1:{scheduler_port}"
     started = [
         start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
@@ -175,19 +177,37 @@ def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path)
               env, tmp_path / "scheduler.log", tmp_path),
     ]  # fmt: skip
     try:
-        # Workers start where the flow runs: they read its data/ by the same paths.
-        for port, worker_env in (
-            (set_port, env | {"PREFECT_API_URL": server_api}),
-            (unset_port, env),
-        ):
+        for host, port, worker_env, more in workers:
             command = [str(BIN / "dask"), "worker", scheduler, "--nthreads", "1",
-                       "--host", "127.0.0.1", "--worker-port", str(port),
-                       "--dashboard-address", ":0"]  # fmt: skip
+                       "--host", host, "--worker-port", str(port),
+                       "--dashboard-address", ":0", *more]  # fmt: skip
             started.append(start(command, worker_env, tmp_path / f"worker-{port}.log", tmp_path))
         from distributed import Client
 
         with Client(scheduler, timeout=60) as client:
-            client.wait_for_workers(2, timeout=180)
+            client.wait_for_workers(len(workers), timeout=180)
+        yield scheduler
+    finally:
+        for process in reversed(started):
+            stop(process)
+
+
+@pytest.mark.slow
+def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path):
+    """Two `dask worker` processes, one started with PREFECT_API_URL and one without: the
+    run warns about that one in one line before training, and records everything on the
+    flow's server; an API the workers cannot reach is refused."""
+    mark = uuid.uuid4().hex
+    env = clean_env(PREFECT_HOME=str(tmp_path), **{MARK: mark})
+    set_port, unset_port = free_loopback_port(), free_loopback_port()
+    workers = [
+        ("127.0.0.1", set_port, env | {"PREFECT_API_URL": server_api}, []),
+        ("127.0.0.1", unset_port, env, []),
+    ]
+    with loopback_cluster(env, tmp_path, workers) as scheduler:
+        from distributed import Client
+
+        with Client(scheduler, timeout=60) as client:
             closed = f"http://127.0.0.1:{free_loopback_port()}/api"
             with pytest.raises(RunEnvironmentError) as refused:
                 check_cluster_api(client, closed, logging.getLogger(__name__))
@@ -201,40 +221,73 @@ def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path)
 
         args = ["--task-runner", "dask", "--dask-address", scheduler]
         done, servers = run_pipeline(args, env | {"PREFECT_API_URL": server_api}, tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-        warnings = [line for line in done.stderr.splitlines() if "Dask workers" in line]
-        assert len(warnings) == 1, done.stderr[-3000:]
-        assert warnings[0].endswith(
-            "Dask workers not set to report to the flow's Prefect API (worker "
-            f"tcp://127.0.0.1:{unset_port}: no PREFECT_API_URL): start every worker with "
-            f"PREFECT_API_URL={server_api} (this run's task runs still go there: Prefect "
-            "sends the flow's settings with each task)"
-        )
-        flow_run_id = flow_run_of(done.stderr)
-        assert_one_record(server_api, flow_run_id)
-        # The warning came before any training: the flow run's log against the task runs.
-        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 30}}}
-        logs = httpx.post(f"{server_api}/logs/filter", json=body, timeout=10).json()
-        warned = [at(log["timestamp"]) for log in logs if "not set to report" in log["message"]]
-        ours = [run for run in train_runs(server_api) if run["flow_run_id"] == flow_run_id]
-        assert len(warned) == 1
-        assert all(warned[0] < at(run["start_time"]) for run in ours)
-        # Two single-slot workers on this 2-core host: one thread per model, not two.
-        assert "core schedule: 2 at a time on 2 core(s), threads: xgboost per host " in done.stderr
-        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}}
-        logs = httpx.post(f"{server_api}/logs/filter", json=body, timeout=10).json()
-        trained = sorted(log["message"] for log in logs if log["message"].startswith("training "))
-        assert trained == [
-            "training logistic_regression on 1000 images with 1 thread(s)",
-            "training xgboost on 1000 images with 1 thread(s)",
-        ]
-    finally:
-        for process in reversed(started):
-            stop(process)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if "Dask workers" in line]
+    assert len(warnings) == 1, done.stderr[-3000:]
+    assert warnings[0].endswith(
+        "Dask workers not set to report to the flow's Prefect API (worker "
+        f"tcp://127.0.0.1:{unset_port}: no PREFECT_API_URL): start every worker with "
+        f"PREFECT_API_URL={server_api} (this run's task runs still go there: Prefect "
+        "sends the flow's settings with each task)"
+    )
+    flow_run_id = flow_run_of(done.stderr)
+    assert_one_record(server_api, flow_run_id)
+    # The warning came before any training: the flow run's log against the task runs.
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 30}}}
+    logs = httpx.post(f"{server_api}/logs/filter", json=body, timeout=10).json()
+    warned = [at(log["timestamp"]) for log in logs if "not set to report" in log["message"]]
+    ours = [run for run in train_runs(server_api) if run["flow_run_id"] == flow_run_id]
+    assert len(warned) == 1
+    assert all(warned[0] < at(run["start_time"]) for run in ours)
+    # Two single-slot workers on this 2-core host: one thread per model, not two.
+    assert "core schedule: 2 at a time on 2 core(s), threads: xgboost per host " in done.stderr
+    trained = sorted(flow_run_messages(server_api, flow_run_id, "training "))
+    assert trained == [
+        "training logistic_regression on 1000 images with 1 thread(s)",
+        "training xgboost on 1000 images with 1 thread(s)",
+    ]
     workers_log = "".join(path.read_text() for path in tmp_path.glob("worker-*.log"))
     assert "Starting temporary server" not in workers_log
     assert prefect_servers(marked_processes(mark)) == {}  # none left behind by the workers
     assert servers == set()
+
+
+def flow_run_messages(api: str, flow_run_id: str, start: str) -> list[str]:
+    """The messages of a flow run's logs (its task runs' too) that begin with `start`."""
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}}
+    logs = httpx.post(f"{api}/logs/filter", json=body, timeout=10).json()
+    return [log["message"] for log in logs if log["message"].startswith(start)]
+
+
+@pytest.mark.slow
+def test_a_cluster_of_two_kinds_of_machine_is_measured_on_each_and_planned_for_the_slowest(
+    server_api, tmp_path
+):
+    """Workers on 127.0.0.1 (this CPU) and on 127.0.0.2, a "machine" whose preload says
+    it has another CPU, where every model costs ten times as much: the costs are measured
+    on each kind, and the plan takes the slowest's."""
+    from tests.support.slow_machine import SLOW_CPU, SLOWER
+
+    env = clean_env(PREFECT_HOME=str(tmp_path), PREFECT_API_URL=server_api, **{MARK: "kinds"})
+    workers = [
+        ("127.0.0.1", free_loopback_port(), env, []),
+        ("127.0.0.2", free_loopback_port(), env, ["--preload", "tests.support.slow_machine"]),
+    ]
+    with loopback_cluster(env, tmp_path, workers) as scheduler:
+        args = ["--task-runner", "dask", "--dask-address", scheduler, "--time-budget", "3"]
+        done, _ = run_pipeline(args, env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "measured on 2 kinds of machine; planned for the slowest: "
+        f"xgboost on {SLOW_CPU}, logistic_regression on {SLOW_CPU}"
+    ) in done.stderr
+    measured = flow_run_messages(server_api, flow_run_of(done.stderr), "measured logistic_r")
+    fixed = sorted(float(re.search(r": ([0-9.]+) s fixed", line)[1]) for line in measured)
+    assert len(fixed) == 2, measured
+    assert fixed[1] > SLOWER / 3 * fixed[0], measured  # not both measured on one kind
+    (plan_file,) = (tmp_path / "data" / "plans").glob("*/plan.json")
+    plans = {model["model"]: model for model in json.loads(plan_file.read_text())["models"]}
+    assert plans["logistic_regression"]["estimated_seconds"] == pytest.approx(fixed[1], abs=0.06)
 
 
 def test_external_cluster_without_a_server_is_refused_before_anything_runs(

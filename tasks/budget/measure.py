@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tasks.budget.planner import Variant
-from tasks.core.contracts import TRAINING_ARRAYS, ModelFailure, ProcessedDataset
+from tasks.core.contracts import TRAINING_ARRAYS, Cost, ModelFailure, ProcessedDataset
 from tasks.core.errors import PipelineError
 from tasks.core.stopping import RunStopped
 from tasks.run.config import ModelParams
@@ -84,3 +84,35 @@ def _measure_model(
             name, way.label, cost.fixed, cost.per_step, field or "fit", alone,
         )  # fmt: skip
     return options
+
+
+def slowest_costs(
+    by_kind: dict[str, dict[str, list[Variant]]],
+) -> tuple[dict[str, list[Variant]], dict[str, str]]:
+    """Each model's variants at the cost measured on the kind of machine where they take
+    longest, for a Dask cluster whose machines differ: a model may train on any of them,
+    so its plan must hold on the slowest. Only what was measured on every kind is kept
+    (a model that failed on one kind fails there when it trains). Also returns, for
+    each model, the kind whose costs its most accurate variant got; empty for one kind."""
+    if len(by_kind) == 1:
+        return next(iter(by_kind.values())), {}
+    first, *others = by_kind.values()
+    measured: dict[str, list[Variant]] = {}
+    slowest: dict[str, str] = {}
+    for name in [name for name in first if all(name in found for found in others)]:
+        costs: dict[str, dict[str, Cost]] = {}
+        for kind, found in by_kind.items():
+            for variant in found[name]:
+                costs.setdefault(variant.label, {})[kind] = variant.cost
+        variants = []
+        for variant in first[name]:
+            on_kinds = costs[variant.label]
+            if len(on_kinds) < len(by_kind):
+                continue
+            seconds = {kind: cost.seconds(variant.max_steps) for kind, cost in on_kinds.items()}
+            kind = max(seconds, key=seconds.__getitem__)
+            variants.append(replace(variant, cost=on_kinds[kind]))
+            slowest.setdefault(name, kind)
+        if variants:
+            measured[name] = variants
+    return measured, slowest

@@ -61,7 +61,7 @@ def plan_key(
     return content_key(
         config.time_budget_minutes, config.models, params.model_dump(mode="json"),
         {name: ref.sha256 for name, ref in data.arrays.items()}, cores.threads,
-        cores.lanes, cores.machines or cpu_model(), device_key(), measuring,
+        cores.lanes, sorted(cores.machines) or cpu_model(), device_key(), measuring,
         code_version(__file__), project_code_version("tasks.budget.planner"),
         project_code_version("tasks.training.models.measuring"),
     )  # fmt: skip

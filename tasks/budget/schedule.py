@@ -18,7 +18,7 @@ still training that take more threads (`flows.parallel.train_and_evaluate`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tasks.core.contracts import Scaling
 from tasks.core.cpus import HostThreads
@@ -27,12 +27,13 @@ from tasks.core.cpus import HostThreads
 @dataclass(frozen=True)
 class CoreSchedule:
     """Models trained at once (`lanes`), and each model's threads, on `cores` cores; on a
-    Dask cluster, each host's share (`HostThreads`), and the CPUs of its `machines`."""
+    Dask cluster, each host's share (`HostThreads`), and its `machines`: the workers on
+    each kind of CPU, each kind measured on its own."""
 
     cores: int
     lanes: int
     threads: dict[str, int | HostThreads]
-    machines: tuple[str, ...] = ()
+    machines: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def threads_for(self, model: str) -> int | HostThreads:
         return self.threads[model]

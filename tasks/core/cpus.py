@@ -193,6 +193,12 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     return f"{name}{' avx512_bf16' if 'avx512_bf16' in info else ''}"
 
 
+def machine_kind() -> str:
+    """What a model's costs depend on, to tell a Dask cluster's machines apart: the CPU,
+    and the GPUs where there are any."""
+    return " + ".join([cpu_model(), *detect_devices().gpus])
+
+
 def machine_facts() -> dict:
     """The CPU, its usable cores and the GPUs, for metrics.json and the report."""
     cores, cpu, devices = machine_cores(), cpu_model(), detect_devices()

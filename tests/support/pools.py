@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import as_completed as futures_completed
 from typing import Any
@@ -35,7 +35,13 @@ class FakePool:
         self.submitted: list[tuple[str, dict, list]] = []
         self.executor = ThreadPoolExecutor(threads) if threads else None
 
-    def submit(self, stage: Any, parameters: dict, wait_for: Iterable[Future] = ()) -> Future:
+    def submit(
+        self,
+        stage: Any,
+        parameters: dict,
+        wait_for: Iterable[Future] = (),
+        workers: Collection[str] = (),
+    ) -> Future:
         self.submitted.append((getattr(stage, "name", stage.__name__), parameters, list(wait_for)))
         function = getattr(stage, "fn", stage)
         if self.executor is not None:
