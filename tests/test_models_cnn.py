@@ -260,3 +260,27 @@ def test_a_fit_is_past_its_deadline_by_the_clock_it_is_given():
     assert not context.past_deadline(clock=lambda: 99.5)
     assert context.past_deadline(clock=lambda: 100)
     assert not TrainingContext(seed=0, threads=1).past_deadline(clock=lambda: 1e12)
+
+
+def test_epoch_times_wavering_around_the_plan_change_it_once_not_back_and_forth():
+    """Epochs of 31 s and 29 s in turn, where 30 s fits the 10 planned exactly: the plan
+    drops to 9 once the first epoch runs slow, and adds the 10th back only once the typical
+    epoch runs REPLAN_MARGIN faster than when it dropped, which it never does."""
+    network, reported = FakeNetwork(), []
+    context = TrainingContext(
+        seed=0, threads=1, deadline=300, most_steps=12, report_progress=reported.append
+    )
+    schedule = CosineToDeadline(network, 0.002, 10, 10, context, clock=FakeClock())
+    progress = EpochProgress(lambda: schedule.last_epoch, context)
+    scores = {"loss": 0.5, "accuracy": 0.8, "val_accuracy": 0.8}
+    planned = []
+    for epoch in range(12):
+        run_epoch(schedule, network, epoch, seconds=31 if epoch % 2 == 0 else 29)
+        progress(epoch, scores)
+        planned.append(schedule.last_epoch)
+        if network.stop_training:
+            break
+    assert planned == [9] * 9
+    assert schedule.clock.now <= 300
+    assert reported[-1] == 1.0
+    assert all(a < b for a, b in itertools.pairwise(reported))  # never back, never past 1

@@ -25,6 +25,9 @@ from tasks.training.models.base import TrainingContext
 PREDICT_BATCH = 1024
 # How many of the latest epochs the deadline's re-planning takes an epoch's time from.
 RECENT = 3
+# Epochs are added only once the typical epoch is this much faster than when they were
+# last planned: epoch times that waver by less move the plan once, not back and forth.
+REPLAN_MARGIN = 0.1
 
 
 class BatchRecipe(Protocol):
@@ -149,8 +152,9 @@ class EpochProgress:
 class CosineToDeadline:
     """The learning rate, set before each batch: a cosine decay to zero over the planned
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
-    one from the typical epoch's time (the median of the latest): fewer when they would
-    run past the deadline, more (up to `context.most_steps`) when they run faster. The
+    one from the typical epoch's time (the median of the latest): fewer as soon as they
+    would run past the deadline, more (up to `context.most_steps`) when they fit and the
+    typical epoch is REPLAN_MARGIN faster than when the epochs were last planned. The
     rest of the decay is stretched or compressed to end with the new last epoch, where
     training stops, fully decayed, rather than cut off at the deadline. `clock` gives
     the time, as `time.time()` (the deadline's)."""
@@ -173,6 +177,8 @@ class CosineToDeadline:
     shared_seconds: list[float] = field(default_factory=list)
     alone_seconds: list[float] = field(default_factory=list)
     first_epoch_seconds: float = 0.0
+    # The typical epoch's seconds when the epochs were last planned here.
+    planned_epoch_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
@@ -204,9 +210,14 @@ class CosineToDeadline:
             self.first_epoch_seconds = seconds
         else:
             (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
-        most = max(self.context.most_steps or self.epochs, self.epochs)
-        typical, fitting = self.epochs_left(now, max(0, most - done))
+        most = max(0, max(self.context.most_steps or self.epochs, self.epochs) - done)
+        typical, fitting = self.epochs_left(now, most)
+        baseline = self.planned_epoch_seconds
+        if baseline is not None and typical > (1 - REPLAN_MARGIN) * baseline:
+            fitting = min(fitting, self.last_epoch - done)  # fewer only
         last = done + fitting
+        if baseline is None or last != self.last_epoch:
+            self.planned_epoch_seconds = typical
         if last != self.last_epoch:
             self.context.logger.info(
                 "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
