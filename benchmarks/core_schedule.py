@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.budget.measure import most_steps
 from tasks.budget.planner import SAFETY, Variant
 from tasks.budget.plans import reserve_seconds
 from tasks.budget.simulate import SimulatedRun, simulate_run
@@ -49,11 +50,11 @@ def one_thread_variants() -> dict[str, list[Variant]]:
     for name, costs in MEASURED["costs"].items():
         spec, section = model_spec(name), getattr(params, name)
         field = spec.budgeting.step_field
-        most = getattr(section, field) if field else 0
         ways = spec.budgeting.variants(section, frozenset())
         variants[name] = [
             Variant(name, w.label, w.params, Cost(**costs[w.label]), field, w.min_steps, most)
             for w in ways
+            for most in [most_steps(section, field, w)]
         ]
     return variants
 
@@ -110,9 +111,9 @@ def render(budget_minutes: float) -> str:
         "XGBoost (between rounds, up to the threads worth using). Where cores are not "
         "held, no model training can use them: the SVM, the forest and logistic "
         "regression keep the threads they started with, XGBoost gains little past its "
-        "few useful threads, and from 16 cores up the CNN and XGBoost both reach their "
-        "configured epochs and rounds before the deadline: those caps, not the cores, "
-        "end training early.\n"
+        "few useful threads, and from 16 cores up the CNN reaches the most epochs a plan "
+        "gives it (30) and XGBoost the rounds its early stopping leaves it (200) before "
+        "the deadline: no work worth the cores is left, so training ends early.\n"
     )
 
 

@@ -148,13 +148,15 @@ def plan_training(
         }
         by_kind: dict[str, dict[str, list[Variant]]] = {kind: {} for kind in kinds}
         failures = []
+        # The others' first: once they are measured, the CNN times every core.
         for future, (kind, group) in sorted(futures.items(), key=lambda f: own_lane in f[1][1]):
             if share and own_lane in group:
-                share.release()  # the others are measured: the CNN times every core
+                share.release()
             found, failed = future.result()  # failures logged by the task
             by_kind[kind] |= found
-            where = f"measuring on {kind}" if kind else "measuring"
-            failures += [replace(failure, stage=where) for failure in failed]
+            if kind:  # say on which kind of machine it failed
+                failed = [replace(f, stage=f"measuring on {kind}") for f in failed]
+            failures += failed
         if share:
             share.withhold()  # until the others are trained
         measured, slowest = slowest_costs(by_kind)

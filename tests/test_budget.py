@@ -12,7 +12,7 @@ import pytest
 from tasks.budget.measure import measure_variants
 from tasks.budget.planner import ModelPlan, Plan
 from tasks.budget.plans import pinned_fields, planned_params, training_limits
-from tasks.core.contracts import ProcessedDataset
+from tasks.core.contracts import Cost, ProcessedDataset
 from tasks.core.storage import array_refs, save_arrays
 from tasks.run.config import build_config
 from tasks.training.cores import CoreHandover
@@ -21,6 +21,7 @@ from tasks.training.models.base import ProbeData, TrainingContext
 from tasks.training.models.cnn import SMALL_BLOCKS
 from tasks.training.models.registry import model_spec
 from tasks.training.models.sklearn_models import LogisticRegressionParams
+from tasks.training.models.xgboost_model import ROUNDS_NEEDED, XGBoostParams, xgboost_variants
 from tests.support.servers import LocalPrefect
 
 
@@ -70,7 +71,7 @@ def test_training_takes_the_deadline_and_the_handover_bound_to_the_cores(tmp_pat
     assert training_limits(plan, 1000)["cnn"]["handover"].bound is False  # no cores here
 
 
-def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
+def tiny_split(directory) -> ProcessedDataset:
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 100))
     pixels = (rng.random((1000, 784)) + labels[:, None] / 10).astype(np.float32)
@@ -78,8 +79,12 @@ def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
         "x_train": pixels[:800], "y_train": labels[:800], "x_val": pixels[800:],
         "y_val": labels[800:], "y_selection": labels[:100], "y_test": labels[:300],
     }  # fmt: skip
-    save_arrays(tmp_path, arrays)
-    data = ProcessedDataset(tmp_path, array_refs(tmp_path, list(arrays)))
+    save_arrays(directory, arrays)
+    return ProcessedDataset(directory, array_refs(directory, list(arrays)))
+
+
+def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
+    data = tiny_split(tmp_path)
     config = build_config("quick", models=["xgboost", "logistic_regression"])
     pinned = {name: frozenset() for name in config.models}
     measured, failures = measure_variants(
@@ -97,6 +102,38 @@ def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
     assert logistic.step_field is None
     assert logistic.cost.fixed > 0
     assert logistic.cost.per_step == 0
+
+
+@pytest.mark.parametrize(
+    ("profile", "epochs", "most"),
+    [("full", None, {"wide": 30, "middle": 30, "small": 30}), ("quick", None, {"small": 2}),
+     ("full", 12, {"wide": 12, "small": 12})],  # 12 < the middle one's fewest, 15
+)  # fmt: skip
+def test_under_a_budget_the_network_may_train_past_its_default_epochs_but_never_a_chosen_number(
+    tmp_path, monkeypatch, profile, epochs, most
+):
+    """The defaults' epochs are no cap: each network may get the epochs it was measured
+    to gain from. The quick profile's and the user's epochs stay the most."""
+    monkeypatch.setattr("tasks.budget.measure.measure_cost", lambda *args: Cost(5.0, 1.0))
+    params = {"cnn": {"epochs": epochs}} if epochs else {}
+    config = build_config(profile, models=["cnn"], params=params)
+    pinned = {"cnn": pinned_fields(config, "cnn")}
+    measured, failures = measure_variants(
+        ["cnn"], config.params, pinned, tiny_split(tmp_path), TrainingContext(0, 1)
+    )
+    assert failures == []
+    found = {variant.label.split()[0]: variant.max_steps for variant in measured["cnn"]}
+    assert found == most
+
+
+def test_boosting_is_planned_for_the_rounds_early_stopping_leaves_it_not_all_it_may_take():
+    def planned(**params) -> int:
+        (variant,) = xgboost_variants(XGBoostParams(**params), frozenset())
+        return variant.most_steps
+
+    assert planned() == ROUNDS_NEEDED == 200  # it stopped near round 175 at rate 0.2
+    assert planned(learning_rate=0.1) == 400  # half the rate, twice the rounds
+    assert planned(learning_rate=0.05) == 500  # never past the rounds configured
 
 
 def test_a_one_go_fit_is_timed_on_a_sample_and_scaled_by_its_growth(monkeypatch):

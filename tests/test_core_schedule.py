@@ -69,9 +69,11 @@ def test_the_users_parallel_models_or_threads_override_the_plan():
 def test_on_every_simulated_machine_the_plan_ends_by_its_deadline():
     runs = simulated_runs(15.0)
     assert [run.schedule.cores for run in runs] == [1, 2, 4, 8, 16, 32, 64]
-    # On 2 cores, the plan the default run made on the AVX2 EPYC it was measured on.
-    two = {model.model: model.steps for model in runs[1].plan.models}
-    assert (two["cnn"], two["xgboost"]) == (18, 387)
+    # On 2 cores, as the default run planned on the AVX2 EPYC it was measured on: the
+    # middle network past its fewest 15 epochs, XGBoost the 200 rounds it needs.
+    two = {model.model: model for model in runs[1].plan.models}
+    assert two["cnn"].variant.startswith("middle") and two["cnn"].steps >= 15
+    assert two["xgboost"].steps == 200
     epochs = []
     for run in runs:
         assert run.training_seconds <= run.plan.window_seconds / SAFETY + 1e-6
@@ -80,10 +82,11 @@ def test_on_every_simulated_machine_the_plan_ends_by_its_deadline():
             assert run.held_share >= 0.99
         cnn = next(model for model in run.plan.models if model.model == "cnn")
         epochs.append((cnn.variant, cnn.steps))
-    # More cores never buy the CNN less: the wide network once it fits, more epochs after.
-    assert epochs == sorted(epochs, key=lambda e: (e[0].startswith("wide"), e[1]))
-    # On 4 cores the CNN reaches its 18 epochs first; XGBoost then takes its cores (held
-    # 52 % of the cores' time when it kept its one thread).
+    # More cores never buy the CNN less: a wider network once it fits, more epochs after.
+    width = {"small": 0, "middle": 1, "wide": 2}
+    assert epochs == sorted(epochs, key=lambda e: (width[e[0].split()[0]], e[1]))
+    # On 4 cores, XGBoost takes the cores of the models done (the cores were held 52 % of
+    # the time when it kept its one thread).
     assert runs[2].held_share > 0.85
 
 

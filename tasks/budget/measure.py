@@ -4,13 +4,14 @@ cheapest variant first, a costlier one only when it could fit."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from tasks.budget.planner import Variant
 from tasks.core.contracts import TRAINING_ARRAYS, Cost, ModelFailure, ProcessedDataset
 from tasks.core.errors import PipelineError
 from tasks.core.stopping import RunStopped
 from tasks.run.config import ModelParams
-from tasks.training.models.base import ProbeData, TrainingContext
+from tasks.training.models.base import ProbeData, TrainingContext, VariantSpec
 from tasks.training.models.measuring import measure_cost
 from tasks.training.models.registry import model_spec
 
@@ -49,6 +50,19 @@ def measure_variants(
     return measured, failures
 
 
+def most_steps(
+    section: Any, field: str | None, way: VariantSpec, pinned: frozenset[str] = frozenset()
+) -> int:
+    """The most steps a plan may give a variant: its own most (`VariantSpec.most_steps`)
+    where nobody chose the steps; the configured steps where the user or a profile did
+    (the quick profile's few epochs stay its cap); 0 for a model fitted in one go."""
+    if not field:
+        return 0
+    configured = getattr(section, field)
+    chosen = field in pinned or configured != type(section).model_fields[field].default
+    return configured if chosen or not way.most_steps else way.most_steps
+
+
 def _measure_model(
     name: str,
     params: ModelParams,
@@ -61,10 +75,10 @@ def _measure_model(
     spec, section = model_spec(name), getattr(params, name)
     budgeting = spec.budgeting
     field = budgeting.step_field
-    most = getattr(section, field) if field else 0
+    pinned_steps = field in pinned
     ways = budgeting.variants(section, pinned)
     # A variant that needs more steps than the run allows is not worth measuring.
-    ways = [way for way in ways if way.min_steps <= most] or ways[-1:]
+    ways = [way for way in ways if way.min_steps <= most_steps(section, field, way)] or ways[-1:]
     options: list[Variant] = []
     for way in reversed(ways):
         if options and seconds and options[0].cost.seconds(way.min_steps) > seconds:
@@ -73,7 +87,7 @@ def _measure_model(
         variant_params = type(section).model_validate(section.model_dump() | way.params)
         cost = measure_cost(spec, variant_params, probe, context)
         context.check_stop()
-        pinned_steps = field in pinned
+        most = most_steps(section, field, way, pinned)
         variant = Variant(
             name, way.label, way.params, cost, field, min(way.min_steps, most), most, pinned_steps
         )

@@ -106,11 +106,15 @@ class VariantSpec:
         label: what it is, for the plan's table ("wide network").
         params: the parameter values it sets.
         min_steps: the fewest steps worth training it for; below them it is left out.
+        most_steps: under a time budget, the most steps the plan may give it, where
+            more stopped paying when measured; None: the configured steps. Steps set by
+            the user or a profile are kept instead.
     """
 
     label: str
     params: dict = field(default_factory=dict)
     min_steps: int = 0
+    most_steps: int | None = None
 
 
 def _as_configured(params: Any, pinned: frozenset[str]) -> list[VariantSpec]:
