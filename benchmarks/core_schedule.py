@@ -52,9 +52,16 @@ def one_thread_variants() -> dict[str, list[Variant]]:
         field = spec.budgeting.step_field
         ways = spec.budgeting.variants(section, frozenset())
         variants[name] = [
-            Variant(name, w.label, w.params, Cost(**costs[w.label]), field, w.min_steps, most)
+            Variant(
+                name,
+                w.label,
+                w.params,
+                Cost(**costs[w.label]),
+                field,
+                w.min_steps,
+                most_steps(section, field, w),
+            )
             for w in ways
-            for most in [most_steps(section, field, w)]
         ]
     return variants
 

@@ -72,7 +72,8 @@ def test_on_every_simulated_machine_the_plan_ends_by_its_deadline():
     # On 2 cores, as the default run planned on the AVX2 EPYC it was measured on: the
     # middle network past its fewest 15 epochs, XGBoost the 200 rounds it needs.
     two = {model.model: model for model in runs[1].plan.models}
-    assert two["cnn"].variant.startswith("middle") and two["cnn"].steps >= 15
+    assert two["cnn"].variant.startswith("middle")
+    assert two["cnn"].steps >= 15
     assert two["xgboost"].steps == 200
     epochs = []
     for run in runs:

@@ -202,17 +202,26 @@ def test_epochs_faster_than_planned_stretch_the_decay_up_to_the_most_allowed():
     assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
-def test_progress_counts_against_the_epochs_planned_now_and_ends_at_one():
+SCORES = {"loss": 0.5, "accuracy": 0.8, "val_accuracy": 0.8}
+
+
+def reporting_schedule(deadline: float, most: int, planned: int):
+    """A schedule of `planned` epochs under `deadline`, at most `most`, with the progress
+    hook Keras calls after it; returns the network, the schedule, the hook and what it
+    reported."""
     network, reported = FakeNetwork(), []
     context = TrainingContext(
-        seed=0, threads=1, deadline=400, most_steps=6, report_progress=reported.append
+        seed=0, threads=1, deadline=deadline, most_steps=most, report_progress=reported.append
     )
-    schedule = CosineToDeadline(network, 0.002, 10, 3, context, clock=FakeClock())
-    progress = EpochProgress(lambda: schedule.last_epoch, context)
-    scores = {"loss": 0.5, "accuracy": 0.8, "val_accuracy": 0.8}
+    schedule = CosineToDeadline(network, 0.002, 10, planned, context, clock=FakeClock())
+    return network, schedule, EpochProgress(lambda: schedule.last_epoch, context), reported
+
+
+def test_progress_counts_against_the_epochs_planned_now_and_ends_at_one():
+    network, schedule, progress, reported = reporting_schedule(400, most=6, planned=3)
     for epoch in range(6):  # 3 planned, stretched to the 6 allowed
         run_epoch(schedule, network, epoch, seconds=50)
-        progress(epoch, scores)  # Keras calls it after the schedule's end-of-epoch hook
+        progress(epoch, SCORES)  # Keras calls it after the schedule's end-of-epoch hook
     assert reported == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
 
 
@@ -266,17 +275,11 @@ def test_epoch_times_wavering_around_the_plan_change_it_once_not_back_and_forth(
     """Epochs of 31 s and 29 s in turn, where 30 s fits the 10 planned exactly: the plan
     drops to 9 once the first epoch runs slow, and adds the 10th back only once the typical
     epoch runs REPLAN_MARGIN faster than when it dropped, which it never does."""
-    network, reported = FakeNetwork(), []
-    context = TrainingContext(
-        seed=0, threads=1, deadline=300, most_steps=12, report_progress=reported.append
-    )
-    schedule = CosineToDeadline(network, 0.002, 10, 10, context, clock=FakeClock())
-    progress = EpochProgress(lambda: schedule.last_epoch, context)
-    scores = {"loss": 0.5, "accuracy": 0.8, "val_accuracy": 0.8}
+    network, schedule, progress, reported = reporting_schedule(300, most=12, planned=10)
     planned = []
     for epoch in range(12):
         run_epoch(schedule, network, epoch, seconds=31 if epoch % 2 == 0 else 29)
-        progress(epoch, scores)
+        progress(epoch, SCORES)
         planned.append(schedule.last_epoch)
         if network.stop_training:
             break

@@ -78,7 +78,7 @@ def _measure_model(
     pinned_steps = field in pinned
     ways = budgeting.variants(section, pinned)
     # A variant that needs more steps than the run allows is not worth measuring.
-    ways = [way for way in ways if way.min_steps <= most_steps(section, field, way)] or ways[-1:]
+    ways = [w for w in ways if w.min_steps <= most_steps(section, field, w, pinned)] or ways[-1:]
     options: list[Variant] = []
     for way in reversed(ways):
         if options and seconds and options[0].cost.seconds(way.min_steps) > seconds:
