@@ -5,8 +5,10 @@
 Each budget runs `python -m flows.full_pipeline --time-budget B` as a user would, in a
 fresh directory (empty caches: data preparation and measuring count against the budget).
 Recorded per budget: the wall time, the best single model's and the ensemble's test
-accuracy, and the CPU use of the command's processes (the temporary Prefect server
-included) over the whole run and over the training stage, from /proc. `--avx2` sets
+accuracy, the CPU use of the command's processes (the temporary Prefect server
+included) over the whole run and over the training stage, from /proc, and the peak
+memory of its largest process (`/usr/bin/time`'s maximum resident set, where it is
+installed). `--seed` is the run's (default: the pipeline's own, 42). `--avx2` sets
 `ONEDNN_MAX_CPU_ISA=AVX2` and the CNN's float32 precision: on an AVX-512 machine that
 makes TensorFlow use the AVX2 kernels. Appends rows to `budget_sweep.csv` and redraws
 `budget_sweep.md` and `budget_sweep.png` in `--output`.
@@ -28,10 +30,12 @@ import pandas as pd
 
 from tasks.core.cpus import usable_cores
 from tasks.evaluation.report.tables import markdown_table
+from tasks.run.config import PipelineConfig
 from tasks.training.models.registry import SPECS, own_lane_model, step_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
+GNU_TIME = Path("/usr/bin/time")
 TRAINING_STARTS, TRAINING_ENDS = "stage 4/5", "stage 5/5"
 
 
@@ -48,7 +52,7 @@ def tree_cpu_seconds(session: int) -> float:
     return total / TICKS
 
 
-def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
+def run_budget(minutes: float, avx2: bool, seed: int, extra: list[str]) -> dict:
     """One run of the command at `minutes`, in a fresh directory."""
     env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     options = []
@@ -57,6 +61,10 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         options = ["--profile-file", str(write_float32_profile())]
     workdir = Path(tempfile.mkdtemp(prefix=f"budget-{minutes:g}-"))
     command = [sys.executable, "-m", "flows.full_pipeline", "--time-budget", str(minutes)]
+    command += ["--seed", str(seed)]
+    peak_file = workdir / "peak_rss_kb"
+    if GNU_TIME.exists():  # the largest process's peak memory, as `time -v` reports it
+        command = [str(GNU_TIME), "--format", "%M", "--output", str(peak_file), *command]
     started = time.perf_counter()
     process = subprocess.Popen(
         command + options + extra, cwd=workdir, env=env, stdout=subprocess.PIPE,
@@ -94,6 +102,8 @@ def run_budget(minutes: float, avx2: bool, extra: list[str]) -> dict:
         "cpu_use_run": round(cpu_total / (wall * cores), 3),
         "cpu_use_training": round((c1 - c0) / ((t1 - t0) * cores), 3),
         "training_seconds": round(t1 - t0, 1),
+        "seed": seed,
+        "peak_rss_gb": round(int(peak_file.read_text()) / 1e6, 2) if peak_file.exists() else None,
         "cpu": cpu_name(),
         "directory": str(workdir),
         "commit": code_commit(ROOT),
@@ -187,6 +197,12 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
+        "seed": rows.get("seed", pd.Series(None, index=rows.index)).map(
+            lambda s: "42" if pd.isna(s) else f"{s:g}"
+        ),
+        "peak memory (GB)": rows.get("peak_rss_gb", pd.Series(None, index=rows.index)).map(
+            lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
+        ),
         "commit": rows.get("commit", pd.Series("—", index=rows.index)).fillna("—"),
     })  # fmt: skip
     table = markdown_table(shown.loc[rows.sort_values(["setting", "budget_minutes"]).index])
@@ -203,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="3,5,10,15,30")
     parser.add_argument("--avx2", action="store_true", help="ONEDNN_MAX_CPU_ISA=AVX2, float32")
+    parser.add_argument("--seed", type=int, default=PipelineConfig.model_fields["seed"].default)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
     parser.add_argument("--render", action="store_true", help="only redraw from the CSV")
     args, extra = parser.parse_known_args(argv)
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         render(pd.read_csv(table), args.output)
         return 0
     for minutes in [float(b) for b in args.budgets.split(",")]:
-        row = run_budget(minutes, args.avx2, extra)
+        row = run_budget(minutes, args.avx2, args.seed, extra)
         print(json.dumps(row), flush=True)
         rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
         rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)

@@ -1,4 +1,5 @@
-"""The budget sweep's records: which code each row measured, and the table drawn from them."""
+"""The budget sweep's records: which code, seed and memory each row measured, and the table
+drawn from them."""
 
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def test_the_table_shows_each_rows_commit(tmp_path):
         "cpu_use_run": 0.951, "cpu_use_training": 0.977, "cpu": "AMD EPYC (AVX2, 2 cores)",
     }  # fmt: skip
     earlier = row | {"budget_minutes": 5.0, "wall_seconds": 277.2, "best_single_accuracy": 0.91}
-    render(pd.DataFrame([row | {"commit": "3b148fa"}, earlier]), tmp_path)
+    measured = row | {"commit": "3b148fa", "seed": 7, "peak_rss_gb": 1.934}
+    render(pd.DataFrame([measured, earlier]), tmp_path)
     table = (tmp_path / "budget_sweep.md").read_text().splitlines()
     assert "| 15 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[7]
-    assert table[7].endswith("| — | 98% | 95% | 3b148fa |")
-    assert table[6].endswith("| — |")  # a row from before commits were recorded
+    assert table[7].endswith("| — | 98% | 95% | 7 | 1.93 | 3b148fa |")
+    # A row from before seeds, memory and commits were recorded: the default seed.
+    assert table[6].endswith("| 42 | — | — |")
     pixels = read_png(tmp_path / "budget_sweep.png")
     assert pixels.shape == (400, 600, 3)  # 6 x 4 inches at 100 dpi
     # Axes, labels and legend alone ink 5 % and colour none of it; the two accuracy lines
