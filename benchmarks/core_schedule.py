@@ -119,7 +119,7 @@ def render(budget_minutes: float) -> str:
         "held, no model training can use them: the SVM, the forest and logistic "
         "regression keep the threads they started with, XGBoost gains little past its "
         "few useful threads, and from 16 cores up the CNN reaches the most epochs a plan "
-        "gives it (30) and XGBoost the rounds its early stopping leaves it (200) before "
+        "gives it (30) and XGBoost the rounds that bring it near its best (140) before "
         "the deadline: no work worth the cores is left, so training ends early.\n"
     )
 

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from benchmarks.xgboost_rounds import WITHIN_POINTS, rounds_within
 from tasks.budget.measure import measure_variants
 from tasks.budget.planner import ModelPlan, Plan
 from tasks.budget.plans import pinned_fields, planned_params, training_limits
@@ -22,7 +24,7 @@ from tasks.training.models.cnn import SMALL_BLOCKS
 from tasks.training.models.registry import model_spec
 from tasks.training.models.sklearn_models import LogisticRegressionParams
 from tasks.training.models.xgboost_model import ROUNDS_NEEDED, XGBoostParams, xgboost_variants
-from tests.support.servers import LocalPrefect
+from tests.support.servers import REPO, LocalPrefect
 
 
 def test_only_values_changed_from_the_profile_are_the_users(tmp_path):
@@ -126,14 +128,25 @@ def test_under_a_budget_the_network_may_train_past_its_default_epochs_but_never_
     assert found == most
 
 
-def test_boosting_is_planned_for_the_rounds_early_stopping_leaves_it_not_all_it_may_take():
+def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_may_take():
     def planned(**params) -> int:
         (variant,) = xgboost_variants(XGBoostParams(**params), frozenset())
         return variant.most_steps
 
-    assert planned() == ROUNDS_NEEDED == 200  # it stopped near round 175 at rate 0.2
-    assert planned(learning_rate=0.1) == 400  # half the rate, twice the rounds
+    assert planned() == ROUNDS_NEEDED == 140  # within half a point of its best at rate 0.2
+    assert planned(learning_rate=0.1) == 280  # half the rate, twice the rounds
     assert planned(learning_rate=0.05) == 500  # never past the rounds configured
+
+
+def test_the_rounds_planned_are_the_first_within_half_a_point_of_the_best_validation():
+    table = pd.DataFrame({
+        "rounds": [10, 20, 30, 40],
+        "validation_accuracy": [0.880, 0.9105, 0.905, 0.9150],
+    })  # fmt: skip
+    assert rounds_within(table, 0.5) == 20  # 0.9105 >= 0.915 - 0.005; 30 dips, 20 is first
+    assert rounds_within(table, 0.1) == 40
+    published = pd.read_csv(REPO / "docs" / "benchmark" / "xgboost_rounds.csv")
+    assert rounds_within(published, WITHIN_POINTS) == ROUNDS_NEEDED
 
 
 def test_a_one_go_fit_is_timed_on_a_sample_and_scaled_by_its_growth(monkeypatch):

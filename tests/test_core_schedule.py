@@ -10,6 +10,7 @@ from tasks.budget.schedule import schedule_cores
 from tasks.core.contracts import Scaling
 from tasks.run.config import DEFAULT_MODELS, PipelineConfig
 from tasks.training.models.registry import model_spec
+from tasks.training.models.xgboost_model import ROUNDS_NEEDED
 
 SCALINGS = {name: model_spec(name).scaling for name in DEFAULT_MODELS}
 
@@ -70,11 +71,11 @@ def test_on_every_simulated_machine_the_plan_ends_by_its_deadline():
     runs = simulated_runs(15.0)
     assert [run.schedule.cores for run in runs] == [1, 2, 4, 8, 16, 32, 64]
     # On 2 cores, as the default run planned on the AVX2 EPYC it was measured on: the
-    # middle network past its fewest 15 epochs, XGBoost the 200 rounds it needs.
+    # middle network past its fewest 15 epochs, XGBoost the 140 rounds it needs.
     two = {model.model: model for model in runs[1].plan.models}
     assert two["cnn"].variant.startswith("middle")
     assert two["cnn"].steps >= 15
-    assert two["xgboost"].steps == 200
+    assert two["xgboost"].steps == ROUNDS_NEEDED == 140
     epochs = []
     for run in runs:
         assert run.training_seconds <= run.plan.window_seconds / SAFETY + 1e-6
