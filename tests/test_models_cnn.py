@@ -16,6 +16,7 @@ from tasks.training.models.keras_training import (
     CosineToDeadline,
     EpochProgress,
     augmented_batches,
+    early_stopping,
     image_batches,
     shift_and_mirror,
 )
@@ -166,6 +167,27 @@ def train(schedule: CosineToDeadline, network: FakeNetwork, seconds: float, epoc
         if network.stop_training:
             break
     return rates
+
+
+def test_early_stopping_waits_for_the_last_third_of_the_planned_epochs(keras):
+    """A plateau while the learning rate is still high does not end the fit; one in the
+    last third does, and the best epoch's weights come back."""
+    network = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    stopping = early_stopping(types.SimpleNamespace(epochs=30, early_stopping_patience=4))
+    network.stop_training = False  # as Keras' fit starts
+    stopping.set_model(network)
+    stopping.on_train_begin()
+    stopped_at = None
+    for epoch in range(30):
+        # Flat at 0.90 from the start; one better epoch (20) sets the weights kept.
+        network.layers[0].bias.assign([float(epoch)])
+        stopping.on_epoch_end(epoch, {"val_accuracy": 0.91 if epoch == 20 else 0.90})
+        if network.stop_training:
+            stopped_at = epoch
+            break
+    assert stopped_at == 24  # counting from epoch 20 (2/3 of 30), four without gain
+    stopping.on_train_end()
+    assert float(network.layers[0].bias[0]) == 20.0
 
 
 def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():

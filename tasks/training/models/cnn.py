@@ -32,6 +32,7 @@ from tasks.training.models.keras_training import (
     EpochProgress,
     augmented_batches,
     batch_count,
+    early_stopping,
     image_batches,
     one_hot,
 )
@@ -186,11 +187,7 @@ class KerasCNN:
             else self.params.epochs,
             validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
             callbacks=[
-                keras.callbacks.EarlyStopping(
-                    monitor="val_accuracy",
-                    patience=self.params.early_stopping_patience,
-                    restore_best_weights=True,
-                ),
+                early_stopping(self.params),
                 keras.callbacks.LambdaCallback(
                     on_epoch_begin=schedule.on_epoch_begin,
                     on_train_batch_begin=schedule.on_train_batch_begin,

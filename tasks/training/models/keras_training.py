@@ -38,6 +38,30 @@ class BatchRecipe(Protocol):
     mirror: bool
 
 
+class StoppingRecipe(Protocol):
+    """What early stopping takes from the CNN's parameters (`CNNParams` has them)."""
+
+    epochs: int
+    early_stopping_patience: int
+
+
+def early_stopping(params: StoppingRecipe):
+    """Keras' early stopping on validation accuracy, keeping the best epoch's weights, over
+    the last third of the planned epochs only: before, the cosine decay's learning rate is
+    still high and validation accuracy plateaus for epochs on end (on the AVX2 EPYC a
+    middle network planned for 30 epochs stopped at 18 with 0.929, where 18 planned ones
+    reached 0.936)."""
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor="val_accuracy",
+        mode="max",
+        patience=params.early_stopping_patience,
+        restore_best_weights=True,
+        start_from_epoch=2 * params.epochs // 3,
+    )
+
+
 def shift_and_mirror(
     images: np.ndarray, shift_pixels: int, mirror: bool, rng: np.random.Generator
 ) -> np.ndarray:
