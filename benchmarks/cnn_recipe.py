@@ -39,6 +39,9 @@ ROWS = {
     "middle (24),(48,48),(96), 18 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18},
     "middle, 12 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 12},
     "wide, 12 epochs": {"conv_blocks": WIDE_BLOCKS, "epochs": 12},
+    "middle, 18 epochs, dropout 0.2": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18, "dropout": 0.2},
+    "middle, 18 epochs, batch 64": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18, "batch_size": 64},
+    "middle, 30 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 30},
 }
 EPOCH_LINE = re.compile(r"epoch (\d+): loss [0-9.]+, accuracy [0-9.]+, validation accuracy")
 
