@@ -42,6 +42,11 @@ ROWS = {
     "middle, 18 epochs, dropout 0.2": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18, "dropout": 0.2},
     "middle, 18 epochs, batch 64": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18, "batch_size": 64},
     "middle, 30 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 30},
+    "middle, 30 epochs to the end": {
+        "conv_blocks": MIDDLE_BLOCKS,
+        "epochs": 30,
+        "early_stopping_patience": 30,
+    },
 }
 EPOCH_LINE = re.compile(r"epoch (\d+): loss [0-9.]+, accuracy [0-9.]+, validation accuracy")
 
