@@ -36,6 +36,7 @@ from tasks.training.models.registry import SPECS, own_lane_model, step_name
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 GNU_TIME = Path("/usr/bin/time")
+DEFAULT_SEED = PipelineConfig.model_fields["seed"].default
 TRAINING_STARTS, TRAINING_ENDS = "stage 4/5", "stage 5/5"
 
 
@@ -52,7 +53,7 @@ def tree_cpu_seconds(session: int) -> float:
     return total / TICKS
 
 
-def run_budget(minutes: float, avx2: bool, seed: int, extra: list[str]) -> dict:
+def run_budget(minutes: float, avx2: bool, extra: list[str], seed: int = DEFAULT_SEED) -> dict:
     """One run of the command at `minutes`, in a fresh directory."""
     env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     options = []
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="3,5,10,15,30")
     parser.add_argument("--avx2", action="store_true", help="ONEDNN_MAX_CPU_ISA=AVX2, float32")
-    parser.add_argument("--seed", type=int, default=PipelineConfig.model_fields["seed"].default)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
     parser.add_argument("--render", action="store_true", help="only redraw from the CSV")
     args, extra = parser.parse_known_args(argv)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         render(pd.read_csv(table), args.output)
         return 0
     for minutes in [float(b) for b in args.budgets.split(",")]:
-        row = run_budget(minutes, args.avx2, args.seed, extra)
+        row = run_budget(minutes, args.avx2, extra, args.seed)
         print(json.dumps(row), flush=True)
         rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
         rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)

@@ -6,7 +6,7 @@ objective for the models beside the CNN, README "Time budget").
 
     python -m benchmarks.xgboost_rounds --processed data/processed/<key> [--threads 1]
 
-The fit is the run's (the default parameters, the run's seed), without early stopping,
+The fit is the run's (the default parameters, the run's default seed), without early stopping,
 for `--rounds`; each row scores the first rounds of it (`iteration_range`). One thread by
 default: the lane XGBoost trains on in a 2-core run. Writes `xgboost_rounds.csv` and
 `xgboost_rounds.md` under `--output`.
@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.budget_sweep import DEFAULT_SEED, code_commit, cpu_name
 from tasks.data.preprocess import read_processed
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.xgboost_model import RoundTimes, XGBoostParams, build_xgboost
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = 42
 WITHIN_POINTS = 0.5
 
 
@@ -39,7 +38,7 @@ def accuracy_by_rounds(processed: Path, rounds: int, threads: int, every: int) -
         "x_train", "y_train", "x_val", "y_val", "x_test", "y_test"
     )
     params = XGBoostParams(n_estimators=rounds, early_stopping_rounds=rounds)
-    classifier = build_xgboost(params, TrainingContext(SEED, threads))
+    classifier = build_xgboost(params, TrainingContext(DEFAULT_SEED, threads))
     times = RoundTimes()
     classifier.model.set_params(callbacks=[times])
     started = time.perf_counter()

@@ -1,0 +1,38 @@
+"""The peers benchmark's rows: the project's run through the budget sweep, then each peer on
+its split, with the overrun of the budget."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from benchmarks import budget_sweep, peers
+
+
+def test_each_budget_runs_the_project_then_each_peer_on_its_split(tmp_path, monkeypatch):
+    processed = tmp_path / "data" / "processed" / "0123456789abcdef"
+    processed.mkdir(parents=True)
+    swept = []
+
+    def run_budget(*args, **kwargs):
+        # The call must fit the sweep's own function: a changed signature fails here.
+        call = inspect.signature(budget_sweep.run_budget).bind(*args, **kwargs)
+        call.apply_defaults()
+        swept.append(tuple(call.arguments.values()))
+        return {"directory": str(tmp_path), "best_single_accuracy": 0.916,
+                "ensemble_accuracy": 0.917, "wall_seconds": 275.0}  # fmt: skip
+
+    def peer_in_fresh_process(peer, split, minutes, python):
+        assert (split, minutes, python) == (processed, 5.0, "peers-python")
+        return {"accuracy": 0.904, "wall_seconds": 330.0 if peer == "flaml" else 303.0}
+
+    monkeypatch.setattr(peers, "run_budget", run_budget)
+    monkeypatch.setattr(peers, "in_fresh_process", peer_in_fresh_process)
+    rows = peers.budget_rows(5.0, "peers-python")
+    assert swept == [(5.0, False, [], budget_sweep.DEFAULT_SEED)]
+    assert [row["system"] for row in rows] == [
+        "this project (best single model)", "this project (ensemble)", "autogluon", "flaml",
+    ]  # fmt: skip
+    assert [row["overrun_percent"] for row in rows] == [-8.3, -8.3, 1.0, 10.0]
+    assert rows[0]["accuracy"] == pytest.approx(0.916)
