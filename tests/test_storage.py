@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tasks.core.errors import StorageError
 from tasks.core.storage import (
     MANIFEST_FILE,
+    CorruptArrayError,
     array_refs,
     cached_directory,
     entry_problem,
@@ -145,3 +147,17 @@ def test_scratch_left_by_killed_runs_is_swept_and_live_runs_scratch_is_kept(tmp_
     assert sorted(p.name for p in models.iterdir()) == sorted(
         [live.name, elsewhere.name, published.name]
     )
+
+
+def test_stages_loading_one_array_at_once_share_its_mapping_and_every_load_is_checked(tmp_path):
+    save_arrays(tmp_path, {"pixels": np.arange(4096, dtype=np.float32)})
+    (ref,) = array_refs(tmp_path, ["pixels"]).values()
+    first, second = ref.load(), ref.load()
+    assert second is first
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert sum(line.endswith(str(ref.path.resolve())) for line in maps) == 1
+    assert float(second[4095]) == 4095.0
+    del first, second
+    np.save(ref.path, np.zeros(4096, dtype=np.float32))  # changed once nobody holds it
+    with pytest.raises(CorruptArrayError, match=r"pixels.npy: content hash"):
+        ref.load()

@@ -20,6 +20,7 @@ import shutil
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +49,29 @@ class ArrayRef:
     dtype: str
 
     def load(self) -> np.ndarray:
-        """The array, memory-mapped read-only after its bytes are checked against `sha256`."""
+        """The array, memory-mapped read-only after its bytes are checked against `sha256`.
+
+        Stages running side by side share one mapping of a file while any of them holds
+        it: every mapping's pages count toward the process's resident memory again.
+        """
         actual = sha256_file(self.path)
         if actual != self.sha256:
             raise CorruptArrayError(
                 f"{self.path}: content hash {actual[:12]} does not match the recorded "
                 f"{self.sha256[:12]}; the file changed after it was written"
             )
-        return np.load(self.path, mmap_mode="r")
+        key = (self.path.resolve(), self.sha256)
+        with _OPEN_MAPPINGS_LOCK:
+            array = _OPEN_MAPPINGS.get(key)
+            if array is None:
+                array = _OPEN_MAPPINGS[key] = np.load(self.path, mmap_mode="r")
+        return array
+
+
+_OPEN_MAPPINGS: weakref.WeakValueDictionary[tuple[Path, str], np.ndarray] = (
+    weakref.WeakValueDictionary()
+)
+_OPEN_MAPPINGS_LOCK = threading.Lock()
 
 
 def sha256_file(path: Path) -> str:
