@@ -37,12 +37,19 @@ def test_the_table_shows_each_rows_commit(tmp_path):
     }  # fmt: skip
     earlier = row | {"budget_minutes": 5.0, "wall_seconds": 277.2, "best_single_accuracy": 0.91}
     measured = row | {"commit": "3b148fa", "seed": 7, "peak_rss_gb": 1.934}
-    render(pd.DataFrame([measured, earlier]), tmp_path)
+    faster = measured | {"cpu": "AMD EPYC (AVX-512 BF16, 2 usable cores)", "wall_seconds": 890}
+    emulated = faster | {"setting": "AVX2 / float32", "best_single_accuracy": 0.9301}
+    render(pd.DataFrame([measured, earlier, faster, emulated]), tmp_path)
     table = (tmp_path / "budget_sweep.md").read_text().splitlines()
-    assert "| 15 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[7]
-    assert table[7].endswith("| — | 98% | 95% | 7 | 1.93 | 3b148fa |")
+    # Rows are grouped by the CPU's instructions, then by setting, then by budget.
+    assert "| 15 | AVX-512 BF16 | AVX2 / float32 | 14:50.0 | cnn 0.9301 |" in table[6]
+    assert "| 15 | AVX-512 BF16 | native | 14:50.0 | cnn 0.9262 |" in table[7]
+    assert "| 5 | AVX2 | native | 4:37.2 | cnn 0.9100 |" in table[8]
+    assert "| 15 | AVX2 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[9]
+    assert table[9].endswith("| — | 98% | 95% | 7 | 1.93 | 3b148fa |")
     # A row from before seeds, memory and commits were recorded: the default seed.
-    assert table[6].endswith("| 42 | — | — |")
+    assert table[8].endswith("| 42 | — | — |")
+    assert "Measured on AMD EPYC (AVX-512 BF16, 2 usable cores), AMD EPYC (AVX2" in table[2]
     pixels = read_png(tmp_path / "budget_sweep.png")
     assert pixels.shape == (400, 600, 3)  # 6 x 4 inches at 100 dpi
     # Axes, labels and legend alone ink 5 % and colour none of it; the two accuracy lines
