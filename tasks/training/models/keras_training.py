@@ -25,9 +25,6 @@ from tasks.training.models.base import TrainingContext
 PREDICT_BATCH = 1024
 # How many of the latest epochs the deadline's re-planning takes an epoch's time from.
 RECENT = 3
-# Epochs are added only once the typical epoch is this much faster than when they were
-# last planned: epoch times that waver by less move the plan once, not back and forth.
-REPLAN_MARGIN = 0.1
 
 
 class BatchRecipe(Protocol):
@@ -177,11 +174,12 @@ class CosineToDeadline:
     """The learning rate, set before each batch: a cosine decay to zero over the planned
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
     one from the typical epoch's time (the median of the latest): fewer as soon as they
-    would run past the deadline, more (up to `context.most_steps`) when they fit and the
-    typical epoch is REPLAN_MARGIN faster than when the epochs were last planned. The
-    rest of the decay is stretched or compressed to end with the new last epoch, where
-    training stops, fully decayed, rather than cut off at the deadline. `clock` gives
-    the time, as `time.time()` (the deadline's)."""
+    would run past the deadline, more (up to `context.most_steps`) only as many as fit at
+    the slowest of the latest epochs. Epoch times that waver then move the plan once, not
+    back and forth: to add an epoch the slow ones must fit, to drop one the typical must
+    not. The rest of the decay is stretched or compressed to end with the new last epoch,
+    where training stops, fully decayed, rather than cut off at the deadline. `clock`
+    gives the time, as `time.time()` (the deadline's)."""
 
     network: Any
     learning_rate: float
@@ -201,8 +199,6 @@ class CosineToDeadline:
     shared_seconds: list[float] = field(default_factory=list)
     alone_seconds: list[float] = field(default_factory=list)
     first_epoch_seconds: float = 0.0
-    # The typical epoch's seconds when the epochs were last planned here.
-    planned_epoch_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
@@ -236,12 +232,9 @@ class CosineToDeadline:
             (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
         most = max(0, max(self.context.most_steps or self.epochs, self.epochs) - done)
         typical, fitting = self.epochs_left(now, most)
-        baseline = self.planned_epoch_seconds
-        if baseline is not None and typical > (1 - REPLAN_MARGIN) * baseline:
-            fitting = min(fitting, self.last_epoch - done)  # fewer only
+        if fitting > self.last_epoch - done:  # more, only as many as the slowest allows
+            fitting = max(self.last_epoch - done, self.epochs_left(now, most, slowest=True)[1])
         last = done + fitting
-        if baseline is None or last != self.last_epoch:
-            self.planned_epoch_seconds = typical
         if last != self.last_epoch:
             self.context.logger.info(
                 "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
@@ -253,14 +246,17 @@ class CosineToDeadline:
         if done >= self.last_epoch:
             self.network.stop_training = True
 
-    def epochs_left(self, now: float, most: int) -> tuple[float, int]:
-        """The typical epoch's seconds, and how many more epochs, at most `most`, fit
-        before the deadline: as fast as the latest epochs beside the other models until
-        they are done, then as the latest with every core, or as the plan's speed-up
-        counts on (`CoreHandover.steps_left`)."""
+    def epochs_left(self, now: float, most: int, slowest: bool = False) -> tuple[float, int]:
+        """An epoch's seconds, the median of the latest epochs' or with `slowest` the
+        slowest of them (the first, which also traced the graph, included), and how many
+        more epochs, at most `most`, fit before the deadline at that speed: beside the
+        other models until they are done, then with every core as timed, or as the plan's
+        speed-up counts on (`CoreHandover.steps_left`)."""
         handover = self.context.handover
-        shared = statistics.median(self.shared_seconds[-RECENT:] or [self.first_epoch_seconds])
-        alone = statistics.median(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
+        pick = max if slowest else statistics.median
+        timed = [self.first_epoch_seconds, *self.shared_seconds] if slowest else self.shared_seconds
+        shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
+        alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
         epoch = handover.step_cost(shared, alone)
         fitting = handover.steps_left(epoch, self.context.deadline - now, now, most)
         return (epoch.per_step_alone if handover.released else shared), fitting
