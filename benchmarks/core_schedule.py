@@ -29,6 +29,7 @@ from tasks.budget.simulate import SimulatedRun, simulate_run
 from tasks.core.contracts import Cost
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import build_config
+from tasks.training.models.cnn import WIDE_BUDGET_EPOCHS
 from tasks.training.models.registry import (
     drop_order,
     growing_models,
@@ -117,10 +118,10 @@ def render(budget_minutes: float) -> str:
         "still training that take more threads mid-fit: the CNN (up to every core), then "
         "XGBoost (between rounds, up to the threads worth using). Where cores are not "
         "held, no model training can use them: the SVM, the forest and logistic "
-        "regression keep the threads they started with, XGBoost gains little past its "
-        "few useful threads, and from 16 cores up the CNN reaches the most epochs a plan "
-        "gives it (30) and XGBoost the rounds that bring it near its best (140) before "
-        "the deadline: no work worth the cores is left, so training ends early.\n"
+        "regression keep the threads they started with, and XGBoost gains little past "
+        "its few useful threads and stops at the rounds that bring it near its best "
+        "(140). The CNN, with the cores they leave, trains the epochs that fit, up to "
+        f"the most a plan gives the wide network ({WIDE_BUDGET_EPOCHS}).\n"
     )
 
 

@@ -108,7 +108,7 @@ def test_costs_are_measured_by_fitting_and_scaled_to_the_data(tmp_path):
 
 @pytest.mark.parametrize(
     ("profile", "epochs", "most"),
-    [("full", None, {"wide": 30, "middle": 30, "small": 30}), ("quick", None, {"small": 2}),
+    [("full", None, {"wide": 60, "middle": 30, "small": 30}), ("quick", None, {"small": 2}),
      ("full", 12, {"wide": 12, "small": 12})],  # 12 < the middle one's fewest, 15
 )  # fmt: skip
 def test_under_a_budget_the_network_may_train_past_its_default_epochs_but_never_a_chosen_number(
