@@ -4,7 +4,10 @@ its split, with the overrun of the budget."""
 from __future__ import annotations
 
 import inspect
+import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks import budget_sweep, peers
@@ -36,3 +39,28 @@ def test_each_budget_runs_the_project_then_each_peer_on_its_split(tmp_path, monk
     ]  # fmt: skip
     assert [row["overrun_percent"] for row in rows] == [-8.3, -8.3, 1.0, 10.0]
     assert rows[0]["accuracy"] == pytest.approx(0.916)
+
+
+def test_a_peer_still_running_at_four_times_its_budget_is_stopped_without_an_accuracy(
+    tmp_path,
+):
+    stuck = tmp_path / "stuck-python"  # a peer whose worker outlives it unless stopped too
+    stuck.write_text(
+        f"#!/bin/sh\nsleep 60 >/dev/null 2>&1 &\necho $! > {tmp_path / 'worker'}\nwait\n"
+    )
+    stuck.chmod(0o755)
+    minutes = 0.005  # a 0.3 s budget: stopped after 1.2 s
+    found = peers.in_fresh_process("flaml", tmp_path, minutes, str(stuck))
+    worker = Path(f"/proc/{(tmp_path / 'worker').read_text().strip()}/stat")
+    assert not worker.exists() or worker.read_text().split()[2] == "Z"
+    assert math.isnan(found["accuracy"])
+    assert found["wall_seconds"] == pytest.approx(peers.STOP_AT_BUDGETS * minutes * 60)
+    rows = pd.DataFrame([
+        {"budget_minutes": minutes, "system": "flaml", "overrun_percent": 300.0, "cpu": "x",
+         "commit": "c"} | found,
+    ])  # fmt: skip
+    peers.render(rows, tmp_path / "peers.md")
+    assert (
+        "| flaml | none: stopped at 4x its budget | 1.2 | 300.0 |"
+        in (tmp_path / "peers.md").read_text()
+    )
