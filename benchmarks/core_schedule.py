@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.budget.measure import most_steps
+from tasks.budget.measure import most_steps, shared_most_steps
 from tasks.budget.planner import SAFETY, Variant
 from tasks.budget.plans import reserve_seconds
 from tasks.budget.simulate import SimulatedRun, simulate_run
@@ -61,6 +61,7 @@ def one_thread_variants() -> dict[str, list[Variant]]:
                 field,
                 w.min_steps,
                 most_steps(section, field, w),
+                shared_max_steps=shared_most_steps(section, field, w),
             )
             for w in ways
         ]

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -238,3 +239,15 @@ def test_a_cluster_of_two_kinds_of_machine_is_planned_on_each_models_slowest():
     }  # fmt: skip
     # One kind of machine: its costs as they are, and no kind named.
     assert slowest_costs({"AVX2 CPU": slow}) == (slow, {})
+
+
+def test_a_higher_most_on_a_lane_of_its_own_leaves_a_shared_lane_as_it_was():
+    """The wide network may get 60 epochs on its own lane; on one core, where each model
+    gets the same fraction of its most, 60 would have halved XGBoost's rounds there."""
+    roomy = [replace(v, max_steps=60, shared_max_steps=30) for v in cnn(40, 15, max_epochs=30)]
+    one_core = by_model(plan({"cnn": roomy} | others(), budget_minutes=60, lanes=1))
+    as_before = by_model(plan({"cnn": cnn(40, 15, 30)} | others(), budget_minutes=60, lanes=1))
+    assert {m: p.steps for m, p in one_core.items()} == {m: p.steps for m, p in as_before.items()}
+    assert one_core["xgboost"].steps > 100
+    two_cores = by_model(plan({"cnn": roomy} | others(), budget_minutes=60, lanes=2))
+    assert two_cores["cnn"].steps > 30

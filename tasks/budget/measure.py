@@ -63,6 +63,15 @@ def most_steps(
     return configured if chosen or not way.most_steps else way.most_steps
 
 
+def shared_most_steps(
+    section: Any, field: str | None, way: VariantSpec, pinned: frozenset[str] = frozenset()
+) -> int | None:
+    """`most_steps` where the variant shares its lane with the others; None: the same."""
+    if way.shared_most_steps is None:
+        return None
+    return most_steps(section, field, replace(way, most_steps=way.shared_most_steps), pinned)
+
+
 def _measure_model(
     name: str,
     params: ModelParams,
@@ -89,8 +98,9 @@ def _measure_model(
         context.check_stop()
         most = most_steps(section, field, way, pinned)
         variant = Variant(
-            name, way.label, way.params, cost, field, min(way.min_steps, most), most, pinned_steps
-        )
+            name, way.label, way.params, cost, field, min(way.min_steps, most), most,
+            pinned_steps, shared_most_steps(section, field, way, pinned),
+        )  # fmt: skip
         options.insert(0, variant)
         alone = f", {cost.per_step_alone:.2f} s with every core" if cost.per_step_alone else ""
         context.logger.info(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 from tasks.core.contracts import Cost
@@ -34,6 +34,7 @@ class Variant:
         min_steps: the fewest steps worth training; below them the variant is left out.
         max_steps: the most steps the run may take: the configured value.
         steps_pinned: the user set the steps; the plan keeps them even when they do not fit.
+        shared_max_steps: the most where it shares a lane with the others; None: max_steps.
     """
 
     model: str
@@ -44,10 +45,17 @@ class Variant:
     min_steps: int = 0
     max_steps: int = 0
     steps_pinned: bool = False
+    shared_max_steps: int | None = None
 
     @property
     def iterative(self) -> bool:
         return self.step_field is not None
+
+    def sharing(self) -> Variant:
+        """The variant as planned on a lane shared with the others."""
+        if self.shared_max_steps is None:
+            return self
+        return replace(self, max_steps=min(self.max_steps, self.shared_max_steps))
 
 
 @dataclass(frozen=True)
@@ -252,7 +260,7 @@ def _fill_lanes(
         else:
             kept[name] = options
     while kept:
-        chosen = {name: options[0] for name, options in kept.items()}
+        chosen = {name: options[0].sharing() for name, options in kept.items()}
         steps = {name: v.max_steps if v.iterative else None for name, v in chosen.items()}
         trimmable = [n for n, v in chosen.items() if v.iterative and not v.steps_pinned]
         # Trim the iterative models' steps together, in proportion, until the lanes fit.

@@ -109,12 +109,15 @@ class VariantSpec:
         most_steps: under a time budget, the most steps the plan may give it, where
             more stopped paying when measured; None: the configured steps. Steps set by
             the user or a profile are kept instead.
+        shared_most_steps: the most where it shares its lane with the others (one
+            core), where each gets the same fraction of its most; None: `most_steps`.
     """
 
     label: str
     params: dict = field(default_factory=dict)
     min_steps: int = 0
     most_steps: int | None = None
+    shared_most_steps: int | None = None
 
 
 def _as_configured(params: Any, pinned: frozenset[str]) -> list[VariantSpec]:
