@@ -140,7 +140,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         {"budget_minutes": str, "wall_seconds": str, "overrun_percent": str}
     )
     shown["accuracy"] = [
-        f"{a:.4f}" if a == a else f"none: stopped at {STOP_AT_BUDGETS}x its budget"
+        f"{a:.4f}" if pd.notna(a) else f"none: stopped at {STOP_AT_BUDGETS}x its budget"
         for a in rows.accuracy
     ]
     output.write_text(

@@ -62,8 +62,8 @@ class CNNParams(HyperParameters):
     epochs: PositiveInt = Field(
         18,
         description=f"Epochs. Under a time budget, the plan gives as many as fit, up to "
-        f"{WIDE_BUDGET_EPOCHS} ({BUDGET_EPOCHS} for the narrower networks), unless this is set "
-        "(by you or a profile): then it is the most.",
+        f"{BUDGET_EPOCHS} ({WIDE_BUDGET_EPOCHS} for the wide network on a core of its own), "
+        "unless this is set (by you or a profile): then it is the most.",
     )
     batch_size: PositiveInt = 128
     learning_rate: float = Field(2e-3, gt=0)
