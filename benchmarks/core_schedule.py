@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.budget.measure import most_steps, shared_most_steps
+from tasks.budget.measure import planned_variant
 from tasks.budget.planner import SAFETY, Variant
 from tasks.budget.plans import reserve_seconds
 from tasks.budget.simulate import SimulatedRun, simulate_run
@@ -53,17 +53,7 @@ def one_thread_variants() -> dict[str, list[Variant]]:
         field = spec.budgeting.step_field
         ways = spec.budgeting.variants(section, frozenset())
         variants[name] = [
-            Variant(
-                name,
-                w.label,
-                w.params,
-                Cost(**costs[w.label]),
-                field,
-                w.min_steps,
-                most_steps(section, field, w),
-                shared_max_steps=shared_most_steps(section, field, w),
-            )
-            for w in ways
+            planned_variant(name, w, Cost(**costs[w.label]), section, field) for w in ways
         ]
     return variants
 

@@ -15,7 +15,7 @@ For each budget, never two at once on the machine:
    as 784 columns of every image the run trained, stopped and selected on (training,
    validation and selection), scored on the run's test images. Each is timed from
    reading the split to the end of predicting the test set.
-A peer still running at 4 times its budget is stopped and recorded without an accuracy.
+A peer still running at `STOP_AT_BUDGETS` times its budget is stopped, without an accuracy.
 Recorded per run: test accuracy, wall seconds, and the overrun of the budget. Rows are
 appended to `peers.csv`, and `peers.md` is redrawn from it.
 """

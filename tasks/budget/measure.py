@@ -63,13 +63,24 @@ def most_steps(
     return configured if chosen or not way.most_steps else way.most_steps
 
 
-def shared_most_steps(
-    section: Any, field: str | None, way: VariantSpec, pinned: frozenset[str] = frozenset()
-) -> int | None:
-    """`most_steps` where the variant shares its lane with the others; None: the same."""
-    if way.shared_most_steps is None:
-        return None
-    return most_steps(section, field, replace(way, most_steps=way.shared_most_steps), pinned)
+def planned_variant(
+    name: str,
+    way: VariantSpec,
+    cost: Cost,
+    section: Any,
+    field: str | None,
+    pinned: frozenset[str] = frozenset(),
+) -> Variant:
+    """A way to train a model, with what it costs, as the planner takes it: its fewest and
+    most steps, on a lane of its own and on a shared one, and whether the user set them."""
+    most = most_steps(section, field, way, pinned)
+    shared = None
+    if way.shared_most_steps is not None:
+        shared = most_steps(section, field, replace(way, most_steps=way.shared_most_steps), pinned)
+    return Variant(
+        name, way.label, way.params, cost, field, min(way.min_steps, most), most,
+        field in pinned, shared,
+    )  # fmt: skip
 
 
 def _measure_model(
@@ -84,7 +95,6 @@ def _measure_model(
     spec, section = model_spec(name), getattr(params, name)
     budgeting = spec.budgeting
     field = budgeting.step_field
-    pinned_steps = field in pinned
     ways = budgeting.variants(section, pinned)
     # A variant that needs more steps than the run allows is not worth measuring.
     ways = [w for w in ways if w.min_steps <= most_steps(section, field, w, pinned)] or ways[-1:]
@@ -96,11 +106,7 @@ def _measure_model(
         variant_params = type(section).model_validate(section.model_dump() | way.params)
         cost = measure_cost(spec, variant_params, probe, context)
         context.check_stop()
-        most = most_steps(section, field, way, pinned)
-        variant = Variant(
-            name, way.label, way.params, cost, field, min(way.min_steps, most), most,
-            pinned_steps, shared_most_steps(section, field, way, pinned),
-        )  # fmt: skip
+        variant = planned_variant(name, way, cost, section, field, pinned)
         options.insert(0, variant)
         alone = f", {cost.per_step_alone:.2f} s with every core" if cost.per_step_alone else ""
         context.logger.info(
