@@ -43,17 +43,14 @@ from tasks.training.models.tensorflow_runtime import (
 )
 
 # Three networks: a CPU's speed or a budget moves the plan one step, not widest to smallest.
-# The wide one on an AVX-512 BF16 EPYC, one thread: 44 s epochs, 0.942 test accuracy after
-# 18 (0.935 after 10). On an AVX2 EPYC it takes 139 s; there, alone on 2 cores
-# (docs/benchmark/cnn_recipe.md), the middle one's 30 s epochs gave 0.927 after 12 and
-# 0.936 after 18, the small one's 18 s 0.928 after 18 and 0.932 after 29.
+# The wide one's epoch takes 139 s on an AVX2 EPYC's thread (44 s with AVX-512 BF16): there
+# the narrower ones reach more in the same minutes (docs/benchmark/cnn_recipe.md).
 WIDE_BLOCKS = ((32, 32), (64, 64))
 MIDDLE_BLOCKS = ((24,), (48, 48), (96,))
 SMALL_BLOCKS = ((16,), (32, 32), (64,))
-# Under a time budget, the most epochs a network is given: 30, and 60 for the wide one on
-# a lane of its own (at 30 it left 13 of 30 minutes unused on the AVX-512 BF16 EPYC; with
-# 60 it trained 47 there, early-stopped, 0.9498 against 0.9453). On a shared lane (one core)
-# each model gets the same fraction of its most, and 60 would halve XGBoost's rounds there.
+# Under a time budget, the most epochs a network is given: 30, and 60 for the wide one on a
+# lane of its own (30 left 13 of 30 minutes unused on the AVX-512 BF16 EPYC). On a shared lane
+# (one core) each model gets the same fraction of its most: 60 would halve XGBoost's rounds.
 BUDGET_EPOCHS = 30
 WIDE_BUDGET_EPOCHS = 60
 
@@ -74,7 +71,10 @@ class CNNParams(HyperParameters):
     )
     dense_units: PositiveInt = 256
     dropout: float = Field(0.4, ge=0, lt=1)
-    early_stopping_patience: PositiveInt = 4
+    early_stopping_patience: PositiveInt = Field(
+        4, description="Epochs without a better validation accuracy, in the last third of the "
+        "planned ones, that end a fit; not under a time budget, whose planned epochs all fit."
+    )  # fmt: skip
     # 0.1 gave 0.9381 test accuracy against 0.9391 without, in 15 epochs.
     label_smoothing: float = Field(
         0.0,
@@ -191,7 +191,7 @@ class KerasCNN:
             else self.params.epochs,
             validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
             callbacks=[
-                early_stopping(self.params),
+                early_stopping(self.params, stop_on_plateau=self.context.deadline is None),
                 keras.callbacks.LambdaCallback(
                     on_epoch_begin=schedule.on_epoch_begin,
                     on_train_batch_begin=schedule.on_train_batch_begin,
