@@ -1,0 +1,208 @@
+"""Changes to the network's recipe that it does not make, each measured against the recipe
+as it is: the rows behind "tried, not kept" in `docs/benchmark/cnn_recipe.md`.
+
+    python -m benchmarks.recipe_options [--options NAME ...] [--epochs 15] [--avx2]
+
+Each option trains the middle network a fixed number of epochs (no deadline, no early
+stopping) on the default run's split, in this process, with every usable core: the
+product's network, batches and cosine decay, changing one thing. Its validation and test
+accuracy are those of the product's prediction (each image and its mirror image). Rows
+are appended to `cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as
+`benchmarks.cnn_recipe` does. `--avx2` is that module's: TensorFlow's AVX2 kernels in
+float32 on an AVX-512 machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.cnn_recipe import render
+from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
+from tasks.core.cpus import usable_cores
+from tasks.data.ingest import ingest_dataset
+from tasks.data.preprocess import preprocess_dataset
+from tasks.run.config import PipelineConfig
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.cnn import (
+    MIDDLE_BLOCKS,
+    CNNParams,
+    KerasCNN,
+    compiled_network,
+    to_image_tensor,
+)
+from tasks.training.models.keras_training import (
+    augmented_batches,
+    batch_count,
+    image_batches,
+    one_hot,
+)
+from tasks.training.models.tensorflow_runtime import start_tensorflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One change: the optimizer's, the learning rate's peak and warm-up, or the images'."""
+
+    optimizer: Callable[[float], object] | None = None  # learning rate -> Keras optimizer
+    peak_learning_rate: float | None = None
+    warmup_epochs: int = 0
+    erase_side: int = 0  # cutout: a square of this side erased in half the images
+
+
+def adam_with_ema(rate: float):
+    import keras
+
+    return keras.optimizers.Adam(rate, use_ema=True, ema_momentum=0.998)
+
+
+def nesterov_sgd(rate: float):
+    import keras
+
+    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+OPTIONS = {
+    "as it is": Option(),
+    "weights averaged (Adam's EMA, momentum 0.998)": Option(adam_with_ema),
+    "SGD, Nesterov momentum 0.9, rate 0.05, weight decay 5e-4": Option(nesterov_sgd, 0.05),
+    "cutout: an 8x8 square erased in half the images": Option(erase_side=8),
+    "a warm-up epoch to rate 4e-3": Option(peak_learning_rate=4e-3, warmup_epochs=1),
+}
+
+
+def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """A linear warm-up to `peak`, then the product's cosine decay to zero."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak * (1 + math.cos(math.pi * done))
+
+
+def erase_squares(images: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Half of the images (n, 28, 28, 1) with a `side` x `side` square, placed anywhere
+    (the edge may cut it), set to background."""
+    images = images.copy()
+    count, height, width = images.shape[:3]
+    erased = rng.random(count) < 0.5
+    top, left = rng.integers(0, height, count), rng.integers(0, width, count)
+
+    def inside(starts: np.ndarray, length: int) -> np.ndarray:
+        offsets = np.arange(length)[None, :] - starts[:, None] + side // 2
+        return (offsets >= 0) & (offsets < side)
+
+    square = inside(top, height)[:, :, None] & inside(left, width)[:, None, :]
+    images[square & erased[:, None, None]] = 0
+    return images
+
+
+def with_erased_squares(batches, side: int, seed: int):
+    """The training batches, each with `erase_squares` applied."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+
+    def erase(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        erased = tf.numpy_function(lambda x: erase_squares(x, side, rng), [images], tf.float32)
+        return tf.ensure_shape(erased, images.shape), targets
+
+    return batches.map(erase)
+
+
+def default_split(cache_dir: Path):
+    """The default run's processed arrays (seed and held-out sizes), made under `cache_dir`
+    if they are not there yet."""
+    config = PipelineConfig()
+    raw = ingest_dataset(None, cache_dir, seed=config.seed)
+    return preprocess_dataset(
+        raw, cache_dir, config.validation_size, config.seed, config.train_subset_size,
+        config.test_subset_size, config.selection_size,
+    )  # fmt: skip
+
+
+def run_option(name: str, epochs: int, avx2: bool, data: ProcessedDataset) -> dict:
+    """One row: the option trained on `data` for `epochs`, and its accuracies."""
+    option, seed = OPTIONS[name], PipelineConfig().seed
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
+    )
+    params = CNNParams(
+        conv_blocks=MIDDLE_BLOCKS, epochs=epochs, precision="float32" if avx2 else "auto"
+    )
+    start_tensorflow(usable_cores())
+    import keras
+
+    classes = len(data.class_names)
+    network = compiled_network(params, seed, classes)
+    peak = option.peak_learning_rate or params.learning_rate
+    if option.optimizer:
+        network.compile(optimizer=option.optimizer(peak), loss=network.loss, metrics=["accuracy"])
+    batches = augmented_batches(to_image_tensor(x_train), y_train, params, seed, classes)
+    if option.erase_side:
+        batches = with_erased_squares(batches, option.erase_side, seed)
+    steps = batch_count(len(y_train), params.batch_size)
+    step = iter(range(steps * epochs))
+
+    def set_rate(batch: int, logs: dict | None = None) -> None:
+        rate = learning_rate(next(step), peak, option.warmup_epochs * steps, steps * epochs)
+        network.optimizer.learning_rate = rate
+
+    started = time.perf_counter()
+    network.fit(
+        batches, epochs=epochs, verbose=0,
+        validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate)],
+    )  # fmt: skip
+    fit_seconds = time.perf_counter() - started
+    trained = KerasCNN(params, TrainingContext(seed=seed, threads=usable_cores()), network)
+
+    def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+        return round(float(np.mean(trained.predict_proba(x).argmax(axis=1) == y)), 4)
+
+    return {
+        "change": f"middle, {epochs} epochs, {name}",
+        "epochs": epochs,
+        "fit_seconds": round(fit_seconds, 1),
+        "seconds_per_epoch": round(fit_seconds / epochs, 1),
+        "validation_accuracy": accuracy(x_val, y_val),
+        "test_accuracy": accuracy(x_test, y_test),
+        "cpu": cpu_name() + (", AVX2 kernels" if avx2 else ""),
+        "commit": code_commit(ROOT),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS))
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--avx2", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
+    args = parser.parse_args(argv)
+    if args.avx2:  # read when TensorFlow loads its kernels
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    table = args.output / "cnn_recipe.csv"
+    data = default_split(args.cache_dir)
+    for name in args.options:
+        row = run_option(name, args.epochs, args.avx2, data)
+        print(json.dumps(row), flush=True)
+        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
+        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+        rows.to_csv(table, index=False)
+        render(rows, args.output / "cnn_recipe.md")
+
+
+if __name__ == "__main__":
+    main()

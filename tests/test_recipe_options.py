@@ -1,0 +1,45 @@
+"""The recipe options benchmark's own pieces: its learning rates and its erased squares."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks.recipe_options import OPTIONS, erase_squares, learning_rate, run_option
+
+
+def test_without_warm_up_the_rate_is_the_products_cosine_decay():
+    rates = [learning_rate(step, 0.002, 0, 30) for step in range(30)]
+    expected = [0.001 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
+    np.testing.assert_allclose(rates, expected)
+
+
+def test_a_warm_up_rises_linearly_to_the_peak_then_decays_to_zero():
+    rates = [learning_rate(step, 0.004, 10, 40) for step in range(40)]
+    np.testing.assert_allclose(rates[:10], np.arange(1, 11) * 0.0004)
+    assert rates[10] == pytest.approx(0.004)
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates[10:]))
+    assert rates[-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * 29 / 30)))
+
+
+def test_half_the_images_lose_a_square_of_background_and_the_input_is_untouched():
+    images = np.ones((2000, 28, 28, 1), np.float32)
+    erased = erase_squares(images, 8, np.random.default_rng(0))
+    assert images.min() == 1.0
+    zeros = (erased == 0).sum(axis=(1, 2, 3))
+    assert 900 < np.count_nonzero(zeros) < 1100
+    # A square whole inside the image has 64 pixels; the edge cuts the others.
+    assert zeros.max() == 64
+    assert np.count_nonzero(zeros == 64) > 0.5 * np.count_nonzero(zeros)
+    assert set(np.unique(erased)) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_each_option_trains_the_middle_network_and_scores_it(name, processed):
+    row = run_option(name, epochs=1, avx2=False, data=processed)
+    assert row["change"] == f"middle, 1 epochs, {name}"
+    assert row["epochs"] == 1
+    assert row["fit_seconds"] > 0
+    for split in ("validation_accuracy", "test_accuracy"):
+        assert 0.0 <= row[split] <= 1.0
