@@ -1,5 +1,5 @@
 """Changes to the network's recipe that it does not make, each measured against the recipe
-as it is: the rows behind "tried, not kept" in `docs/benchmark/cnn_recipe.md`.
+as it is: the rows "middle, N epochs, <option>" in `docs/benchmark/cnn_recipe.md`.
 
     python -m benchmarks.recipe_options [--options NAME ...] [--epochs 15] [--avx2]
 

@@ -1,4 +1,5 @@
-"""The recipe options benchmark's own pieces: its learning rates and its erased squares."""
+"""The recipe options benchmark: its learning rates, its erased squares, and each option
+trained for an epoch on the synthetic split."""
 
 import itertools
 import math

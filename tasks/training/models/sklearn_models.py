@@ -198,7 +198,7 @@ class SVMParams(HyperParameters):
     pca_components: PositiveInt | None = Field(
         128, le=784, description="Project the pixels on this many principal components first."
     )
-    # libsvm's kernel cache, the SVM's largest use of memory. On 128 components (54k
+    # libsvm's kernel cache, held through the whole fit. On 128 components (54k
     # images, AMD EPYC with AVX-512 BF16) it fitted in 29 to 33 s with 100, 200 or 2000 MB
     # and in 41 s with 50; 100 MB cut the fit's peak by 56 MiB against 200 or more.
     cache_size_mb: PositiveInt = 100
