@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import time
@@ -28,10 +29,9 @@ import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
 from benchmarks.cnn_recipe import render
+from flows.graph import prepare_data
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
-from tasks.data.ingest import ingest_dataset
-from tasks.data.preprocess import preprocess_dataset
 from tasks.run.config import PipelineConfig
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.cnn import (
@@ -121,15 +121,29 @@ def with_erased_squares(batches, side: int, seed: int):
     return batches.map(erase)
 
 
-def default_split(cache_dir: Path):
-    """The default run's processed arrays (seed and held-out sizes), made under `cache_dir`
-    if they are not there yet."""
-    config = PipelineConfig()
-    raw = ingest_dataset(None, cache_dir, seed=config.seed)
-    return preprocess_dataset(
-        raw, cache_dir, config.validation_size, config.seed, config.train_subset_size,
-        config.test_subset_size, config.selection_size,
-    )  # fmt: skip
+def default_split(cache_dir: Path) -> ProcessedDataset:
+    """The default run's split, found, checked and made under `cache_dir` as the flow
+    prepares it."""
+    config = PipelineConfig(cache_dir=cache_dir, output_dir=cache_dir / "reports")
+    plain = logging.getLogger("benchmark")
+    return prepare_data(lambda stage, **parameters: stage.fn(**parameters), config, plain)[2]
+
+
+def option_network(option: Option, params: CNNParams, seed: int, classes: int):
+    """The product's compiled network, with the option's optimizer where it has one."""
+    network = compiled_network(params, seed, classes)
+    if option.optimizer:
+        rate = option.peak_learning_rate or params.learning_rate
+        network.compile(optimizer=option.optimizer(rate), loss=network.loss, metrics=["accuracy"])
+    return network
+
+
+def option_batches(
+    option: Option, x: np.ndarray, y: np.ndarray, params: CNNParams, seed: int, classes: int
+):
+    """The product's training batches, with the option's erased squares where it has them."""
+    batches = augmented_batches(to_image_tensor(x), y, params, seed, classes)
+    return with_erased_squares(batches, option.erase_side, seed) if option.erase_side else batches
 
 
 def run_option(name: str, epochs: int, avx2: bool, data: ProcessedDataset) -> dict:
@@ -145,13 +159,9 @@ def run_option(name: str, epochs: int, avx2: bool, data: ProcessedDataset) -> di
     import keras
 
     classes = len(data.class_names)
-    network = compiled_network(params, seed, classes)
+    network = option_network(option, params, seed, classes)
     peak = option.peak_learning_rate or params.learning_rate
-    if option.optimizer:
-        network.compile(optimizer=option.optimizer(peak), loss=network.loss, metrics=["accuracy"])
-    batches = augmented_batches(to_image_tensor(x_train), y_train, params, seed, classes)
-    if option.erase_side:
-        batches = with_erased_squares(batches, option.erase_side, seed)
+    batches = option_batches(option, x_train, y_train, params, seed, classes)
     steps = batch_count(len(y_train), params.batch_size)
     step = iter(range(steps * epochs))
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.recipe_options import OPTIONS, erase_squares, learning_rate, run_option
+from benchmarks.recipe_options import (
+    OPTIONS,
+    erase_squares,
+    learning_rate,
+    option_batches,
+    option_network,
+    run_option,
+)
+from tasks.core.contracts import SPLIT_ARRAYS
 
 
 def test_without_warm_up_the_rate_is_the_products_cosine_decay():
@@ -44,3 +52,25 @@ def test_each_option_trains_the_middle_network_and_scores_it(name, processed):
     assert row["fit_seconds"] > 0
     for split in ("validation_accuracy", "test_accuracy"):
         assert 0.0 <= row[split] <= 1.0
+
+
+def test_each_option_changes_the_optimizer_or_the_images_it_names(processed):
+    import keras
+
+    from tasks.training.models.cnn import CNNParams
+
+    params = CNNParams(epochs=1)
+    x, y = processed.load(*SPLIT_ARRAYS["train"])
+    plain_batch = next(iter(option_batches(OPTIONS["as it is"], x, y, params, 0, 10)))[0]
+    for name, option in OPTIONS.items():
+        optimizer = option_network(option, params, 0, 10).optimizer
+        batch = next(iter(option_batches(option, x, y, params, 0, 10)))[0].numpy()
+        assert isinstance(optimizer, keras.optimizers.SGD) == name.startswith("SGD"), name
+        assert optimizer.use_ema == name.startswith("weights averaged"), name
+        changed = np.any(batch != plain_batch.numpy(), axis=(1, 2, 3))
+        if name.startswith("cutout"):
+            # The same shifted and mirrored images, about half of them with a square erased.
+            assert 0.3 < changed.mean() < 0.7
+            assert np.all(batch[changed] <= plain_batch.numpy()[changed])
+        else:
+            assert not changed.any(), name
