@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 import pytest
 
+from tasks.core import disk
 from tasks.core.errors import StorageError
 from tasks.core.files import replacing, write_atomically
 
@@ -53,3 +56,18 @@ def test_replacing_swaps_a_symlink_and_keeps_the_suffix(tmp_path):
         partial.write_bytes(b"\x1f\x8b")
     assert (tmp_path / "images.gz").read_bytes() == b"\x1f\x8b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.gz", "latest", "run-1", "run-2"]
+
+
+def test_the_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = disk._fsync, os.replace
+    monkeypatch.setattr(disk, "_fsync", lambda path: (events.append(path), real_fsync(path)))
+    monkeypatch.setattr(
+        os, "replace", lambda source, target: (events.append(target), real_replace(source, target))
+    )
+    target = tmp_path / "predictions.csv"
+    write_atomically(target, lambda stream: stream.write("path,predicted_class\n"))
+    partial, replaced, directory = events
+    assert partial.name.startswith(".predictions.csv.staging-")
+    assert (Path(replaced), directory) == (target, tmp_path)
+    assert target.read_text() == "path,predicted_class\n"

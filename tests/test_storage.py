@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.core import disk
 from tasks.core.errors import StorageError
 from tasks.core.storage import (
     MANIFEST_FILE,
@@ -97,6 +98,56 @@ def test_an_os_error_while_writing_is_one_line_naming_the_path_and_nothing_is_le
     assert str(raised.value) == f"{tmp_path / 'models' / 'key'}: no space left on device"
     assert raised.value.disk_full
     assert str(raised.value.needing(12.4)).endswith("no space left on device (needs about 12 MB)")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def record_disk_writes(monkeypatch) -> list[tuple[str, str]]:
+    """("synced", name) for every file or directory written to the disk, ("renamed",
+    name) for every rename, in order."""
+    events = []
+    real_fsync, real_rename = disk._fsync, os.rename
+
+    def fsync(path):
+        events.append(("synced", path.name))
+        real_fsync(path)
+
+    def rename(source, target):
+        events.append(("renamed", Path(target).name))
+        real_rename(source, target)
+
+    monkeypatch.setattr(disk, "_fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+def test_an_entry_is_on_the_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    events = record_disk_writes(monkeypatch)
+
+    def write(staging):
+        save_arrays(staging, {"numbers": np.arange(10)})
+        (staging / "model").mkdir()
+        (staging / "model" / "weights.bin").write_bytes(b"w")
+        (staging / "model" / "latest").symlink_to("weights.bin")
+
+    cached_directory(tmp_path / "cache" / "key", write)
+    published = events.index(("renamed", "key"))
+    synced = {name for _, name in events[:published]}
+    assert {"numbers.npy", "manifest.json", "model", "weights.bin"} <= synced
+    assert "latest" not in synced  # a symlink is saved by its directory's sync
+    assert any(name.startswith(".key.staging-") for name in synced)
+    assert events[published + 1 :] == [("synced", "cache")]  # the rename itself
+
+
+def test_a_disk_that_refuses_the_data_when_synced_fails_the_write_and_publishes_nothing(
+    tmp_path, monkeypatch
+):
+    def refused(path):  # a network or overlay file system reports a full disk only here
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(disk, "_fsync", refused)
+    with pytest.raises(StorageError, match="no space left on device") as raised:
+        cached_directory(tmp_path / "models" / "key", write_numbers([]))
+    assert raised.value.disk_full
     assert list((tmp_path / "models").iterdir()) == []
 
 

@@ -1,5 +1,6 @@
 """Writing one file so that readers never see half of it: written beside its target under
-a scratch name, then renamed over it, so a failure leaves the previous file as it was."""
+a scratch name, written to the disk, then renamed over it, so a failure or a crash leaves
+the previous file as it was."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from tasks.core.disk import flush_to_disk, sync_directory
 from tasks.core.errors import StorageError
 from tasks.core.storage import scratch_name
 
 
 @contextlib.contextmanager
 def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
-    """A scratch path beside `target` (ending in `suffix`) for the block to write; renamed
-    over `target` when the block ends without error, and removed when it fails. Errors
-    pass through as they are: a download tells a network error from a disk's."""
+    """A scratch path beside `target` (ending in `suffix`) for the block to write; written
+    to the disk and renamed over `target` when the block ends without error, and removed
+    when it fails. Errors pass through as they are: a download tells a network error from
+    a disk's."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.parent / (scratch_name(target) + suffix)
     try:
         yield partial
+        flush_to_disk(partial)
         os.replace(partial, target)
+        sync_directory(target.parent)
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from tasks.core.disk import flush_to_disk, sync_directory
 from tasks.core.errors import StorageError
 
 _CHUNK = 1 << 20
@@ -297,6 +298,7 @@ def _build_and_swap(
         staging.mkdir()
         staging.chmod(0o755)  # a umask of 077 would hide published results from other users
         write(staging)
+        flush_to_disk(staging)
         if target.exists() and keep_existing is not None:
             if keep_existing(target):
                 return
@@ -321,6 +323,7 @@ def _publish(staging: Path, target: Path, keep_existing: Callable[[Path], bool] 
             raise
         if not keep_existing(target):
             raise
+    sync_directory(target.parent)  # the rename itself
 
 
 def save_arrays(directory: Path, arrays: Mapping[str, np.ndarray]) -> None:
