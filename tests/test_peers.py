@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import budget_sweep, peers
+from tests.support.waiting import wait_until
 
 
 def test_each_budget_runs_the_project_then_each_peer_on_its_split(tmp_path, monkeypatch):
@@ -52,7 +53,14 @@ def test_a_peer_still_running_at_four_times_its_budget_is_stopped_without_an_acc
     minutes = 0.005  # a 0.3 s budget: stopped after 1.2 s
     found = peers.in_fresh_process("flaml", tmp_path, minutes, str(stuck))
     worker = Path(f"/proc/{(tmp_path / 'worker').read_text().strip()}/stat")
-    assert not worker.exists() or worker.read_text().split()[2] == "Z"
+
+    def dead() -> bool:
+        try:
+            return worker.read_text().split()[2] == "Z"
+        except FileNotFoundError:  # reaped
+            return True
+
+    wait_until(dead, 5, "the killed worker to die")  # a busy machine may take a moment
     assert math.isnan(found["accuracy"])
     assert found["wall_seconds"] == pytest.approx(peers.STOP_AT_BUDGETS * minutes * 60)
     rows = pd.DataFrame([
