@@ -340,3 +340,41 @@ def test_epochs_wavering_more_than_a_tenth_do_not_move_the_plan_up_and_down():
     assert 650 - 33 < schedule.clock.now <= 650
     assert reported[-1] == 1.0
     assert all(a < b for a, b in itertools.pairwise(reported))
+
+
+def test_a_busy_moment_on_every_core_does_not_make_the_speed_up_look_smaller(keras, monkeypatch):
+    """The handover times the steps on the lane's cores, then on every core; there a busy
+    moment stalls four of the six timed steps by a second each. The speed-up is read from
+    the fastest steps, so the epoch with every core stays about the lane's (the fake
+    handover does not widen), not twenty times longer."""
+    import time
+
+    from tasks.training.models import cnn
+    from tasks.training.models.base import ProbeData
+
+    busy_readings = {"left": 0}
+    offset = [0.0]
+
+    def clock() -> float:
+        if busy_readings["left"]:
+            busy_readings["left"] -= 1
+            offset[0] += 1.0
+        return time.perf_counter() + offset[0]
+
+    class BusyOnEveryCore:
+        bound = True
+
+        def measure_alone(self, step, timed_step, check_stop):
+            on_lane = timed_step()
+            busy_readings["left"] = 7  # the epoch's start, its first 2 steps, then 4 more
+            return step * timed_step() / on_lane
+
+    monkeypatch.setattr(cnn, "time", types.SimpleNamespace(perf_counter=clock))
+    rng = np.random.default_rng(0)
+    pixels = rng.random((200, 784), dtype=np.float32)
+    labels = np.arange(200) % 10
+    probe = ProbeData(pixels, labels, pixels[:50], labels[:50], scored_images=50)
+    params = cnn.CNNParams(conv_blocks=((4,),), dense_units=8, batch_size=16)
+    cost = cnn.measure_cnn(params, probe, TrainingContext(0, 1, handover=BusyOnEveryCore()))
+    assert busy_readings["left"] == 0  # the busy moment came
+    assert cost.per_step_alone < 1.5 * cost.per_step

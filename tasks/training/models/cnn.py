@@ -258,13 +258,13 @@ PROBE_STEPS = 6
 
 
 def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cost:
-    """A short fit on real, augmented batches and a prediction, timed here, the way the
-    model trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an
-    epoch is the steps of all the training images and a pass over the validation images;
-    the rest is TensorFlow's start, the first step's tracing, and predicting both views of
-    the held-out and test images. Where it gets every core once the other models are
-    done (`context.handover`), its steps are timed on its lane's cores and on every
-    core once the others are measured, for the speed-up."""
+    """A short fit on real, augmented batches and a prediction, timed here as the model
+    trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an epoch is
+    the steps of all the training images and a pass over the validation images; the rest is
+    TensorFlow's start, the first step's tracing, and predicting both views of the held-out
+    and test images. With `handover`, the speed-up on every core is the fastest step there
+    over the fastest on the lane's, timed once the others are measured: a busy moment stalls
+    all of a step's threads (one run timed the wide network 83 s an epoch, others 48 to 56)."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
     import keras
@@ -288,7 +288,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     def timed_step() -> float:
         ends[:] = [time.perf_counter()]
         network.fit(batches, epochs=1, callbacks=[record], verbose=0)
-        return float(np.median(np.diff(ends[2:])))
+        return float(np.min(np.diff(ends[2:])))
 
     step_alone = context.handover.measure_alone(step, timed_step, context.check_stop)
     shown = to_image_tensor(probe.x_val[:PREDICT_BATCH])
