@@ -161,6 +161,11 @@ def cpu_instructions(cpu: str) -> str:
     return cpu.partition(" (")[2].split(",")[0] or cpu
 
 
+def minutes(seconds: float) -> str:
+    """Seconds as the tables show a wall time: 874.6 -> "14:34.6"."""
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
 def render(rows: pd.DataFrame, output: Path) -> None:
     import matplotlib
 
@@ -189,9 +194,6 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(output / "budget_sweep.png")
-
-    def minutes(seconds: float) -> str:
-        return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
     shown = pd.DataFrame({
         "budget (min)": rows.budget_minutes.map("{:g}".format),

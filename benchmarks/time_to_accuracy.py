@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.budget_sweep import DEFAULT_SEED, cpu_instructions, run_budget
+from benchmarks.budget_sweep import DEFAULT_SEED, cpu_instructions, minutes, run_budget
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.registry import own_lane_model
 
@@ -37,22 +37,22 @@ def budgets_until_reached(
 ) -> Iterator[dict]:
     """The rows `measure` gives for each budget, shortest first, up to and including the
     first whose test accuracy reaches `target`."""
-    for minutes in sorted(budgets):
-        row = measure(minutes) | {"target": target}
+    for budget in sorted(budgets):
+        row = measure(budget) | {"target": target}
         row["reached"] = bool(row["test_accuracy"] >= target)
         yield row
         if row["reached"]:
             return
 
 
-def measure_cnn_alone(minutes: float, avx2: bool, seed: int) -> dict:
-    """One run of the command with the CNN alone at `minutes`, and the fit's seconds."""
+def measure_cnn_alone(budget: float, avx2: bool, seed: int) -> dict:
+    """One run of the command with the CNN alone at `budget` minutes, and the fit's seconds."""
     model = own_lane_model()
-    run = run_budget(minutes, avx2, ["--models", model], seed)
+    run = run_budget(budget, avx2, ["--models", model], seed)
     metrics = json.loads((Path(run["directory"]) / "reports/latest/metrics.json").read_text())
     fitted = metrics["models"][model]
     return {
-        "budget_minutes": minutes,
+        "budget_minutes": budget,
         "setting": run["setting"],
         "exit_status": run["exit_status"],
         "wall_seconds": run["wall_seconds"],
@@ -76,10 +76,6 @@ def time_to_target(rows: pd.DataFrame) -> pd.DataFrame:
         row = reached.iloc[0] if len(reached) else group.iloc[-1]
         summary.append(dict(zip(GROUP, key, strict=True)) | row.drop(GROUP).to_dict())
     return pd.DataFrame(summary)
-
-
-def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
 def render(rows: pd.DataFrame, output: Path) -> None:

@@ -352,29 +352,32 @@ def test_a_busy_moment_on_every_core_does_not_make_the_speed_up_look_smaller(ker
     from tasks.training.models import cnn
     from tasks.training.models.base import ProbeData
 
-    busy_readings = {"left": 0}
-    offset = [0.0]
-
-    def clock() -> float:
-        if busy_readings["left"]:
-            busy_readings["left"] -= 1
-            offset[0] += 1.0
-        return time.perf_counter() + offset[0]
-
     class BusyOnEveryCore:
+        """The handover, and the clock measuring reads: each of `busy_readings` is a
+        second later than the one before, beyond the real time between them."""
+
         bound = True
+        busy_readings = 0
+        late = 0.0
+
+        def perf_counter(self) -> float:
+            if self.busy_readings:
+                self.busy_readings -= 1
+                self.late += 1.0
+            return time.perf_counter() + self.late
 
         def measure_alone(self, step, timed_step, check_stop):
             on_lane = timed_step()
-            busy_readings["left"] = 7  # the epoch's start, its first 2 steps, then 4 more
+            self.busy_readings = 7  # the epoch's start, its first 2 steps, then 4 more
             return step * timed_step() / on_lane
 
-    monkeypatch.setattr(cnn, "time", types.SimpleNamespace(perf_counter=clock))
+    busy = BusyOnEveryCore()
+    monkeypatch.setattr(cnn, "time", busy)
     rng = np.random.default_rng(0)
     pixels = rng.random((200, 784), dtype=np.float32)
     labels = np.arange(200) % 10
     probe = ProbeData(pixels, labels, pixels[:50], labels[:50], scored_images=50)
     params = cnn.CNNParams(conv_blocks=((4,),), dense_units=8, batch_size=16)
-    cost = cnn.measure_cnn(params, probe, TrainingContext(0, 1, handover=BusyOnEveryCore()))
-    assert busy_readings["left"] == 0  # the busy moment came
+    cost = cnn.measure_cnn(params, probe, TrainingContext(0, 1, handover=busy))
+    assert busy.late == 7.0  # the busy moment came
     assert cost.per_step_alone < 1.5 * cost.per_step
