@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from tasks.run.config import MODEL_NAMES, ModelParams, PipelineConfig
 from tasks.training.models.registry import SPECS
-from tasks.training.models.sklearn_models import SVMParams
+from tasks.training.models.svm import SVMParams
 
 
 def test_model_params_built_from_the_specs_validate_like_a_written_class():

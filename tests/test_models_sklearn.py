@@ -9,7 +9,7 @@ from tasks.core.contracts import TRAINING_ARRAYS
 from tasks.run.config import ModelParams
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.registry import build_model
-from tasks.training.models.sklearn_models import convergence_warnings_ignored
+from tasks.training.models.sklearn_adapter import convergence_warnings_ignored
 
 
 def fit_logistic_regression(processed, max_iter: int = 200, threads: int = 1) -> None:

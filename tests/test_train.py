@@ -125,8 +125,12 @@ def test_a_model_is_retrained_only_when_the_code_it_runs_changes(tmp_path):
     assert retrained_after_editing("training/models/cnn.py") == {"cnn"}
     assert retrained_after_editing("training/models/keras_layers.py") == {"cnn"}
     assert retrained_after_editing("training/models/xgboost_model.py") == {"xgboost"}
-    sklearn_models = {"logistic_regression", "random_forest", "svm_rbf"}
-    assert retrained_after_editing("training/models/sklearn_models.py") == sklearn_models
+    assert retrained_after_editing("training/models/svm.py") == {"svm_rbf"}
+    assert retrained_after_editing("training/models/hog.py") == {"svm_rbf"}
+    linear_and_trees = {"logistic_regression", "random_forest"}
+    assert retrained_after_editing("training/models/sklearn_models.py") == linear_and_trees
+    sklearn_models = linear_and_trees | {"svm_rbf"}
+    assert retrained_after_editing("training/models/sklearn_adapter.py") == sklearn_models
     assert (
         retrained_after_editing("training/models/registry.py") == set()
     )  # the registry fits nothing

@@ -14,7 +14,8 @@ from pydantic import create_model
 
 from tasks.training.models.base import Classifier, HyperParameters, ModelSpec, TrainingContext
 from tasks.training.models.cnn import CNN
-from tasks.training.models.sklearn_models import LOGISTIC_REGRESSION, RANDOM_FOREST, SVM
+from tasks.training.models.sklearn_models import LOGISTIC_REGRESSION, RANDOM_FOREST
+from tasks.training.models.svm import SVM
 from tasks.training.models.xgboost_model import XGBOOST
 
 # The default training order, longest first (fit + predict on one thread, measured: cnn

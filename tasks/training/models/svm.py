@@ -1,0 +1,92 @@
+"""The RBF SVM, on the principal components of the images' HOG features and pixels."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from pydantic import Field, PositiveFloat, PositiveInt
+from sklearn.decomposition import PCA
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import SVC
+
+from tasks.core.contracts import N_CLASSES, Scaling
+from tasks.training.models.base import (
+    Budgeting,
+    HyperParameters,
+    ModelSpec,
+    TrainingContext,
+    VariantSpec,
+)
+from tasks.training.models.hog import PIXELS, HOGLayout, HOGProjection
+from tasks.training.models.sklearn_adapter import SklearnClassifier
+
+
+class SVMParams(HyperParameters):
+    # Measured here (54k images, 1 thread): on the pixels' 128 principal components the RBF
+    # SVM fits in 51 s and predicts 16k images in 20 s at 0.900 test accuracy; on the 784
+    # pixels it took 282 s and 86 s for 0.899. 64 components: 33 s, 0.893.
+    C: float = Field(10.0, gt=0)
+    gamma: Literal["scale", "auto"] | PositiveFloat = "scale"
+    hog: bool = Field(
+        True, description="Add the images' histograms of oriented gradients (cells of 4x4 "
+        "pixels, 1,296 values) to the pixels before the projection."
+    )  # fmt: skip
+    pca_components: PositiveInt | None = Field(
+        128, le=PIXELS, description="Project the features on this many principal components first."
+    )  # fmt: skip
+    # libsvm's kernel cache, held through the whole fit. On 128 components (54k
+    # images, AMD EPYC with AVX-512 BF16) it fitted in 29 to 33 s with 100, 200 or 2000 MB
+    # and in 41 s with 50; 100 MB cut the fit's peak by 56 MiB against 200 or more.
+    cache_size_mb: PositiveInt = 100
+
+
+def build_svm(p: SVMParams, context: TrainingContext):
+    svm = SVC(
+        kernel="rbf", C=p.C, gamma=p.gamma, cache_size=p.cache_size_mb, random_state=context.seed
+    )
+    if p.hog:
+        svm = make_pipeline(HOGProjection(p.pca_components, seed=context.seed), svm)
+    elif p.pca_components:
+        svm = make_pipeline(PCA(p.pca_components, random_state=context.seed), svm)
+    return SklearnClassifier(svm, context.threads, context.classes, context.logger)
+
+
+def svm_variants(p: SVMParams, pinned: frozenset[str]) -> list[VariantSpec]:
+    """128 principal components, or 64 when those do not fit."""
+    features = "HOG and pixels" if p.hog else "pixels"
+    configured = f"{features}, {p.pca_components or 'all'} components"
+    if "pca_components" in pinned or p.pca_components != 128:
+        return [VariantSpec(configured)]
+    fewer = VariantSpec(f"{features}, 64 components", {"pca_components": 64})
+    return [VariantSpec(configured), fewer]
+
+
+def svm_saved_mb(p: SVMParams, train_images: int, classes: int = N_CLASSES) -> float:
+    """The projection, and about half the training images as support vectors, each with
+    its features and a coefficient per other class (measured: 3.3 MB for 5,000 images of
+    ten classes on the pixels' 128 components)."""
+    inputs = PIXELS + (HOGLayout().feature_count() if p.hog else 0)
+    features = p.pca_components or inputs
+    projection = features * inputs * 8 if p.pca_components else 0
+    return (projection + train_images / 2 * (features + classes - 1) * 8) / 1e6
+
+
+SVM = ModelSpec(
+    name="svm_rbf", params=SVMParams, build=build_svm, adapter=SklearnClassifier,
+    search_space={
+        "C": FloatDistribution(1.0, 100.0, log=True),
+        "gamma": CategoricalDistribution(["scale", 0.005, 0.01, 0.02, 0.04]),
+        "pca_components": CategoricalDistribution([64, 96, 128, 192]),
+    },
+    saved_mb=svm_saved_mb,
+    budgeting=Budgeting(
+        # libsvm's time grows between n^1.5 and n^2 (measured from 4,000 to 54,000 images
+        # on an AVX2 EPYC: n^1.5); it predicts with support vectors, about a fixed share.
+        fit_growth=1.5, predict_growth=1.0, variants=svm_variants,
+    ),
+    keep_priority=40, packages=("scikit-learn",),
+    # libsvm fits on one thread: no faster on two (thread_scaling.md).
+    scaling=Scaling(parallel=0.0, most_threads=1),
+    validation_use="temperature scaling: its scores turned into probabilities",
+)  # fmt: skip
