@@ -18,11 +18,12 @@ from tasks.core.contracts import Cost, ProcessedDataset
 from tasks.core.storage import array_refs, save_arrays
 from tasks.run.config import build_config
 from tasks.training.cores import CoreHandover
-from tasks.training.models import measuring
+from tasks.training.models import measuring, svm
 from tasks.training.models.base import ProbeData, TrainingContext
 from tasks.training.models.cnn import SMALL_BLOCKS
 from tasks.training.models.registry import model_spec
 from tasks.training.models.sklearn_models import LogisticRegressionParams
+from tasks.training.models.svm import SVMParams
 from tasks.training.models.xgboost_model import ROUNDS_NEEDED, XGBoostParams, xgboost_variants
 from tests.support.servers import REPO, LocalPrefect
 
@@ -169,6 +170,27 @@ def test_a_one_go_fit_is_timed_on_a_sample_and_scaled_by_its_growth(monkeypatch)
     # 200 images x 500 x 2^1.
     assert cost.fixed == pytest.approx(2 * 2**1.5 + 0.5 / 200 * 500 * 2)
     assert cost.per_step == 0
+
+
+def test_the_svm_s_features_grow_linearly_and_libsvm_as_its_growth(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 80))
+    pixels = (rng.random((800, 784)) + labels[:, None] / 10).astype(np.float32)
+    probe = ProbeData(pixels, labels, pixels[:200], labels[:200], scored_images=300)
+    monkeypatch.setattr(measuring, "PROBE_IMAGES", 400)
+    monkeypatch.setattr(svm, "PCA_FIT_IMAGES", 600)
+    # The projection fitted in 1 s and 400 images projected in 0.4 s; then libsvm's fit
+    # on them in 2 s and its prediction of 200 images in 0.5 s.
+    ticks = iter([0.0, 1.0, 1.4, 10.0, 12.0, 20.0, 20.5])
+    cost = svm.measure_svm(
+        SVMParams(pca_components=16), probe, TrainingContext(seed=0, threads=1),
+        clock=lambda: next(ticks),
+    )  # fmt: skip
+    libsvm = 2 * 2**1.5 + 0.5 / 200 * 500 * 2  # 800 images are twice the sample
+    projection_fit = 1.0 * 600 / 400  # fitted on 600 of the 800 images
+    features = 0.4 / 400 * (800 + 2 * 200 + 300)
+    assert cost.fixed == pytest.approx(libsvm + projection_fit + features)
+    assert next(ticks, None) is None
 
 
 def pipeline(tmp_path, server: LocalPrefect, *options: str) -> subprocess.CompletedProcess:

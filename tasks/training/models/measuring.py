@@ -35,12 +35,14 @@ def measure_one_fit(
     fit_growth: float,
     predict_growth: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
+    images: int | None = None,
 ) -> Cost:
     """A one-go fit's cost: fitted on `PROBE_IMAGES` images, its time scaled by
     `(n / PROBE_IMAGES) ** fit_growth`, and its prediction of the held-out and test
     images by `** predict_growth` (an SVM predicts with every support vector, and keeps
-    about a fixed share of its training images as those). `clock` times both."""
-    images = len(probe.y_train)
+    about a fixed share of its training images as those). `clock` times both. n is
+    `images`, by default the probe's training images."""
+    images = images or len(probe.y_train)
     small = sample(probe, min(images, PROBE_IMAGES))
     classifier = build(params, context)
     started = clock()
