@@ -45,6 +45,10 @@ class HOGLayout:
         return blocks[0] * blocks[1] * self.cells_per_block**2 * self.orientations
 
 
+# What the projection takes: each image's HOG features, then its pixels.
+FEATURES = HOGLayout().feature_count() + PIXELS
+
+
 def hog_features(images: np.ndarray, layout: HOGLayout = HOGLayout()) -> np.ndarray:
     """Each of `images` (n, rows, columns) as scikit-image's HOG feature vector, (n, d).
 
@@ -109,7 +113,7 @@ class HOGProjection(TransformerMixin, BaseEstimator):
             return self
         sample = np.random.default_rng(self.seed).permutation(len(x))[:PCA_FIT_IMAGES]
         self.pca_ = PCA(self.components, random_state=self.seed)
-        features = np.empty((len(sample), PIXELS + HOGLayout().feature_count()), np.float32)
+        features = np.empty((len(sample), FEATURES), np.float32)
         for start, chunk in zip(
             range(0, len(sample), CHUNK), _feature_chunks(x[np.sort(sample)]), strict=True
         ):
@@ -122,7 +126,7 @@ class HOGProjection(TransformerMixin, BaseEstimator):
             features if self.pca_ is None else self.pca_.transform(features).astype(np.float32)
             for features in _feature_chunks(x)
         ]
-        width = self.components or PIXELS + HOGLayout().feature_count()
+        width = self.components or FEATURES
         return np.concatenate(projected) if projected else np.empty((0, width), np.float32)
 
 

@@ -22,7 +22,7 @@ from tasks.training.models.base import (
     TrainingContext,
     VariantSpec,
 )
-from tasks.training.models.hog import PCA_FIT_IMAGES, PIXELS, HOGLayout, HOGProjection
+from tasks.training.models.hog import FEATURES, PCA_FIT_IMAGES, PIXELS, HOGProjection
 from tasks.training.models.sklearn_adapter import SklearnClassifier
 
 
@@ -112,7 +112,7 @@ def svm_saved_mb(p: SVMParams, train_images: int, classes: int = N_CLASSES) -> f
     """The projection, and about half the training images as support vectors, each with
     its features and a coefficient per other class (measured: 3.3 MB for 5,000 images of
     ten classes on the pixels' 128 components)."""
-    inputs = PIXELS + (HOGLayout().feature_count() if p.hog else 0)
+    inputs = FEATURES if p.hog else PIXELS
     features = p.pca_components or inputs
     projection = features * inputs * 8 if p.pca_components else 0
     return (projection + train_images / 2 * (features + classes - 1) * 8) / 1e6
