@@ -1,13 +1,14 @@
 """Changes to the network's recipe that it does not make, each measured against the recipe
-as it is: the rows "middle, N epochs, <option>" in `docs/benchmark/cnn_recipe.md`.
+as it is: the rows "<network>, N epochs, <option>" in `docs/benchmark/cnn_recipe.md`.
 
-    python -m benchmarks.recipe_options [--options NAME ...] [--epochs 15] [--avx2]
+    python -m benchmarks.recipe_options [--options NAME ...] [--epochs 15] [--network middle]
+        [--avx2]
 
-Each option trains the middle network a fixed number of epochs (no deadline, no early
-stopping) on the default run's split, in this process, with every usable core: the
-product's network, batches and cosine decay, changing one thing. Its validation and test
-accuracy are those of the product's prediction (each image and its mirror image). Rows
-are appended to `cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as
+Each option trains a network (the middle one unless told) a fixed number of epochs (no
+deadline, no early stopping) on the default run's split, in this process, with every
+usable core: the product's network, batches and cosine decay, changing one thing. Its
+validation and test accuracy are those of the product's prediction (each image and its
+mirror image). Rows are appended to `cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as
 `benchmarks.cnn_recipe` does. `--avx2` is that module's: TensorFlow's AVX2 kernels in
 float32 on an AVX-512 machine.
 """
@@ -21,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from tasks.run.config import PipelineConfig
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.cnn import (
     MIDDLE_BLOCKS,
+    SMALL_BLOCKS,
+    WIDE_BLOCKS,
     CNNParams,
     KerasCNN,
     compiled_network,
@@ -54,12 +57,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Option:
-    """One change: the optimizer's, the learning rate's peak and warm-up, or the images'."""
+    """One change: the optimizer's, the learning rate's peak and warm-up, the images', or
+    the network's parameters (`CNNParams` fields)."""
 
     optimizer: Callable[[float], object] | None = None  # learning rate -> Keras optimizer
     peak_learning_rate: float | None = None
     warmup_epochs: int = 0
     erase_side: int = 0  # cutout: a square of this side erased in half the images
+    params: dict = field(default_factory=dict)
 
 
 def adam_with_ema(rate: float):
@@ -80,7 +85,11 @@ OPTIONS = {
     "SGD, Nesterov momentum 0.9, rate 0.05, weight decay 5e-4": Option(nesterov_sgd, 0.05),
     "cutout: an 8x8 square erased in half the images": Option(erase_side=8),
     "a warm-up epoch to rate 4e-3": Option(peak_learning_rate=4e-3, warmup_epochs=1),
+    "dropout 0.2 (0.1 after the convolutions)": Option(params={"dropout": 0.2}),
+    "shifts of up to 1 pixel": Option(params={"shift_pixels": 1}),
+    "batches of 256, rate 3e-3": Option(peak_learning_rate=3e-3, params={"batch_size": 256}),
 }
+NETWORKS = {"small": SMALL_BLOCKS, "middle": MIDDLE_BLOCKS, "wide": WIDE_BLOCKS}
 
 
 def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
@@ -146,15 +155,23 @@ def option_batches(
     return with_erased_squares(batches, option.erase_side, seed) if option.erase_side else batches
 
 
-def run_option(name: str, epochs: int, avx2: bool, data: ProcessedDataset) -> dict:
+def option_params(option: Option, network_name: str, epochs: int, avx2: bool) -> CNNParams:
+    """The product's parameters for the named network, with the option's changes."""
+    precision = "float32" if avx2 else "auto"
+    return CNNParams(
+        conv_blocks=NETWORKS[network_name], epochs=epochs, precision=precision, **option.params
+    )
+
+
+def run_option(
+    name: str, epochs: int, avx2: bool, data: ProcessedDataset, network_name: str = "middle"
+) -> dict:
     """One row: the option trained on `data` for `epochs`, and its accuracies."""
     option, seed = OPTIONS[name], PipelineConfig().seed
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
     )
-    params = CNNParams(
-        conv_blocks=MIDDLE_BLOCKS, epochs=epochs, precision="float32" if avx2 else "auto"
-    )
+    params = option_params(option, network_name, epochs, avx2)
     start_tensorflow(usable_cores())
     import keras
 
@@ -182,7 +199,7 @@ def run_option(name: str, epochs: int, avx2: bool, data: ProcessedDataset) -> di
         return round(float(np.mean(trained.predict_proba(x).argmax(axis=1) == y)), 4)
 
     return {
-        "change": f"middle, {epochs} epochs, {name}",
+        "change": f"{network_name}, {epochs} epochs, {name}",
         "epochs": epochs,
         "fit_seconds": round(fit_seconds, 1),
         "seconds_per_epoch": round(fit_seconds / epochs, 1),
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS))
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--network", choices=list(NETWORKS), default="middle")
     parser.add_argument("--avx2", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     table = args.output / "cnn_recipe.csv"
     data = default_split(args.cache_dir)
     for name in args.options:
-        row = run_option(name, args.epochs, args.avx2, data)
+        row = run_option(name, args.epochs, args.avx2, data, args.network)
         print(json.dumps(row), flush=True)
         rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
         rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)

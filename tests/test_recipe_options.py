@@ -13,6 +13,7 @@ from benchmarks.recipe_options import (
     learning_rate,
     option_batches,
     option_network,
+    option_params,
     run_option,
 )
 from tasks.core.contracts import SPLIT_ARRAYS
@@ -74,3 +75,15 @@ def test_each_option_changes_the_optimizer_or_the_images_it_names(processed):
             assert np.all(batch[changed] <= plain_batch.numpy()[changed])
         else:
             assert not changed.any(), name
+
+
+def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
+    from tasks.training.models.cnn import SMALL_BLOCKS, WIDE_BLOCKS, CNNParams
+
+    plain = option_params(OPTIONS["as it is"], "small", 10, avx2=True)
+    assert plain == CNNParams(conv_blocks=SMALL_BLOCKS, epochs=10, precision="float32")
+    larger = option_params(OPTIONS["batches of 256, rate 3e-3"], "wide", 10, avx2=False)
+    assert larger == CNNParams(conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256)
+    assert option_params(OPTIONS["shifts of up to 1 pixel"], "small", 10, False).shift_pixels == 1
+    lighter = option_params(OPTIONS["dropout 0.2 (0.1 after the convolutions)"], "small", 10, False)
+    assert lighter.dropout == 0.2
