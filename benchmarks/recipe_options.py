@@ -87,6 +87,7 @@ OPTIONS = {
     "a warm-up epoch to rate 4e-3": Option(peak_learning_rate=4e-3, warmup_epochs=1),
     "dropout 0.2 (0.1 after the convolutions)": Option(params={"dropout": 0.2}),
     "shifts of up to 1 pixel": Option(params={"shift_pixels": 1}),
+    "dropout 0.2, shifts of up to 1 pixel": Option(params={"dropout": 0.2, "shift_pixels": 1}),
     "batches of 256, rate 3e-3": Option(peak_learning_rate=3e-3, params={"batch_size": 256}),
 }
 NETWORKS = {"small": SMALL_BLOCKS, "middle": MIDDLE_BLOCKS, "wide": WIDE_BLOCKS}
