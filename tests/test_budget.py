@@ -139,6 +139,23 @@ def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_ma
     assert planned(learning_rate=0.05) == 500  # never past the rounds configured
 
 
+def test_the_svm_falls_back_to_fewer_components_only_where_they_are_fewer_and_not_set():
+    def planned(pinned=frozenset(), **params) -> list[tuple[str, dict]]:
+        return [(v.label, v.params) for v in svm.svm_variants(SVMParams(**params), pinned)]
+
+    assert planned() == [
+        ("HOG and pixels, 192 components", {}),
+        ("HOG and pixels, 128 components", {"pca_components": 128}),
+        ("HOG and pixels, 64 components", {"pca_components": 64}),
+    ]
+    assert planned(pca_components=100, hog=False) == [
+        ("pixels, 100 components", {}),
+        ("pixels, 64 components", {"pca_components": 64}),
+    ]
+    assert planned(frozenset({"pca_components"})) == [("HOG and pixels, 192 components", {})]
+    assert planned(pca_components=None) == [("HOG and pixels, all components", {})]
+
+
 def test_the_rounds_planned_are_the_first_within_half_a_point_of_the_best_validation():
     table = pd.DataFrame({
         "rounds": [10, 20, 30, 40],
