@@ -66,6 +66,13 @@ def test_without_components_the_features_are_the_hog_and_the_pixels():
     np.testing.assert_allclose(features[:, :1296], hog_features(x.reshape(-1, 28, 28)), atol=1e-6)
 
 
+def test_fitted_on_fewer_images_than_components_it_keeps_one_per_image():
+    x = np.random.default_rng(5).random((30, PIXELS)).astype(np.float32)
+    projection = HOGProjection(components=192).fit(x)
+    assert projection.transform(x).shape == (30, 30)
+    assert projection.transform(x[:0]).shape == (0, 30)
+
+
 @pytest.mark.parametrize("components", [16, None])
 def test_the_projection_is_the_same_after_pickling(components, tmp_path):
     import joblib

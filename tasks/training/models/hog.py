@@ -112,7 +112,8 @@ class HOGProjection(TransformerMixin, BaseEstimator):
             self.pca_ = None
             return self
         sample = np.random.default_rng(self.seed).permutation(len(x))[:PCA_FIT_IMAGES]
-        self.pca_ = PCA(self.components, random_state=self.seed)
+        # No more components than images: a small dataset of your own may have fewer.
+        self.pca_ = PCA(min(self.components, len(sample)), random_state=self.seed)
         features = np.empty((len(sample), FEATURES), np.float32)
         for start, chunk in zip(
             range(0, len(sample), CHUNK), _feature_chunks(x[np.sort(sample)]), strict=True
@@ -126,7 +127,7 @@ class HOGProjection(TransformerMixin, BaseEstimator):
             features if self.pca_ is None else self.pca_.transform(features).astype(np.float32)
             for features in _feature_chunks(x)
         ]
-        width = self.components or FEATURES
+        width = FEATURES if self.pca_ is None else self.pca_.n_components_
         return np.concatenate(projected) if projected else np.empty((0, width), np.float32)
 
 
