@@ -93,9 +93,10 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "# The network's recipe, one change at a time\n\n"
         "Written by `python -m benchmarks.cnn_recipe`: each row trains the network alone "
         "(`--models` it, `--time-budget 0`, every usable core) on the default split; and by "
-        '`python -m benchmarks.recipe_options`, the rows "middle, N epochs, <option>": '
-        "the middle network N epochs to the end in one process, one change to the recipe. "
-        "The CPU each ran on is in its row. Test accuracy on 10,000 images is within about "
+        '`python -m benchmarks.recipe_options`, the rows "<network>, N epochs, <option>": '
+        "that network N epochs to the end in one process, one change to the recipe as it "
+        'was at the row\'s commit. The CPU each ran on is in its row ("AVX2 kernels": '
+        "`--avx2`). Test accuracy on 10,000 images is within about "
         "±0.5 points (95 %) of the truth.\n\n" + markdown_table(shown) + "\n"
     )
 

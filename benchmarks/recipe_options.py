@@ -85,9 +85,8 @@ OPTIONS = {
     "SGD, Nesterov momentum 0.9, rate 0.05, weight decay 5e-4": Option(nesterov_sgd, 0.05),
     "cutout: an 8x8 square erased in half the images": Option(erase_side=8),
     "a warm-up epoch to rate 4e-3": Option(peak_learning_rate=4e-3, warmup_epochs=1),
-    "dropout 0.2 (0.1 after the convolutions)": Option(params={"dropout": 0.2}),
-    "shifts of up to 1 pixel": Option(params={"shift_pixels": 1}),
-    "dropout 0.2, shifts of up to 1 pixel": Option(params={"dropout": 0.2, "shift_pixels": 1}),
+    # The recipe before e1c9ce2, which made dropout 0.2 and shifts of 1 pixel the default.
+    "dropout 0.4, shifts of up to 2 pixels": Option(params={"dropout": 0.4, "shift_pixels": 2}),
     "batches of 256, rate 3e-3": Option(peak_learning_rate=3e-3, params={"batch_size": 256}),
 }
 NETWORKS = {"small": SMALL_BLOCKS, "middle": MIDDLE_BLOCKS, "wide": WIDE_BLOCKS}

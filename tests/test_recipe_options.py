@@ -84,6 +84,5 @@ def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
     assert plain == CNNParams(conv_blocks=SMALL_BLOCKS, epochs=10, precision="float32")
     larger = option_params(OPTIONS["batches of 256, rate 3e-3"], "wide", 10, avx2=False)
     assert larger == CNNParams(conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256)
-    assert option_params(OPTIONS["shifts of up to 1 pixel"], "small", 10, False).shift_pixels == 1
-    lighter = option_params(OPTIONS["dropout 0.2 (0.1 after the convolutions)"], "small", 10, False)
-    assert lighter.dropout == 0.2
+    before = option_params(OPTIONS["dropout 0.4, shifts of up to 2 pixels"], "small", 10, False)
+    assert (before.dropout, before.shift_pixels) == (0.4, 2) != (plain.dropout, plain.shift_pixels)
