@@ -14,7 +14,10 @@ from benchmarks import budget_sweep, peers
 from tests.support.waiting import wait_until
 
 
-def test_each_budget_runs_the_project_then_each_peer_on_its_split(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chosen", [peers.PEERS, ("autogluon",)])
+def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
+    tmp_path, monkeypatch, chosen
+):
     processed = tmp_path / "data" / "processed" / "0123456789abcdef"
     processed.mkdir(parents=True)
     swept = []
@@ -33,12 +36,13 @@ def test_each_budget_runs_the_project_then_each_peer_on_its_split(tmp_path, monk
 
     monkeypatch.setattr(peers, "run_budget", run_budget)
     monkeypatch.setattr(peers, "in_fresh_process", peer_in_fresh_process)
-    rows = peers.budget_rows(5.0, "peers-python")
+    rows = peers.budget_rows(5.0, "peers-python", chosen)
     assert swept == [(5.0, False, [], budget_sweep.DEFAULT_SEED)]
     assert [row["system"] for row in rows] == [
-        "this project (best single model)", "this project (ensemble)", "autogluon", "flaml",
+        "this project (best single model)", "this project (ensemble)", *chosen,
     ]  # fmt: skip
-    assert [row["overrun_percent"] for row in rows] == [-8.3, -8.3, 1.0, 10.0]
+    overruns = {"autogluon": 1.0, "flaml": 10.0}
+    assert [row["overrun_percent"] for row in rows] == [-8.3, -8.3, *map(overruns.get, chosen)]
     assert rows[0]["accuracy"] == pytest.approx(0.916)
 
 
