@@ -7,13 +7,26 @@ import subprocess
 
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, render
+from benchmarks.budget_sweep import code_commit, cpu_instructions, cpu_name, render
 from tests.support.figures import coloured, inked, read_png
 
 
 def git(checkout, *args: str) -> str:
     command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args]
     return subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_row_names_the_cpu_by_its_fastest_instructions_for_the_cnn(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, instructions in [
+        ("avx2 avx512_bf16 amx_bf16", "AMX BF16"),
+        ("avx2 avx512_bf16", "AVX-512 BF16"),
+        ("sse4_2 avx2", "AVX2"),
+        ("sse4_2", "no AVX2"),
+    ]:
+        cpuinfo.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t: {flags}\n")
+        assert cpu_name(cpuinfo).startswith(f"Intel(R) Xeon(R) Processor ({instructions}, ")
+        assert cpu_instructions(cpu_name(cpuinfo)) == instructions
 
 
 def test_a_row_names_the_commit_measured_and_whether_it_had_changes(tmp_path):

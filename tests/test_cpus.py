@@ -84,6 +84,8 @@ def test_cpu_model_names_the_cpu_and_bfloat16(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor: 0\nmodel name\t: AMD EPYC\nflags\t: avx2 avx512_bf16\n")
     assert cpu_model(cpuinfo) == "AMD EPYC avx512_bf16"
+    cpuinfo.write_text("model name\t: Intel(R) Xeon(R) Processor\nflags\t: avx512_bf16 amx_bf16\n")
+    assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor avx512_bf16 amx_bf16"
     assert cpu_model(tmp_path / "none") == "unknown"
 
 

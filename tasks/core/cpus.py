@@ -177,7 +177,8 @@ def set_thread_affinity(tasks: list[int], cores: tuple[int, ...]) -> None:
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's model name, and whether it has AVX-512 BF16: plans do not travel."""
+    """The CPU's model name, and its bfloat16 instructions (AVX-512, AMX): plans do not
+    travel, and a virtual machine may give two CPUs the same name."""
     try:
         info = cpuinfo.read_text()
     except OSError:
@@ -190,7 +191,7 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
         ),
         "unknown",
     )
-    return f"{name}{' avx512_bf16' if 'avx512_bf16' in info else ''}"
+    return " ".join([name, *(flag for flag in ("avx512_bf16", "amx_bf16") if flag in info)])
 
 
 def machine_kind() -> str:
