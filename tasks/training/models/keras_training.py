@@ -27,6 +27,10 @@ from tasks.training.models.base import TrainingContext
 PREDICT_BATCH = 256
 # How many of the latest epochs the deadline's re-planning takes an epoch's time from.
 RECENT = 3
+# How much slower than the slowest of the latest epochs the next ones must still fit at for
+# the plan to add epochs. Epochs waver by 2 to 3 % (a 30-minute --avx2 run's on the AVX-512
+# BF16 EPYC); at the slowest alone, the plan went 28, 31, 32, 31, 32 there.
+RAISE_MARGIN = 0.05
 
 
 class BatchRecipe(Protocol):
@@ -182,11 +186,11 @@ class CosineToDeadline:
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
     one from the typical epoch's time (the median of the latest): fewer as soon as they
     would run past the deadline, more (up to `context.most_steps`) only as many as fit at
-    the slowest of the latest epochs. Epoch times that waver then move the plan once, not
-    back and forth: to add an epoch the slow ones must fit, to drop one the typical must
-    not. The rest of the decay is stretched or compressed to end with the new last epoch,
-    where training stops, fully decayed, rather than cut off at the deadline. `clock`
-    gives the time, as `time.time()` (the deadline's)."""
+    RAISE_MARGIN over the slowest of the latest epochs. Epoch times that waver then move
+    the plan once, not back and forth: to add an epoch even slower ones must fit, to drop
+    one the typical must not. The rest of the decay is stretched or compressed to end with
+    the new last epoch, where training stops, fully decayed, rather than cut off at the
+    deadline. `clock` gives the time, as `time.time()` (the deadline's)."""
 
     network: Any
     learning_rate: float
@@ -240,7 +244,7 @@ class CosineToDeadline:
         most = max(0, max(self.context.most_steps or self.epochs, self.epochs) - done)
         typical, fitting = self.epochs_left(now, most)
         if fitting > self.last_epoch - done:  # more, only as many as the slowest allows
-            fitting = max(self.last_epoch - done, self.epochs_left(now, most, slowest=True)[1])
+            fitting = max(self.last_epoch - done, self.epochs_left(now, most, raising=True)[1])
         last = done + fitting
         if last != self.last_epoch:
             self.context.logger.info(
@@ -253,15 +257,18 @@ class CosineToDeadline:
         if done >= self.last_epoch:
             self.network.stop_training = True
 
-    def epochs_left(self, now: float, most: int, slowest: bool = False) -> tuple[float, int]:
-        """An epoch's seconds, the median of the latest epochs' or with `slowest` the
-        slowest of them (the first, which also traced the graph, included), and how many
-        more epochs, at most `most`, fit before the deadline at that speed: beside the
-        other models until they are done, then with every core as timed, or as the plan's
-        speed-up counts on (`CoreHandover.steps_left`)."""
+    def epochs_left(self, now: float, most: int, raising: bool = False) -> tuple[float, int]:
+        """An epoch's seconds, the median of the latest epochs' or, `raising` the plan,
+        RAISE_MARGIN over the slowest of them (the first, which also traced the graph,
+        included), and how many more epochs, at most `most`, fit before the deadline at
+        that speed: beside the other models until they are done, then with every core as
+        timed, or as the plan's speed-up counts on (`CoreHandover.steps_left`)."""
         handover = self.context.handover
-        pick = max if slowest else statistics.median
-        timed = [self.first_epoch_seconds, *self.shared_seconds] if slowest else self.shared_seconds
+        timed = [self.first_epoch_seconds, *self.shared_seconds] if raising else self.shared_seconds
+
+        def pick(seconds: list[float]) -> float:
+            return max(seconds) * (1 + RAISE_MARGIN) if raising else statistics.median(seconds)
+
         shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
         alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
         epoch = handover.step_cost(shared, alone)
