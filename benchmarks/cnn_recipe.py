@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = {
     "small (16),(32,32),(64), 18 epochs": {"conv_blocks": SMALL_BLOCKS, "epochs": 18},
     "small, 30 epochs": {"conv_blocks": SMALL_BLOCKS, "epochs": 30},
-    "middle (24),(48,48),(96), 18 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18},
+    "middle (16),(48,48),(96), 18 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18},
     "middle, 12 epochs": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 12},
     "wide, 12 epochs": {"conv_blocks": WIDE_BLOCKS, "epochs": 12},
     "middle, 18 epochs, dropout 0.2": {"conv_blocks": MIDDLE_BLOCKS, "epochs": 18, "dropout": 0.2},
