@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.training.cores import CoreHandover
+from tasks.training.models import keras_training
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
@@ -370,7 +371,6 @@ def test_a_busy_moment_on_every_core_does_not_make_the_speed_up_look_smaller(ker
     import time
 
     from tasks.training.models import cnn
-    from tasks.training.models.base import ProbeData
 
     class BusyOnEveryCore:
         """The handover, and the clock measuring reads: each of `busy_readings` is a
@@ -393,11 +393,58 @@ def test_a_busy_moment_on_every_core_does_not_make_the_speed_up_look_smaller(ker
 
     busy = BusyOnEveryCore()
     monkeypatch.setattr(cnn, "time", busy)
+    monkeypatch.setattr(keras_training, "time", busy)
+    cost = cnn.measure_cnn(*tiny_measurement(), TrainingContext(0, 1, handover=busy))
+    assert busy.late == 7.0  # the busy moment came
+    assert cost.per_step_alone < 1.5 * cost.per_step
+
+
+def tiny_measurement():
+    """A network of one 4-filter block, and 200 random images to measure it on: 13 steps
+    an epoch."""
+    from tasks.training.models import cnn
+    from tasks.training.models.base import ProbeData
+
     rng = np.random.default_rng(0)
     pixels = rng.random((200, 784), dtype=np.float32)
     labels = np.arange(200) % 10
     probe = ProbeData(pixels, labels, pixels[:50], labels[:50], scored_images=50)
-    params = cnn.CNNParams(conv_blocks=((4,),), dense_units=8, batch_size=16)
-    cost = cnn.measure_cnn(params, probe, TrainingContext(0, 1, handover=busy))
-    assert busy.late == 7.0  # the busy moment came
-    assert cost.per_step_alone < 1.5 * cost.per_step
+    return cnn.CNNParams(conv_blocks=((4,),), dense_units=8, batch_size=16), probe
+
+
+def test_steps_slowed_beside_the_others_measuring_are_timed_again_on_the_lane(keras, monkeypatch):
+    """Beside the others' measuring, in threads of one process, the CNN's steps wait for
+    the GIL: here each reading of the clock is half a second late until the others are
+    measured. The epoch then comes from the steps timed on the lane afterwards, not 13
+    steps of half a second."""
+    import time
+
+    from tasks.training.models import cnn
+
+    class OthersMeasuring:
+        """The handover (`bound`: with a lane to time on), and the clock the steps read."""
+
+        def __init__(self, bound: bool) -> None:
+            self.bound, self.measured, self.late = bound, False, 0.0
+
+        def perf_counter(self) -> float:
+            self.late += 0.0 if self.measured else 0.5
+            return time.perf_counter() + self.late
+
+        def measure_alone(self, step, timed_step, check_stop):
+            if not self.bound:
+                return None
+            self.measured = True
+            on_lane = timed_step()
+            return step * timed_step() / on_lane
+
+    for bound in (True, False):
+        others = OthersMeasuring(bound)
+        monkeypatch.setattr(keras_training, "time", others)
+        cost = cnn.measure_cnn(*tiny_measurement(), TrainingContext(0, 1, handover=others))
+        assert others.late > 4.0  # the first fit's steps were slowed
+        if bound:
+            assert 0 < cost.per_step < 13 * 0.5 / 4
+            assert 0 < cost.per_step_alone < 13 * 0.5 / 4
+        else:  # no lane to time on: the slowed steps are all there is
+            assert cost.per_step >= 13 * 0.5

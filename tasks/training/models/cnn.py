@@ -33,6 +33,7 @@ from tasks.training.models.keras_training import (
     augmented_batches,
     batch_count,
     early_stopping,
+    fit_step_seconds,
     image_batches,
     one_hot,
 )
@@ -45,9 +46,7 @@ from tasks.training.models.tensorflow_runtime import (
 # Three networks: a CPU's speed or a budget moves the plan one step, not widest to smallest.
 # The wide one's epoch takes 139 s on an AVX2 EPYC's thread (44 s with AVX-512 BF16): there
 # the narrower ones reach more in the same minutes (docs/benchmark/cnn_recipe.md). No block
-# of 24 filters: oneDNN's bfloat16 convolutions on AMX (a 2-core Intel Xeon) ran the middle
-# network 4 times slower with a first block of 24 than of 16 (34.2 s an epoch against 8.3 s,
-# as accurate), slower than the wide one; TensorFlow's AVX2 kernels took 9 % less with 16.
+# of 24 filters: on AMX oneDNN ran the middle network 4 times slower with 24 than with 16.
 WIDE_BLOCKS = ((32, 32), (64, 64))
 MIDDLE_BLOCKS = ((16,), (48, 48), (96,))
 SMALL_BLOCKS = ((16,), (32, 32), (64,))
@@ -267,7 +266,10 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     TensorFlow's start, the first step's tracing, and predicting both views of the held-out
     and test images. With `handover`, the speed-up on every core is the fastest step there
     over the fastest on the lane's, timed once the others are measured: a busy moment stalls
-    all of a step's threads (one run timed the wide network 83 s an epoch, others 48 to 56)."""
+    all of a step's threads (one run timed the wide network 83 s an epoch, others 48 to 56).
+    The lane's steps timed then count where faster than beside the others' measuring: in
+    threads of one process, the steps wait for the GIL there, as beside their fits they do
+    not (on an AMX Xeon the small network measured 38 s an epoch there, and trained 9 to 11)."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
     import keras
@@ -277,23 +279,18 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     x, y = to_image_tensor(probe.x_train[:images]), probe.y_train[:images]
     batches = augmented_batches(x, y, p, context.seed, context.classes)
     network = compiled_network(p, context.seed, context.classes)
-    ends = [time.perf_counter()]
-    record = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: (
-            ends.append(time.perf_counter()),
-            context.check_stop(),
-        )
-    )
-    network.fit(batches, epochs=1, callbacks=[record], verbose=0)
-    first, steps = ends[1] - ends[0], np.diff(ends[2:])
+    first_fit = fit_step_seconds(network, batches, context.check_stop)
+    first, steps = first_fit[0], first_fit[2:]
     step = float(np.median(steps)) if len(steps) else first
+    lane_fits: list[np.ndarray] = []
 
     def timed_step() -> float:
-        ends[:] = [time.perf_counter()]
-        network.fit(batches, epochs=1, callbacks=[record], verbose=0)
-        return float(np.min(np.diff(ends[2:])))
+        lane_fits.append(fit_step_seconds(network, batches, context.check_stop)[2:])
+        return float(np.min(lane_fits[-1]))
 
     step_alone = context.handover.measure_alone(step, timed_step, context.check_stop)
+    if step_alone is not None and (on_lane := float(np.median(lane_fits[0]))) < step:
+        step_alone, step = step_alone * on_lane / step, on_lane
     shown = to_image_tensor(probe.x_val[:PREDICT_BATCH])
     network.predict(image_batches(shown), verbose=0)  # traced once
     started = time.perf_counter()

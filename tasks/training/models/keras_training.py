@@ -143,6 +143,19 @@ def augmented_batches(x: np.ndarray, y: np.ndarray, params: BatchRecipe, seed: i
     return steady_dataset(one_epoch, signature, batch_count(len(x), params.batch_size))
 
 
+def fit_step_seconds(network: Any, batches: Any, check_stop: Callable[[], None]) -> np.ndarray:
+    """One epoch's fit of `network` over `batches`: each step's seconds, the first with the
+    fit's set-up (in a new network, the tracing of its graph too)."""
+    import keras
+
+    ends = [time.perf_counter()]
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: (ends.append(time.perf_counter()), check_stop())
+    )
+    network.fit(batches, epochs=1, callbacks=[record], verbose=0)
+    return np.diff(ends)
+
+
 def image_batches(images: np.ndarray, labels: np.ndarray | None = None):
     """`images` (with their one-hot `labels`) in order, in batches of PREDICT_BATCH, for
     validation and prediction."""
