@@ -256,7 +256,7 @@ class CosineToDeadline:
             (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
         most = max(0, max(self.context.most_steps or self.epochs, self.epochs) - done)
         typical, fitting = self.epochs_left(now, most)
-        if fitting > self.last_epoch - done:  # more, only as many as the slowest allows
+        if fitting > self.last_epoch - done:  # more: as many as fit at the margin over the slowest
             fitting = max(self.last_epoch - done, self.epochs_left(now, most, raising=True)[1])
         last = done + fitting
         if last != self.last_epoch:
