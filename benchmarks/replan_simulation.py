@@ -17,9 +17,8 @@ import itertools
 import random
 import types
 
-from tasks.training.models import keras_training
 from tasks.training.models.base import TrainingContext
-from tasks.training.models.keras_training import CosineToDeadline
+from tasks.training.models.keras_training import RAISE_MARGIN, CosineToDeadline
 
 
 class FakeClock:
@@ -29,12 +28,17 @@ class FakeClock:
         return self.now
 
 
-def simulate(seed: int, args: argparse.Namespace) -> tuple[int, int, float, int]:
-    """One run: its plan's moves and reversals, its seconds unused, its epochs trained."""
+def simulate(
+    seed: int, args: argparse.Namespace, margin: float = RAISE_MARGIN
+) -> tuple[int, int, float, int]:
+    """One run with `margin`: its plan's moves and reversals, its seconds unused, its
+    epochs trained."""
     rng, clock = random.Random(seed), FakeClock()
     network = types.SimpleNamespace(optimizer=types.SimpleNamespace(), stop_training=False)
     context = TrainingContext(seed=0, threads=1, deadline=args.deadline, most_steps=1000)
-    schedule = CosineToDeadline(network, 0.002, 1, args.planned, context, clock=clock)
+    schedule = CosineToDeadline(
+        network, 0.002, 1, args.planned, context, clock=clock, raise_margin=margin
+    )
     plans, epoch = [args.planned], 0
     while not network.stop_training:
         schedule.on_epoch_begin(epoch)
@@ -56,10 +60,9 @@ def main() -> None:
     parser.add_argument("--planned", type=int, default=28, help="epochs planned at the start")
     parser.add_argument("--waver", type=float, default=0.03)
     args = parser.parse_args()
-    for margin in sorted({0.0, keras_training.RAISE_MARGIN}):
-        keras_training.RAISE_MARGIN = margin
+    for margin in sorted({0.0, RAISE_MARGIN}):
         moves, reversals, unused, epochs = zip(
-            *(simulate(seed, args) for seed in range(args.runs)), strict=True
+            *(simulate(seed, args, margin) for seed in range(args.runs)), strict=True
         )
         print(
             f"margin {margin:.0%}: {sum(moves) / args.runs:.2f} moves and "

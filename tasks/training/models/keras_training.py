@@ -199,7 +199,7 @@ class CosineToDeadline:
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
     one from the typical epoch's time (the median of the latest): fewer as soon as they
     would run past the deadline, more (up to `context.most_steps`) only as many as fit at
-    RAISE_MARGIN over the slowest of the latest epochs. Epoch times that waver then move
+    `raise_margin` over the slowest of the latest epochs. Epoch times that waver then move
     the plan once, not back and forth: to add an epoch even slower ones must fit, to drop
     one the typical must not. The rest of the decay is stretched or compressed to end with
     the new last epoch, where training stops, fully decayed, rather than cut off at the
@@ -211,6 +211,7 @@ class CosineToDeadline:
     epochs: int
     context: TrainingContext
     clock: Callable[[], float] = time.time
+    raise_margin: float = RAISE_MARGIN
     step: int = 0
     # The decay runs from `progress_from` at `step_from` to 1 at `end_step`.
     progress_from: float = 0.0
@@ -272,7 +273,7 @@ class CosineToDeadline:
 
     def epochs_left(self, now: float, most: int, raising: bool = False) -> tuple[float, int]:
         """An epoch's seconds, the median of the latest epochs' or, `raising` the plan,
-        RAISE_MARGIN over the slowest of them (the first, which also traced the graph,
+        `raise_margin` over the slowest of them (the first, which also traced the graph,
         included), and how many more epochs, at most `most`, fit before the deadline at
         that speed: beside the other models until they are done, then with every core as
         timed, or as the plan's speed-up counts on (`CoreHandover.steps_left`)."""
@@ -280,7 +281,7 @@ class CosineToDeadline:
         timed = [self.first_epoch_seconds, *self.shared_seconds] if raising else self.shared_seconds
 
         def pick(seconds: list[float]) -> float:
-            return max(seconds) * (1 + RAISE_MARGIN) if raising else statistics.median(seconds)
+            return max(seconds) * (1 + self.raise_margin) if raising else statistics.median(seconds)
 
         shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
         alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
