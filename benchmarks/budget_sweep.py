@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.core.cpus import usable_cores
+from tasks.core.cpus import CPUINFO, read_cpuinfo, usable_cores
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import PipelineConfig
 from tasks.training.models.registry import SPECS, own_lane_model, step_name
@@ -148,18 +148,11 @@ def write_float32_profile() -> Path:
     return path
 
 
-def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def cpu_name(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's name and its fastest instructions for the CNN: AMX and AVX-512 BF16 run
     bfloat16 convolutions, AVX2 float32 ones several times slower."""
-    info = cpuinfo.read_text()
-    name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
-    flags = (
-        "AMX BF16" if "amx_bf16" in info
-        else "AVX-512 BF16" if "avx512_bf16" in info
-        else "AVX2" if " avx2" in info
-        else "no AVX2"
-    )  # fmt: skip
-    return f"{name} ({flags}, {usable_cores()} usable cores)"
+    info = read_cpuinfo(cpuinfo)
+    return f"{info.name} ({info.fastest_for_cnn}, {usable_cores()} usable cores)"
 
 
 def cpu_instructions(cpu: str) -> str:

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 import tasks.run.config
-from tasks.core.cpus import Cores, cgroup_cpu_quota, cpu_model, usable_core_count
+from tasks.core.cpus import (
+    Cores,
+    cgroup_cpu_quota,
+    cpu_model,
+    read_cpuinfo,
+    usable_core_count,
+)
 from tasks.core.devices import detect_devices
 from tasks.run.config import PipelineConfig
 from tests.support.servers import REPO
@@ -87,6 +93,18 @@ def test_cpu_model_names_the_cpu_and_bfloat16(tmp_path):
     cpuinfo.write_text("model name\t: Intel(R) Xeon(R) Processor\nflags\t: avx512_bf16 amx_bf16\n")
     assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor avx512_bf16 amx_bf16"
     assert cpu_model(tmp_path / "none") == "unknown"
+
+
+def test_cpuinfo_is_read_from_the_first_cpus_entry(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    first = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 amx_bf16\n"
+    )
+    cpuinfo.write_text(first + "\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    info = read_cpuinfo(cpuinfo)
+    assert (info.name, info.flags) == ("Intel(R) Xeon(R) Processor", {"fpu", "avx2", "amx_bf16"})
+    assert (info.bfloat16_flags, info.fastest_for_cnn) == (("amx_bf16",), "AMX BF16")
+    assert read_cpuinfo(tmp_path / "none").fastest_for_cnn == "no AVX2"
 
 
 PROBE = """

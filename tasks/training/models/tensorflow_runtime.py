@@ -14,9 +14,9 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
+from tasks.core.cpus import read_cpuinfo
 from tasks.core.devices import Devices, cnn_on_gpu, detect_devices
 
 logger = logging.getLogger(__name__)
@@ -141,12 +141,7 @@ def configure_tensorflow_threads(threads: int) -> None:
 
 def cpu_computes_bfloat16() -> bool:
     """Whether this CPU has native bfloat16 instructions, which oneDNN uses for convolutions."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
-    return bool(flags) and bool({"avx512_bf16", "amx_bf16"} & set(flags.group(1).split()))
+    return bool(read_cpuinfo().bfloat16_flags)
 
 
 def compute_dtype_policy(precision: str) -> str:
