@@ -172,15 +172,23 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axis = plt.subplots(figsize=(9, 4), dpi=100)
     rows = rows.assign(instructions=rows.cpu.map(cpu_instructions))
+    # One colour per CPU and setting; a line through the mean of each budget's runs
+    # (solid: best single model, dashed: ensemble), every run a faint marker.
     for (kind, setting), group in rows.groupby(["instructions", "setting"]):
-        group = group.sort_values("budget_minutes")
         where = kind if setting == "native" else f"{kind} as {setting}"
-        axis.plot(
-            group.budget_minutes, group.best_single_accuracy, "o-", label=f"best single, {where}"
-        )
-        axis.plot(group.budget_minutes, group.ensemble_accuracy, "s--", label=f"ensemble, {where}")
+        means = group.groupby("budget_minutes")[["best_single_accuracy", "ensemble_accuracy"]]
+        means = means.mean().reset_index()
+        (line,) = axis.plot(means.budget_minutes, means.best_single_accuracy, "o-", label=where)
+        axis.plot(means.budget_minutes, means.ensemble_accuracy, "s--", color=line.get_color())
+        for column, marker in (("best_single_accuracy", "o"), ("ensemble_accuracy", "s")):
+            axis.scatter(
+                group.budget_minutes, group[column], marker=marker, color=line.get_color(),
+                alpha=0.3, s=16,
+            )  # fmt: skip
+    axis.plot([], [], "k-", label="best single model, mean of the runs")
+    axis.plot([], [], "k--", label="ensemble, mean of the runs")
     axis.set_xscale("log")
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xticks(
@@ -191,7 +199,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     axis.set_ylabel("test accuracy")
     axis.set_title("Accuracy for your minutes, 2 cores", fontsize=9)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.tight_layout()
     figure.savefig(output / "budget_sweep.png")
 
@@ -224,7 +232,10 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "caches. Cores busy: the CPU time of the command's processes (its temporary Prefect "
         "server included) over wall time and cores. CPU: the instructions of the CPU measured "
         f'on; setting "AVX2 / float32" is `--avx2`. Measured on {cpus}.\n\n'
-        f"{table}\n\n![accuracy against budget](budget_sweep.png)\n"
+        f"{table}\n\n![accuracy against budget](budget_sweep.png)\n\n"
+        "The figure: a colour per CPU and setting, a line through the mean of each budget's "
+        "runs (every commit's), solid for the best single model and dashed for the ensemble; "
+        "each run is a faint marker.\n"
     )
 
 
