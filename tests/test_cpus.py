@@ -97,13 +97,14 @@ def test_cpu_model_names_the_cpu_and_bfloat16(tmp_path):
 
 def test_cpuinfo_is_read_from_the_first_cpus_entry(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    first = (
-        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 amx_bf16\n"
-    )
-    cpuinfo.write_text(first + "\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    first = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: fpu avx2 amx_bf16\n"
+    cpuinfo.write_text(first + "\nprocessor\t: 1\nmodel name\t: other\nflags\t: fpu\n")
     info = read_cpuinfo(cpuinfo)
     assert (info.name, info.flags) == ("Intel(R) Xeon(R) Processor", {"fpu", "avx2", "amx_bf16"})
     assert (info.bfloat16_flags, info.fastest_for_cnn) == (("amx_bf16",), "AMX BF16")
+    # A field the first entry lacks is not taken from another CPU's.
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: first\n\nprocessor\t: 1\nflags\t: avx2\n")
+    assert read_cpuinfo(cpuinfo).flags == frozenset()
     assert read_cpuinfo(tmp_path / "none").fastest_for_cnn == "no AVX2"
 
 

@@ -205,11 +205,12 @@ def read_cpuinfo(cpuinfo: Path = CPUINFO) -> CpuInfo:
         text = cpuinfo.read_text()
     except OSError:
         return CpuInfo()
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, colon, value = line.partition(":")
-        if colon:
-            fields.setdefault(key.strip(), value.strip())
+    first_entry = text.strip().split("\n\n", 1)[0]  # entries are blank-line separated
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, colon, value in (line.partition(":") for line in first_entry.splitlines())
+        if colon
+    )
     return CpuInfo(fields.get("model name", "unknown"), frozenset(fields.get("flags", "").split()))
 
 
