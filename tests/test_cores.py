@@ -133,7 +133,7 @@ def test_measuring_with_every_core_waits_for_the_others_and_gives_the_lane_back(
     assert seen == [lane]
 
 
-def test_the_step_with_every_core_is_scaled_by_the_speed_up_timed_here(tmp_path):
+def test_a_step_is_timed_on_the_lane_then_with_every_core(tmp_path):
     def timed_step() -> float:  # twice as fast with every core
         return 4.0 if affinity() == set(share.lane_cores) else 2.0
 
@@ -142,12 +142,12 @@ def test_the_step_with_every_core_is_scaled_by_the_speed_up_timed_here(tmp_path)
         def task():
             with share.held_to_lane(logger, until_released=False):
                 share.release()  # the others are measured: no wait
-                return share.measure_alone(10.0, timed_step), affinity()
+                return share.on_lane_then_every_core(timed_step), affinity()
 
-        alone, after = in_thread(task)
-    assert alone == 5.0
+        timed, after = in_thread(task)
+    assert timed == (4.0, 2.0)
     assert after == set(share.lane_cores)  # given back to the lane after the measurement
-    assert CoreHandover().measure_alone(10.0, timed_step) is None  # no cores to widen to
+    assert CoreHandover().on_lane_then_every_core(timed_step) is None  # no cores to widen to
 
 
 def hold_until_widened(share: CoreHandover, ready, results) -> None:

@@ -272,8 +272,8 @@ def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
         if network.stop_training:
             break
     # 800 s for the first 8 epochs, then the 220 s left hold 5 at 40 s, even 5 % slower.
-    # The median of all the epochs would still be 100 s after the 11th, 920 s in, and
-    # leave 100 s of the 120 s after the 12th unused.
+    # The median of all the epochs would still be 100 s after the 11th, 920 s in: it would
+    # plan a 12th only, which ends 960 s in, and leave the last 60 s unused.
     assert len(rates) == 130
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
@@ -386,10 +386,10 @@ def test_a_busy_moment_on_every_core_does_not_make_the_speed_up_look_smaller(ker
                 self.late += 1.0
             return time.perf_counter() + self.late
 
-        def measure_alone(self, step, timed_step, check_stop):
-            on_lane = timed_step()
+        def on_lane_then_every_core(self, timed, check_stop):
+            on_lane = timed()
             self.busy_readings = 7  # the epoch's start, its first 2 steps, then 4 more
-            return step * timed_step() / on_lane
+            return on_lane, timed()
 
     busy = BusyOnEveryCore()
     monkeypatch.setattr(cnn, "time", busy)
@@ -431,12 +431,11 @@ def test_steps_slowed_beside_the_others_measuring_are_timed_again_on_the_lane(ke
             self.late += 0.0 if self.measured else 0.5
             return time.perf_counter() + self.late
 
-        def measure_alone(self, step, timed_step, check_stop):
+        def on_lane_then_every_core(self, timed, check_stop):
             if not self.bound:
                 return None
             self.measured = True
-            on_lane = timed_step()
-            return step * timed_step() / on_lane
+            return timed(), timed()
 
     for bound in (True, False):
         others = OthersMeasuring(bound)

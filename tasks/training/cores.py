@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tasks.core.contracts import Cost
 from tasks.core.cpus import (
@@ -51,6 +51,8 @@ WAIT_SECONDS = 120.0
 GRANTED_FILE = "granted"
 # Granted: every core, whatever the machine the model trains on has.
 EVERY_CORE = 1 << 16
+
+Timing = TypeVar("Timing")
 
 
 @dataclass(frozen=True)
@@ -199,21 +201,18 @@ class CoreHandover:
             shared = min(seconds, max(0.0, self.expected_at - now))
         return step.steps_within(seconds, most, shared)
 
-    def measure_alone(
-        self,
-        step: float,
-        timed_step: Callable[[], float],
-        check_stop: Callable[[], None] = lambda: None,
-    ) -> float | None:
-        """`step`, timed beside the other models, scaled to every core: by how much faster
-        `timed_step()` is with every core than on the lane's, timed one after the other
-        once the others are measured (`every_core`); None where not bound."""
+    def on_lane_then_every_core(
+        self, timed: Callable[[], Timing], check_stop: Callable[[], None] = lambda: None
+    ) -> tuple[Timing, Timing] | None:
+        """`timed()` on the lane's cores, then with every core, one after the other once the
+        others are measured (`every_core`): how much faster the model steps with every core.
+        None where not bound."""
         if not self.bound:
             return None
         with self.every_core(check_stop) as widen:
-            on_lane = timed_step()
+            on_lane = timed()
             widen()
-            return step * timed_step() / on_lane
+            return on_lane, timed()
 
     @contextlib.contextmanager
     def every_core(

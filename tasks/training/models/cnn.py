@@ -269,7 +269,9 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     all of a step's threads (one run timed the wide network 83 s an epoch, others 48 to 56).
     The lane's steps timed then count where faster than beside the others' measuring: in
     threads of one process, the steps wait for the GIL there, as beside their fits they do
-    not (on an AMX Xeon the small network measured 38 s an epoch there, and trained 9 to 11)."""
+    not (on an AMX Xeon the small network measured 38 s an epoch there, and trained 9 to 11).
+    With the others idle then, that is a best case: the re-planning corrects the epochs by
+    their own times, though not the network chosen."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
     import keras
@@ -282,15 +284,13 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     first_fit = fit_step_seconds(network, batches, context.check_stop)
     first, steps = first_fit[0], first_fit[2:]
     step = float(np.median(steps)) if len(steps) else first
-    lane_fits: list[np.ndarray] = []
-
-    def timed_step() -> float:
-        lane_fits.append(fit_step_seconds(network, batches, context.check_stop)[2:])
-        return float(np.min(lane_fits[-1]))
-
-    step_alone = context.handover.measure_alone(step, timed_step, context.check_stop)
-    if step_alone is not None and (on_lane := float(np.median(lane_fits[0]))) < step:
-        step_alone, step = step_alone * on_lane / step, on_lane
+    step_alone = None
+    if timed := context.handover.on_lane_then_every_core(
+        lambda: fit_step_seconds(network, batches, context.check_stop)[2:], context.check_stop
+    ):
+        on_lane, every_core = timed
+        step = min(step, float(np.median(on_lane)))
+        step_alone = step * float(np.min(every_core) / np.min(on_lane))
     shown = to_image_tensor(probe.x_val[:PREDICT_BATCH])
     network.predict(image_batches(shown), verbose=0)  # traced once
     started = time.perf_counter()
