@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 
 import pandas as pd
+import pytest
 
-from benchmarks.budget_sweep import code_commit, cpu_instructions, cpu_name, render
+from benchmarks.budget_sweep import code_commit, cpu_instructions, cpu_name, newest_means, render
 from tests.support.figures import coloured, inked, read_png
 
 
@@ -69,3 +70,22 @@ def test_the_table_shows_each_rows_commit(tmp_path):
     # accuracy lines and their markers add the rest (5.9 % in all).
     assert inked(pixels) > 0.055
     assert coloured(pixels) > 0.005
+
+
+def test_the_figures_lines_follow_the_newest_commits_runs():
+    run = {"budget_minutes": 15.0, "setting": "native", "cpu": "AMD EPYC (AVX2, 2 cores)"}
+    rows = pd.DataFrame([
+        run | {"best_single_accuracy": 0.92, "ensemble_accuracy": 0.93, "commit": "old"},
+        run | {"best_single_accuracy": 0.94, "ensemble_accuracy": 0.95, "commit": "new"},
+        run | {"best_single_accuracy": 0.96, "ensemble_accuracy": 0.95, "commit": "new"},
+        run | {"budget_minutes": 5.0, "best_single_accuracy": 0.90, "ensemble_accuracy": 0.91},
+        run | {"setting": "AVX2 / float32", "best_single_accuracy": 0.8, "ensemble_accuracy": 0.8},
+    ])  # fmt: skip
+    means = newest_means(rows)
+    assert set(means.instructions) == {"AVX2"}
+    means = means.set_index(["setting", "budget_minutes"])[
+        ["best_single_accuracy", "ensemble_accuracy"]
+    ]
+    assert means.loc[("native", 15.0)].tolist() == pytest.approx([0.95, 0.95])  # the "new" runs
+    assert means.loc[("native", 5.0)].tolist() == [0.90, 0.91]  # a row without a commit
+    assert means.loc[("AVX2 / float32", 15.0)].tolist() == [0.8, 0.8]
