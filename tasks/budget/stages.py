@@ -9,6 +9,7 @@ from tasks.budget.measure import measure_variants
 from tasks.budget.planner import Variant
 from tasks.core.contracts import ModelFailure, ProcessedDataset
 from tasks.core.cpus import HostThreads, threads_here
+from tasks.core.memory import say_memory_given_back
 from tasks.core.runtime import stage_logger
 from tasks.core.stopping import check_stop
 from tasks.run.config import ModelParams
@@ -38,4 +39,6 @@ def measure_task(
         threads = dict.fromkeys(threads, handover.threads)
     context = TrainingContext(seed, 1, stage_logger(), check_stop=check_stop, handover=handover)
     with handover.held_to_lane(context.logger, until_released=False):
-        return measure_variants(names, params, pinned, data, context, seconds, threads)
+        measured = measure_variants(names, params, pinned, data, context, seconds, threads)
+    say_memory_given_back(context.logger, "measuring")
+    return measured

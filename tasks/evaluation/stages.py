@@ -15,6 +15,7 @@ from tasks.core.contracts import (
     TuningSummary,
 )
 from tasks.core.cpus import HostThreads, threads_here
+from tasks.core.memory import say_memory_given_back
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.evaluation.ensemble import build_ensemble
 from tasks.evaluation.evaluate import evaluate_model
@@ -33,6 +34,7 @@ def evaluate_task(
 ) -> ModelEvaluation:
     logger = stage_logger()
     evaluation = evaluate_model(trained, data, cache_dir, threads_here(threads), refresh, logger)
+    say_memory_given_back(logger, f"evaluating {trained.name}")
     logger.info(
         "%s: test accuracy %.4f, macro-F1 %.4f (predicted in %.1f s)",
         evaluation.name, evaluation.test_accuracy, evaluation.macro_f1, evaluation.predict_seconds,

@@ -11,6 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.core.contracts import ProcessedDataset, TrainedModel
 from tasks.core.cpus import HostThreads, threads_here
+from tasks.core.memory import say_memory_given_back
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.core.stopping import check_stop
 from tasks.training.cores import CoreHandover
@@ -60,7 +61,9 @@ def train_task(
             report_progress=lambda fraction: update_progress_artifact(progress, 100 * fraction),
         )
     with handover.held_to_lane(context.logger):
-        return train_model(name, params, data, cache_dir, context, refresh)
+        trained = train_model(name, params, data, cache_dir, context, refresh)
+    say_memory_given_back(context.logger, f"training {name}")
+    return trained
 
 
 @task(name="tune-trial", task_run_name="tune-{request.model}")
