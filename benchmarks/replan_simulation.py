@@ -8,6 +8,11 @@ asks of the slowest epoch before adding epochs (`keras_training.RAISE_MARGIN`).
 Prints, for each margin, the plan's moves and reversals (a move against the one before)
 per run, the seconds left unused, the runs that went past the deadline, and the epochs
 trained.
+
+Simpler than a run in two ways: the first epoch takes as long as the others (in a run it
+also traces the network, and being among the latest three it holds back raising for
+three epochs), and the epochs are not capped (the product caps them at 30, 60 for the
+wide network on a lane of its own).
 """
 
 from __future__ import annotations
