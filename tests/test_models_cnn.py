@@ -447,3 +447,21 @@ def test_steps_slowed_beside_the_others_measuring_are_timed_again_on_the_lane(ke
             assert 0 < cost.per_step_alone < 13 * 0.5 / 4
         else:  # no lane to time on: the slowed steps are all there is
             assert cost.per_step >= 13 * 0.5
+
+
+def test_the_epoch_with_every_core_is_scaled_by_the_fastest_steps_timed_there(keras):
+    """Steps of 0.1 and 0.2 ms on the lane (their median, faster than the first fit's,
+    counts) and at best 0.05 ms with every core, twice as fast as the lane's best: the
+    epoch's 13 steps take half as long with every core; predicting the validation images
+    costs the same in both."""
+    from tasks.training.models import cnn
+
+    class Timed:
+        bound = True
+
+        def on_lane_then_every_core(self, timed, check_stop):
+            timed(), timed()  # the fits run; their times are replaced
+            return np.array([1e-4, 2e-4]), np.array([5e-5, 3e-4])
+
+    cost = cnn.measure_cnn(*tiny_measurement(), TrainingContext(0, 1, handover=Timed()))
+    assert cost.per_step - cost.per_step_alone == pytest.approx(13 * 1.5e-4 / 2)
