@@ -171,9 +171,9 @@ ACCURACIES = ["best_single_accuracy", "ensemble_accuracy"]
 
 def newest_means(rows: pd.DataFrame) -> pd.DataFrame:
     """Per CPU instructions, setting and budget: the mean accuracies of the runs of the
-    newest commit measured there (rows are appended as they are measured), which the
-    figure's lines follow: older code's runs would pull the line below what the code
-    reaches now."""
+    commit of its last row (a sweep appends its rows; a rerun of older code goes before
+    the newer code's), which the figure's lines follow: older code's runs would pull the
+    line below what the code reaches now."""
     rows = rows.assign(
         instructions=rows.cpu.map(cpu_instructions),
         commit=rows.get("commit", pd.Series(None, index=rows.index)).fillna("—"),
