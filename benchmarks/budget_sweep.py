@@ -169,6 +169,12 @@ def minutes(seconds: float) -> str:
 ACCURACIES = ["best_single_accuracy", "ensemble_accuracy"]
 
 
+def recorded(rows: pd.DataFrame, column: str) -> pd.Series:
+    """A column the oldest rows lack (seed, peak memory and commit were recorded later),
+    missing in those rows."""
+    return rows.get(column, pd.Series(None, index=rows.index, dtype=object))
+
+
 def newest_means(rows: pd.DataFrame) -> pd.DataFrame:
     """Per CPU instructions, setting and budget: the mean accuracies of the runs of the
     commit of its last row (a sweep appends its rows; a rerun of older code goes before
@@ -176,7 +182,7 @@ def newest_means(rows: pd.DataFrame) -> pd.DataFrame:
     line below what the code reaches now."""
     rows = rows.assign(
         instructions=rows.cpu.map(cpu_instructions),
-        commit=rows.get("commit", pd.Series(None, index=rows.index)).fillna("—"),
+        commit=recorded(rows, "commit").fillna("—"),
     )
     keys = ["instructions", "setting", "budget_minutes"]
     newest = rows.groupby(keys).commit.transform("last")
@@ -232,13 +238,13 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
-        "seed": rows.get("seed", pd.Series(None, index=rows.index)).map(
+        "seed": recorded(rows, "seed").map(
             lambda s: "42" if pd.isna(s) else f"{s:g}"
         ),
-        "peak memory (GB)": rows.get("peak_rss_gb", pd.Series(None, index=rows.index)).map(
+        "peak memory (GB)": recorded(rows, "peak_rss_gb").map(
             lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
         ),
-        "commit": rows.get("commit", pd.Series("—", index=rows.index)).fillna("—"),
+        "commit": recorded(rows, "commit").fillna("—"),
     })  # fmt: skip
     order = rows.sort_values(["instructions", "setting", "budget_minutes"], kind="stable").index
     table = markdown_table(shown.loc[order])
