@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.recipe_options import (
+    DEFAULT_SEED,
     OPTIONS,
     erase_squares,
     learning_rate,
@@ -53,6 +54,13 @@ def test_each_option_trains_the_middle_network_and_scores_it(name, processed):
     assert row["fit_seconds"] > 0
     for split in ("validation_accuracy", "test_accuracy"):
         assert 0.0 <= row[split] <= 1.0
+
+
+def test_a_seed_other_than_the_run_s_default_is_named_in_the_row(processed):
+    default = run_option("as it is", epochs=1, avx2=False, data=processed, seed=DEFAULT_SEED)
+    other = run_option("as it is", epochs=1, avx2=False, data=processed, seed=7)
+    assert default["change"] == "middle, 1 epochs, as it is"
+    assert other["change"] == "middle, 1 epochs, as it is, seed 7"
 
 
 def test_each_option_changes_the_optimizer_or_the_images_it_names(processed):
