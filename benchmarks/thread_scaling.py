@@ -1,7 +1,7 @@
 """How each model's work speeds up with threads on this machine: the source of the
 scaling curves the core schedule plans with (`ModelSpec.scaling`).
 
-    python -m benchmarks.thread_scaling --processed data/processed/<key> [--threads 1 2]
+    python -m benchmarks.thread_scaling --processed data/processed/<key> [--models cnn xgboost]
 
 Each model's cost is measured as a run measures it (`tasks.training.models.measuring`),
 on the run's processed split, once per thread count, each in a fresh process (TensorFlow
@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measured_seconds(model: str, processed: Path, threads: int) -> float:
-    """The model's measured cost at its configured steps, on `threads` threads."""
+    """The model's measured cost at the most steps a plan may give it (`max_steps`: the
+    wide network's 60 epochs, XGBoost's 140 rounds), on `threads` threads."""
     from tasks.budget.measure import measure_variants
     from tasks.run.config import build_config
     from tasks.training.models.base import TrainingContext
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Thread scaling, measured\n\n"
         f"Measured on {cpu_name()}, code {code_commit(REPO)}, with "
         "`python -m benchmarks.thread_scaling`. Each figure is the model's measured cost "
-        "at its configured steps (the run's own measurement: a fit on a sample, scaled "
-        "to the data), in a fresh process per thread count.\n\n"
+        "at the most steps a plan may give it (the run's own measurement: a fit on a "
+        "sample, scaled to the data), in a fresh process per thread count.\n\n"
         f"{markdown_table(table)}\n\n"
         "`p` is Amdahl's parallel share from the two-thread speed-up `s`: p = 2 (1 - 1/s). "
         "Beyond two threads the curves are that law, extrapolated, not measured.\n"

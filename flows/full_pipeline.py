@@ -117,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--parallel-models",
         type=int,
         metavar="N",
-        help="models trained at the same time (default: 2, or 1 where one core is usable)",
+        help="models trained at the same time (default: one per usable core, up to the "
+        "number of models)",
     )
     parser.add_argument(
         "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"

@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--max-image-megapixels", "MP", number, DEFAULTS.max_image_pixels / 1e6,
          "larger images are refused from their header (decompression bombs)"),
         ("--max-batch-images", "N", count, DEFAULTS.max_batch_images,
-         "most images classified in one model call; 1 turns micro-batching off"),
+         "most images gathered from several requests into one model call (a larger request "
+         "is never split); 1 turns micro-batching off"),
         ("--batch-wait-ms", "MS", number, DEFAULTS.batch_wait_seconds * 1e3,
          "how long a request waits for others to be classified with it"),
         ("--poll-seconds", "S", number, DEFAULTS.poll_seconds,

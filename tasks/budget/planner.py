@@ -32,7 +32,8 @@ class Variant:
         cost: what it costs here.
         step_field: the parameter counting its steps (`epochs`, `n_estimators`), or None.
         min_steps: the fewest steps worth training; below them the variant is left out.
-        max_steps: the most steps the run may take: the configured value.
+        max_steps: the most steps the plan may give it: the variant's own most, or the
+            configured steps where the user or a profile chose them (`most_steps`).
         steps_pinned: the user set the steps; the plan keeps them even when they do not fit.
         shared_max_steps: the most where it shares a lane with the others; None: max_steps.
     """
@@ -67,7 +68,7 @@ class ModelPlan:
     estimated_seconds: float
     lane: int
     notes: tuple[str, ...] = ()
-    max_steps: int | None = None  # the configured steps: the most a fit may extend to
+    max_steps: int | None = None  # the variant's most steps: the most a fit may extend to
     # For the model that gets every core once the others are done: when, in seconds after
     # planning, and how much faster its steps then are.
     handover: CoreHandover | None = None
@@ -280,7 +281,7 @@ def _fill_lanes(
                 for name, lane in zip(chosen, placed, strict=True)
             ], dropped
         # A cheaper variant of a model first (the SVM on fewer components), then leave
-        # models out: those with too few steps, then in `drop_order`.
+        # models out in `drop_order` until the lanes fit with every model's fewest steps.
         cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
         if cheaper:
             first, second, *rest = kept[cheaper]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 class PipelineError(Exception):
     """A failure the command line reports in one line, without a traceback, and exits
-    with `exit_status`: 2 for a usage error, 1 for anything else."""
+    with `exit_status`: 2 for a usage error, 4 for a regression the run was told to fail
+    on, 1 for anything else."""
 
     exit_status = 1
 

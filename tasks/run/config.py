@@ -167,7 +167,7 @@ class PipelineConfig(BaseModel):
     ensemble_size: int = Field(
         3,
         ge=0,
-        description="Soft-vote the N models with the best validation accuracy; below 2: none.",
+        description="Soft-vote the N models with the best selection accuracy; below 2: none.",
     )
     refresh: bool = Field(
         False, description="Rebuild every cached step instead of reusing verified results."
