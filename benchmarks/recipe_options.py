@@ -7,11 +7,10 @@ as it is: the rows "<network>, N epochs, <option>" in `docs/benchmark/cnn_recipe
 Each option trains a network (the middle one unless told) a fixed number of epochs (no
 deadline, no early stopping) on the default run's split, in this process, with every
 usable core: the product's network, batches and cosine decay, changing one thing; `--seed`
-draws other weights and batches on the same split. Its
-validation and test accuracy are those of the product's prediction (each image and its
-mirror image). Rows are appended to `cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as
-`benchmarks.cnn_recipe` does. `--avx2` is that module's: TensorFlow's AVX2 kernels in
-float32 on an AVX-512 machine.
+draws other weights and batches on the same split. Its validation and test accuracy are
+those of the product's prediction (each image and its mirror image). Rows are appended to
+`cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as `benchmarks.cnn_recipe` does. `--avx2`
+is that module's: TensorFlow's AVX2 kernels in float32 on an AVX-512 machine.
 """
 
 from __future__ import annotations
