@@ -35,6 +35,7 @@ import pandas as pd
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from benchmarks.budget_sweep import code_commit, cpu_name
 from flows.graph import run_stages
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ENSEMBLE_NAME
@@ -174,13 +175,14 @@ def core_use(models: pd.DataFrame, training_wall: float, cores: int) -> float:
 
 
 def render(
-    profile: str, cores: int, lanes: int, stages: pd.DataFrame, models: pd.DataFrame,
-    use: dict[str, float], totals: dict[str, float],
+    profile: str, machine: str, cores: int, lanes: int, stages: pd.DataFrame,
+    models: pd.DataFrame, use: dict[str, float], totals: dict[str, float],
 ) -> str:  # fmt: skip
+    """The page; `machine` names the CPU and the code measured."""
     overhead = totals["prefect flow run"] / totals["plain"] - 1
     sections = [
         f"# Benchmark: `{profile}` profile, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"{cores} cores. Both sides train the same models with the same seed from empty "
+        f"{machine}. Both sides train the same models with the same seed from empty "
         f"caches, {lanes} at a time in worker processes. Times in seconds.",
         "## Stages (wall time)",
         markdown_table(stages, ".1f"),
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     stages.to_csv(args.output / "stages.csv", index=False, float_format="%.3f")
     models.to_csv(args.output / "models.csv", index=False, float_format="%.4f")
-    page = render(args.profile, cores, config("plain").lanes, stages, models, use, totals)
+    machine = f"{cpu_name()}, code {code_commit(Path(__file__).resolve().parents[1])}"
+    lanes = config("plain").lanes
+    page = render(args.profile, machine, cores, lanes, stages, models, use, totals)
     (args.output / "benchmark.md").write_text(page)
     print(page)
     print(f"written to {args.output}; runs kept in {workdir}")

@@ -4,6 +4,7 @@ one of its stages, and a stage of several calls counts them all."""
 import time
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from prefect import Task
 
@@ -12,7 +13,7 @@ import tasks.data.stages
 import tasks.evaluation.stages
 import tasks.history.stages
 import tasks.training.stages
-from benchmarks.run import STAGES, PlainStages, stage_of
+from benchmarks.run import STAGES, PlainStages, render, stage_of
 
 FLOW_STAGE_MODULES = (
     tasks.data.stages,
@@ -53,3 +54,15 @@ def test_the_plain_side_adds_up_a_stage_s_calls():
         stages.call(SimpleNamespace(name=name, fn=wait), {"seconds": 0.05})
     assert set(stages.times) == {"report"}
     assert stages.times["report"] >= 0.15
+
+
+def test_the_page_names_the_machine_the_code_and_the_lanes():
+    stages = pd.DataFrame({"stage": ["report"], "prefect": [3.0], "plain": [2.0]})
+    models = pd.DataFrame({"side": ["plain"], "model": ["cnn"], "test_accuracy": [0.95]})
+    totals = {"prefect flow run": 110.0, "plain": 100.0, "prefect command": 120.0}
+    page = render("full", "AMD EPYC (AVX2, 4 usable cores), code abc1234", 4, 3, stages,
+                  models, {"plain": 0.5}, totals)  # fmt: skip
+    assert "AMD EPYC (AVX2, 4 usable cores), code abc1234. Both sides" in page
+    assert "from empty caches, 3 at a time in worker processes" in page
+    assert "an overhead of +10.0%" in page
+    assert "over 4 cores" in page
