@@ -1,6 +1,6 @@
 """Benchmark: the pipeline under Prefect, and the same stages as plain function calls.
 
-    python benchmarks/run.py [--profile full|quick] [--output docs/benchmark]
+    python -m benchmarks.run [--profile full|quick] [--output docs/benchmark]
 
 Both sides start from empty caches in a fresh directory, train the same models with the
 same seed, as many at a time as the run's core schedule has lanes (two on 2 cores), in
