@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.budget_sweep import DEFAULT_SEED, code_commit, cpu_name
 from benchmarks.cnn_recipe import render
 from flows.graph import prepare_data
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
@@ -95,7 +95,6 @@ OPTIONS = {
     "blocks (24),(48,48),(96)": Option(params={"conv_blocks": ((24,), (48, 48), (96,))}),
 }
 NETWORKS = {"small": SMALL_BLOCKS, "middle": MIDDLE_BLOCKS, "wide": WIDE_BLOCKS}
-DEFAULT_SEED = PipelineConfig().seed
 
 
 def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:

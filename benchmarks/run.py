@@ -35,7 +35,7 @@ import pandas as pd
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.budget_sweep import ROOT, code_commit, cpu_name
 from flows.graph import run_stages
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ENSEMBLE_NAME
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     stages.to_csv(args.output / "stages.csv", index=False, float_format="%.3f")
     models.to_csv(args.output / "models.csv", index=False, float_format="%.4f")
-    machine = f"{cpu_name()}, code {code_commit(Path(__file__).resolve().parents[1])}"
+    machine = f"{cpu_name()}, code {code_commit(ROOT)}"
     lanes = config("plain").lanes
     page = render(args.profile, machine, cores, lanes, stages, models, use, totals)
     (args.output / "benchmark.md").write_text(page)
