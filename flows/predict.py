@@ -52,7 +52,7 @@ def batch_predict(
     Args:
         paths: relative paths start from the directory the flow runs in.
         run: a run's report directory.
-        model: one of the run's models; empty: its best-ranked one.
+        model: one of the run's models; empty: the one the run chose.
         output: the CSV to write; its provenance record goes beside it.
         top_k: classes listed per image, most probable first; at most the run's classes.
     """
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     options = (  # flag, metavar, type, default, help
         ("--run", "DIR", Path, DEFAULT_RUN, "the run's report directory"),
-        ("--model", "NAME", str, None, "one of the run's models (default: its best-ranked one)"),
+        ("--model", "NAME", str, None, "one of the run's models (default: the one the run chose)"),
         ("--output", "FILE", Path, DEFAULT_OUTPUT, "the CSV to write"),
         ("--top-k", "K", parse_top_k, DEFAULT_TOP_K, "classes per image, most probable first"),
         ("--threads", "N", parse_threads, None, "threads for the model (default: every core)"),

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     options = (  # flag, metavar, type, default, help
         ("--run", "DIR", str, str(DEFAULT_RUN),
          "the run's report directory; a link such as reports/latest is followed to newer runs"),
-        ("--model", "NAME", str, None, "one of the run's models (default: its best-ranked one)"),
+        ("--model", "NAME", str, None, "one of the run's models (default: the one the run chose)"),
         ("--host", "ADDRESS", str, "127.0.0.1",
          f"the address to bind; other than loopback needs --token or {TOKEN_VARIABLE}"),
         ("--port", "PORT", whole_number(0, 65535), 8000, "the port to bind; 0: any free one"),

@@ -118,6 +118,10 @@ def test_quick_profile_on_real_data(quick_run):
     )  # ties on selection accuracy go by name
     assert sorted(ensemble["members"]) == sorted(by_selection.model.head(3))
     assert sum(ensemble["weights"]) == pytest.approx(1)
+    chosen = metrics["chosen_model"]
+    assert board.set_index("model").selection_accuracy[chosen] == board.selection_accuracy.max()
+    assert f"chosen: {chosen} (best selection accuracy" in printed
+    assert (report_dir / "model_card.md").read_text().startswith(f"# Model card: {chosen}\n")
     assert metrics["seed"] == 7
     assert metrics["config"]["profile"] == "quick"
     assert metrics["data"]["file_sha256"] == {

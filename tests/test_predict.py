@@ -57,24 +57,41 @@ def test_predicting_the_test_file_gives_the_runs_own_predictions(run, tmp_path, 
     np.testing.assert_allclose(mine, expected, atol=5e-7)  # the CSV's 6 decimals
 
 
-def test_the_default_model_is_the_best_ranked_and_the_output_names_it(run, tmp_path, capsys):
+def test_the_default_model_is_the_runs_choice_and_the_output_names_it(run, tmp_path, capsys):
     report_dir, arrays = run
     folder = save_pngs(tmp_path / "images", arrays["test_images"][:4])
     code, out, _ = run_cli(capsys, folder, "--run", report_dir, "--output", tmp_path / "p.csv")
-    board = pd.read_csv(report_dir / "leaderboard.csv")
+    board = pd.read_csv(report_dir / "leaderboard.csv").set_index("model")
+    chosen = json.loads((report_dir / "metrics.json").read_text())["chosen_model"]
     provenance = json.loads((tmp_path / "p.provenance.json").read_text())
     assert code == 0
-    assert (provenance["run_id"], provenance["model"]) == (RUN_ID, board.model[0])
-    assert provenance["test_accuracy"] == pytest.approx(board.test_accuracy[0])
+    assert board.selection_accuracy[chosen] == board.selection_accuracy.max()
+    assert (provenance["run_id"], provenance["model"]) == (RUN_ID, chosen)
+    assert provenance["test_accuracy"] == pytest.approx(board.test_accuracy[chosen])
     files = provenance["model_files_sha256"]
     assert files
     assert all(sha256_file(Path(f)) == digest for f, digest in files.items())
     assert all(f"{path}  sha256 {digest}" in out for path, digest in files.items())
-    assert f"model {board.model[0]} of run {RUN_ID} (rank 1, test accuracy" in out
+    assert f"model {chosen} of run {RUN_ID} (rank {board['rank'][chosen]}, test accuracy" in out
     assert "classified 4 images in" in out
     assert "  unreadable         0" in out
     predicted = pd.read_csv(tmp_path / "p.csv").predicted_class.value_counts()
     assert all(f"  {name:<12} {count:>7,}" in out for name, count in predicted.items())
+
+
+def test_a_run_from_before_it_recorded_its_choice_gives_its_first_ranked(run, tmp_path):
+    report_dir, _ = run
+    older = report_dir.with_name("run-before-choices")  # beside it: its models' paths hold
+    shutil.copytree(report_dir, older)
+    try:
+        metrics = json.loads((older / "metrics.json").read_text())
+        del metrics["chosen_model"]
+        (older / "metrics.json").write_text(json.dumps(metrics))
+        first = pd.read_csv(older / "leaderboard.csv").model[0]
+        assert first != json.loads((report_dir / "metrics.json").read_text())["chosen_model"]
+        assert tasks.predict.model.load_run_model(older, None, threads=1).name == first
+    finally:
+        shutil.rmtree(older)
 
 
 def test_top_k_columns_list_the_most_probable_classes_first(run, tmp_path):

@@ -19,7 +19,7 @@ from tasks.evaluation.report.analysis import (
     pareto_front,
 )
 from tasks.evaluation.report.artifacts import summary_markdown
-from tasks.evaluation.report.splits import describe_gaps, held_out_gaps
+from tasks.evaluation.report.splits import chosen_model, describe_gaps, held_out_gaps
 from tasks.evaluation.report.writer import write_report
 from tests.support.samples import TEST_INDEX, Y_TEST, evaluation, sample_evaluations, sample_split
 
@@ -236,7 +236,7 @@ def test_best_models_confident_mistakes_and_each_models_strengths(tmp_path, eval
     out = write_report(
         evaluations=[mixed, shirtless], data=data, report_dir=tmp_path / "run-1", context={}, seed=0
     ).directory
-    assert (out / "misclassified_best_model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "misclassified_chosen_model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Mistakes of shirtless" in report
     assert "**shirtless** is strongest on " in report
@@ -269,6 +269,26 @@ def test_a_data_warning_opens_the_report_and_the_summary(tmp_path, evaluations, 
     assert f"**Warning:** {warning}." in report.split("## Leaderboard")[0]
     assert f"**Warning:** {warning}." in summary_markdown(out.findings, out.directory)
     assert f"{warning}." in (out.directory / "report.html").read_text()
+
+
+def test_the_chosen_model_has_the_best_selection_accuracy_whatever_its_test_accuracy(
+    tmp_path,
+):
+    def scored(name, selection, validation, correct):
+        predicted = Y_TEST.copy()
+        predicted[:correct] = (predicted[:correct] + 1) % 10  # `correct` wrong images first
+        return replace(evaluation(name, predicted, tmp_path), selection_accuracy=selection,
+                       validation_accuracy=validation)  # fmt: skip
+
+    best_on_test = scored("cnn", 0.93, 0.95, 0)
+    svm = scored("svm_rbf", 0.94, 0.90, 5)
+    assert chosen_model([best_on_test, svm]) == "svm_rbf"
+    # A tie goes to the ensemble, whose weights are the split's own choice, then to the
+    # better validation accuracy, then to the name.
+    ensemble = scored("ensemble", 0.94, 0.91, 8)
+    assert chosen_model([best_on_test, svm, ensemble]) == "ensemble"
+    assert chosen_model([scored("xgboost", 0.94, 0.92, 9), svm]) == "xgboost"
+    assert chosen_model([scored("a_twin", 0.94, 0.90, 9), svm]) == "a_twin"
 
 
 def test_held_out_gaps_are_in_points_and_say_what_the_validation_split_adds():

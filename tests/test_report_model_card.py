@@ -23,7 +23,7 @@ def without_the_perfect_model(tmp_path):
     return [e for e in sample_evaluations(tmp_path) if e.name != "perfect"]
 
 
-def test_the_report_has_the_best_models_card(tmp_path):
+def test_the_report_has_the_chosen_models_card(tmp_path):
     evaluations = without_the_perfect_model(tmp_path)
     best = evaluations[1]
     (best.model_dir / "manifest.json").write_text(
@@ -35,7 +35,11 @@ def test_the_report_has_the_best_models_card(tmp_path):
     card = (report.directory / "model_card.md").read_text()
     board = report.findings.leaderboard
     assert board.model[0] == best.name == "shirtless"
-    assert card.startswith("# Model card: shirtless\n\nThe best of the 2 models of run `run-7`")
+    assert card.startswith(
+        "# Model card: shirtless\n\nThe model run `run-7` chose of its 2: the best selection "
+        "accuracy, taken before the test set was read, so that its test accuracy is a fair "
+        "estimate; it ranks 1 of 2 by test accuracy."
+    )
     low, high = board.accuracy_low[0], board.accuracy_high[0]
     assert f"| test accuracy | 0.9000 (95% CI [{low:.4f}, {high:.4f}]) on 100 test images |" in card
     assert f"| `{best.model_dir / 'model.joblib'}` | `{'ab' * 32}` |" in card
@@ -72,3 +76,23 @@ def test_an_ensembles_card_names_its_members_weights_and_their_files(tmp_path):
     assert '`shirtless`:\n\n```json\n{"depth": 3}\n```' in card
     assert "## Training data\n\nNot recorded for this run.\n" in card
     assert card == (report.directory / "model_card.md").read_text()
+
+
+def test_the_card_is_the_selection_splits_choice_not_the_test_sets(tmp_path):
+    mixed, shirtless = without_the_perfect_model(tmp_path)
+    mixed = replace(mixed, selection_accuracy=shirtless.selection_accuracy + 0.01)
+    report = write_report(evaluations=[mixed, shirtless], data=sample_split(tmp_path),
+                          report_dir=tmp_path / "run-9", context={}, seed=0)  # fmt: skip
+    card = (report.directory / "model_card.md").read_text()
+    assert report.findings.leaderboard.model.tolist() == ["shirtless", "mixed"]
+    assert report.findings.chosen == "mixed"
+    assert card.startswith("# Model card: mixed\n")
+    assert "it ranks 2 of 2 by test accuracy" in card
+    assert f"| test accuracy | {mixed.test_accuracy:.4f} (" in card
+    assert json.loads((report.directory / "metrics.json").read_text())["chosen_model"] == "mixed"
+    assert report.findings.gallery_model == "mixed"
+    assert (
+        f"The run chose **mixed** by its selection accuracy ({mixed.selection_accuracy:.4f}), "
+        "before the test set was read, so its test accuracy is a fair estimate; it ranks 2 on "
+        f"the test set ({mixed.test_accuracy:.4f})"
+    ) in (report.directory / "report.md").read_text()

@@ -125,7 +125,7 @@ def predict_images(
         paths: image files, folders of them (searched recursively), IDX images files
             (gzipped or not) and .npy arrays of shape (n, 28, 28) or (n, 784).
         run_dir: a run's report directory, such as `reports/latest`.
-        model: one of the run's models; default: its best-ranked one.
+        model: one of the run's models; default: the one the run chose.
         threads: for the model; default: every core.
 
     Raises:

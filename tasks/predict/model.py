@@ -86,6 +86,12 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     return board, metrics
 
 
+def recorded_choice(metrics: dict, ranked: list[str]) -> str | None:
+    """The model a run chose, as its metrics.json records it; its first-ranked for a run
+    from before it recorded its choice."""
+    return metrics.get("chosen_model") or next(iter(ranked), None)
+
+
 def run_class_names(metrics: dict) -> tuple[str, ...]:
     """The classes a run's models predict, by label, as its metrics.json records them;
     Fashion-MNIST's for a run from before it recorded them."""
@@ -110,7 +116,7 @@ def model_directory(recorded: str, run_dir: Path) -> Path:
 
 
 def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
-    """The run's `model` (default: its best-ranked one, the ensemble included), loaded.
+    """The run's `model` (default: the one it chose, the ensemble included), loaded.
 
     Raises:
         PredictionInputError: no run in `run_dir`, a model it has not, or saved model
@@ -119,7 +125,7 @@ def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
     board, metrics = read_run(run_dir)
     run_id = metrics.get("run_id", run_dir.resolve().name)
     ranked = board.model[board["rank"].notna()].tolist()  # a model that failed has no rank
-    name = model or next(iter(ranked), None)
+    name = model or recorded_choice(metrics, ranked)
     if name not in ranked:
         failed = dict(zip(board.model, board.get("error", board.model), strict=True))
         reason = f"{name!r} {failed[name]}" if name in failed else f"unknown model {name!r}"

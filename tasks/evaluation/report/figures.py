@@ -16,7 +16,7 @@ from tasks.evaluation.report.analysis import GALLERY_PER_PAIR, PARETO_COSTS, Fin
 from tasks.evaluation.significance import percent
 
 FIGURE_DPI = 100
-GALLERY_FILE = "misclassified_best_model.png"
+GALLERY_FILE = "misclassified_chosen_model.png"
 CONFUSION_GRID_FILE = "confusion_matrices_normalised.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
 F1_HEATMAP_FILE = "f1_by_class.png"

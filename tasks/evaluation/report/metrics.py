@@ -63,6 +63,7 @@ def metrics_document(
         "since_previous_run": None,  # null on a first run; the flow's context carries it after
         **context,
         "packages": package_versions(),
+        "chosen_model": findings.chosen,
         "models": models,
         "accuracy_interval": {"confidence": findings.confidence, "paired_bootstrap_resamples":
                               BOOTSTRAP_RESAMPLES},

@@ -1,4 +1,4 @@
-"""model_card.md: the best model's card. What it is and which files hold it, what it was
+"""model_card.md: the chosen model's card. What it is and which files hold it, what it was
 trained on, how accurate it is, where it fails, and how to predict with it."""
 
 from __future__ import annotations
@@ -19,34 +19,37 @@ WEAKEST = 3  # classes, confusions and pairs listed as known weaknesses
 def render_model_card(
     findings: Findings, evaluations: list[ModelEvaluation], context: dict, report_dir: Path
 ) -> str:
-    """The card of the run's best-ranked model (the ensemble included).
+    """The card of the model the run chose (`Findings.chosen`, the ensemble included).
 
     Args:
         context: `run_context`'s facts about the run: its config and data hashes.
         report_dir: where the run's report is published.
     """
-    best = findings.leaderboard.iloc[0]
+    board = findings.leaderboard
+    row = board.set_index("model").loc[findings.chosen]
     by_name = {e.name: e for e in evaluations}
-    model = by_name[best.model]
+    model = by_name[findings.chosen]
     members = model.params.get("members", [model.name])
-    ci = f"{percent(findings.confidence)} CI [{best.accuracy_low:.4f}, {best.accuracy_high:.4f}]"
+    ci = f"{percent(findings.confidence)} CI [{row.accuracy_low:.4f}, {row.accuracy_high:.4f}]"
     lines = [
         f"# Model card: {model.name}",
         "",
-        f"The best of the {len(findings.leaderboard)} models of run `{report_dir.name}`, ranked "
-        "by test accuracy. Every figure here is also in the run's `metrics.json` and `report.md`.",
+        f"The model run `{report_dir.name}` chose of its {len(board)}: the best selection "
+        "accuracy, taken before the test set was read, so that its test accuracy is a fair "
+        f"estimate; it ranks {int(row['rank'])} of {len(board)} by test accuracy. Every figure "
+        "here is also in the run's `metrics.json` and `report.md`.",
         "",
         "| | |",
         "|---|---|",
-        f"| test accuracy | {best.test_accuracy:.4f} ({ci}) on {findings.test_images:,} "
+        f"| test accuracy | {row.test_accuracy:.4f} ({ci}) on {findings.test_images:,} "
         "test images |",
-        f"| macro-F1 | {best.macro_f1:.4f} |",
-        f"| validation, selection accuracy | {best.validation_accuracy:.4f}, "
-        f"{best.selection_accuracy:.4f} |",
-        f"| log-loss, calibration error | {best.log_loss:.4f}, {best.calibration_error:.4f} |",
-        f"| prediction time | {best.predict_seconds:.2f} s for the test images "
-        f"({best.predict_ms_per_1000:.0f} ms per 1,000) |",
-        f"| size on disk | {best.model_size_mb:.1f} MB |",
+        f"| macro-F1 | {row.macro_f1:.4f} |",
+        f"| validation, selection accuracy | {row.validation_accuracy:.4f}, "
+        f"{row.selection_accuracy:.4f} |",
+        f"| log-loss, calibration error | {row.log_loss:.4f}, {row.calibration_error:.4f} |",
+        f"| prediction time | {row.predict_seconds:.2f} s for the test images "
+        f"({row.predict_ms_per_1000:.0f} ms per 1,000) |",
+        f"| size on disk | {row.model_size_mb:.1f} MB |",
         "",
         "## Model files",
         "",

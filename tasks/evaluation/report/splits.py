@@ -3,7 +3,9 @@
 A split that made a choice scores it optimistically. The validation split stopped,
 calibrated and tuned the models, so their validation accuracy flatters them; the
 selection split, which no model saw, chose the ensemble, so only the ensemble's selection
-accuracy is flattered. The test set decided nothing: it is the only unbiased score.
+accuracy is flattered. The same split chooses the model the run stands behind, the one
+predictions and the server use unless told otherwise. The test set decided nothing: it is
+the only unbiased score.
 """
 
 from __future__ import annotations
@@ -19,27 +21,65 @@ from tasks.training.models.registry import validation_uses
 GAP_COLUMNS = ["model", "validation_accuracy", "selection_accuracy", "test_accuracy"]
 
 
+def chosen_model(evaluations: Sequence[ModelEvaluation]) -> str:
+    """The model the run stands behind: the best selection accuracy, the ensemble first on
+    a tie, then the best validation accuracy, then the name.
+
+    Chosen by test accuracy, the chosen model's test accuracy would flatter it; the
+    selection split is the one no model was fitted, stopped or tuned on. That split also
+    chose the ensemble's weights, which flatters the ensemble's selection accuracy a little,
+    so the ensemble wins the close calls.
+    """
+    best = min(
+        evaluations,
+        key=lambda e: (-e.selection_accuracy, e.name != ENSEMBLE_NAME, -e.validation_accuracy,
+                       e.name),
+    )  # fmt: skip
+    return best.name
+
+
+def chosen_sentence(board: pd.DataFrame, chosen: str) -> str:
+    """Which model the run chose, on what, and where it ranks on the test set."""
+    row = board.set_index("model").loc[chosen]
+    why = (
+        f"The run chose **{chosen}** by its selection accuracy ({row.selection_accuracy:.4f}), "
+        "before the test set was read, so its test accuracy is a fair estimate"
+    )
+    if row["rank"] == 1:
+        return f"{why}; it is the model predictions and the server use unless told otherwise."
+    return (
+        f"{why}; it ranks {int(row['rank'])} on the test set ({row.test_accuracy:.4f}), and is the "
+        "model predictions and the server use unless told otherwise."
+    )
+
+
 def split_roles(
-    split_images: dict[str, int], evaluations: Sequence[ModelEvaluation], tuned: Sequence[str]
+    split_images: dict[str, int],
+    evaluations: Sequence[ModelEvaluation],
+    tuned: Sequence[str],
+    chosen: str,
 ) -> pd.DataFrame:
     """One row per split: its images and what it decided in this run.
 
     Args:
         split_images: images in the train, validation, selection and test splits.
         tuned: the models whose parameters a search chose on the validation split.
+        chosen: the model the run stands behind (`chosen_model`).
     """
     models = [e for e in evaluations if e.name != ENSEMBLE_NAME]
     uses = [f"{name}'s {use}" for name, use in validation_uses(e.name for e in models).items()]
     if tuned:
         uses.append(f"the tuning trials' scores ({', '.join(tuned)})")
-    chosen = "nothing: no ensemble was built"
+    selected = [f"the model the run chose ({chosen})"]
     if ensemble := next((e for e in evaluations if e.name == ENSEMBLE_NAME), None):
         mix = zip(ensemble.params["members"], ensemble.params["weights"], strict=True)
-        chosen = f"the ensemble's members and weights ({', '.join(f'{m} {w:.3f}' for m, w in mix)})"
+        selected.insert(
+            0, f"the ensemble's members and weights ({', '.join(f'{m} {w:.3f}' for m, w in mix)})"
+        )
     decided = {
         "train": f"each model's fit ({len(models)} model{'s' if len(models) != 1 else ''})",
         "validation": "; ".join(uses) or "nothing: no model here reads it",
-        "selection": chosen,
+        "selection": "; ".join(selected),
         "test": "nothing: it only scores the models (the ranking, intervals and tests)",
     }
     return pd.DataFrame(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,10 +26,14 @@ NAMED_CLASSES = 12  # the data line names this many classes, then counts the res
 
 def console_table(report_dir: Path) -> str:
     """The leaderboard as the command line prints it, read back from the run's files: the
-    ranked models, then one line for each model that failed."""
+    ranked models, the model the run chose, then one line for each model that failed."""
     board = pd.read_csv(report_dir / "leaderboard.csv")
     ranked = board[board["rank"].notna()][CONSOLE_COLUMNS].astype({"rank": int})
-    lines = [ranked.to_string(index=False, float_format=lambda value: f"{value:.4f}")]
+    chosen = json.loads((report_dir / "metrics.json").read_text())["chosen_model"]
+    lines = [
+        ranked.to_string(index=False, float_format=lambda value: f"{value:.4f}"),
+        f"chosen: {chosen} (best selection accuracy; what predict and serve use)",
+    ]
     if "error" in board:
         lines += [f"{row.model}: {row.error}" for row in board[board["rank"].isna()].itertuples()]
     return "\n".join(lines)
