@@ -36,8 +36,8 @@ def test_the_report_has_the_chosen_models_card(tmp_path):
     board = report.findings.leaderboard
     assert board.model[0] == best.name == "shirtless"
     assert card.startswith(
-        "# Model card: shirtless\n\nThe model run `run-7` chose of its 2: the best selection "
-        "accuracy, taken before the test set was read, so that its test accuracy is a fair "
+        "# Model card: shirtless\n\nRun `run-7` chose this model of its 2 by the best "
+        "selection accuracy, before the test set was read, so that its test accuracy is a fair "
         "estimate; it ranks 1 of 2 by test accuracy."
     )
     low, high = board.accuracy_low[0], board.accuracy_high[0]

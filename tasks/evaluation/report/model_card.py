@@ -34,10 +34,10 @@ def render_model_card(
     lines = [
         f"# Model card: {model.name}",
         "",
-        f"The model run `{report_dir.name}` chose of its {len(board)}: the best selection "
-        "accuracy, taken before the test set was read, so that its test accuracy is a fair "
-        f"estimate; it ranks {int(row['rank'])} of {len(board)} by test accuracy. Every figure "
-        "here is also in the run's `metrics.json` and `report.md`.",
+        f"Run `{report_dir.name}` chose this model of its {len(board)} by the best selection "
+        "accuracy, before the test set was read, so that its test accuracy is a fair estimate; "
+        f"it ranks {int(row['rank'])} of {len(board)} by test accuracy. Every figure here is "
+        "also in the run's `metrics.json` and `report.md`.",
         "",
         "| | |",
         "|---|---|",
