@@ -151,8 +151,8 @@ def write_float32_profile() -> Path:
 def cpu_name(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's name and its fastest instructions for the CNN: AMX and AVX-512 BF16 run
     bfloat16 convolutions, AVX2 float32 ones several times slower."""
-    info = read_cpuinfo(cpuinfo)
-    return f"{info.name} ({info.fastest_for_cnn}, {usable_cores()} usable cores)"
+    info, cores = read_cpuinfo(cpuinfo), usable_cores()
+    return f"{info.name} ({info.fastest_for_cnn}, {cores} usable core{'s' * (cores != 1)})"
 
 
 def cpu_instructions(cpu: str) -> str:

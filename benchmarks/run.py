@@ -39,6 +39,7 @@ from benchmarks.budget_sweep import ROOT, code_commit, cpu_name
 from flows.graph import run_stages
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ENSEMBLE_NAME
+from tasks.core.cpus import usable_cores
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import PipelineConfig, build_config
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmark"))
     parser.add_argument("--data-dir", type=Path, help="the four IDX .gz files (default: found)")
     args = parser.parse_args(argv)
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     workdir = Path(tempfile.mkdtemp(prefix="fashion-mnist-benchmark-"))
 
     def config(side: str) -> PipelineConfig:

@@ -8,6 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
+from benchmarks import budget_sweep
 from benchmarks.budget_sweep import code_commit, cpu_instructions, cpu_name, newest_means, render
 from tests.support.figures import coloured, inked, read_png
 
@@ -17,7 +18,7 @@ def git(checkout, *args: str) -> str:
     return subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=True).stdout
 
 
-def test_a_row_names_the_cpu_by_its_fastest_instructions_for_the_cnn(tmp_path):
+def test_a_row_names_the_cpu_by_its_fastest_instructions_for_the_cnn(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     for flags, instructions in [
         ("avx2 avx512_bf16 amx_bf16", "AMX BF16"),
@@ -28,6 +29,9 @@ def test_a_row_names_the_cpu_by_its_fastest_instructions_for_the_cnn(tmp_path):
         cpuinfo.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t: {flags}\n")
         assert cpu_name(cpuinfo).startswith(f"Intel(R) Xeon(R) Processor ({instructions}, ")
         assert cpu_instructions(cpu_name(cpuinfo)) == instructions
+    for cores, said in [(1, "1 usable core)"), (64, "64 usable cores)")]:
+        monkeypatch.setattr(budget_sweep, "usable_cores", lambda cores=cores: cores)
+        assert cpu_name(cpuinfo).endswith(f"(no AVX2, {said}")
 
 
 def test_a_row_names_the_commit_measured_and_whether_it_had_changes(tmp_path):
