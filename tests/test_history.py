@@ -18,9 +18,10 @@ from tasks.evaluation.significance import two_proportion_z_test
 from tasks.history.changes import MCNEMAR, Z_TEST, regressions
 from tasks.history.db import (
     KEEP_IMAGE_DATA_RUNS,
+    LAST_RUN,
+    champion_run,
     check_known_run,
     history_path,
-    previous_run,
     record_snapshot,
 )
 from tasks.history.runs import PINNED, WITHOUT_REGRESSION, regression_error
@@ -163,14 +164,19 @@ def test_other_class_names_are_compared_by_name(tmp_path, n_classes):
     assert since["summary"][0].startswith("The classes changed; new classes: Pants;")
 
 
-def test_only_the_last_completed_run_of_the_same_profile_counts(tmp_path):
+def test_without_a_champion_the_last_completed_run_of_the_same_profile_counts(tmp_path):
     output = tmp_path / "reports"
     run = Run(tmp_path / "a", make_arrays()).evaluate("svm", 30)
     for run_id, profile in [("a", "quick"), ("b", "quick"), ("c", "full"), ("now", "quick")]:
-        run.record(output, run_id, profile)
-    assert previous_run(history_path(output), "quick", "now").run_id == "b"
-    assert previous_run(history_path(output), "full", "now").run_id == "c"
-    assert previous_run(history_path(output), "quick", "later").run_id == "now"
+        run.record(output, run_id, profile, regressed=True)  # none becomes a champion
+
+    def compared_with(profile: str, run_id: str) -> tuple[str, str]:
+        snapshot, chosen = champion_run(history_path(output), profile, run_id)
+        return snapshot.run_id, chosen
+
+    assert compared_with("quick", "now") == ("b", LAST_RUN)
+    assert compared_with("full", "now") == ("c", LAST_RUN)
+    assert compared_with("quick", "later") == ("now", LAST_RUN)
 
 
 def test_a_recorded_run_reads_back_as_it_was(tmp_path):
@@ -178,7 +184,7 @@ def test_a_recorded_run_reads_back_as_it_was(tmp_path):
     run = Run(tmp_path / "a", make_arrays()).evaluate("svm", 7)
     recorded = snapshot_run("a", "quick", run.raw, run.data, run.evaluations)
     record_snapshot(history_path(output), recorded)
-    read = previous_run(history_path(output), "quick", "now")
+    read, _ = champion_run(history_path(output), "quick", "now")
     assert replace(read, splits={}, models={}) == replace(recorded, splits={}, models={})
     for split, images in recorded.splits.items():
         for field in ("hashes", "labels", "mean_intensity"):
@@ -243,7 +249,7 @@ def test_runs_recording_at_once_do_not_corrupt_the_history(tmp_path):
         runs = connection.execute("SELECT profile, COUNT(*) FROM runs GROUP BY profile")
         assert sorted(runs) == [("writer0", 8), ("writer1", 8), ("writer2", 8)]
     for number in range(3):
-        assert previous_run(db, f"writer{number}", "now").run_id == f"writer{number}-7"
+        assert champion_run(db, f"writer{number}", "now")[0].run_id == f"writer{number}-7"
 
 
 def test_a_history_that_cannot_be_read_is_one_line(tmp_path):
@@ -255,9 +261,9 @@ def test_a_history_that_cannot_be_read_is_one_line(tmp_path):
     garbled.write_text("not a database " * 100)
     expected = "schema version 7; this pipeline reads version 2"
     with pytest.raises(RunEnvironmentError, match=expected):
-        previous_run(newer, "quick", "now")
+        champion_run(newer, "quick", "now")
     with pytest.raises(RunEnvironmentError, match=r"history.sqlite: run history failed \(file is"):
-        previous_run(garbled, "quick", "now")
+        champion_run(garbled, "quick", "now")
 
 
 def test_the_regression_error_names_models_accuracies_and_p_values(tmp_path):

@@ -13,7 +13,7 @@ from tasks.evaluation.report import analysis
 from tasks.evaluation.report.artifacts import summary_markdown
 from tasks.evaluation.report.figures import plot_pareto
 from tasks.evaluation.report.writer import write_report
-from tasks.evaluation.significance import bootstrap_accuracy_intervals
+from tasks.evaluation.significance import accuracy_intervals, bootstrap_accuracies
 from tests.support.samples import Y_TEST, sample_evaluations, sample_split
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def test_interval_level_comes_from_the_configured_confidence(
     )
     findings = report.findings
     correct = {e.name: e.test_predictions.load() == Y_TEST for e in evaluations}
-    intervals = bootstrap_accuracy_intervals(correct, seed=0, confidence=level)
+    intervals = accuracy_intervals(bootstrap_accuracies(correct, seed=0), list(correct), level)
     board = findings.leaderboard.set_index("model")
     assert board.loc["mixed", "accuracy_low"] == intervals.loc["mixed", "accuracy_low"]
 

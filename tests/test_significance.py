@@ -9,7 +9,9 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from tasks.evaluation.significance import (
-    bootstrap_accuracy_intervals,
+    BOOTSTRAP_RESAMPLES,
+    accuracy_intervals,
+    bootstrap_accuracies,
     describe_comparisons,
     holm_adjusted,
     mcnemar_exact,
@@ -41,9 +43,13 @@ def test_mcnemar_without_disagreements_is_a_tie():
     assert mcnemar_exact(a, b) == (0, 0, 1.0)
 
 
+def intervals(correct: dict[str, np.ndarray], seed: int, resamples: int = BOOTSTRAP_RESAMPLES):
+    return accuracy_intervals(bootstrap_accuracies(correct, seed, resamples), list(correct))
+
+
 def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
     correct = np.random.default_rng(1).random(2000) < 0.9
-    ours = bootstrap_accuracy_intervals({"m": correct}, seed=3, resamples=4000).loc["m"]
+    ours = intervals({"m": correct}, seed=3, resamples=4000).loc["m"]
     reference = stats.bootstrap(
         (correct.astype(float),), np.mean, n_resamples=4000, method="percentile",
         confidence_level=0.95, rng=np.random.default_rng(3),
@@ -56,12 +62,12 @@ def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
 
 def test_bootstrap_is_seeded_and_paired():
     correct = np.random.default_rng(2).random(500) < 0.8
-    first = bootstrap_accuracy_intervals({"a": correct, "b": correct.copy()}, seed=5)
-    again = bootstrap_accuracy_intervals({"a": correct, "b": correct.copy()}, seed=5)
+    first = intervals({"a": correct, "b": correct.copy()}, seed=5)
+    again = intervals({"a": correct, "b": correct.copy()}, seed=5)
     assert first.equals(again)
     # Same images drawn for every model: identical outcomes give identical intervals.
     assert first.loc["a"].tolist() == first.loc["b"].tolist()
-    other_seed = bootstrap_accuracy_intervals({"a": correct}, seed=6)
+    other_seed = intervals({"a": correct}, seed=6)
     assert other_seed.loc["a"].tolist() != first.loc["a"].tolist()
 
 

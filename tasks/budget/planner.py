@@ -86,9 +86,6 @@ class Plan:
     models: tuple[ModelPlan, ...]
     dropped: dict[str, str] = field(default_factory=dict)
 
-    def params_for(self, model: str) -> dict:
-        return next((plan.params for plan in self.models if plan.model == model), {})
-
     def lane_seconds(self) -> list[float]:
         return lane_seconds(self.models, self.lanes)
 

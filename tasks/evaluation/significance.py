@@ -50,24 +50,6 @@ def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> 
     return np.percentile(samples, [tail, 100 - tail], axis=-1).T
 
 
-def bootstrap_accuracy_intervals(
-    correct: Mapping[str, np.ndarray],
-    seed: int,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence: float = CONFIDENCE,
-) -> pd.DataFrame:
-    """Percentile bootstrap interval of each model's accuracy, from paired resamples.
-
-    Args:
-        correct: per model, a boolean array saying which test images it got right.
-
-    Returns:
-        One row per model: `accuracy_low`, `accuracy_high`, indexed by model.
-    """
-    return accuracy_intervals(bootstrap_accuracies(correct, seed, resamples), list(correct),
-                              confidence)  # fmt: skip
-
-
 def accuracy_intervals(
     resampled: np.ndarray, names: list[str], confidence: float = CONFIDENCE
 ) -> pd.DataFrame:

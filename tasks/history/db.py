@@ -122,19 +122,6 @@ def record_snapshot(history_db: Path, run: RunSnapshot) -> None:
         )
 
 
-def previous_run(history_db: Path, profile: str, run_id: str) -> RunSnapshot | None:
-    """The last completed run of `profile` other than `run_id`, or None without one.
-
-    Raises:
-        RunEnvironmentError: the history cannot be read.
-    """
-    if not history_db.is_file():
-        return None
-    with _open(history_db) as db, _transaction(db):  # one snapshot of a changing database
-        row = _last_run(db, profile, run_id)
-        return row and _snapshot(db, profile, row)
-
-
 def champion_run(history_db: Path, profile: str, run_id: str) -> tuple[RunSnapshot, str] | None:
     """The run `run_id` is compared with, and how it was chosen: the profile's champion
     (`set_champion`), or else its last completed run other than `run_id` (`LAST_RUN`);
