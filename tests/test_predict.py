@@ -79,7 +79,7 @@ def test_the_default_model_is_the_runs_choice_and_the_output_names_it(run, tmp_p
     assert all(f"  {name:<12} {count:>7,}" in out for name, count in predicted.items())
 
 
-def test_a_run_from_before_it_recorded_its_choice_gives_its_first_ranked(run, tmp_path):
+def test_a_run_from_before_it_recorded_its_choice_gives_its_first_ranked(run):
     report_dir, _ = run
     older = report_dir.with_name("run-before-choices")  # beside it: its models' paths hold
     shutil.copytree(report_dir, older)

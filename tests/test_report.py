@@ -274,9 +274,9 @@ def test_a_data_warning_opens_the_report_and_the_summary(tmp_path, evaluations, 
 def test_the_chosen_model_has_the_best_selection_accuracy_whatever_its_test_accuracy(
     tmp_path,
 ):
-    def scored(name, selection, validation, correct):
+    def scored(name, selection, validation, test_mistakes):
         predicted = Y_TEST.copy()
-        predicted[:correct] = (predicted[:correct] + 1) % 10  # `correct` wrong images first
+        predicted[:test_mistakes] = (predicted[:test_mistakes] + 1) % 10
         return replace(evaluation(name, predicted, tmp_path), selection_accuracy=selection,
                        validation_accuracy=validation)  # fmt: skip
 
