@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset
 from tasks.core.storage import array_refs, save_arrays
 from tasks.run.config import ModelParams, PipelineConfig
+from tasks.training import stages
 from tasks.training.models.base import TrainingContext
 from tasks.training.models.registry import build_model, model_spec
 from tasks.training.models.xgboost_model import XGBoostParams
@@ -178,3 +179,16 @@ def test_unreadable_profile_file_is_named_in_the_error(tmp_path):
     wrong.write_text('{"params": {"svm_rbf": {"C": -1}}}')
     with pytest.raises(ValidationError, match=r"params\.svm_rbf\.C"):
         PipelineConfig(profile_file=wrong)
+
+
+def test_a_trial_gives_back_the_memory_it_freed(tmp_path, processed, monkeypatch):
+    """Trials fit one model after another in the run's process: what each frees goes back
+    to the machine, as after training, instead of staying in malloc's arenas."""
+    given_back = []
+    monkeypatch.setattr(stages, "give_back_freed_memory", lambda: given_back.append("trial"))
+    session = TuningSession(["logistic_regression"], SMALL, 1, tmp_path / "study")
+    request = session.next_trial()
+    outcome = stages.trial_task.fn(request, SMALL, processed, session.directory, 120, 0, 1)
+    assert given_back == ["trial"]
+    assert 0 <= outcome.validation_accuracy <= 1
+    assert outcome.train_images == 120

@@ -11,7 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.core.contracts import ProcessedDataset, TrainedModel
 from tasks.core.cpus import HostThreads, threads_here
-from tasks.core.memory import say_memory_given_back
+from tasks.core.memory import give_back_freed_memory, say_memory_given_back
 from tasks.core.runtime import in_task_run, stage_logger
 from tasks.core.stopping import check_stop
 from tasks.training.cores import CoreHandover
@@ -76,7 +76,9 @@ def trial_task(
     seed: int,
     threads: int | HostThreads,
 ) -> TrialOutcome:
-    return run_trial(
+    outcome = run_trial(
         request, params, data, study_dir, train_subset_size, seed, threads_here(threads),
         stage_logger(),
     )  # fmt: skip
+    give_back_freed_memory()  # unsaid: the trials' own lines already fill the log
+    return outcome
