@@ -64,8 +64,7 @@ class Findings:
     curves: dict[str, LearningCurve]
     confusions: dict[str, list[list[int]]]  # test confusion matrix per model
     chosen: str  # the model the run stands behind, chosen on the selection split
-    mistakes: pd.DataFrame  # the gallery model's `misclassified_examples`
-    gallery_model: str | None  # the chosen model, if it makes any mistake
+    mistakes: pd.DataFrame  # the chosen model's `misclassified_examples`
     tuning: tuple[TuningSummary, ...]
     test_images: int
     split_roles: pd.DataFrame  # `split_roles`: what each split decided
@@ -76,6 +75,11 @@ class Findings:
     data_warning: str = ""  # `ValidationSummary.warning`: not the data it looks like
     machine: str = ""  # the CPU and its usable cores (`machine_facts`' summary)
     since_last_run: tuple[str, ...] = ()  # sentences comparing with the previous run, if any
+
+    @property
+    def gallery_model(self) -> str | None:
+        """The model whose mistakes the gallery shows: the chosen one, if it makes any."""
+        return self.chosen if len(self.mistakes) else None
 
 
 def analyse(
@@ -141,7 +145,6 @@ def analyse(
         confusions={name: by_name[name].confusion for name in ranked},
         chosen=chosen,
         mistakes=mistakes,
-        gallery_model=chosen if len(mistakes) else None,
         tuning=tuple(tuning),
         test_images=len(y_test),
         split_roles=split_roles(split_images, evaluations, [t.model for t in tuning], chosen),
