@@ -3,6 +3,7 @@ split, the same machine and the same minutes, one after the other.
 
     python -m venv .peers && .peers/bin/pip install -e ".[peers]"
     python -m benchmarks.peers --peers-python .peers/bin/python [--budgets 5 15] [--peers autogluon]
+        [--avx2]
 
 AutoGluon 1.6 pins xgboost below 3 and pandas below 3, so the peers get an environment
 of their own (`--peers-python`; default: this Python) and the project runs on its own.
@@ -16,6 +17,8 @@ For each budget, never two at once on the machine:
    validation and selection), scored on the run's test images. Each is timed from
    reading the split to the end of predicting the test set.
 A peer still running at `STOP_AT_BUDGETS` times its budget is stopped, without an accuracy.
+`--avx2` runs the project as the budget sweep's `--avx2` does (TensorFlow's AVX2 kernels,
+float32); the peers run as they are, since none of them trains with TensorFlow.
 Recorded per run: test accuracy, wall seconds, and the overrun of the budget. Rows are
 appended to `peers.csv`, and `peers.md` is redrawn from it.
 """
@@ -107,11 +110,14 @@ def in_fresh_process(peer: str, processed: Path, minutes: float, python: str) ->
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def budget_rows(minutes: float, peers_python: str, chosen: tuple[str, ...] = PEERS) -> list[dict]:
+def budget_rows(
+    minutes: float, peers_python: str, chosen: tuple[str, ...] = PEERS, avx2: bool = False
+) -> list[dict]:
     """The project's run at `minutes`, then each `chosen` peer on its split."""
-    ours = run_budget(minutes, avx2=False, extra=[])
+    ours = run_budget(minutes, avx2=avx2, extra=[])
     (processed,) = Path(ours["directory"], "data", "processed").iterdir()
-    common = {"budget_minutes": minutes, "cpu": cpu_name(), "commit": code_commit(ROOT)}
+    common = {"budget_minutes": minutes, "cpu": cpu_name(), "setting": ours["setting"],
+              "commit": code_commit(ROOT)}  # fmt: skip
     rows = [
         common | {
             "system": "this project (best single model)",
@@ -135,7 +141,10 @@ def budget_rows(minutes: float, peers_python: str, chosen: tuple[str, ...] = PEE
 
 def render(rows: pd.DataFrame, output: Path) -> None:
     columns = ["budget_minutes", "system", "accuracy", "wall_seconds", "overrun_percent",
-               "cpu", "commit"]  # fmt: skip
+               "cpu", "setting", "commit"]  # fmt: skip
+    # Rows written before `--avx2` ran the project as it is.
+    setting = rows["setting"] if "setting" in rows else pd.Series(pd.NA, rows.index, object)
+    rows = rows.assign(setting=setting.fillna("native"))
     shown = rows[columns].astype(
         {"budget_minutes": str, "wall_seconds": str, "overrun_percent": str}
     )
@@ -151,7 +160,9 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "run's split (every image the run learned from, as 784 pixel columns), scored on "
         "the same 10,000 test images, one after the other on the machine named in each row. "
         f"Overrun: wall time over the budget. A peer still running at {STOP_AT_BUDGETS} "
-        "times its budget is stopped there.\n\n" + markdown_table(shown) + "\n"
+        'times its budget is stopped there. Setting "AVX2 / float32" is `--avx2`: the '
+        "project's CNN on TensorFlow's AVX2 kernels in float32 (the peers train no "
+        "TensorFlow model).\n\n" + markdown_table(shown) + "\n"
     )
 
 
@@ -162,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers-python", default=sys.executable)
     # FLAML took 3.2 times its budget at 15 minutes: leaving it out saves most of an hour.
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--avx2", action="store_true", help="the project's run as the "
+                        "budget sweep's --avx2: ONEDNN_MAX_CPU_ISA=AVX2, float32")  # fmt: skip
     parser.add_argument("--one", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--processed", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     table = args.output / "peers.csv"
     rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
     for minutes in args.budgets:
-        found = budget_rows(minutes, args.peers_python, tuple(args.peers))
+        found = budget_rows(minutes, args.peers_python, tuple(args.peers), args.avx2)
         rows = pd.concat([rows, pd.DataFrame(found)], ignore_index=True)
         rows.to_csv(table, index=False)
         render(rows, args.output / "peers.md")

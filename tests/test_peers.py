@@ -14,9 +14,11 @@ from benchmarks import budget_sweep, peers
 from tests.support.waiting import wait_until
 
 
-@pytest.mark.parametrize("chosen", [peers.PEERS, ("autogluon",)])
+@pytest.mark.parametrize(
+    ("chosen", "avx2"), [(peers.PEERS, False), (("autogluon",), False), (("autogluon",), True)]
+)
 def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
-    tmp_path, monkeypatch, chosen
+    tmp_path, monkeypatch, chosen, avx2
 ):
     processed = tmp_path / "data" / "processed" / "0123456789abcdef"
     processed.mkdir(parents=True)
@@ -27,8 +29,9 @@ def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
         call = inspect.signature(budget_sweep.run_budget).bind(*args, **kwargs)
         call.apply_defaults()
         swept.append(tuple(call.arguments.values()))
+        setting = "AVX2 / float32" if call.arguments["avx2"] else "native"
         return {"directory": str(tmp_path), "best_single_accuracy": 0.916,
-                "ensemble_accuracy": 0.917, "wall_seconds": 275.0}  # fmt: skip
+                "ensemble_accuracy": 0.917, "wall_seconds": 275.0, "setting": setting}  # fmt: skip
 
     def peer_in_fresh_process(peer, split, minutes, python):
         assert (split, minutes, python) == (processed, 5.0, "peers-python")
@@ -36,8 +39,10 @@ def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
 
     monkeypatch.setattr(peers, "run_budget", run_budget)
     monkeypatch.setattr(peers, "in_fresh_process", peer_in_fresh_process)
-    rows = peers.budget_rows(5.0, "peers-python", chosen)
-    assert swept == [(5.0, False, [], budget_sweep.DEFAULT_SEED)]
+    rows = peers.budget_rows(5.0, "peers-python", chosen, avx2)
+    assert swept == [(5.0, avx2, [], budget_sweep.DEFAULT_SEED)]
+    # Every row, the peers' too, says how the project ran beside them.
+    assert {row["setting"] for row in rows} == {"AVX2 / float32" if avx2 else "native"}
     assert [row["system"] for row in rows] == [
         "this project (best single model)", "this project (ensemble)", *chosen,
     ]  # fmt: skip
@@ -72,7 +77,8 @@ def test_a_peer_still_running_at_four_times_its_budget_is_stopped_without_an_acc
          "commit": "c"} | found,
     ])  # fmt: skip
     peers.render(rows, tmp_path / "peers.md")
+    # A row written before `--avx2` existed ran the project as it is.
     assert (
-        "| flaml | none: stopped at 4x its budget | 1.2 | 300.0 |"
+        "| flaml | none: stopped at 4x its budget | 1.2 | 300.0 | x | native | c |"
         in (tmp_path / "peers.md").read_text()
     )
