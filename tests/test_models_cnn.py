@@ -19,7 +19,10 @@ from tasks.training.models.keras_training import (
     augmented_batches,
     early_stopping,
     image_batches,
+    predicted_over_views,
+    prediction_views,
     shift_and_mirror,
+    view_count,
 )
 from tasks.training.models.tensorflow_runtime import start_tensorflow
 
@@ -48,6 +51,68 @@ def test_shift_and_mirror_moves_each_image_within_bounds():
     assert 0.4 < mirrored.mean() < 0.6
     unchanged = shift_and_mirror(images, 0, mirror=False, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(unchanged, images)
+
+
+def bright_pixels(views) -> list[tuple[int, int]]:
+    """Where each view's one bright pixel is: (row, column)."""
+    return [tuple(int(i) for i in np.argwhere(view[0, :, :, 0])[0]) for view in views]
+
+
+@pytest.mark.parametrize(
+    ("shift_pixels", "mirror", "expected"),
+    [
+        (1, True, [(10, 5), (11, 5), (9, 5), (10, 6), (10, 4),
+                   (10, 22), (11, 22), (9, 22), (10, 23), (10, 21)]),
+        (2, False, [(10, 5), (12, 5), (8, 5), (10, 7), (10, 3)]),
+        (0, True, [(10, 5), (10, 22)]),
+        (0, False, [(10, 5)]),
+    ],
+)  # fmt: skip
+def test_a_prediction_views_each_image_moved_each_way_and_mirrored(shift_pixels, mirror, expected):
+    images = np.zeros((3, 28, 28, 1), dtype=np.float32)
+    images[:, 10, 5] = 1.0
+    views = list(prediction_views(images, shift_pixels, mirror))
+    assert bright_pixels(views) == expected
+    assert len(views) == view_count(shift_pixels, mirror)
+    assert all(view.shape == images.shape and view.sum() == 3 for view in views)
+    assert images.sum() == images[:, 10, 5].sum() == 3  # the input is left as it was
+
+
+def test_an_image_moved_past_the_edge_leaves_background():
+    images = np.zeros((1, 28, 28, 1), dtype=np.float32)
+    images[0, 0, :] = 1.0  # the top row
+    (_, down, up, _, _) = prediction_views(images, 1, mirror=False)
+    assert down.sum() == down[0, 1, :].sum() == 28
+    assert up.sum() == 0  # moved out of the image, not round to the bottom row
+
+
+def test_the_prediction_is_the_mean_over_the_views():
+    class RowTen:  # "probabilities": the first ten pixels of each image's row 10
+        def predict_on_batch(self, images):
+            return images[:, 10, :10, 0]
+
+    images = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    images[:, 10, 5] = 1.0
+    probabilities = predicted_over_views(RowTen(), images, shift_pixels=1, mirror=True)
+    # Of the ten views, the image itself and its copies moved left and right put the pixel
+    # in columns 5, 4 and 6 of row 10; the others (moved up or down, mirrored) do not.
+    expected = np.zeros(10)
+    expected[[4, 5, 6]] = 0.1
+    np.testing.assert_allclose(probabilities, [expected, expected])
+
+
+def test_a_network_saved_before_shifted_views_predicts_as_it_was_evaluated(keras, tmp_path):
+    from tasks.training.models.base import PARAMS_FILE
+    from tasks.training.models.cnn import CNNParams, KerasCNN
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    keras.Model(inputs, keras.layers.Flatten()(inputs)).save(tmp_path / KerasCNN.model_file)
+    saved = CNNParams().model_dump(mode="json")
+    assert saved.pop("test_shift_pixels") == 1  # the default now
+    (tmp_path / PARAMS_FILE).write_text(json.dumps({"params": saved}))
+    assert KerasCNN.load(tmp_path, threads=1).params.test_shift_pixels == 0
+    (tmp_path / PARAMS_FILE).write_text(json.dumps({"params": saved | {"test_shift_pixels": 1}}))
+    assert KerasCNN.load(tmp_path, threads=1).params.test_shift_pixels == 1
 
 
 def _passes(dataset, count: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:

@@ -1,6 +1,6 @@
 """The CNN's training loop, apart from the network: batches shuffled, shifted and mirrored
 in numpy each epoch, fed through tf.data; the learning rate's cosine decay to the
-deadline; progress reports.
+deadline; progress reports; and the views of each image a prediction averages.
 
 TensorFlow is imported when a dataset is made, by the CNN's fit; the hooks here are plain
 callables.
@@ -170,6 +170,46 @@ def image_batches(images: np.ndarray, labels: np.ndarray | None = None):
     if labels is not None:
         signature = (signature, tf.TensorSpec((None, labels.shape[1]), tf.float32))
     return steady_dataset(batches, signature, batch_count(len(images), PREDICT_BATCH))
+
+
+def moved(images: np.ndarray, axis: int, pixels: int) -> np.ndarray:
+    """`images` (n, 28, 28, 1) moved `pixels` along `axis` (1: down, 2: right; negative: up,
+    left), the space they leave filled with background."""
+    out = np.zeros_like(images)
+    source, target = [slice(None)] * images.ndim, [slice(None)] * images.ndim
+    source[axis] = slice(0, -pixels) if pixels > 0 else slice(-pixels, None)
+    target[axis] = slice(pixels, None) if pixels > 0 else slice(0, pixels)
+    out[tuple(target)] = images[tuple(source)]
+    return out
+
+
+def prediction_views(images: np.ndarray, shift_pixels: int, mirror: bool) -> Iterator[np.ndarray]:
+    """The views of `images` a prediction averages: each image, its copies moved
+    `shift_pixels` up, down, left and right, and with `mirror` the mirror images of all
+    these; one at a time, so that the views of a test set are never in memory together."""
+    moves = [(axis, sign * shift_pixels) for axis in (1, 2) for sign in (1, -1)]
+    for view in (images, images[:, :, ::-1]) if mirror else (images,):
+        yield view
+        yield from (moved(view, axis, pixels) for axis, pixels in moves if pixels)
+
+
+def view_count(shift_pixels: int, mirror: bool) -> int:
+    return (1 + 4 * (shift_pixels > 0)) * (1 + mirror)
+
+
+def predicted_over_views(network, images: np.ndarray, shift_pixels: int, mirror: bool):
+    """The network's class probabilities for `images`, averaged over `prediction_views`."""
+    views = prediction_views(images, shift_pixels, mirror)
+    return np.mean([predicted(network, view) for view in views], axis=0)
+
+
+def predicted(network, images: np.ndarray) -> np.ndarray:
+    if len(images) <= PREDICT_BATCH:
+        # One batch: the same step `predict` runs, with the same numbers, without its
+        # per-call set-up (about 50 ms, which a server classifying a few images at a
+        # time would pay on every request).
+        return network.predict_on_batch(np.ascontiguousarray(images))
+    return network.predict(image_batches(images), verbose=0)
 
 
 @dataclass(frozen=True)
