@@ -97,7 +97,9 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "that network N epochs to the end in one process, one change to the recipe as it "
         'was at the row\'s commit. The CPU each ran on is in its row ("AVX2 kernels": '
         "`--avx2`). The middle network's first block had 24 filters, not 16, in rows measured "
-        "before f97378b. Test accuracy on 10,000 images is within about "
+        "before f97378b. Predictions average 10 views of each image (`test_shift_pixels`, "
+        "`docs/benchmark/prediction_views.md`) in rows measured since that setting came, 2 "
+        "(the image and its mirror image) before. Test accuracy on 10,000 images is within about "
         "±0.5 points (95 %) of the truth.\n\n" + markdown_table(shown) + "\n"
     )
 

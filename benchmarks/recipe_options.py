@@ -8,7 +8,7 @@ Each option trains a network (the middle one unless told) a fixed number of epoc
 deadline, no early stopping) on the default run's split, in this process, with every
 usable core: the product's network, batches and cosine decay, changing one thing; `--seed`
 draws other weights and batches on the same split. Its validation and test accuracy are
-those of the product's prediction (each image and its mirror image). Rows are appended to
+those of the product's prediction (the views of each image it averages). Rows are appended to
 `cnn_recipe.csv`, and `cnn_recipe.md` is redrawn, as `benchmarks.cnn_recipe` does. `--avx2`
 is that module's: TensorFlow's AVX2 kernels in float32 on an AVX-512 machine.
 """
@@ -168,20 +168,19 @@ def option_params(option: Option, network_name: str, epochs: int, avx2: bool) ->
     return CNNParams(**named | option.params)
 
 
-def run_option(
+def train_option(
     name: str,
     epochs: int,
     avx2: bool,
     data: ProcessedDataset,
     network_name: str = "middle",
     seed: int = DEFAULT_SEED,
-) -> dict:
-    """One row: the option trained on `data` for `epochs`, and its accuracies. The seed
-    draws the weights and the batches, not the split; one other than the run's default is
-    named in the row's change."""
+) -> tuple[KerasCNN, float]:
+    """The option's network trained on `data` for `epochs`, and the seconds its fit took.
+    The seed draws the weights and the batches, not the split."""
     option = OPTIONS[name]
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
+    (x_train, y_train), (x_val, y_val) = (
+        data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation")
     )
     params = option_params(option, network_name, epochs, avx2)
     start_tensorflow(usable_cores())
@@ -205,7 +204,24 @@ def run_option(
         callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate)],
     )  # fmt: skip
     fit_seconds = time.perf_counter() - started
-    trained = KerasCNN(params, TrainingContext(seed=seed, threads=usable_cores()), network)
+    context = TrainingContext(seed=seed, threads=usable_cores())
+    return KerasCNN(params, context, network), fit_seconds
+
+
+def run_option(
+    name: str,
+    epochs: int,
+    avx2: bool,
+    data: ProcessedDataset,
+    network_name: str = "middle",
+    seed: int = DEFAULT_SEED,
+) -> dict:
+    """One row: the option trained on `data` for `epochs`, and its accuracies. A seed other
+    than the run's default is named in the row's change."""
+    trained, fit_seconds = train_option(name, epochs, avx2, data, network_name, seed)
+    (x_val, y_val), (x_test, y_test) = (
+        data.load(*SPLIT_ARRAYS[split]) for split in ("validation", "test")
+    )
 
     def accuracy(x: np.ndarray, y: np.ndarray) -> float:
         return round(float(np.mean(trained.predict_proba(x).argmax(axis=1) == y)), 4)
