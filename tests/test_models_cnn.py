@@ -86,19 +86,35 @@ def test_an_image_moved_past_the_edge_leaves_background():
     assert up.sum() == 0  # moved out of the image, not round to the bottom row
 
 
-def test_the_prediction_is_the_mean_over_the_views():
-    class RowTen:  # "probabilities": the first ten pixels of each image's row 10
-        def predict_on_batch(self, images):
-            return images[:, 10, :10, 0]
+class RowTen:
+    """A network whose "probabilities" are the first ten pixels of each image's row 10; it
+    counts the steps it is called for."""
 
-    images = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        self.steps += 1
+        return images[:, 10, :10, 0]
+
+    def predict(self, batches, verbose: int = 0) -> np.ndarray:
+        return np.concatenate([self.predict_on_batch(x.numpy()) for x in batches])
+
+
+@pytest.mark.parametrize(("count", "steps"), [(2, 1), (30, 10), (300, 20)])
+def test_the_prediction_is_the_mean_over_the_views(keras, count, steps):
+    images = np.zeros((count, 28, 28, 1), dtype=np.float32)
     images[:, 10, 5] = 1.0
-    probabilities = predicted_over_views(RowTen(), images, shift_pixels=1, mirror=True)
+    network = RowTen()
+    probabilities = predicted_over_views(network, images, shift_pixels=1, mirror=True)
     # Of the ten views, the image itself and its copies moved left and right put the pixel
     # in columns 5, 4 and 6 of row 10; the others (moved up or down, mirrored) do not.
     expected = np.zeros(10)
     expected[[4, 5, 6]] = 0.1
-    np.testing.assert_allclose(probabilities, [expected, expected])
+    np.testing.assert_allclose(probabilities, np.tile(expected, (count, 1)))
+    # A few images' views go in one step; more, a view at a time, in batches of at most
+    # 256 images (300 images: 10 views of 2 batches each).
+    assert network.steps == steps
 
 
 def test_a_network_saved_before_shifted_views_predicts_as_it_was_evaluated(keras, tmp_path):

@@ -198,8 +198,14 @@ def view_count(shift_pixels: int, mirror: bool) -> int:
 
 
 def predicted_over_views(network, images: np.ndarray, shift_pixels: int, mirror: bool):
-    """The network's class probabilities for `images`, averaged over `prediction_views`."""
+    """The network's class probabilities for `images`, averaged over `prediction_views`.
+    The views of a few images (a server's request) go in one step: a step for each view
+    took 30 ms for one image's 10, against 2 ms (small network, AVX2 kernels, AMX Xeon)."""
     views = prediction_views(images, shift_pixels, mirror)
+    count = view_count(shift_pixels, mirror)
+    if len(images) * count <= PREDICT_BATCH:
+        stacked = predicted(network, np.concatenate(list(views)))
+        return stacked.reshape(count, len(images), -1).mean(axis=0)
     return np.mean([predicted(network, view) for view in views], axis=0)
 
 
