@@ -31,7 +31,7 @@ from tasks.core.cpus import usable_cores
 from tasks.data.preprocess import read_processed
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.base import PARAMS_FILE
-from tasks.training.models.cnn import KerasCNN
+from tasks.training.models.cnn import CNN, KerasCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 # Column name: (`test_shift_pixels`, `mirror`) of the prediction.
@@ -66,7 +66,8 @@ def trained_rows(spec: str, avx2: bool, data: ProcessedDataset) -> list[dict]:
 def run_rows(run: Path) -> list[dict]:
     """The CNN `run` saved, on the run's split, and its rows."""
     (processed,) = (run / "data" / "processed").iterdir()
-    (model_dir,) = (run / "data" / "models" / "cnn").iterdir()
+    metrics = json.loads((run / "reports" / "latest" / "metrics.json").read_text())
+    model_dir = run / metrics["models"][CNN.name]["model_dir"]
     network = KerasCNN.load(model_dir, threads=usable_cores())
     trained = len(json.loads((model_dir / PARAMS_FILE).read_text())["curve"]["validation_error"])
     name = f"run {run.name}: {network.params.conv_blocks}, {trained} epochs"
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.avx2:  # read when TensorFlow loads its kernels
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    args.output.mkdir(parents=True, exist_ok=True)
     table = args.output / "prediction_views.csv"
     measured = [lambda run=run: run_rows(run) for run in args.runs]
     if args.networks:
