@@ -97,12 +97,9 @@ class RowTen:
         self.steps += 1
         return images[:, 10, :10, 0]
 
-    def predict(self, batches, verbose: int = 0) -> np.ndarray:
-        return np.concatenate([self.predict_on_batch(x.numpy()) for x in batches])
-
 
 @pytest.mark.parametrize(("count", "steps"), [(2, 1), (30, 10), (300, 20)])
-def test_the_prediction_is_the_mean_over_the_views(keras, count, steps):
+def test_the_prediction_is_the_mean_over_the_views(count, steps):
     images = np.zeros((count, 28, 28, 1), dtype=np.float32)
     images[:, 10, 5] = 1.0
     network = RowTen()
