@@ -94,6 +94,9 @@ def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
     assert larger == CNNParams(conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256)
     before = option_params(OPTIONS["dropout 0.4, shifts of up to 2 pixels"], "small", 10, False)
     assert (before.dropout, before.shift_pixels) == (0.4, 2) != (plain.dropout, plain.shift_pixels)
+    for name, dropout in (("dropout 0.1", 0.1), ("no dropout", 0.0)):
+        lighter = option_params(OPTIONS[name], "small", 10, avx2=True)
+        assert lighter == plain.model_copy(update={"dropout": dropout}) != plain
     earlier = option_params(OPTIONS["blocks (24),(48,48),(96)"], "middle", 10, avx2=False)
     assert earlier.conv_blocks == ((24,), (48, 48), (96,))
     middle = option_params(OPTIONS["as it is"], "middle", 10, avx2=False)
