@@ -20,7 +20,7 @@ from tasks.run.config import build_config
 from tasks.training.cores import CoreHandover
 from tasks.training.models import measuring, svm
 from tasks.training.models.base import ProbeData, TrainingContext
-from tasks.training.models.cnn import SMALL_BLOCKS
+from tasks.training.models.cnn import SMALL_BLOCKS, CNNParams, cnn_variants
 from tasks.training.models.registry import model_spec
 from tasks.training.models.sklearn_models import LogisticRegressionParams
 from tasks.training.models.svm import SVMParams
@@ -127,6 +127,16 @@ def test_under_a_budget_the_network_may_train_past_its_default_epochs_but_never_
     assert failures == []
     found = {variant.label.split()[0]: variant.max_steps for variant in measured["cnn"]}
     assert found == most
+
+
+def test_the_small_network_trains_without_dropout_unless_dropout_was_set():
+    def small(pinned=frozenset(), **params) -> dict:
+        return cnn_variants(CNNParams(**params), frozenset(pinned))[-1].params
+
+    assert small() == {"conv_blocks": SMALL_BLOCKS, "dropout": 0.0}
+    assert small({"dropout"}, dropout=0.3) == {"conv_blocks": SMALL_BLOCKS}
+    wide, middle, _ = cnn_variants(CNNParams(), frozenset())
+    assert "dropout" not in wide.params | middle.params
 
 
 def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_may_take():
@@ -249,6 +259,7 @@ def test_a_run_reports_its_plan_and_a_rerun_reuses_it_and_its_models(
     planned = {model["model"]: model for model in plan["models"]}
     assert planned["cnn"]["lane"] == 0
     assert planned["cnn"]["params"]["conv_blocks"] == [list(block) for block in SMALL_BLOCKS]
+    assert planned["cnn"]["params"]["dropout"] == 0.0
     assert planned["cnn"]["steps"] == 2  # the quick profile's cap
     # The CNN was timed on its lane's core and on both, for after the others are done.
     assert re.search(r"measured cnn \(small .*, [0-9.]+ s with every core", first.stderr)
