@@ -20,7 +20,7 @@ from tasks.run.config import build_config
 from tasks.training.cores import CoreHandover
 from tasks.training.models import measuring, svm
 from tasks.training.models.base import ProbeData, TrainingContext
-from tasks.training.models.cnn import SMALL_BLOCKS, CNNParams, cnn_variants
+from tasks.training.models.cnn import MIDDLE_BLOCKS, SMALL_BLOCKS, CNNParams, cnn_variants
 from tasks.training.models.registry import model_spec
 from tasks.training.models.sklearn_models import LogisticRegressionParams
 from tasks.training.models.svm import SVMParams
@@ -129,14 +129,20 @@ def test_under_a_budget_the_network_may_train_past_its_default_epochs_but_never_
     assert found == most
 
 
-def test_the_small_network_trains_without_dropout_unless_dropout_was_set():
-    def small(pinned=frozenset(), **params) -> dict:
-        return cnn_variants(CNNParams(**params), frozenset(pinned))[-1].params
+def test_the_middle_and_small_networks_train_without_dropout_unless_dropout_was_set():
+    def planned(pinned=frozenset(), **params) -> list[dict]:
+        return [v.params for v in cnn_variants(CNNParams(**params), frozenset(pinned))]
 
-    assert small() == {"conv_blocks": SMALL_BLOCKS, "dropout": 0.0}
-    assert small({"dropout"}, dropout=0.3) == {"conv_blocks": SMALL_BLOCKS}
-    wide, middle, _ = cnn_variants(CNNParams(), frozenset())
-    assert "dropout" not in wide.params | middle.params
+    assert planned() == [
+        {},
+        {"conv_blocks": MIDDLE_BLOCKS, "dropout": 0.0},
+        {"conv_blocks": SMALL_BLOCKS, "dropout": 0.0},
+    ]
+    assert planned({"dropout"}, dropout=0.3) == [
+        {},
+        {"conv_blocks": MIDDLE_BLOCKS},
+        {"conv_blocks": SMALL_BLOCKS},
+    ]
 
 
 def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_may_take():
