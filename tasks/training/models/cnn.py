@@ -75,9 +75,11 @@ class CNNParams(HyperParameters):
         description="Filters of each block's 3x3 convolutions; each block ends in 2x2 pooling.",
     )
     dense_units: PositiveInt = 256
-    # Dropout 0.2 and shifts of 1 pixel, against 0.4 and 2 (AVX2 kernels, cnn_recipe.md):
-    # small, 10 epochs, 0.9297 test accuracy against 0.9174; wide, 12 epochs, 0.9413, 0.9377.
-    dropout: float = Field(0.2, ge=0, lt=1)
+    # 0.2 and 1-pixel shifts beat 0.4 and 2: wide, 12 epochs, 0.9413 against 0.9377 test.
+    dropout: float = Field(
+        0.2, ge=0, lt=1, description="Dropout after the dense layer, half of it after the "
+        "convolutions. Under a budget the middle and small networks get none unless set."
+    )  # fmt: skip
     early_stopping_patience: PositiveInt = Field(
         4, description="Epochs without a better validation accuracy, in the last third of the "
         "planned ones, that end a fit; not under a time budget, whose planned epochs all fit."
@@ -307,10 +309,9 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
 
 
 def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[VariantSpec]:
-    """The wide network where it gets 10 epochs, else the middle one where it gets 15,
-    else the small one: on AVX2 CPUs a narrower network reaches more in the same minutes
-    (there the middle one's 12 epochs equalled the small one's 18, its 18 beat 29). Those two
-    train without dropout unless set: +0.1 to 0.6 test points in 9 to 24 epochs (cnn_recipe.md)."""
+    """The wide network where it gets 10 epochs, else the middle one (15), else the small one,
+    these two without dropout unless set (+0.1 to 0.6 test points in 9 to 24 epochs): on AVX2
+    CPUs a narrower network reaches more in the same minutes (cnn_recipe.md)."""
     if "conv_blocks" in pinned or p.conv_blocks != WIDE_BLOCKS:
         return [VariantSpec(f"blocks {p.conv_blocks}", min_steps=3, most_steps=BUDGET_EPOCHS)]
     lighter = {} if "dropout" in pinned else {"dropout": 0.0}
