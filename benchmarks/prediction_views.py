@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
-from benchmarks.recipe_options import default_split, train_option
+from benchmarks.recipe_options import Trial, default_split, train_option
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
 from tasks.data.preprocess import read_processed
@@ -58,7 +58,7 @@ def view_accuracies(network: KerasCNN, data: ProcessedDataset) -> list[dict]:
 def trained_rows(spec: str, avx2: bool, data: ProcessedDataset) -> list[dict]:
     """`spec` ("wide:20:2") trained on `data`, and its rows."""
     network_name, epochs, seed = spec.split(":")
-    network, _ = train_option("as it is", int(epochs), avx2, data, network_name, int(seed))
+    network, _ = train_option(Trial("as it is", int(epochs), avx2, network_name, int(seed)), data)
     name = f"{network_name}, {epochs} epochs, seed {seed}"
     return [{"network": name} | row for row in view_accuracies(network, data)]
 

@@ -172,21 +172,31 @@ def option_params(option: Option, network_name: str, epochs: int, avx2: bool) ->
     return CNNParams(**named | option.params)
 
 
-def train_option(
-    name: str,
-    epochs: int,
-    avx2: bool,
-    data: ProcessedDataset,
-    network_name: str = "middle",
-    seed: int = DEFAULT_SEED,
-) -> tuple[KerasCNN, float]:
-    """The option's network trained on `data` for `epochs`, and the seconds its fit took.
-    The seed draws the weights and the batches, not the split."""
-    option = OPTIONS[name]
+@dataclass(frozen=True)
+class Trial:
+    """One row's training: `option` on the named network for `epochs`, with TensorFlow's
+    AVX2 kernels in float32 or not; the seed draws the weights and the batches, not the
+    split."""
+
+    option: str
+    epochs: int
+    avx2: bool = False
+    network: str = "middle"
+    seed: int = DEFAULT_SEED
+
+    def change(self) -> str:
+        """The row's name; a seed other than the run's default is named in it."""
+        seed = f", seed {self.seed}" if self.seed != DEFAULT_SEED else ""
+        return f"{self.network}, {self.epochs} epochs, {self.option}{seed}"
+
+
+def train_option(trial: Trial, data: ProcessedDataset) -> tuple[KerasCNN, float]:
+    """The trial's network trained on `data`, and the seconds its fit took."""
+    option, epochs, seed = OPTIONS[trial.option], trial.epochs, trial.seed
     (x_train, y_train), (x_val, y_val) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation")
     )
-    params = option_params(option, network_name, epochs, avx2)
+    params = option_params(option, trial.network, epochs, trial.avx2)
     start_tensorflow(usable_cores())
     import keras
 
@@ -212,17 +222,9 @@ def train_option(
     return KerasCNN(params, context, network), fit_seconds
 
 
-def run_option(
-    name: str,
-    epochs: int,
-    avx2: bool,
-    data: ProcessedDataset,
-    network_name: str = "middle",
-    seed: int = DEFAULT_SEED,
-) -> dict:
-    """One row: the option trained on `data` for `epochs`, and its accuracies. A seed other
-    than the run's default is named in the row's change."""
-    trained, fit_seconds = train_option(name, epochs, avx2, data, network_name, seed)
+def run_option(trial: Trial, data: ProcessedDataset) -> dict:
+    """One row: the trial's network trained on `data`, and its accuracies."""
+    trained, fit_seconds = train_option(trial, data)
     (x_val, y_val), (x_test, y_test) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("validation", "test")
     )
@@ -231,14 +233,13 @@ def run_option(
         return round(float(np.mean(trained.predict_proba(x).argmax(axis=1) == y)), 4)
 
     return {
-        "change": f"{network_name}, {epochs} epochs, {name}"
-        + (f", seed {seed}" if seed != DEFAULT_SEED else ""),
-        "epochs": epochs,
+        "change": trial.change(),
+        "epochs": trial.epochs,
         "fit_seconds": round(fit_seconds, 1),
-        "seconds_per_epoch": round(fit_seconds / epochs, 1),
+        "seconds_per_epoch": round(fit_seconds / trial.epochs, 1),
         "validation_accuracy": accuracy(x_val, y_val),
         "test_accuracy": accuracy(x_test, y_test),
-        "cpu": cpu_name() + (", AVX2 kernels" if avx2 else ""),
+        "cpu": cpu_name() + (", AVX2 kernels" if trial.avx2 else ""),
         "commit": code_commit(ROOT),
     }
 
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     table = args.output / "cnn_recipe.csv"
     data = default_split(args.cache_dir)
     for name in args.options:
-        row = run_option(name, args.epochs, args.avx2, data, args.network, args.seed)
+        trial = Trial(name, args.epochs, args.avx2, args.network, args.seed)
+        row = run_option(trial, data)
         print(json.dumps(row), flush=True)
         rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
         rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)

@@ -10,6 +10,7 @@ import pytest
 from benchmarks.recipe_options import (
     DEFAULT_SEED,
     OPTIONS,
+    Trial,
     erase_squares,
     learning_rate,
     option_batches,
@@ -48,7 +49,7 @@ def test_half_the_images_lose_a_square_of_background_and_the_input_is_untouched(
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_each_option_trains_the_middle_network_and_scores_it(name, processed):
-    row = run_option(name, epochs=1, avx2=False, data=processed)
+    row = run_option(Trial(name, epochs=1), processed)
     assert row["change"] == f"middle, 1 epochs, {name}"
     assert row["epochs"] == 1
     assert row["fit_seconds"] > 0
@@ -57,8 +58,8 @@ def test_each_option_trains_the_middle_network_and_scores_it(name, processed):
 
 
 def test_a_seed_other_than_the_run_s_default_is_named_in_the_row(processed):
-    default = run_option("as it is", epochs=1, avx2=False, data=processed, seed=DEFAULT_SEED)
-    other = run_option("as it is", epochs=1, avx2=False, data=processed, seed=7)
+    default = run_option(Trial("as it is", epochs=1, seed=DEFAULT_SEED), processed)
+    other = run_option(Trial("as it is", epochs=1, seed=7), processed)
     assert default["change"] == "middle, 1 epochs, as it is"
     assert other["change"] == "middle, 1 epochs, as it is, seed 7"
 
