@@ -164,14 +164,6 @@ def option_batches(
     return with_erased_squares(batches, option.erase_side, seed) if option.erase_side else batches
 
 
-def option_params(option: Option, network_name: str, epochs: int, avx2: bool) -> CNNParams:
-    """The product's parameters for the named network, with the option's changes (its
-    blocks too, where it names them)."""
-    precision = "float32" if avx2 else "auto"
-    named = {"conv_blocks": NETWORKS[network_name], "epochs": epochs, "precision": precision}
-    return CNNParams(**named | option.params)
-
-
 @dataclass(frozen=True)
 class Trial:
     """One row's training: `option` on the named network for `epochs`, with TensorFlow's
@@ -189,6 +181,13 @@ class Trial:
         seed = f", seed {self.seed}" if self.seed != DEFAULT_SEED else ""
         return f"{self.network}, {self.epochs} epochs, {self.option}{seed}"
 
+    def params(self) -> CNNParams:
+        """The product's parameters for the trial's network, with its option's changes (its
+        blocks too, where the option names them)."""
+        precision = "float32" if self.avx2 else "auto"
+        named = {"conv_blocks": NETWORKS[self.network], "epochs": self.epochs}
+        return CNNParams(**named | {"precision": precision} | OPTIONS[self.option].params)
+
 
 def train_option(trial: Trial, data: ProcessedDataset) -> tuple[KerasCNN, float]:
     """The trial's network trained on `data`, and the seconds its fit took."""
@@ -196,7 +195,7 @@ def train_option(trial: Trial, data: ProcessedDataset) -> tuple[KerasCNN, float]
     (x_train, y_train), (x_val, y_val) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation")
     )
-    params = option_params(option, trial.network, epochs, trial.avx2)
+    params = trial.params()
     start_tensorflow(usable_cores())
     import keras
 

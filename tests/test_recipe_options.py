@@ -15,7 +15,6 @@ from benchmarks.recipe_options import (
     learning_rate,
     option_batches,
     option_network,
-    option_params,
     run_option,
 )
 from tasks.core.contracts import SPLIT_ARRAYS
@@ -89,17 +88,17 @@ def test_each_option_changes_the_optimizer_or_the_images_it_names(processed):
 def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
     from tasks.training.models.cnn import SMALL_BLOCKS, WIDE_BLOCKS, CNNParams
 
-    plain = option_params(OPTIONS["as it is"], "small", 10, avx2=True)
+    plain = Trial("as it is", 10, avx2=True, network="small").params()
     assert plain == CNNParams(conv_blocks=SMALL_BLOCKS, epochs=10, precision="float32")
-    larger = option_params(OPTIONS["batches of 256, rate 3e-3"], "wide", 10, avx2=False)
+    larger = Trial("batches of 256, rate 3e-3", 10, network="wide").params()
     assert larger == CNNParams(conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256)
-    before = option_params(OPTIONS["dropout 0.4, shifts of up to 2 pixels"], "small", 10, False)
+    before = Trial("dropout 0.4, shifts of up to 2 pixels", 10, network="small").params()
     assert (before.dropout, before.shift_pixels) == (0.4, 2) != (plain.dropout, plain.shift_pixels)
     for name, dropout in (("dropout 0.1", 0.1), ("no dropout", 0.0)):
-        lighter = option_params(OPTIONS[name], "small", 10, avx2=True)
+        lighter = Trial(name, 10, avx2=True, network="small").params()
         assert lighter == plain.model_copy(update={"dropout": dropout}) != plain
-    earlier = option_params(OPTIONS["blocks (24),(48,48),(96)"], "middle", 10, avx2=False)
+    earlier = Trial("blocks (24),(48,48),(96)", 10).params()
     assert earlier.conv_blocks == ((24,), (48, 48), (96,))
-    middle = option_params(OPTIONS["as it is"], "middle", 10, avx2=False)
+    middle = Trial("as it is", 10).params()
     assert earlier == middle.model_copy(update={"conv_blocks": earlier.conv_blocks})
     assert earlier.conv_blocks != middle.conv_blocks
