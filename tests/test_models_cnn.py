@@ -543,3 +543,8 @@ def test_the_epoch_with_every_core_is_scaled_by_the_fastest_steps_timed_there(ke
 
     cost = cnn.measure_cnn(*tiny_measurement(), TrainingContext(0, 1, handover=Timed()))
     assert cost.per_step - cost.per_step_alone == pytest.approx(13 * 1.5e-4 / 2)
+    # Predicting 10 views of the 50 validation and 50 scored images comes after the last
+    # epoch; an epoch predicts the validation images' one view.
+    validation_per_image = (cost.per_step - 13 * 1.5e-4) / 50
+    assert cost.closing == pytest.approx(10 * 100 * validation_per_image)
+    assert 0 < cost.closing < cost.fixed

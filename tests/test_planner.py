@@ -182,6 +182,22 @@ def test_the_cnn_counts_on_every_core_once_the_others_are_done():
     assert Plan.from_dict(json.loads(json.dumps(result.as_dict()))) == result  # as kept
 
 
+def test_the_cnn_s_predictions_are_kept_out_of_its_training_at_the_speed_it_then_has():
+    """Of its 20 fixed seconds, 12 are predictions after its last epoch: on a lane of its
+    own with every core at the end, twice as fast (139 s an epoch against 70)."""
+    variants = cnn(139, 45)
+    variants[0] = Variant("cnn", "wide", {}, Cost(20, 139, 69.5, closing=12), "epochs", 10, 24)
+    variants[1] = replace(variants[1], cost=Cost(15, 45, closing=12))
+    models = by_model(plan({"cnn": variants} | others(1.0), budget_minutes=30))
+    assert models["cnn"].closing_seconds == pytest.approx(6.0)
+    assert "training ends 6 s before the deadline, for its predictions" in models["cnn"].notes
+    shared = by_model(plan({"cnn": variants} | others(1.0), budget_minutes=30, lanes=1))
+    assert (shared["cnn"].variant, shared["cnn"].handover) == ("small", None)
+    assert shared["cnn"].closing_seconds == pytest.approx(12.0)  # one core all along
+    assert models["xgboost"].closing_seconds == 0.0  # measured none
+    assert not any("before the deadline" in note for note in models["xgboost"].notes)
+
+
 def test_steps_sharing_the_cores_then_alone():
     cost = Cost(10, 40, 20)
     assert cost.steps_within(410, 30, shared_seconds=1000) == 10  # never alone

@@ -72,6 +72,9 @@ class ModelPlan:
     # For the model that gets every core once the others are done: when, in seconds after
     # planning, and how much faster its steps then are.
     handover: CoreHandover | None = None
+    # What comes after its last step (its predictions), at the speed it will have then:
+    # trained up to the deadline, it stops that much before it.
+    closing_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -328,14 +331,15 @@ def _model_plan(
                 "it stops at the deadline"
             )
     most = variant.max_steps if variant.iterative else None
-    cost = variant.cost
-    if alone_after is None or not cost.per_step_alone:
-        return ModelPlan(
-            variant.model, variant.label, params, steps, cost.seconds(steps), lane,
-            tuple(notes), most,
-        )  # fmt: skip
-    notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
+    cost, handover = variant.cost, None
+    if alone_after is not None and cost.per_step_alone:
+        notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
+        handover = CoreHandover(after=alone_after, speedup=cost.speedup)
+    closing = cost.closing / cost.speedup if handover else cost.closing
+    if variant.iterative and closing >= 1:
+        notes.append(f"training ends {closing:.0f} s before the deadline, for its predictions")
+    seconds = cost.seconds(steps, alone_after if handover else None)
     return ModelPlan(
-        variant.model, variant.label, params, steps, cost.seconds(steps, alone_after), lane,
-        tuple(notes), most, CoreHandover(after=alone_after, speedup=cost.speedup),
+        variant.model, variant.label, params, steps, seconds, lane, tuple(notes), most,
+        handover, closing,
     )  # fmt: skip

@@ -254,11 +254,15 @@ class Cost:
         per_step: one epoch or boosting round; 0 for a model fitted in one go.
         per_step_alone: one step with every core, for the model that gets them once the
             others are done (the CNN); None where not measured.
+        closing: of `fixed`, what comes after the last step (the CNN's predictions of the
+            held-out and test sets): a model that trains up to a deadline stops that much
+            before it.
     """
 
     fixed: float
     per_step: float = 0.0
     per_step_alone: float | None = None
+    closing: float = 0.0
 
     @property
     def speedup(self) -> float:

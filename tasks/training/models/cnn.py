@@ -262,17 +262,17 @@ PROBE_STEPS = 6
 
 
 def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cost:
-    """A short fit on real, augmented batches and a prediction, timed here as the model
-    trains (Keras' fit loop costs as much again as the bare steps on 2 cores): an epoch is
-    the steps of all the training images and a pass over the validation images; the rest is
-    TensorFlow's start, the first step's tracing, and predicting both views of the held-out
-    and test images. With `handover`, the speed-up on every core is the fastest step there
-    over the fastest on the lane's, timed once the others are measured: a busy moment stalls
-    all of a step's threads (one run timed the wide network 83 s an epoch, others 48 to 56).
-    The lane's steps timed then count where faster than beside the others' measuring: in
-    threads of one process, the steps wait for the GIL there, as beside their fits they do
-    not (on an AMX Xeon the small network measured 38 s an epoch there, and trained 9 to 11).
-    With the others idle then, that is a best case: the re-planning corrects the epochs by
+    """A short fit on real, augmented batches and a prediction, timed here as the model trains
+    (Keras' fit loop costs as much again as the bare steps on 2 cores): an epoch is the steps of
+    all the training images and a pass over the validation images; the rest is TensorFlow's
+    start, the first step's tracing, and predicting each view of the held-out and test images,
+    after the last epoch (`Cost.closing`). With `handover`, the speed-up on every core is the
+    fastest step there over the fastest on the lane's, timed once the others are measured: a
+    busy moment stalls all of a step's threads (one run timed the wide network 83 s an epoch,
+    others 48 to 56). The lane's steps timed then count where faster than beside the others'
+    measuring: in threads of one process, the steps wait for the GIL there, as beside their fits
+    they do not (on an AMX Xeon the small network measured 38 s an epoch there, and trained 9 to
+    11). With the others idle then, that is a best case: the re-planning corrects the epochs by
     their own times, though not the network chosen."""
     started = time.perf_counter()
     start_tensorflow(context.threads)
@@ -305,7 +305,7 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     epoch = batches_per_epoch * step + validation * per_image
     epoch_alone = step_alone and batches_per_epoch * step_alone + validation * per_image
     predictions = views * (validation + probe.scored_images) * per_image
-    return Cost(fixed=imported + first + predictions, per_step=epoch, per_step_alone=epoch_alone)
+    return Cost(imported + first + predictions, epoch, epoch_alone, closing=predictions)
 
 
 def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[VariantSpec]:
