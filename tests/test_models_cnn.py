@@ -5,6 +5,7 @@ import json
 import math
 import types
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -548,3 +549,25 @@ def test_the_epoch_with_every_core_is_scaled_by_the_fastest_steps_timed_there(ke
     validation_per_image = (cost.per_step - 13 * 1.5e-4) / 50
     assert cost.closing == pytest.approx(10 * 100 * validation_per_image)
     assert 0 < cost.closing < cost.fixed
+
+
+def test_a_training_split_of_two_batches_is_measured_on_its_last_step(keras):
+    """Too few images for steps after the first two (which set up and warm up): the last
+    step's seconds stand for an epoch's, on the lane and with every core."""
+    from tasks.training.models import cnn
+
+    params, probe = tiny_measurement()
+    two_batches = replace(probe, x_train=probe.x_train[:32], y_train=probe.y_train[:32])
+
+    class Timed:
+        bound = True
+
+        def on_lane_then_every_core(self, timed, check_stop):
+            self.on_lane, self.every_core = timed(), timed()
+            return self.on_lane, self.every_core
+
+    timed = Timed()
+    cost = cnn.measure_cnn(params, two_batches, TrainingContext(0, 1, handover=timed))
+    assert len(timed.on_lane) == len(timed.every_core) == 1
+    assert cost.per_step > 0
+    assert cost.per_step_alone > 0

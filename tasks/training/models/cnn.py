@@ -38,6 +38,7 @@ from tasks.training.models.keras_training import (
     one_hot,
     predicted,
     predicted_over_views,
+    steady_steps,
     view_count,
 )
 from tasks.training.models.tensorflow_runtime import (
@@ -219,12 +220,8 @@ class KerasCNN:
             ],
             verbose=0,
         )
-        accuracy = history.history
-        return LearningCurve(
-            "epoch",
-            [1 - float(a) for a in accuracy["accuracy"]],
-            [1 - float(a) for a in accuracy["val_accuracy"]],
-        )
+        curves = (history.history[key] for key in ("accuracy", "val_accuracy"))
+        return LearningCurve("epoch", *([1 - float(a) for a in curve] for curve in curves))
 
     def _after_batch(self) -> None:
         self.context.check_stop()
@@ -284,11 +281,11 @@ def measure_cnn(p: CNNParams, probe: ProbeData, context: TrainingContext) -> Cos
     batches = augmented_batches(x, y, p, context.seed, context.classes)
     network = compiled_network(p, context.seed, context.classes)
     first_fit = fit_step_seconds(network, batches, context.check_stop)
-    first, steps = first_fit[0], first_fit[2:]
-    step = float(np.median(steps)) if len(steps) else first
+    first, step = first_fit[0], float(np.median(steady_steps(first_fit)))
     step_alone = None
     if timed := context.handover.on_lane_then_every_core(
-        lambda: fit_step_seconds(network, batches, context.check_stop)[2:], context.check_stop
+        lambda: steady_steps(fit_step_seconds(network, batches, context.check_stop)),
+        context.check_stop,
     ):
         on_lane, every_core = timed
         step = min(step, float(np.median(on_lane)))

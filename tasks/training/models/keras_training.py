@@ -156,6 +156,12 @@ def fit_step_seconds(network: Any, batches: Any, check_stop: Callable[[], None])
     return np.diff(ends)
 
 
+def steady_steps(seconds: np.ndarray) -> np.ndarray:
+    """A fit's steps after its first two (set-up and warm-up), or its last where it had no
+    more (a training split of two batches or fewer)."""
+    return seconds[2:] if len(seconds) > 2 else seconds[-1:]
+
+
 def image_batches(images: np.ndarray, labels: np.ndarray | None = None):
     """`images` (with their one-hot `labels`) in order, in batches of PREDICT_BATCH, for
     validation."""
