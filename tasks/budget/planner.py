@@ -89,9 +89,6 @@ class Plan:
     models: tuple[ModelPlan, ...]
     dropped: dict[str, str] = field(default_factory=dict)
 
-    def lane_seconds(self) -> list[float]:
-        return lane_seconds(self.models, self.lanes)
-
     def as_dict(self) -> dict:
         return asdict(self)
 
