@@ -131,6 +131,24 @@ def test_one_lane_runs_everything_in_turn():
     assert sum(lane_seconds(result.models, result.lanes)) <= result.window_seconds
 
 
+def test_models_listed_shortest_first_train_longest_first_as_the_plan_placed_them():
+    """The training pool starts the plan's models in its order, each on the lane that frees
+    up first: on 3 lanes (the CNN's and 2 shared), the others come longest first, so that
+    the pool puts each on the lane the plan gave it."""
+    listed = dict(reversed(others().items()))  # logistic regression first, XGBoost last
+    result = plan({"cnn": cnn(139, 45)} | listed, budget_minutes=15, lanes=3)
+    shared = result.models[1:]
+    assert shared[0].model == "xgboost"
+    seconds = [model.estimated_seconds for model in shared]
+    assert seconds == sorted(seconds, reverse=True)
+    free_at, pool_lanes = [0.0, 0.0], []
+    for model in shared:  # the pool's queue
+        lane = free_at.index(min(free_at))
+        pool_lanes.append(1 + lane)
+        free_at[lane] += model.estimated_seconds
+    assert pool_lanes == [model.lane for model in shared]
+
+
 def test_a_plan_reads_back_as_it_was_written_and_describes_itself():
     result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=4)
     assert Plan.from_dict(result.as_dict()) == result

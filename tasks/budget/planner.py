@@ -273,10 +273,13 @@ def _fill_lanes(
         droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
         if (_fits(chosen, steps, window, lanes) and not too_few) or not droppable:
             placed, _ = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
-            return [
+            plans = [
                 _model_plan(chosen[name], steps[name], window, lane=first_lane + lane)
                 for name, lane in zip(chosen, placed, strict=True)
-            ], dropped
+            ]
+            # Longest first: the training pool starts them in this order, each on the lane
+            # that frees up first, as `lanes_of` placed them.
+            return sorted(plans, key=lambda plan: -plan.estimated_seconds), dropped
         # A cheaper variant of a model first (the SVM on fewer components), then leave
         # models out in `drop_order` until the lanes fit with every model's fewest steps.
         cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
