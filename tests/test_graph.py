@@ -87,7 +87,14 @@ def test_the_graph_runs_every_stage_in_order_on_a_plain_runner(tmp_path, real_da
         # Each evaluation waits for the training whose result it evaluates.
         (training,) = wait_for
         assert training.result() == parameters["trained"]
-    assert [parameters["name"] for _, parameters, _ in trainings] == config.models
+    # In the plan's order, longest first: as it placed them on the lanes.
+    plan = json.loads((report_dir / "metrics.json").read_text())["plan"]
+    assert [parameters["name"] for _, parameters, _ in trainings] == [
+        model["model"] for model in plan["models"]
+    ]
+    assert sorted(model["model"] for model in plan["models"]) == sorted(config.models)
+    estimates = [model["estimated_seconds"] for model in plan["models"]]
+    assert estimates == sorted(estimates, reverse=True)
     board = pd.read_csv(report_dir / "leaderboard.csv")
     assert sorted(board.model) == ["ensemble", "logistic_regression", "random_forest"]
     assert (board.test_accuracy > 0.6).all()
