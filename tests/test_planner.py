@@ -203,7 +203,7 @@ def test_the_cnn_counts_on_every_core_once_the_others_are_done():
 
 def test_the_cnn_s_predictions_are_kept_out_of_its_training_at_the_speed_it_then_has():
     """Of its 20 fixed seconds, 12 are predictions after its last epoch: on a lane of its
-    own with every core at the end, twice as fast (139 s an epoch against 70)."""
+    own with every core at the end, twice as fast (139 s an epoch against 69.5)."""
     variants = cnn(139, 45)
     variants[0] = Variant("cnn", "wide", {}, Cost(20, 139, 69.5, closing=12), "epochs", 10, 24)
     variants[1] = replace(variants[1], cost=Cost(15, 45, closing=12))
