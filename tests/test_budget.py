@@ -57,13 +57,16 @@ def test_training_takes_the_deadline_and_the_handover_bound_to_the_cores(tmp_pat
     plan = Plan(
         900, 30, 25, 760, 2,
         (ModelPlan("cnn", "small", {"epochs": 16}, 16, 740, 0, (), 18, handover, 14.0),
+         ModelPlan("xgboost", "hist", {"n_estimators": 140}, 140, 400, 1, (), 500),
          ModelPlan("svm_rbf", "64 components", {}, None, 290, 1)),
     )  # fmt: skip
     share = CoreHandover(lane_cores=(0,), all_cores=(0, 1), directory=tmp_path)
     limits = training_limits(plan, started_at=1000, share=share)
     bound = limits["cnn"].pop("handover")
-    assert limits == {  # the CNN's last epoch leaves 14 s for its predictions
+    assert limits == {
+        # The CNN's last epoch leaves 14 s for its predictions; XGBoost the SVM's 290 s.
         "cnn": {"deadline": 1000 + 900 - 25 - 14, "most_steps": 18},
+        "xgboost": {"deadline": 1000 + 900 - 25 - 290, "most_steps": 500},
         "svm_rbf": {"deadline": 1000 + 900 - 25, "most_steps": None},
     }
     assert bound.expected_at == 1000 + 30 + 300  # planned 30 s in, the others done 300 s on

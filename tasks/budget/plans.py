@@ -120,16 +120,19 @@ def training_limits(
     plan: Plan, started_at: float, share: CoreHandover | None = None
 ) -> dict[str, dict]:
     """What each model's training takes from the plan, as `train_task` parameters: the
-    deadline (`time.time()`), which leaves time for what the model does after its last step
-    (its predictions) before the report's reserve, the most steps it may extend to, and for
-    the model that gets every core once the others are done, the plan's handover bound to
-    `share`'s cores."""
+    deadline (`time.time()`), which leaves the time of the models planned after it on its
+    lane and of what it does after its last step (its predictions) before the report's
+    reserve, the most steps it may extend to, and for the model that gets every core once
+    the others are done, the plan's handover bound to `share`'s cores."""
     deadline = started_at + plan.budget_seconds - plan.reserve_seconds
     planned_at = started_at + plan.elapsed_seconds
     limits = {}
-    for model in plan.models:
+    for index, model in enumerate(plan.models):
+        # The pool starts the plan's models in its order: those after it on its lane wait.
+        later = plan.models[index + 1 :]
+        waiting = sum(other.estimated_seconds for other in later if other.lane == model.lane)
         limits[model.model] = {
-            "deadline": deadline - model.closing_seconds,
+            "deadline": deadline - waiting - model.closing_seconds,
             "most_steps": model.max_steps,
         }
         if model.handover:
