@@ -286,3 +286,43 @@ def test_a_higher_most_on_a_lane_of_its_own_leaves_a_shared_lane_as_it_was():
     assert one_core["xgboost"].steps > 100
     two_cores = by_model(plan({"cnn": roomy} | others(), budget_minutes=60, lanes=2))
     assert two_cores["cnn"].steps > 30
+
+
+def test_a_user_set_model_past_the_window_fills_one_lane_and_leaves_the_others_theirs():
+    """2,000 rounds set by the user (8,010 s) stop at the deadline: on five lanes they hold
+    one of the four shared ones, and the other models keep theirs; on two lanes they take
+    the only shared one, so the models beside them are left out."""
+    pinned = Variant("xgboost", "hist", {}, Cost(10, 4), "n_estimators", 20, 2000, True)
+    variants = {"cnn": cnn(44, 12)} | others() | {"xgboost": [pinned]}
+    result = plan(variants, budget_minutes=15, lanes=5)
+    assert result.dropped == {}
+    assert sorted(model.lane for model in result.models) == [0, 1, 2, 3, 4]
+    assert by_model(result)["xgboost"].steps == 2000
+    two_lanes = plan(variants, budget_minutes=15, lanes=2)
+    assert [model.model for model in two_lanes.models] == ["cnn", "xgboost"]
+    assert set(two_lanes.dropped) == {"svm_rbf", "random_forest", "logistic_regression"}
+
+
+def test_models_left_out_for_a_cnn_that_still_does_not_fit_are_kept():
+    """Beside 20 rounds the user set (90 s) the CNN gets 2 epochs of its 3 even with
+    logistic regression left out, so leaving it out gains nothing: it is kept, and only
+    the CNN is left out."""
+    small = Variant("cnn", "small", {}, Cost(20.1, 41.5, 23.1), "epochs", 3, 18)
+    variants = {"cnn": [small]} | {
+        "xgboost": [Variant("xgboost", "hist", {}, Cost(10, 4), "n_estimators", 20, 20, True)],
+        "logistic_regression": [Variant("logistic_regression", "lr", {}, Cost(10))],
+    }
+    result = plan(variants, budget_minutes=3, elapsed=36.0, reserve=27.0)
+    assert [model.model for model in result.models] == ["xgboost", "logistic_regression"]
+    assert set(result.dropped) == {"cnn"}
+
+
+def test_epochs_the_user_set_go_to_the_network_that_can_train_them():
+    """18 epochs set by the user: where the wide network would get 5 of its fewest 10, the
+    small one trains them; where it gets 16, the wide one does."""
+    pinned = [replace(variant, steps_pinned=True, max_steps=18) for variant in cnn(139, 45)]
+    slow = by_model(plan({"cnn": pinned} | others(), budget_minutes=15))["cnn"]
+    assert (slow.variant, slow.steps) == ("small", 18)
+    assert "set explicitly" in slow.notes[-1]  # 825 s, past the 760 s window
+    fast = [replace(variant, steps_pinned=True, max_steps=18) for variant in cnn(44, 12)]
+    assert (by_model(plan({"cnn": fast} | others(), 15))["cnn"].variant) == "wide"

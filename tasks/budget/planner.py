@@ -190,26 +190,28 @@ def _give_way(
 ) -> tuple[list[ModelPlan], dict[str, str]]:
     """The others' `plans` and what they leave out (`dropped`), with models left out in
     `drop_order` while the dedicated model (`own`, the most accurate) does not fit beside
-    them but would with every core to itself sooner. `fill` plans the models kept."""
+    them but would with every core to itself sooner; none left out where it would not fit
+    even then. `fill` plans the models kept."""
     if _best_variant(own, window, 0.0) is None:  # not even alone: nothing to gain
         return plans, dropped
     kept_options, given_way = dict(others), {}
-    while _best_variant(own, window, _lanes_done(plans)) is None:
-        kept = {plan.model for plan in plans}
+    trial, trial_dropped = plans, dropped
+    while _best_variant(own, window, _lanes_done(trial)) is None:
+        kept = {plan.model for plan in trial}
         victim = next(
             (n for n in drop_order if n in kept and not any(v.steps_pinned for v in others[n])),
             None,
         )
-        if victim is None:
-            break
+        if victim is None:  # it does not fit even so: leaving them out gains nothing
+            return plans, dropped
         del kept_options[victim]
         given_way[victim] = (
             f"left out so that {own[0].model}, with every core to itself sooner, fits the "
             f"{window:.0f} s window"
         )
-        plans, refilled = fill(kept_options)
-        dropped = given_way | refilled
-    return plans, dropped
+        trial, refilled = fill(kept_options)
+        trial_dropped = given_way | refilled
+    return trial, trial_dropped
 
 
 def _lanes_done(plans: list[ModelPlan]) -> float:
@@ -221,22 +223,24 @@ def _best_variant(
     options: list[Variant], seconds: float, shared_seconds: float
 ) -> tuple[Variant, int] | None:
     """The first (most accurate) variant that gets its fewest useful steps in `seconds`,
-    sharing the cores for the first `shared_seconds`; None when none does."""
+    sharing the cores for the first `shared_seconds`, with the steps that fit, or those
+    the user set; None when none does, but the cheapest where the user set the steps:
+    kept, it stops at the deadline."""
     for variant in options:
-        if variant.steps_pinned:
-            return variant, variant.max_steps
         steps = variant.cost.steps_within(seconds, variant.max_steps, shared_seconds)
         least = variant.cost.seconds(variant.min_steps, shared_seconds)
         if least <= seconds and steps >= variant.min_steps:
-            return variant, steps
-    return None
+            return variant, variant.max_steps if variant.steps_pinned else steps
+    cheapest = options[-1]
+    return (cheapest, cheapest.max_steps) if cheapest.steps_pinned else None
 
 
 def _no_room(cheapest: Variant, seconds: float) -> str:
     """Why the cheapest variant of a model is left out of a lane of `seconds`."""
+    steps = f"{cheapest.min_steps} {cheapest.step_field}" if cheapest.iterative else "one fit"
     return (
-        f"needs about {cheapest.cost.seconds(cheapest.min_steps):.0f} s "
-        f"({_steps_text(cheapest, cheapest.min_steps)}), more than the {seconds:.0f} s its lane has"
+        f"needs about {cheapest.cost.seconds(cheapest.min_steps):.0f} s ({steps}), more than "
+        f"the {seconds:.0f} s its lane has"
     )
 
 
@@ -266,20 +270,21 @@ def _fill_lanes(
         if not _fits(chosen, steps, window, lanes):
             for _ in range(30):
                 middle = (low + high) / 2
-                trial = steps | {n: _scaled(chosen[n], middle) for n in trimmable}
+                trial = steps | {n: math.floor(chosen[n].max_steps * middle) for n in trimmable}
                 low, high = (middle, high) if _fits(chosen, trial, window, lanes) else (low, middle)
-            steps |= {n: _scaled(chosen[n], low) for n in trimmable}
+            steps |= {n: math.floor(chosen[n].max_steps * low) for n in trimmable}
         too_few = [n for n in trimmable if steps[n] < chosen[n].min_steps]
         droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
         if (_fits(chosen, steps, window, lanes) and not too_few) or not droppable:
-            placed, _ = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+            loads = _lane_loads(chosen, steps, window)
+            placed, _ = lanes_of(loads, lanes)
             plans = [
                 _model_plan(chosen[name], steps[name], window, lane=first_lane + lane)
                 for name, lane in zip(chosen, placed, strict=True)
             ]
             # Longest first: the training pool starts them in this order, each on the lane
             # that frees up first, as `lanes_of` placed them.
-            return sorted(plans, key=lambda plan: -plan.estimated_seconds), dropped
+            return [plans[i] for i in sorted(range(len(plans)), key=lambda i: -loads[i])], dropped
         # A cheaper variant of a model first (the SVM on fewer components), then leave
         # models out in `drop_order` until the lanes fit with every model's fewest steps.
         cheaper = next((n for n in drop_order if n in kept and len(kept[n]) > 1), None)
@@ -296,19 +301,19 @@ def _fill_lanes(
     return [], dropped
 
 
-def _scaled(variant: Variant, fraction: float) -> int:
-    return math.floor(variant.max_steps * fraction)
-
-
 def _fits(
     chosen: dict[str, Variant], steps: dict[str, int | None], window: float, lanes: int
 ) -> bool:
-    _, loads = lanes_of([chosen[n].cost.seconds(steps[n]) for n in chosen], lanes)
+    _, loads = lanes_of(_lane_loads(chosen, steps, window), lanes)
     return max(loads, default=0.0) <= window
 
 
-def _steps_text(variant: Variant, steps: int | None) -> str:
-    return f"{steps} {variant.step_field}" if variant.iterative else "one fit"
+def _lane_loads(
+    chosen: dict[str, Variant], steps: dict[str, int | None], window: float
+) -> list[float]:
+    """Each model's seconds on its lane; steps the user set past `window` end at the deadline."""
+    seconds = {name: variant.cost.seconds(steps[name]) for name, variant in chosen.items()}
+    return [min(seconds[n], window) if v.steps_pinned else seconds[n] for n, v in chosen.items()]
 
 
 def _model_plan(
