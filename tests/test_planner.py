@@ -326,3 +326,13 @@ def test_epochs_the_user_set_go_to_the_network_that_can_train_them():
     assert "set explicitly" in slow.notes[-1]  # 825 s, past the 760 s window
     fast = [replace(variant, steps_pinned=True, max_steps=18) for variant in cnn(44, 12)]
     assert (by_model(plan({"cnn": fast} | others(), 15))["cnn"].variant) == "wide"
+
+
+def test_user_set_epochs_that_fit_with_every_core_are_not_said_to_pass_the_window():
+    """20 epochs of 30 s beside logistic regression (15 s), then of 15 s with both cores:
+    320 s in a 490 s window, though 620 s on one core."""
+    small = Variant("cnn", "small", {}, Cost(20, 30, 15), "epochs", 3, 20, steps_pinned=True)
+    variants = {"cnn": [small], "logistic_regression": others()["logistic_regression"]}
+    cnn_plan = by_model(plan(variants, budget_minutes=10))["cnn"]
+    assert (cnn_plan.steps, cnn_plan.estimated_seconds) == (20, pytest.approx(320))
+    assert not any("set explicitly" in note for note in cnn_plan.notes)

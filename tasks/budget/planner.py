@@ -323,27 +323,26 @@ def _model_plan(
     lane: int,
     alone_after: float | None = None,
 ) -> ModelPlan:
-    notes = []
-    params = dict(variant.params)
+    cost, handover = variant.cost, None
+    if alone_after is not None and cost.per_step_alone:
+        handover = CoreHandover(after=alone_after, speedup=cost.speedup)
+    seconds = cost.seconds(steps, alone_after if handover else None)
+    notes, params = [], dict(variant.params)
     if variant.iterative:
         params[variant.step_field] = steps
         if steps < variant.max_steps:
             notes.append(f"{variant.step_field} {variant.max_steps} -> {steps} to fit the budget")
-        if variant.steps_pinned and variant.cost.seconds(steps) > window:
+        if variant.steps_pinned and seconds > window:
             notes.append(
-                f"{variant.step_field}={steps} was set explicitly: about "
-                f"{variant.cost.seconds(steps):.0f} s, more than the {window:.0f} s window; "
-                "it stops at the deadline"
+                f"{variant.step_field}={steps} was set explicitly: about {seconds:.0f} s, more "
+                f"than the {window:.0f} s window; it stops at the deadline"
             )
-    most = variant.max_steps if variant.iterative else None
-    cost, handover = variant.cost, None
-    if alone_after is not None and cost.per_step_alone:
+    if handover:
         notes.append(f"every core after about {alone_after:.0f} s, when the others are done")
-        handover = CoreHandover(after=alone_after, speedup=cost.speedup)
     closing = cost.closing / cost.speedup if handover else cost.closing
     if variant.iterative and closing >= 1:
         notes.append(f"training ends {closing:.0f} s before the deadline, for its predictions")
-    seconds = cost.seconds(steps, alone_after if handover else None)
+    most = variant.max_steps if variant.iterative else None
     return ModelPlan(
         variant.model, variant.label, params, steps, seconds, lane, tuple(notes), most,
         handover, closing,
