@@ -6,7 +6,9 @@ The same work is the Prefect flow `batch-predict`, which prefect.yaml deploys. T
 line calls it directly, without starting a temporary Prefect server (about 6 s).
 Exit status: 0 when every input was classified, 3 when some could not be read (their
 rows say why), 1 when prediction cannot start (no run, unknown model, a top-k beyond the
-run's classes, model files failing their manifest, no inputs), 2 for a malformed command line.
+run's classes, model files failing their manifest, no inputs, an --output that
+is a directory or cannot be written) or the CSV cannot be written (a full disk), 2 for a
+malformed command line (an --output inside a file among them).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pydantic import Field
 
 from flows.arguments import DEFAULT_RUN, OneLineErrorParser, whole_number
 from tasks.core.contracts import MAX_CLASSES
-from tasks.core.errors import PredictionInputError
+from tasks.core.errors import PipelineError
 from tasks.predict.batch import DEFAULT_TOP_K, PredictionSummary, describe_summary, predict_images
 
 EXIT_UNREADABLE = 3
@@ -104,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = predict_images(
             args.paths, args.run, args.model, args.output, args.top_k, args.threads
         )
-    except PredictionInputError as error:
+    except PipelineError as error:  # nothing to predict with, or nowhere to write
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_status
     print(describe_summary(summary))
     return EXIT_UNREADABLE if summary.unreadable else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import tasks.core.files
 import tasks.predict.model
 from flows.predict import main
 from tasks.core.contracts import CLASS_NAMES
@@ -182,6 +184,44 @@ def test_a_malformed_command_line_exits_2_with_one_line(capsys, argv, message):
     assert exit_info.value.code == 2
     assert err.startswith(message), err
     assert err.count("\n") == 1, err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(
+    run, tmp_path, capsys, monkeypatch
+):
+    report_dir, arrays = run
+    np.save(tmp_path / "x.npy", arrays["test_images"][:2])
+    monkeypatch.setattr(tasks.predict.model, "load_model", lambda *_: pytest.fail("loaded"))
+    code, out, err = run_cli(capsys, tmp_path / "x.npy", "--run", report_dir, "--output", tmp_path)
+    assert (code, out, err) == (
+        1,
+        "",
+        f"error: {tmp_path}: is a directory, not the CSV file to write\n",
+    )
+    inside_a_file = tmp_path / "x.npy" / "p.csv"
+    code, out, err = run_cli(
+        capsys, tmp_path / "x.npy", "--run", report_dir, "--output", inside_a_file
+    )
+    assert (code, out, err) == (2, "", f"error: {tmp_path / 'x.npy'}: is a file, not a directory\n")
+
+
+def test_a_csv_the_disk_has_no_room_for_is_one_line_and_the_earlier_one_stays(
+    run, tmp_path, capsys, monkeypatch
+):
+    report_dir, arrays = run
+    np.save(tmp_path / "x.npy", arrays["test_images"][:2])
+    (tmp_path / "p.csv").write_text("an earlier prediction\n")
+
+    def full_disk(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tasks.core.files, "flush_to_disk", full_disk)
+    argv = (tmp_path / "x.npy", "--run", report_dir, "--output", tmp_path / "p.csv")
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert err == f"error: {tmp_path / 'p.csv'}: no space left on device\n"
+    assert (tmp_path / "p.csv").read_text() == "an earlier prediction\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["p.csv", "x.npy"]
 
 
 def test_a_model_file_failing_its_manifest_is_refused_in_one_line(run, tmp_path, capsys):

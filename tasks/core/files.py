@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tasks.core.disk import flush_to_disk, sync_directory
-from tasks.core.errors import StorageError
+from tasks.core.errors import RunEnvironmentError, StorageError, UsageError
 from tasks.core.storage import scratch_name
 
 
@@ -44,3 +44,23 @@ def write_atomically(target: Path, write: Callable[[TextIO], None]) -> None:
             write(stream)
     except OSError as error:
         raise StorageError.from_os_error(target, error) from error
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest parent that does."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_directory(directory: Path) -> None:
+    """`directory` is one, or can be created, and this process may write in it."""
+    found = existing_ancestor(directory)
+    if not found.is_dir():
+        where = "" if found == Path(os.path.abspath(directory)) else f"{found} "
+        raise UsageError(f"{directory}: {where}is a file, not a directory")
+    if not os.access(found, os.W_OK | os.X_OK):
+        read_only = os.statvfs(found).f_flag & os.ST_RDONLY
+        reason = "read-only file system" if read_only else "permission denied"
+        raise RunEnvironmentError(f"{directory}: cannot be written ({reason})")

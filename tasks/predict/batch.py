@@ -21,7 +21,7 @@ import numpy as np
 
 from tasks.core.cpus import usable_cores
 from tasks.core.errors import PredictionInputError
-from tasks.core.files import write_atomically
+from tasks.core.files import check_writable_directory, write_atomically
 from tasks.predict.inputs import InputImages, find_inputs, read_input
 from tasks.predict.model import load_run_model, read_run, run_class_names
 
@@ -130,8 +130,13 @@ def predict_images(
 
     Raises:
         PredictionInputError: a path that does not exist, no inputs, no run in `run_dir`,
-            `top_k` beyond the run's classes, a model the run has not, or model files
-            failing their manifest check. Unreadable inputs raise nothing: their rows say why.
+            `top_k` beyond the run's classes, `output` a directory, a model the run has
+            not, or model files failing their manifest check. Unreadable inputs raise
+            nothing: their rows say why.
+        UsageError, RunEnvironmentError: `output`'s directory cannot be written; both
+            checked before the model is loaded.
+        StorageError: writing `output` or its provenance failed (a full disk); the files
+            there before are as they were.
     """
     files, skipped = find_inputs([Path(p) for p in paths])
     _, metrics = read_run(Path(run_dir))
@@ -141,6 +146,10 @@ def predict_images(
             f"top-k {top_k} is out of range: run {metrics.get('run_id', Path(run_dir).name)} "
             f"has {classes} classes; expected 1 to {classes}"
         )
+    output = Path(output)
+    if output.is_dir():
+        raise PredictionInputError(f"{output}: is a directory, not the CSV file to write")
+    check_writable_directory(output.parent)
     started = time.perf_counter()
     loaded = load_run_model(Path(run_dir), model, threads or usable_cores())
     load_seconds = time.perf_counter() - started
@@ -166,7 +175,6 @@ def predict_images(
                 counts[row[1]] += 1
             writer.writerow(row)
 
-    output = Path(output)
     write_atomically(output, write_rows)
     summary = PredictionSummary(
         output=output,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tasks.core.errors import RunEnvironmentError, UsageError
+from tasks.core.errors import RunEnvironmentError
+from tasks.core.files import check_writable_directory, existing_ancestor
 from tasks.data.ingest import check_data_source
 from tasks.data.preprocess import held_out_sizes
 from tasks.history.db import check_known_run, history_path
@@ -71,26 +72,6 @@ def check_cluster_server(config: PipelineConfig, api_url: str | None) -> None:
     """
     if config.dask_address and not api_url:
         raise RunEnvironmentError(CLUSTER_NEEDS_SERVER)
-
-
-def existing_ancestor(path: Path) -> Path:
-    """`path` itself if it exists, else its nearest parent that does."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_directory(directory: Path) -> None:
-    """`directory` is one, or can be created, and this process may write in it."""
-    found = existing_ancestor(directory)
-    if not found.is_dir():
-        where = "" if found == Path(os.path.abspath(directory)) else f"{found} "
-        raise UsageError(f"{directory}: {where}is a file, not a directory")
-    if not os.access(found, os.W_OK | os.X_OK):
-        read_only = os.statvfs(found).f_flag & os.ST_RDONLY
-        reason = "read-only file system" if read_only else "permission denied"
-        raise RunEnvironmentError(f"{directory}: cannot be written ({reason})")
 
 
 def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
