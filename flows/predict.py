@@ -6,8 +6,8 @@ The same work is the Prefect flow `batch-predict`, which prefect.yaml deploys. T
 line calls it directly, without starting a temporary Prefect server (about 6 s).
 Exit status: 0 when every input was classified, 3 when some could not be read (their
 rows say why), 1 when prediction cannot start (no run, unknown model, a top-k beyond the
-run's classes, model files failing their manifest, no inputs, an --output that
-is a directory or cannot be written) or the CSV cannot be written (a full disk), 2 for a
+run's classes, model files failing their manifest or retrained since, no inputs, an --output
+that is a directory or cannot be written) or the CSV cannot be written (a full disk), 2 for a
 malformed command line (an --output inside a file among them).
 """
 

@@ -243,6 +243,38 @@ def test_a_model_file_failing_its_manifest_is_refused_in_one_line(run, tmp_path,
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_a_model_retrained_since_the_run_is_refused_in_one_line(run, tmp_path, capsys):
+    """A later run with --refresh replaces the cache entry the run recorded, consistent
+    with its own manifest: the run's figures are not the new model's."""
+    report_dir, arrays = run
+    copy = tmp_path / "copy"
+    shutil.copytree(report_dir.parents[1], copy, symlinks=True)
+    (entry,) = (copy / "data" / "models" / "logistic_regression").iterdir()
+    with open(entry / "model.joblib", "ab") as stream:
+        stream.write(b"\0")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["model.joblib"] = sha256_file(entry / "model.joblib")
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", arrays["test_images"][:2])
+    run_dir = copy / "reports" / RUN_ID
+    argv = (tmp_path / "x.npy", "--run", run_dir, "--output", tmp_path / "p.csv")
+    for model in ("logistic_regression", "ensemble"):
+        code, out, err = run_cli(capsys, *argv, "--model", model)
+        assert (code, out) == (1, "")
+        assert err == (
+            f"error: {entry}: refusing the saved logistic_regression model: it is not the one "
+            f"run {RUN_ID} evaluated (retrained since, by a run with --refresh or a rebuilt "
+            "cache entry); the run that retrained it can predict with it\n"
+        )
+    code, _, err = run_cli(capsys, *argv, "--model", "random_forest")  # its entry unchanged
+    assert (code, err) == (0, "")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for record in metrics["models"].values():  # a run from before the hashes were recorded
+        del record["model_files_sha256"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert run_cli(capsys, *argv, "--model", "logistic_regression")[0] == 0
+
+
 def test_a_model_that_failed_in_the_run_is_refused_with_its_error(run, tmp_path, capsys):
     report_dir, arrays = run
     copy = tmp_path / "reports" / "run-2"

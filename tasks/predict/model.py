@@ -15,9 +15,9 @@ import pandas as pd
 
 from tasks.core.contracts import CLASS_NAMES, as_stored
 from tasks.core.errors import PredictionInputError
-from tasks.core.storage import MANIFEST_FILE, entry_problem
+from tasks.core.storage import entry_problem
 from tasks.training.models.base import Classifier
-from tasks.training.models.registry import load_model
+from tasks.training.models.registry import load_model, model_file_digests
 
 LEADERBOARD_FILE = "leaderboard.csv"
 METRICS_FILE = "metrics.json"
@@ -120,7 +120,7 @@ def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
 
     Raises:
         PredictionInputError: no run in `run_dir`, a model it has not, or saved model
-            files missing or failing their manifest check.
+            files missing, failing their manifest check, or retrained since the run.
     """
     board, metrics = read_run(run_dir)
     run_id = metrics.get("run_id", run_dir.resolve().name)
@@ -140,8 +140,15 @@ def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
             raise PredictionInputError(
                 f"{directory}: refusing the saved {member} model: {problem} (manifest check)"
             )
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        files |= {str(directory / f): sha for f, sha in manifest.items() if f.startswith("model.")}
+        digests = model_file_digests(directory)
+        recorded = metrics["models"][member].get("model_files_sha256")  # None before they were
+        if recorded is not None and digests != recorded:
+            raise PredictionInputError(
+                f"{directory}: refusing the saved {member} model: it is not the one run "
+                f"{run_id} evaluated (retrained since, by a run with --refresh or a rebuilt "
+                "cache entry); the run that retrained it can predict with it"
+            )
+        files |= {str(directory / name): digest for name, digest in digests.items()}
     row = board.set_index("model").loc[name]
     return RunModel(
         run_dir=run_dir,

@@ -12,7 +12,7 @@ from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, 
 from tasks.core.cpus import machine_facts
 from tasks.evaluation.report.analysis import LEADERBOARD_COLUMNS, Findings
 from tasks.evaluation.significance import BOOTSTRAP_RESAMPLES
-from tasks.training.models.registry import model_packages
+from tasks.training.models.registry import model_file_digests, model_packages
 
 if TYPE_CHECKING:
     from tasks.run.config import PipelineConfig
@@ -54,6 +54,9 @@ def metrics_document(
             "confusion_matrix": e.confusion,
             "params": e.params,
             "model_dir": str(e.model_dir),
+            # What prediction checks the saved model against: a later retraining replaces
+            # the entry, and this run's figures would no longer be its.
+            "model_files_sha256": model_file_digests(e.model_dir),
             "test_predictions_sha256": e.test_predictions.sha256,
         }
     return {

@@ -12,6 +12,7 @@ import pandas as pd
 from tasks.core.contracts import ModelEvaluation
 from tasks.evaluation.report.analysis import Findings
 from tasks.evaluation.significance import percent
+from tasks.training.models.registry import model_file_digests
 
 WEAKEST = 3  # classes, confusions and pairs listed as known weaknesses
 
@@ -86,11 +87,10 @@ def render_model_card(
 
 def model_files(directory: Path) -> dict[str, str]:
     """A model entry's saved model files and their SHA-256, as its manifest records them."""
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
+    digests = model_file_digests(directory)
+    if digests is None:
         return {str(directory): "not recorded (no readable manifest)"}
-    return {str(directory / f): digest for f, digest in manifest.items() if f.startswith("model.")}
+    return {str(directory / name): digest for name, digest in digests.items()}
 
 
 def parameters(model: ModelEvaluation, members: list[str], by_name: dict) -> list[str]:

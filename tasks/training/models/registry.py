@@ -6,12 +6,14 @@ Adding a model is one module holding its spec and one line in `SPECS`: everythin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import create_model
 
+from tasks.core.storage import MANIFEST_FILE
 from tasks.training.models.base import Classifier, HyperParameters, ModelSpec, TrainingContext
 from tasks.training.models.cnn import CNN
 from tasks.training.models.sklearn_models import LOGISTIC_REGRESSION, RANDOM_FOREST
@@ -87,6 +89,16 @@ def load_model(directory: Path, threads: int) -> Classifier:
         if (directory / model_file).is_file():
             return load(directory, threads)
     raise FileNotFoundError(f"{directory}: no saved model ({', '.join(loaders)})")
+
+
+def model_file_digests(directory: Path) -> dict[str, str] | None:
+    """A model entry's saved model files (`model.*`) and their SHA-256, as its manifest
+    records them; None without a readable manifest."""
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {name: digest for name, digest in manifest.items() if name.startswith("model.")}
 
 
 def drop_order() -> tuple[str, ...]:
