@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import struct
 from io import BytesIO
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from tasks.core.errors import PredictionInputError
 from tasks.data.preprocess import scale_images
 from tasks.predict.inputs import find_inputs, read_input
+from tasks.serve.inputs import read_upload
 from tests.support.idx_files import idx_bytes, make_images
 
 IMAGES = make_images(np.arange(6) % 10, seed=3)  # (6, 28, 28) uint8
@@ -101,6 +103,19 @@ def test_an_unreadable_input_gives_the_reason_and_no_images(tmp_path, name, writ
     assert block.pixels is None
     assert len(block) == 0
     assert re.fullmatch(reason, block.error), block.error
+
+
+def test_a_decoder_failing_its_own_way_gives_that_file_s_reason_on_both_paths(tmp_path):
+    """Pillow's DDS plugin raises NotImplementedError on pixel-format flags it does not know
+    (found by mutating images): a row saying so, not a traceback ending the batch."""
+    buffer = BytesIO()
+    Image.fromarray(np.dstack([IMAGES[0]] * 3)).save(buffer, format="DDS")
+    odd = bytearray(buffer.getvalue())
+    odd[80:84] = struct.pack("<I", 18)  # the pixel format's flags
+    (tmp_path / "odd.dds").write_bytes(odd)
+    reason = "unreadable (NotImplementedError: Unknown pixel format flags 18)"
+    assert read_input(tmp_path / "odd.dds").error == reason
+    assert read_upload("odd.dds", bytes(odd), max_pixels=1_000_000).error == reason
 
 
 def test_folders_are_searched_recursively_in_name_order(tmp_path):

@@ -122,6 +122,16 @@ def read_input(path: Path) -> InputImages:
         return InputImages(name, read_image(path)[np.newaxis])
     except (UnreadableInputError, OSError) as exc:
         return InputImages(name, error=str(exc).removeprefix(f"{path}: "))
+    except Exception as exc:  # a decoder failing its own way on a malformed file: its row says so
+        return InputImages(name, error=unexpected_error(exc))
+
+
+def unexpected_error(exc: Exception) -> str:
+    """Why an input failed where no check expected it to (a Pillow plugin's struct.error on
+    a malformed header, memory for a huge image): the other inputs are still classified."""
+    kind = type(exc)
+    module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+    return f"unreadable ({module}{kind.__qualname__}: {exc})"
 
 
 def read_image(source: Path | BinaryIO, max_pixels: int | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tasks.core.contracts import IMAGE_SHAPE
 from tasks.data.preprocess import scale_images
-from tasks.predict.inputs import PIXELS, UnreadableInputError, read_image
+from tasks.predict.inputs import PIXELS, UnreadableInputError, read_image, unexpected_error
 
 INSTANCE_SHAPES = (IMAGE_SHAPE, (PIXELS,))
 REQUEST_SHAPE = (
@@ -46,6 +46,8 @@ def read_upload(name: str, content: bytes, max_pixels: int) -> RequestInput:
         pixels = read_image(io.BytesIO(content), max_pixels)
     except UnreadableInputError as exc:
         return RequestInput(name, error=str(exc))
+    except Exception as exc:  # as on the command line: the request's other files still count
+        return RequestInput(name, error=unexpected_error(exc))
     return RequestInput(name, scale_images(pixels[np.newaxis])[0])
 
 
