@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"binding {args.host} exposes the model beyond this machine: set a bearer token "
             f"with --token or {TOKEN_VARIABLE}"
         )
+    if args.token and not args.token.isascii():  # a header carries it as Latin-1 bytes
+        parser.error(
+            "the bearer token must be ASCII: clients put other characters in a header "
+            "in different encodings"
+        )
     return args
 
 

@@ -103,6 +103,9 @@ def truncated_png(arrays) -> bytes:
 BAD_REQUESTS = {  # name: (request keyword arguments, status, the reason's start)
     "empty body": (dict(content=b"", headers={"content-type": "application/json"}), 422,
                    "not valid JSON"),
+    "JSON nested past Python's limit": (dict(content=b"[" * 100_000,
+                                             headers={"content-type": "application/json"}),
+                                        422, "not valid JSON: maximum recursion depth"),
     "no content type": (dict(content=b"x"), 415, "no content type: expected multipart"),
     "an empty form": (dict(data={"other": "1"}, files={"x": ("x", b"")}), 422,
                       "no files: send images in the multipart field `files`"),
@@ -253,6 +256,13 @@ def test_a_token_is_required_when_set_and_beyond_loopback(run, monkeypatch, caps
     assert "binding 0.0.0.0 exposes the model beyond this machine" in capsys.readouterr().err
     monkeypatch.setenv("FASHION_MNIST_SERVE_TOKEN", "s3cret")
     assert parse_args(["--host", "0.0.0.0"]).token == "s3cret"
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--host", "0.0.0.0", "--token", "clé"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: the bearer token must be ASCII: clients put other characters in a header "
+        "in different encodings (see python -m flows.serve --help)\n"
+    )
 
 
 def test_no_model_to_serve_exits_1_in_one_line(tmp_path):

@@ -200,7 +200,7 @@ async def _read_inputs(
 def _read_json(body: bytes) -> list[RequestInput]:
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past Python's limit
         raise RequestShapeError(f"not valid JSON: {exc}") from None
     return read_instances(document)
 
