@@ -70,6 +70,7 @@ def test_the_default_model_is_the_runs_choice_and_the_output_names_it(run, tmp_p
     assert board.selection_accuracy[chosen] == board.selection_accuracy.max()
     assert (provenance["run_id"], provenance["model"]) == (RUN_ID, chosen)
     assert provenance["test_accuracy"] == pytest.approx(board.test_accuracy[chosen])
+    assert provenance["predictions_sha256"] == sha256_file(tmp_path / "p.csv")
     files = provenance["model_files_sha256"]
     assert files
     assert all(sha256_file(Path(f)) == digest for f, digest in files.items())

@@ -22,6 +22,7 @@ import numpy as np
 from tasks.core.cpus import usable_cores
 from tasks.core.errors import PredictionInputError
 from tasks.core.files import check_writable_directory, write_atomically
+from tasks.core.storage import sha256_file
 from tasks.predict.inputs import InputImages, find_inputs, read_input
 from tasks.predict.model import load_run_model, read_run, run_class_names
 
@@ -190,7 +191,9 @@ def predict_images(
     )
     record = summary.provenance | {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "predictions": str(output), "top_k": top_k, "images": summary.images,
+        # The pair is replaced one file after the other: the hash tells a reader they match.
+        "predictions": str(output), "predictions_sha256": sha256_file(output),
+        "top_k": top_k, "images": summary.images,
         "per_class": summary.per_class, "skipped": skipped,
         "unreadable": [{"path": path, "error": error} for path, error in unreadable],
     }  # fmt: skip
