@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -226,6 +227,22 @@ def test_unreadable_images_are_left_out_and_recorded(tmp_path):
     assert problems[0].startswith("cannot be read: ")
     assert problems[1] == "not an image file Pillow can read"
     assert problems[2].startswith("blank image: no pixel differs from the background (90)")
+
+
+def test_an_image_a_decoder_fails_on_in_its_own_way_is_recorded_as_unreadable(tmp_path):
+    """Pillow reads a file by its content: a DDS image named .png whose pixel-format flags
+    its plugin does not know raises NotImplementedError, which ended the ingestion."""
+    write_png(tmp_path / "train" / "a" / "0.png", garment(100))
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([garment(100)] * 3)).save(buffer, format="DDS")
+    odd = bytearray(buffer.getvalue())
+    odd[80:84] = struct.pack("<I", 18)  # the pixel format's flags
+    (tmp_path / "train" / "a" / "1.png").write_bytes(odd)
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    parsed = load_folders(tmp_path, test_fraction=0.5, seed=0)
+    assert parsed.unreadable == (
+        UnreadableFile("train/a/1.png", "cannot be read: Unknown pixel format flags 18"),
+    )
 
 
 def test_without_test_folder_a_stratified_seeded_split_keeps_the_order(tmp_path):

@@ -10,6 +10,7 @@ how to get data; only a transient network error (a reset, a timeout) is worth a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -20,7 +21,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tasks.core.contracts import RawDataset, UnreadableFile
@@ -121,7 +122,8 @@ def check_data_source(data_dir: Path | None, cache_dir: Path) -> None:
             data at all).
     """
     if data_dir is not None:
-        detect_layout(data_dir)  # from names alone: no parsing before the run
+        with denied_in_one_line():
+            detect_layout(data_dir)  # from names alone: no parsing before the run
         return
     raw_dir = cache_dir / "raw"
     if _local_source(raw_dir, SYSTEM_DATA_DIR, FASHION_MNIST_FILES):
@@ -131,6 +133,16 @@ def check_data_source(data_dir: Path | None, cache_dir: Path) -> None:
     # thread and give up after DNS_SECONDS, as for a name that does not resolve.
     if error := resolve_error(host, DNS_SECONDS):
         raise no_data_error(raw_dir, SYSTEM_DATA_DIR, MIRROR_URL, FASHION_MNIST_FILES, error)
+
+
+@contextlib.contextmanager
+def denied_in_one_line() -> Iterator[None]:
+    """A file or folder of the user's data this process may not read, named in one line
+    (pathlib's `is_file` and `is_dir` raise it too, for a folder it may not search)."""
+    try:
+        yield
+    except PermissionError as error:
+        raise DatasetFileError(f"{error.filename}: permission denied; it cannot be read") from None
 
 
 def resolve_error(host: str | None, seconds: float) -> OSError | None:
@@ -231,15 +243,18 @@ def ingest_dataset(
             truncated IDX file); a bad CSV row or image file is recorded in `unreadable`.
     """
     if data_dir is not None:
-        layout, source = detect_layout(data_dir, files), data_dir
+        with denied_in_one_line():
+            layout, source = detect_layout(data_dir, files), data_dir
     else:
         layout, source = "idx", fashion_mnist_dir(cache_dir, files, system_dir, mirror_url)
-    key = input_key(layout, source, files, test_fraction, seed)
+    with denied_in_one_line():
+        key = input_key(layout, source, files, test_fraction, seed)
     # Keyed by the parsers' code too: a changed parser (class names, say) parses again.
     target = cache_dir / "interim" / content_key(key, project_code_version("tasks.data.ingest"))
 
     def parse(staging: Path) -> None:
-        parsed = parse_layout(layout, source, files, test_fraction, seed)
+        with denied_in_one_line():  # not the cache's: its writing errors name the cache
+            parsed = parse_layout(layout, source, files, test_fraction, seed)
         save_arrays(staging, parsed.arrays)
         (staging / CHECKSUMS_FILE).write_text(json.dumps(parsed.file_sha256, indent=2))
         description = {

@@ -66,7 +66,19 @@ def class_folders(directory: Path) -> tuple[str, ...]:
 def _subfolders(directory: Path) -> tuple[str, ...]:
     if not directory.is_dir():
         return ()
-    return tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and _visible(p.name)))
+    found = [p for p in directory.iterdir() if p.is_dir() and _visible(p.name)]
+    return tuple(sorted(_named_in_utf8(p).name for p in found))
+
+
+def _named_in_utf8(path: Path) -> Path:
+    """`path`, whose name goes into the cache key, the logs and the report, all UTF-8; one
+    that is not (a Latin-1 name from an old archive) is refused before any image is read."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode(errors="backslashreplace")
+        raise DatasetFileError(f"{shown}: the name is not UTF-8; rename it") from None
+    return path
 
 
 def _visible(name: str) -> bool:
@@ -92,16 +104,23 @@ def image_files(directory: Path, classes: tuple[str, ...]) -> dict[str, list[tup
 def _images_under(folder: Path) -> list[str]:
     """Image files under `folder`, as posix paths relative to it, hidden ones left out."""
     found = []
-    for root, folders, files in os.walk(folder, followlinks=True):
+    for root, folders, files in os.walk(folder, onerror=_unlisted, followlinks=True):
         folders[:] = [name for name in folders if _visible(name)]
         inner = Path(root).relative_to(folder).as_posix()
         prefix = "" if inner == "." else f"{inner}/"
         found += [
-            prefix + name
+            prefix + _named_in_utf8(Path(root) / name).name
             for name in files
             if _visible(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
         ]
     return found
+
+
+def _unlisted(error: OSError) -> None:
+    """A folder that cannot be listed (no permission) would lose its images unsaid; one a
+    split lacks (`test/` without a class) is no error."""
+    if not isinstance(error, FileNotFoundError):
+        raise DatasetFileError(f"{error.filename}: cannot be listed ({error.strerror})")
 
 
 def _name_order(name: str) -> tuple[str | int, ...]:
@@ -197,7 +216,7 @@ def read_images(paths: list[Path]) -> tuple[np.ndarray, list[str | None]]:
         try:
             with Image.open(path) as image:
                 images[row] = to_fashion_mnist(image)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        except Exception as error:  # a decoder's own too: Pillow's DDS plugin, NotImplementedError
             problems.append(image_problem(error))
         else:
             problems.append(None)
