@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -93,6 +94,24 @@ def test_trained_model_is_reused_until_its_inputs_change(tmp_path, processed, mo
     assert fitted == ["random_forest", "xgboost"]
     train_model("random_forest", SMALL, processed, tmp_path, context, refresh=True)
     assert fitted == ["random_forest", "xgboost", "random_forest"]
+
+
+def test_a_fit_under_a_time_budget_is_not_reused_without_one(tmp_path, processed):
+    """Under a budget a fit may extend to the plan's most steps and stops at the deadline,
+    not on a plateau: the same parameters without one train another model. The deadline's
+    time is left out, so that a rerun after a cancel finds the model."""
+    unbudgeted = train_model(
+        "xgboost", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1)
+    )
+    budgeted = [
+        train_model("xgboost", SMALL, processed, tmp_path,
+                    TrainingContext(0, 1, deadline=time.time() + hours, most_steps=30))
+        for hours in (3600, 7200)
+    ]  # fmt: skip
+    assert budgeted[0].directory == budgeted[1].directory != unbudgeted.directory
+    other_most = TrainingContext(0, 1, deadline=time.time() + 3600, most_steps=40)
+    extended = train_model("xgboost", SMALL, processed, tmp_path, other_most)
+    assert extended.directory not in {budgeted[0].directory, unbudgeted.directory}
 
 
 def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, caplog):
