@@ -193,11 +193,17 @@ def test_scratch_left_by_killed_runs_is_swept_and_live_runs_scratch_is_kept(tmp_
     elsewhere.mkdir()
     published = models / "key"
     published.mkdir()
+    raw = tmp_path / "raw"  # a download killed midway: a file, with its target's suffix
+    raw.mkdir()
+    download = raw / "t10k-images-idx3-ubyte.gz"
+    half = raw / (scratch_name(download).replace(f"-{os.getpid()}-", f"-{dead.pid}-") + ".gz")
+    half.write_bytes(b"\x1f\x8b half")
 
-    assert sweep_scratch([tmp_path]) == [killed]
+    assert sorted(sweep_scratch([tmp_path])) == sorted([killed, half])
     assert sorted(p.name for p in models.iterdir()) == sorted(
         [live.name, elsewhere.name, published.name]
     )
+    assert list(raw.iterdir()) == []
 
 
 def test_stages_loading_one_array_at_once_share_its_mapping_and_every_load_is_checked(tmp_path):

@@ -231,7 +231,10 @@ def scratch_name(target: Path, kind: str = "staging") -> str:
     return f".{target.name}.{kind}-{_machine()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-_SCRATCH = re.compile(r"^\..+\.(staging|stale)-(?P<machine>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+$")
+# A scratch file may end in its target's suffix (`replacing`: a download's .gz).
+_SCRATCH = re.compile(
+    r"^\..+\.(staging|stale)-(?P<machine>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+(\.\w+)?$"
+)
 
 
 def _process_is_gone(pid: int) -> bool:
