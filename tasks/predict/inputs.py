@@ -127,8 +127,8 @@ def read_input(path: Path) -> InputImages:
 
 
 def unexpected_error(exc: Exception) -> str:
-    """Why an input failed where no check expected it to (a Pillow plugin's struct.error on
-    a malformed header, memory for a huge image): the other inputs are still classified."""
+    """Why an input failed where no check expected it to (Pillow's DDS plugin raises
+    NotImplementedError on pixel formats it does not know): the others are still classified."""
     kind = type(exc)
     module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
     return f"unreadable ({module}{kind.__qualname__}: {exc})"
