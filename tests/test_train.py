@@ -97,9 +97,9 @@ def test_trained_model_is_reused_until_its_inputs_change(tmp_path, processed, mo
 
 
 def test_a_fit_under_a_time_budget_is_not_reused_without_one(tmp_path, processed):
-    """Under a budget a fit may extend to the plan's most steps and stops at the deadline,
-    not on a plateau: the same parameters without one train another model. The deadline's
-    time is left out, so that a rerun after a cancel finds the model."""
+    """Under a budget an epoch or round model may extend to the plan's most steps and stops
+    at the deadline, not on a plateau: the same parameters without one train another model.
+    The deadline's time is left out, so that a rerun after a cancel finds the model."""
     unbudgeted = train_model(
         "xgboost", SMALL, processed, tmp_path, TrainingContext(seed=0, threads=1)
     )
@@ -112,6 +112,11 @@ def test_a_fit_under_a_time_budget_is_not_reused_without_one(tmp_path, processed
     other_most = TrainingContext(0, 1, deadline=time.time() + 3600, most_steps=40)
     extended = train_model("xgboost", SMALL, processed, tmp_path, other_most)
     assert extended.directory not in {budgeted[0].directory, unbudgeted.directory}
+    one_go = [  # a fit in one go is the same model under a budget: no most steps there
+        train_model("logistic_regression", SMALL, processed, tmp_path, context)
+        for context in (TrainingContext(0, 1), TrainingContext(0, 1, deadline=time.time() + 60))
+    ]
+    assert one_go[0].directory == one_go[1].directory
 
 
 def test_truncated_model_file_is_detected_and_retrained(tmp_path, processed, caplog):

@@ -53,17 +53,18 @@ def train_model(
 
     The model predicts the data's classes, whatever `context` says. The cache key covers
     the training data's hashes and classes, the model's parameters, the seed and its
-    code, and under a time budget the most steps it may extend to: such a fit stops at
-    the deadline rather than on a plateau, so an unbudgeted run with the same parameters
-    trains another model. The thread count and the deadline's time are left out: they
-    change only speed, and a rerun after a cancel must find the models already trained.
+    code, and for an epoch or round model under a time budget the most steps it may
+    extend to: such a fit stops at the deadline rather than on a plateau, so an unbudgeted
+    run with the same parameters trains another model (a one-go fit is the same either
+    way). The thread count and the deadline's time are left out: they change only speed,
+    and a rerun after a cancel must find the models already trained.
     """
     context = replace(context, classes=len(data.class_names))
     logger = context.logger
     model_params = getattr(params, name).model_dump(mode="json")
     inputs = {array: data.arrays[array].sha256 for array in TRAINING_ARRAYS}
     parts = [inputs, context.classes, model_params, context.seed, model_code_version(name)]
-    if context.deadline is not None:
+    if context.deadline is not None and context.most_steps is not None:
         parts.append({"budgeted, most steps": context.most_steps})
     key = content_key(*parts)
 
