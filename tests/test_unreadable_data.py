@@ -1,5 +1,5 @@
-"""The user's data where this process cannot read or name a part of it: one line naming
-the path, before any image is read, never a traceback."""
+"""The user's data where this process cannot read or name a part of it, or whose folders
+break the layout: one line naming the path, before any image is read, never a traceback."""
 
 from __future__ import annotations
 
@@ -94,4 +94,20 @@ def test_a_data_directory_that_cannot_be_searched_is_named_before_the_run(tmp_pa
 
     monkeypatch.setattr(Path, "is_dir", guarded)
     with refused(f"{tmp_path}: permission denied; it cannot be read"):
+        check_data_source(tmp_path, tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("loose", "held"), [(2, " (2 images directly in it)"), (0, "")])
+def test_a_test_folder_without_class_folders_is_refused_before_the_run(tmp_path, loose, held):
+    """Kaggle's competitions ship unlabelled test/*.png: read as a test split of no images,
+    every class was then reported missing from it, one line each."""
+    write_png(tmp_path / "train" / "a" / "0.png", 100)
+    (tmp_path / "test").mkdir()
+    for number in range(loose):
+        write_png(tmp_path / "test" / f"{number}.png", 90)
+    test = tmp_path / "test"
+    with refused(
+        f"{test}: no class folders{held}; expected test/<class>/<image>, or no test/ to split "
+        "a test set off train/"
+    ):
         check_data_source(tmp_path, tmp_path / "cache")

@@ -45,7 +45,7 @@ def class_folders(directory: Path) -> tuple[str, ...]:
 
     Raises:
         DatasetFileError: `train/` has no class folder or more than 256, or `test/`
-            has a class `train/` lacks.
+            has none, or a class `train/` lacks.
     """
     train = _subfolders(directory / "train")
     if not train:
@@ -56,10 +56,16 @@ def class_folders(directory: Path) -> tuple[str, ...]:
         raise DatasetFileError(
             f"{directory / 'train'}: {len(train)} class folders; at most {MAX_CLASSES}"
         )
-    if extra := sorted(set(_subfolders(directory / "test")) - set(train)):
+    test = directory / "test"
+    if test.is_dir() and not _subfolders(test):  # Kaggle's unlabelled test/*.png, say
+        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in test.iterdir() if p.is_file())
+        held = f" ({loose} images directly in it)" if loose else ""
         raise DatasetFileError(
-            f"{directory / 'test'}: class folders not in train/: {', '.join(extra)}"
+            f"{test}: no class folders{held}; expected test/<class>/<image>, or no test/ "
+            "to split a test set off train/"
         )
+    if extra := sorted(set(_subfolders(test)) - set(train)):
+        raise DatasetFileError(f"{test}: class folders not in train/: {', '.join(extra)}")
     return train
 
 
