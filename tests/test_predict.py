@@ -225,13 +225,20 @@ def test_a_csv_the_disk_has_no_room_for_is_one_line_and_the_earlier_one_stays(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["p.csv", "x.npy"]
 
 
-def test_a_model_file_failing_its_manifest_is_refused_in_one_line(run, tmp_path, capsys):
-    report_dir, arrays = run
+def altered_model_copy(report_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the run's directory whose logistic regression file has a byte more: the
+    copy, and that model's cache entry in it."""
     copy = tmp_path / "copy"
     shutil.copytree(report_dir.parents[1], copy, symlinks=True)
     (entry,) = (copy / "data" / "models" / "logistic_regression").iterdir()
     with open(entry / "model.joblib", "ab") as stream:
         stream.write(b"\0")
+    return copy, entry
+
+
+def test_a_model_file_failing_its_manifest_is_refused_in_one_line(run, tmp_path, capsys):
+    report_dir, arrays = run
+    copy, entry = altered_model_copy(report_dir, tmp_path)
     np.save(tmp_path / "x.npy", arrays["test_images"][:2])
     for model in ("logistic_regression", "ensemble"):  # the ensemble has it as a member
         code, out, err = run_cli(capsys, tmp_path / "x.npy", "--run", copy / "reports" / RUN_ID,
@@ -248,11 +255,7 @@ def test_a_model_retrained_since_the_run_is_refused_in_one_line(run, tmp_path, c
     """A later run with --refresh replaces the cache entry the run recorded, consistent
     with its own manifest: the run's figures are not the new model's."""
     report_dir, arrays = run
-    copy = tmp_path / "copy"
-    shutil.copytree(report_dir.parents[1], copy, symlinks=True)
-    (entry,) = (copy / "data" / "models" / "logistic_regression").iterdir()
-    with open(entry / "model.joblib", "ab") as stream:
-        stream.write(b"\0")
+    copy, entry = altered_model_copy(report_dir, tmp_path)
     manifest = json.loads((entry / "manifest.json").read_text())
     manifest["model.joblib"] = sha256_file(entry / "model.joblib")
     (entry / "manifest.json").write_text(json.dumps(manifest))
