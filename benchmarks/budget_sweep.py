@@ -262,6 +262,15 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     )
 
 
+def record(row: dict, output: Path) -> None:
+    """Append one run to `budget_sweep.csv` in `output` and redraw its pages."""
+    table = output / "budget_sweep.csv"
+    rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
+    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+    rows.to_csv(table, index=False)
+    render(rows, output)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="3,5,10,15,30")
@@ -278,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for minutes in [float(b) for b in args.budgets.split(",")]:
         row = run_budget(minutes, args.avx2, extra, args.seed)
         print(json.dumps(row), flush=True)
-        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-        rows.to_csv(table, index=False)
-        render(rows, args.output)
+        record(row, args.output)
     print(f"python {platform.python_version()}; wrote {table}")
     return 0
 

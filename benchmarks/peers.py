@@ -20,7 +20,8 @@ A peer still running at `STOP_AT_BUDGETS` times its budget is stopped, without a
 `--avx2` runs the project as the budget sweep's `--avx2` does (TensorFlow's AVX2 kernels,
 float32); the peers run as they are, since none of them trains with TensorFlow.
 Recorded per run: test accuracy, wall seconds, and the overrun of the budget. Rows are
-appended to `peers.csv`, and `peers.md` is redrawn from it.
+appended to `peers.csv`, and `peers.md` is redrawn from it; the project's run is also
+appended to `budget_sweep.csv` beside them, as the budget sweep records it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name, run_budget
+from benchmarks.budget_sweep import code_commit, cpu_name, record, run_budget
 from tasks.core.contracts import SPLIT_ARRAYS
 from tasks.data.preprocess import read_processed
 from tasks.evaluation.report.tables import markdown_table
@@ -111,10 +112,18 @@ def in_fresh_process(peer: str, processed: Path, minutes: float, python: str) ->
 
 
 def budget_rows(
-    minutes: float, peers_python: str, chosen: tuple[str, ...] = PEERS, avx2: bool = False
+    minutes: float,
+    peers_python: str,
+    chosen: tuple[str, ...] = PEERS,
+    avx2: bool = False,
+    sweep_output: Path | None = None,
 ) -> list[dict]:
-    """The project's run at `minutes`, then each `chosen` peer on its split."""
+    """The project's run at `minutes`, then each `chosen` peer on its split. The run is the
+    budget sweep's own: with `sweep_output` it is also a row of that table, recorded before
+    the peers start, so one run of the project serves both."""
     ours = run_budget(minutes, avx2=avx2, extra=[])
+    if sweep_output is not None:
+        record(ours, sweep_output)
     (processed,) = Path(ours["directory"], "data", "processed").iterdir()
     common = {"budget_minutes": minutes, "cpu": cpu_name(), "setting": ours["setting"],
               "commit": code_commit(ROOT)}  # fmt: skip
@@ -184,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     table = args.output / "peers.csv"
     rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
     for minutes in args.budgets:
-        found = budget_rows(minutes, args.peers_python, tuple(args.peers), args.avx2)
+        found = budget_rows(
+            minutes, args.peers_python, tuple(args.peers), args.avx2, sweep_output=args.output
+        )
         rows = pd.concat([rows, pd.DataFrame(found)], ignore_index=True)
         rows.to_csv(table, index=False)
         render(rows, args.output / "peers.md")

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from benchmarks import budget_sweep
-from benchmarks.budget_sweep import code_commit, cpu_instructions, cpu_name, newest_means, render
+from benchmarks.budget_sweep import (
+    code_commit,
+    cpu_instructions,
+    cpu_name,
+    newest_means,
+    record,
+    render,
+)
 from tests.support.figures import coloured, inked, read_png
 
 
@@ -74,6 +81,23 @@ def test_the_table_shows_each_rows_commit(tmp_path):
     # accuracy lines and their markers add the rest (5.9 % in all).
     assert inked(pixels) > 0.055
     assert coloured(pixels) > 0.005
+
+
+def test_a_recorded_run_is_appended_to_the_table_and_shown(tmp_path):
+    row = {
+        "budget_minutes": 5.0, "setting": "native", "wall_seconds": 281.1,
+        "best_single_model": "cnn", "best_single_accuracy": 0.9392, "ensemble_accuracy": 0.9402,
+        "cnn": "small network", "left_out": None, "cpu_use_run": 0.9, "cpu_use_training": 0.9,
+        "cpu": "AMD EPYC (AVX2, 2 usable cores)", "commit": "a554cc9", "seed": 42,
+    }  # fmt: skip
+    record(row, tmp_path)
+    record(row | {"budget_minutes": 15.0, "best_single_accuracy": 0.9448}, tmp_path)
+    rows = pd.read_csv(tmp_path / "budget_sweep.csv")
+    assert rows[["budget_minutes", "best_single_accuracy"]].values.tolist() == [
+        [5.0, 0.9392], [15.0, 0.9448]
+    ]  # fmt: skip
+    shown = (tmp_path / "budget_sweep.md").read_text()
+    assert "| 15 | AVX2 | native | 4:41.1 | cnn 0.9448 |" in shown
 
 
 def test_the_figures_lines_follow_the_newest_commits_runs():

@@ -39,8 +39,14 @@ def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
 
     monkeypatch.setattr(peers, "run_budget", run_budget)
     monkeypatch.setattr(peers, "in_fresh_process", peer_in_fresh_process)
-    rows = peers.budget_rows(5.0, "peers-python", chosen, avx2)
+    recorded = []
+    monkeypatch.setattr(peers, "record", lambda row, output: recorded.append((row, output)))
+    rows = peers.budget_rows(5.0, "peers-python", chosen, avx2, sweep_output=tmp_path)
     assert swept == [(5.0, avx2, [], budget_sweep.DEFAULT_SEED)]
+    # The project's run is the sweep's row too, with every field the sweep records.
+    assert [(row["setting"], output) for row, output in recorded] == [
+        ("AVX2 / float32" if avx2 else "native", tmp_path)
+    ]
     # Every row, the peers' too, says how the project ran beside them.
     assert {row["setting"] for row in rows} == {"AVX2 / float32" if avx2 else "native"}
     assert [row["system"] for row in rows] == [
