@@ -206,6 +206,29 @@ def test_an_empty_class_folder_is_a_class_without_images(tmp_path):
     )
 
 
+def test_labels_numbered_from_1_are_said_to_be_so(tmp_path):
+    arrays = make_arrays()
+    for split in ("train", "test"):
+        arrays[f"{split}_labels"] += 1  # 1-3, read as four classes "0"-"3" with "0" empty
+    refused = refusal(tmp_path, make_raw(tmp_path, arrays, class_names=("0", "1", "2", "3")))
+    hint = (
+        "0 has 0 images in train; at least 10 needed (no image in train or test has label 0: "
+        "labels number the classes from 0, Fashion-MNIST's 0-9)"
+    )
+    assert f"too few images of a class: 2 (fashion-mnist_train.csv: {hint}" in refused
+    in_test = hint.replace("images in train", "images in test")
+    assert [row["problem"] for row in error_rows(tmp_path)] == [hint, in_test]
+
+
+def test_class_0_empty_in_one_split_only_gets_no_numbering_hint(tmp_path):
+    arrays = make_arrays()
+    arrays["train_labels"][arrays["train_labels"] == 0] = 1
+    refusal(tmp_path, make_raw(tmp_path, arrays))
+    assert [row["problem"] for row in error_rows(tmp_path)] == [
+        "sandal has 0 images in train; at least 10 needed"
+    ]
+
+
 @pytest.mark.parametrize(("shared", "refused"), [(1, False), (2, True)])
 def test_images_in_train_and_test_are_refused_above_the_threshold(tmp_path, shared, refused):
     arrays = make_arrays(n_train=90, n_test=100)

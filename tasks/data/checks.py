@@ -38,6 +38,10 @@ FEW = "too few images of a class"
 SHARED = "image in both train and test"
 UNREADABLE = "unreadable file"
 CLASS_COUNT = "number of classes"
+LABELS_FROM_0 = (
+    " (no image in train or test has label 0: labels number the classes from 0, "
+    "Fashion-MNIST's 0-9)"
+)
 KINDS = (CLASS_COUNT, UNREADABLE, SHAPE, DTYPE, RANGE, BLANK, LABEL, FEW, SHARED)
 
 # The pixel columns are checked as a whole, by frame-level checks: one pandera Column
@@ -214,6 +218,8 @@ def check_data(
         expected = f"{n_classes} classes; expected {MIN_CLASSES} to {MAX_CLASSES}"
         problems.append(Problem("", str(raw.source_dir), None, CLASS_COUNT, expected))
     counts = {}
+    # Labels 1 to 10 make an eleventh class: say why class 0 is empty, not only that it is.
+    no_label_0 = not any((arrays[f"{split}_labels"] == 0).any() for split in SPLITS)
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         problems += schema_problems(raw, split, images, labels)
@@ -225,7 +231,8 @@ def check_data(
                 None,
                 FEW,
                 f"{raw.class_names[label]} has {count} images in {split}; "
-                f"at least {min_images_per_class} needed",
+                f"at least {min_images_per_class} needed"
+                + (LABELS_FROM_0 if label == 0 and no_label_0 else ""),
             )
             for label, count in enumerate(counts[split])
             if count < min_images_per_class
