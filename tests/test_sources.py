@@ -205,6 +205,18 @@ def test_rows_follow_file_names_then_class_folders(tmp_path):
     assert [int(image.max()) for image in parsed.arrays["train_images"]] == [120, 80, 160, 40]
 
 
+def test_a_linked_folder_is_read_once_and_a_link_loop_ends(tmp_path):
+    write_png(tmp_path / "train" / "a" / "0.png", garment(100))
+    write_png(tmp_path / "shared" / "1.png", garment(120))
+    (tmp_path / "train" / "a" / "again").symlink_to(".", target_is_directory=True)  # a loop
+    (tmp_path / "train" / "a" / "shared").symlink_to(tmp_path / "shared")
+    (tmp_path / "train" / "a" / "same").symlink_to(tmp_path / "shared")
+    parsed = load_folders(tmp_path, test_fraction=0.5, seed=0)
+    found = parsed.origins["train"] + parsed.origins["test"]
+    assert sorted(found) == ["train/a/0.png", "train/a/same/1.png"]  # the first link by name
+    assert parsed.unreadable == ()
+
+
 def test_unreadable_images_are_left_out_and_recorded(tmp_path):
     write_png(tmp_path / "train" / "a" / "0.png", garment(100))
     buffer = io.BytesIO()

@@ -108,10 +108,16 @@ def image_files(directory: Path, classes: tuple[str, ...]) -> dict[str, list[tup
 
 
 def _images_under(folder: Path) -> list[str]:
-    """Image files under `folder`, as posix paths relative to it, hidden ones left out."""
-    found = []
+    """Image files under `folder`, as posix paths relative to it, hidden ones left out.
+    Links to folders are followed, each real folder once: a link back up (a loop) would
+    repeat the images above it until the path grew too long to open."""
+    found, listed = [], set()
     for root, folders, files in os.walk(folder, onerror=_unlisted, followlinks=True):
-        folders[:] = [name for name in folders if _visible(name)]
+        if (real := os.path.realpath(root)) in listed:
+            folders[:] = []
+            continue
+        listed.add(real)
+        folders[:] = sorted(name for name in folders if _visible(name))  # the same link wins
         inner = Path(root).relative_to(folder).as_posix()
         prefix = "" if inner == "." else f"{inner}/"
         found += [
