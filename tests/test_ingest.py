@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import http.server
+import os
 import pickle
 import re
 import socket
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from prefect import flow
 
-from tasks.core.errors import DatasetFileError
+from tasks.core.errors import DatasetFileError, StorageError
 from tasks.core.storage import CorruptArrayError
 from tasks.data.ingest import (
     FASHION_MNIST_FILES,
@@ -215,6 +217,27 @@ def test_bad_download_leaves_no_file_behind(tmp_path, mirror):
         p.name.startswith(f".{TRAIN_IMAGES}") or p.name == TRAIN_IMAGES
         for p in (tmp_path / "cache" / "raw").iterdir()
     )
+
+
+def test_a_download_the_disk_has_no_room_for_is_a_storage_error_and_leaves_nothing(
+    tmp_path, mirror, monkeypatch
+):
+    root, url = mirror
+    files, _ = write_dataset(root)
+
+    def disk_full(response, sink):
+        sink.write(response.read(100))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("tasks.data.ingest.shutil.copyfileobj", disk_full)
+    raw = tmp_path / "cache" / "raw"
+    with pytest.raises(StorageError) as raised:
+        fashion_mnist_dir(tmp_path / "cache", files, tmp_path / "no-system", url)
+    assert raised.value.disk_full
+    assert re.fullmatch(rf"{re.escape(str(raw))}/[\w-]+\.gz: no space left on device",
+                        str(raised.value))  # fmt: skip
+    assert not is_network_error(raised.value)  # not retried: the disk is full a minute later
+    assert list(raw.iterdir()) == []  # nothing half-written for the rerun to trust
 
 
 FIXES = (

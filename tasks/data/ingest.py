@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.parse
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tasks.core.contracts import RawDataset, UnreadableFile
-from tasks.core.errors import DatasetFileError
+from tasks.core.errors import DatasetFileError, StorageError
 from tasks.core.files import replacing
 from tasks.core.storage import (
     array_refs,
@@ -53,7 +54,9 @@ CHECKSUMS_FILE = "decompressed_sha256.json"
 DATASET_FILE = "dataset.json"
 ORIGINS_FILE = "origins.json"
 # What a download can fail with on the way; a full disk is not among them.
-NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+NETWORK_ERRORS = (
+    urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError
+)  # fmt: skip
 
 
 class NoDataSourceError(DatasetFileError):
@@ -70,21 +73,35 @@ class NoDataSourceError(DatasetFileError):
 
 def download_file(url: str, target: Path, spec: IdxFile) -> None:
     """Download `url` to `target` atomically: verified first, then renamed into place.
-    Nothing is created before the mirror answers."""
-    with (
-        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
-        replacing(target, suffix=target.suffix) as partial,  # the suffix: gzip or not
-    ):
-        with open(partial, "wb") as sink:
-            shutil.copyfileobj(response, sink)
-        try:
-            content = read_idx_bytes(partial)
-            parse_idx(content, spec.magic, partial)
-            problem = checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
-        except DatasetFileError as exc:
-            problem = str(exc)
-        if problem:
-            raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
+    Nothing is created before the mirror answers.
+
+    Raises:
+        StorageError: writing it failed (a full disk); the network's errors pass as they
+            are, for the task to retry.
+    """
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
+            replacing(target, suffix=target.suffix) as partial,  # the suffix: gzip or not
+        ):
+            with open(partial, "wb") as sink:
+                shutil.copyfileobj(response, sink)
+            if problem := download_problem(partial, spec):
+                raise DatasetFileError(f"{url}: downloaded file is bad: {problem}")
+    except NETWORK_ERRORS:
+        raise
+    except OSError as error:
+        raise StorageError.from_os_error(target, error) from error
+
+
+def download_problem(partial: Path, spec: IdxFile) -> str | None:
+    """What makes a downloaded file not the published one, or None."""
+    try:
+        content = read_idx_bytes(partial)
+        parse_idx(content, spec.magic, partial)
+        return checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
+    except DatasetFileError as exc:
+        return str(exc)
 
 
 def fashion_mnist_dir(
