@@ -3,6 +3,7 @@ once they are done, told across threads and processes."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -235,6 +236,26 @@ def test_grants_add_up_to_every_core_and_are_taken_back_between_stages(tmp_path)
     assert share.granted == 1
     assert CoreHandover().granted == 0  # unbound
     assert not CoreHandover().released
+
+
+def test_a_grant_the_disk_has_no_room_for_is_a_warning_and_the_cores_stay(
+    tmp_path, monkeypatch, caplog
+):
+    share = CoreHandover(lane_cores=(0,), all_cores=(0, 1), directory=tmp_path)
+
+    def disk_full(path, text):
+        path.touch()  # a file begun, then no room for its content
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(type(tmp_path), "write_text", disk_full)
+    with caplog.at_level(logging.WARNING, "tasks.training.cores"):
+        share.release()  # after a model is done: the run goes on
+    assert (share.granted, share.released) == (1, False)
+    assert list(tmp_path.iterdir()) == []
+    assert caplog.messages == [
+        f"could not hand cores over ({tmp_path / 'granted'}: No space left on device): the "
+        "model keeps those it has"
+    ]
 
 
 def test_each_model_done_grants_its_cores_to_the_cnn_without_waiting_for_the_others(

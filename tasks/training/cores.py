@@ -181,8 +181,16 @@ class CoreHandover:
             dask_variable(self.channel).set(cores)
             return
         staging = self.directory / f".{GRANTED_FILE}.{threading.get_ident()}"
-        staging.write_text(str(cores))
-        staging.replace(self.directory / GRANTED_FILE)  # never read half-written
+        try:
+            staging.write_text(str(cores))
+            staging.replace(self.directory / GRANTED_FILE)  # never read half-written
+        except OSError as error:  # a full disk: the model trains on with the cores it has
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            logging.getLogger(__name__).warning(
+                "could not hand cores over (%s: %s): the model keeps those it has",
+                self.directory / GRANTED_FILE, error.strerror or error,
+            )  # fmt: skip
 
     def step_cost(self, shared: float, alone: float | None = None) -> Cost:
         """A step's cost from here on: `shared` seconds beside the other models, `alone`
