@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import tasks.core.files
+import tasks.predict.batch
 import tasks.predict.model
 from flows.predict import main
 from tasks.core.contracts import CLASS_NAMES
@@ -307,6 +308,30 @@ def test_model_entries_are_found_from_the_current_directory_first(run, tmp_path,
     monkeypatch.chdir(tmp_path)  # elsewhere: beside the run's output directory
     summary = predict_images([tmp_path / "x.npy"], report_dir, "random_forest", tmp_path / "p.csv")
     assert list(summary.provenance["model_files_sha256"]) == [str(report_dir.parents[1] / recorded)]
+
+
+def test_a_run_landing_while_predicting_does_not_mix_two_runs(run, tmp_path, monkeypatch):
+    report_dir, arrays = run
+    np.save(tmp_path / "x.npy", arrays["test_images"][:2])
+    latest = tmp_path / "latest"
+    latest.symlink_to(report_dir, target_is_directory=True)
+    landing = tmp_path / "run-2"
+    landing.mkdir()  # the next run, its report still being written
+    real_read_run = tasks.predict.batch.read_run
+
+    def read_then_land(run_dir):
+        found = real_read_run(run_dir)
+        moved = tmp_path / "moved"  # the link swapped in one rename, as the pipeline does
+        moved.symlink_to(landing, target_is_directory=True)
+        moved.replace(latest)
+        return found
+
+    monkeypatch.setattr(tasks.predict.batch, "read_run", read_then_land)
+    summary = predict_images([tmp_path / "x.npy"], latest, "random_forest", tmp_path / "p.csv")
+    assert latest.resolve() == landing  # it moved, and the prediction kept to the first run
+    assert (summary.provenance["run_id"], summary.provenance["run_dir"]) == (
+        RUN_ID, str(report_dir.resolve())
+    )  # fmt: skip
 
 
 def test_the_model_is_loaded_once_and_predicts_in_batches(run, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from tasks.core.errors import PredictionInputError
 from tasks.core.files import check_writable_directory, write_atomically
 from tasks.core.storage import sha256_file
 from tasks.predict.inputs import InputImages, find_inputs, read_input
-from tasks.predict.model import load_run_model, read_run, run_class_names
+from tasks.predict.model import load_run_model, pinned_run, read_run, run_class_names
 
 BATCH_SIZE = 2048
 DEFAULT_TOP_K = 3
@@ -125,7 +125,8 @@ def predict_images(
     Args:
         paths: image files, folders of them (searched recursively), IDX images files
             (gzipped or not) and .npy arrays of shape (n, 28, 28) or (n, 784).
-        run_dir: a run's report directory, such as `reports/latest`.
+        run_dir: a run's report directory, such as `reports/latest` (the run it points at
+            when the call starts: the provenance names that directory).
         model: one of the run's models; default: the one the run chose.
         threads: for the model; default: every core.
 
@@ -140,11 +141,12 @@ def predict_images(
             there before are as they were.
     """
     files, skipped = find_inputs([Path(p) for p in paths])
-    _, metrics = read_run(Path(run_dir))
+    run_dir = pinned_run(Path(run_dir))
+    _, metrics = read_run(run_dir)
     classes = len(run_class_names(metrics))
     if not 1 <= top_k <= classes:
         raise PredictionInputError(
-            f"top-k {top_k} is out of range: run {metrics.get('run_id', Path(run_dir).name)} "
+            f"top-k {top_k} is out of range: run {metrics.get('run_id', run_dir.name)} "
             f"has {classes} classes; expected 1 to {classes}"
         )
     output = Path(output)
@@ -152,7 +154,7 @@ def predict_images(
         raise PredictionInputError(f"{output}: is a directory, not the CSV file to write")
     check_writable_directory(output.parent)
     started = time.perf_counter()
-    loaded = load_run_model(Path(run_dir), model, threads or usable_cores())
+    loaded = load_run_model(run_dir, model, threads or usable_cores())
     load_seconds = time.perf_counter() - started
     predict_seconds = 0.0
 

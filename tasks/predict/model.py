@@ -65,6 +65,13 @@ class RunModel:
         }  # fmt: skip
 
 
+def pinned_run(run_dir: Path) -> Path:
+    """The run a link such as `reports/latest` points at now, so that every file is read
+    from that one run when the next run moves the link meanwhile; a missing one as given,
+    for the error to name it."""
+    return run_dir.resolve() if run_dir.exists() else run_dir
+
+
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     """A run's leaderboard and metrics document.
 
@@ -122,8 +129,9 @@ def load_run_model(run_dir: Path, model: str | None, threads: int) -> RunModel:
         PredictionInputError: no run in `run_dir`, a model it has not, or saved model
             files missing, failing their manifest check, or retrained since the run.
     """
+    run_dir = pinned_run(run_dir)
     board, metrics = read_run(run_dir)
-    run_id = metrics.get("run_id", run_dir.resolve().name)
+    run_id = metrics.get("run_id", run_dir.name)
     ranked = board.model[board["rank"].notna()].tolist()  # a model that failed has no rank
     name = model or recorded_choice(metrics, ranked)
     if name not in ranked:

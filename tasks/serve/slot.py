@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.predict.model import RunModel, load_run_model
+from tasks.predict.model import RunModel, load_run_model, pinned_run
 
 logger = logging.getLogger("fashion_mnist.serve")
 
@@ -53,9 +53,7 @@ class ModelSlot:
         self.model_name = model
         self.threads = threads
         self._switching = threading.Lock()
-        # The run `run` points at now: `latest` may move on meanwhile. A missing one is
-        # named as given in the error.
-        self.model: RunModel = self._load(run.resolve() if run.exists() else run)
+        self.model: RunModel = self._load(pinned_run(run))
         self.since = _now()
         self.refused: Refusal | None = None
         self.switches = 0
