@@ -62,9 +62,14 @@ def test_files_and_instances_get_the_classes_and_probabilities_of_flows_predict(
     by_pixels = httpx.post(
         f"{server.url}/predict", json={"instances": images.tolist()}, timeout=60
     )  # 28 x 28 lists
+    # The pipeline's features, as a float .npy gives them to flows.predict: not 255 times darker.
+    scaled = (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32)
+    by_features = httpx.post(
+        f"{server.url}/predict", json={"instances": scaled.tolist()}, timeout=60
+    )
 
-    assert by_file.status_code == by_pixels.status_code == 200
-    for answer in (by_file.json(), by_pixels.json()):
+    assert by_file.status_code == by_pixels.status_code == by_features.status_code == 200
+    for answer in (by_file.json(), by_pixels.json(), by_features.json()):
         assert (answer["model"], answer["run"]) == (expected_model(report_dir), "run-1")
         got = answer["predictions"]
         assert [p["predicted_class"] for p in got] == expected.predicted_class.tolist()

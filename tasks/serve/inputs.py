@@ -53,7 +53,8 @@ def read_upload(name: str, content: bytes, max_pixels: int) -> RequestInput:
 
 def read_instances(document: Any) -> list[RequestInput]:
     """The instances of a JSON request, named by their index, as TensorFlow Serving's REST
-    API names them: each 28 x 28 or 784 pixel values from 0 to 255.
+    API names them: each 28 x 28 or 784 pixel values from 0 to 255, or features scaled to
+    [0, 1] (numbers with a fraction, none above 1).
 
     Raises:
         RequestShapeError: when the document is not `{"instances": [...]}` with at least one.
@@ -83,6 +84,10 @@ def read_instance(name: str, instance: Any) -> RequestInput:
     if low < 0 or high > 255:
         found = f"values from {low:g} to {high:g}"
         return RequestInput(name, error=f"{found}; expected pixels in 0-255")
+    if pixels.dtype.kind == "f" and high <= 1:
+        # Fractions all within [0, 1] are the pipeline's features, as `flows.predict`
+        # reads a float .npy: dividing them by 255 again would classify a black image.
+        return RequestInput(name, pixels.reshape(PIXELS).astype(np.float32))
     return RequestInput(name, scale_images(pixels.reshape(1, PIXELS))[0])
 
 
