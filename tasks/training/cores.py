@@ -197,13 +197,15 @@ class CoreHandover:
         with every core (when not timed yet: `shared` sped up as the plan counts on)."""
         return Cost(0.0, shared, shared / self.speedup if alone is None else alone)
 
-    def steps_left(self, step: Cost, seconds: float, now: float, most: int) -> int:
+    def steps_left(
+        self, step: Cost, seconds: float, now: float, most: int, expecting: bool = True
+    ) -> int:
         """How many steps of `step`, at most `most`, fit in the `seconds` from `now`:
         beside the other models until they are done (none once they are; until the plan
-        expects it; else all along), then with every core."""
+        expects it, when `expecting`; else all along), then with every core."""
         if self.released:
             shared = 0.0
-        elif self.expected_at is None:
+        elif self.expected_at is None or not expecting:
             shared = seconds
         else:
             shared = min(seconds, max(0.0, self.expected_at - now))

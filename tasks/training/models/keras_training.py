@@ -256,10 +256,11 @@ class CosineToDeadline:
     epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
     one from the typical epoch's time (the median of the latest): fewer as soon as they
     would run past the deadline, more (up to `context.most_steps`) only as many as fit at
-    `raise_margin` over the slowest of the latest epochs. Epoch times that waver then move
-    the plan once, not back and forth: to add an epoch even slower ones must fit, to drop
-    one the typical must not. The rest of the decay is stretched or compressed to end with
-    the new last epoch, where training stops, fully decayed, rather than cut off at the
+    `raise_margin` over the slowest of the latest epochs, with every core once the others
+    are done, not when expected. Epoch times that waver, or others done late, then move the
+    plan once, not back and forth: to add an epoch even slower ones must fit, to drop one
+    the typical must not. The rest of the decay is stretched or compressed to end with the
+    new last epoch, where training stops, fully decayed, rather than cut off at the
     deadline. `clock` gives the time, as `time.time()` (the deadline's)."""
 
     network: Any
@@ -332,8 +333,9 @@ class CosineToDeadline:
         """An epoch's seconds, the median of the latest epochs' or, `raising` the plan,
         `raise_margin` over the slowest of them (the first, which also traced the graph,
         included), and how many more epochs, at most `most`, fit before the deadline at
-        that speed: beside the other models until they are done, then with every core as
-        timed, or as the plan's speed-up counts on (`CoreHandover.steps_left`)."""
+        that speed: beside the other models until the plan expects them done (`raising`:
+        all along until they are), then with every core as timed, or as the plan's speed-up
+        counts on (`CoreHandover.steps_left`)."""
         handover = self.context.handover
         timed = [self.first_epoch_seconds, *self.shared_seconds] if raising else self.shared_seconds
 
@@ -343,5 +345,6 @@ class CosineToDeadline:
         shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
         alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
         epoch = handover.step_cost(shared, alone)
-        fitting = handover.steps_left(epoch, self.context.deadline - now, now, most)
+        seconds = self.context.deadline - now
+        fitting = handover.steps_left(epoch, seconds, now, most, expecting=not raising)
         return (epoch.per_step_alone if handover.released else shared), fitting
