@@ -196,11 +196,18 @@ def read_npy_images(path: Path) -> np.ndarray:
         raise UnreadableInputError("array holds values that are not finite (NaN or infinity)")
     if low < 0 or high > 255:
         raise UnreadableInputError(f"values from {low} to {high}; expected pixels in 0-255")
-    if array.dtype.kind == "f" and high <= 1:
-        return array  # the pipeline's own features, already scaled to [0, 1]
+    if are_features(array, high):
+        return array
     if array.dtype.kind == "f":
         return np.asarray(array, dtype=np.float32).reshape(len(array), PIXELS) / np.float32(255)
     return array.astype(np.uint8, copy=False)
+
+
+def are_features(values: np.ndarray, high: float) -> bool:
+    """Floats none above 1 (`high`, their largest): the pipeline's own features, already
+    scaled to [0, 1], not pixels (0-255) to scale; for a .npy file and a served JSON
+    instance alike."""
+    return values.dtype.kind == "f" and high <= 1
 
 
 def _some_images(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,13 @@ import numpy as np
 
 from tasks.core.contracts import IMAGE_SHAPE
 from tasks.data.preprocess import scale_images
-from tasks.predict.inputs import PIXELS, UnreadableInputError, read_image, unexpected_error
+from tasks.predict.inputs import (
+    PIXELS,
+    UnreadableInputError,
+    are_features,
+    read_image,
+    unexpected_error,
+)
 
 INSTANCE_SHAPES = (IMAGE_SHAPE, (PIXELS,))
 REQUEST_SHAPE = (
@@ -84,9 +90,7 @@ def read_instance(name: str, instance: Any) -> RequestInput:
     if low < 0 or high > 255:
         found = f"values from {low:g} to {high:g}"
         return RequestInput(name, error=f"{found}; expected pixels in 0-255")
-    if pixels.dtype.kind == "f" and high <= 1:
-        # Fractions all within [0, 1] are the pipeline's features, as `flows.predict`
-        # reads a float .npy: dividing them by 255 again would classify a black image.
+    if are_features(pixels, high):  # as `flows.predict` reads a float .npy: not 255 times darker
         return RequestInput(name, pixels.reshape(PIXELS).astype(np.float32))
     return RequestInput(name, scale_images(pixels.reshape(1, PIXELS))[0])
 
