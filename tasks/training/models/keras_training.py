@@ -241,7 +241,6 @@ class EpochProgress:
     context: TrainingContext
 
     def __call__(self, epoch: int, logs: dict) -> None:
-        """Keras' end-of-epoch hook."""
         self.context.report_progress(min(1.0, (epoch + 1) / self.last_epoch()))
         self.context.logger.info(
             "cnn epoch %d: loss %.4f, accuracy %.4f, validation accuracy %.4f",
@@ -252,16 +251,16 @@ class EpochProgress:
 
 @dataclass
 class CosineToDeadline:
-    """The learning rate, set before each batch: a cosine decay to zero over the planned
-    epochs, as Keras' CosineDecay. With a deadline, the epochs are re-planned after each
-    one from the typical epoch's time (the median of the latest): fewer as soon as they
-    would run past the deadline, more (up to `context.most_steps`) only as many as fit at
-    `raise_margin` over the slowest of the latest epochs, with every core once the others
-    are done, not when expected. Epoch times that waver, or others done late, then move the
-    plan once, not back and forth: to add an epoch even slower ones must fit, to drop one
-    the typical must not. The rest of the decay is stretched or compressed to end with the
-    new last epoch, where training stops, fully decayed, rather than cut off at the
-    deadline. `clock` gives the time, as `time.time()` (the deadline's)."""
+    """The learning rate, set before each batch: a cosine decay to zero over the planned epochs,
+    as Keras' CosineDecay. With a deadline, the epochs are re-planned after each one from the
+    typical epoch's time (the median of the latest): fewer as soon as they would run past the
+    deadline, more (up to `context.most_steps`) only as many as fit at `raise_margin` over the
+    slowest of the latest epochs, with every core once the others are done and an epoch with
+    them is timed, not when expected. Epoch times that waver, others done late or a speed-up
+    smaller than measured then move the plan once, not back and forth: to add an epoch even
+    slower ones must fit, to drop one the typical must not. The rest of the decay is stretched
+    or compressed to end with the new last epoch, where training stops, fully decayed, rather
+    than cut off at the deadline. `clock` gives the time, as `time.time()` (the deadline's)."""
 
     network: Any
     learning_rate: float
@@ -334,8 +333,8 @@ class CosineToDeadline:
         `raise_margin` over the slowest of them (the first, which also traced the graph,
         included), and how many more epochs, at most `most`, fit before the deadline at
         that speed: beside the other models until the plan expects them done (`raising`:
-        all along until they are), then with every core as timed, or as the plan's speed-up
-        counts on (`CoreHandover.steps_left`)."""
+        all along until they are), then with every core as timed or, until one such epoch
+        is (`raising`: at the speed beside them), as the plan's speed-up counts on."""
         handover = self.context.handover
         timed = [self.first_epoch_seconds, *self.shared_seconds] if raising else self.shared_seconds
 
@@ -343,7 +342,8 @@ class CosineToDeadline:
             return max(seconds) * (1 + self.raise_margin) if raising else statistics.median(seconds)
 
         shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
-        alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else None
+        untimed = shared if raising else None  # none timed with every core: raise as beside them
+        alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else untimed
         epoch = handover.step_cost(shared, alone)
         seconds = self.context.deadline - now
         fitting = handover.steps_left(epoch, seconds, now, most, expecting=not raising)
