@@ -130,7 +130,7 @@ def _run_stages(
         logger.info("core schedule: %s", pool.cores.describe())
         share = shares.get(own_lane_model())
         if config.tune.enabled:
-            tuning, failures = tune_models(pool, config, data, run_id, logger)
+            tuning, failures = tune_models(pool, config, data, logger)
         params = tuned_params(config.params, tuning)
         if tuning and config.tune.save_profile:
             write_profile(config.tune.save_profile, tuning)

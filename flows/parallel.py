@@ -31,7 +31,7 @@ from tasks.run.config import PipelineConfig
 from tasks.training.cores import CoreHandover
 from tasks.training.models.registry import growing_models, own_lane_model
 from tasks.training.stages import train_task, trial_task
-from tasks.training.tune import TrialRequest, TuningSession
+from tasks.training.tune import TrialRequest, TuningSession, study_key
 
 
 class Future(Protocol):
@@ -272,17 +272,24 @@ def train_and_evaluate(
 
 
 def tune_models(
-    pool: Pool, config: PipelineConfig, data: ProcessedDataset, run_id: str, logger: Any
+    pool: Pool, config: PipelineConfig, data: ProcessedDataset, logger: Any
 ) -> tuple[list[TuningSummary], list[ModelFailure]]:
     """Run the session's trials `parallel_models` at a time until every model's budget
     is used; trials are tasks of the same pool the models train in. A model whose trial
     fails gets no more trials; without a completed one it is not trained."""
+    tune = config.tune
     logger.info(
         "tuning %s on the validation split, %.1f min each, %d trials at a time",
-        ", ".join(config.models), config.tune.budget_minutes, pool.cores.lanes,
+        ", ".join(config.models), tune.budget_minutes, pool.cores.lanes,
     )  # fmt: skip
-    study_dir = config.cache_dir / "tuning" / run_id
-    session = TuningSession(config.models, config.params, config.tune.budget_minutes, study_dir)
+    key = study_key(config.models, config.params, tune.train_subset_size, config.seed, data)
+    study_dir = config.cache_dir / "tuning" / key
+    session = TuningSession(config.models, config.params, tune.budget_minutes, study_dir)
+    if resumed := {model: trials for model, trials in session.resumed.items() if trials}:
+        logger.info(
+            "tuning resumes an earlier run's search (%s): %s",
+            study_dir, ", ".join(f"{model} {n} trials" for model, n in resumed.items()),
+        )  # fmt: skip
     running: dict[Future, TrialRequest] = {}
     while True:
         while len(running) < pool.cores.lanes and (request := session.next_trial()):
@@ -291,7 +298,7 @@ def tune_models(
                 "params": config.params,
                 "data": data,
                 "study_dir": study_dir,
-                "train_subset_size": config.tune.train_subset_size,
+                "train_subset_size": tune.train_subset_size,
                 "seed": config.seed,
                 "threads": pool.cores.threads_for(request.model),
             }

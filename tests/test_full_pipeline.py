@@ -372,6 +372,12 @@ def test_tuning_searches_on_validation_and_saves_a_profile_later_runs_use(quick_
     saved = json.loads((workdir / "profiles" / "tuned.json").read_text())
     assert saved == json.loads((report_dir / "tuned-profile.json").read_text())
     assert saved == {"params": {m: s["best_params"] for m, s in summaries.items()}}
+    # A rerun resumes the search: each model's budget is used, so no trial is left to run.
+    with contextlib.chdir(workdir), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*args, *tuning]) == 0
+    rerun = json.loads(((workdir / "reports" / "latest").resolve() / "metrics.json").read_text())
+    assert rerun["run_id"] != metrics["run_id"]
+    assert rerun["tuning"] == metrics["tuning"]
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="tune-")), limit=200

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset
+from tasks.core.errors import StorageError
 from tasks.core.storage import array_refs, save_arrays
 from tasks.run.config import ModelParams, PipelineConfig
 from tasks.training import stages
@@ -17,12 +21,15 @@ from tasks.training.models.base import TrainingContext
 from tasks.training.models.registry import build_model, model_spec
 from tasks.training.models.xgboost_model import XGBoostParams
 from tasks.training.tune import (
+    JOURNAL_FILE,
     TrialOutcome,
     TrialRequest,
     TuningSession,
     journal,
     run_trial,
+    study_key,
     tuned_params,
+    with_overrides,
     write_profile,
 )
 from tests.support.params import SMALL
@@ -191,4 +198,87 @@ def test_a_trial_gives_back_the_memory_it_freed(tmp_path, processed, monkeypatch
     outcome = stages.trial_task.fn(request, SMALL, processed, session.directory, 120, 0, 1)
     assert given_back == ["trial"]
     assert 0 <= outcome.validation_accuracy <= 1
-    assert outcome.train_images == 120
+    study = optuna.load_study(study_name="logistic_regression", storage=journal(tmp_path / "study"))
+    assert study.trials[-1].user_attrs["train_images"] == 120
+
+
+def run_requested(session: TuningSession, data: ProcessedDataset, request: TrialRequest):
+    outcome = run_trial(
+        request, SMALL, data, session.directory, 120, seed=0, threads=1,
+        logger=optuna.logging.get_logger("test"),
+    )  # fmt: skip
+    session.record(request, outcome)
+    return outcome
+
+
+def test_a_rerun_resumes_the_search_a_cancel_cut_short(tmp_path, processed):
+    """Two trials finished and a third left running, as a cancel leaves them: the rerun's
+    session counts the two against the budget, not the third, runs no second defaults
+    trial and proposes afresh; with the budget used, a rerun has nothing left to do."""
+    model, directory = "logistic_regression", tmp_path / "study"
+    first = TuningSession([model], SMALL, 1, directory)
+    finished = [run_requested(first, processed, first.next_trial()) for _ in range(2)]
+    first.studies[model].ask(model_spec(model).search_space)  # cut short by the cancel
+
+    rerun = TuningSession([model], SMALL, 1, directory)
+    assert rerun.resumed == {model: 2}
+    assert rerun.spent[model] == pytest.approx(sum(outcome.seconds for outcome in finished))
+    run_requested(rerun, processed, rerun.next_trial())
+    trials = rerun.studies[model].get_trials(deepcopy=False)
+    assert [trial.state for trial in trials] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING, TrialState.COMPLETE
+    ]  # fmt: skip
+    assert trials[3].params != trials[1].params  # its sampler is not the second trial's
+    (summary,) = rerun.summaries()
+    assert summary.trials == 3
+    assert summary.default_accuracy == trials[0].value
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    assert summary.seconds == pytest.approx(sum(t.user_attrs["seconds"] for t in complete))
+    assert list(pd.read_csv(summary.trials_file).number) == [0, 1, 3]
+
+    used = TuningSession([model], SMALL, summary.seconds / 60, directory)
+    assert used.next_trial() is None
+    assert used.summaries()[0].best_params == summary.best_params
+
+
+def test_defaults_cut_short_are_run_again_on_a_rerun(tmp_path, processed):
+    model, directory = "logistic_regression", tmp_path / "study"
+    first = TuningSession([model], SMALL, 1, directory)
+    first.studies[model].ask(model_spec(model).search_space)  # the defaults, cut short
+
+    rerun = TuningSession([model], SMALL, 1, directory)
+    assert rerun.resumed == {model: 0}
+    outcome = run_requested(rerun, processed, rerun.next_trial())
+    defaults = rerun.studies[model].get_trials(deepcopy=False)[-1]
+    assert defaults.user_attrs["defaults"]
+    assert defaults.params == {"C": SMALL.logistic_regression.C}
+    assert rerun.summaries()[0].default_accuracy == outcome.validation_accuracy
+
+
+def test_the_study_is_keyed_by_what_its_trials_depend_on_but_the_budget(processed, tmp_path):
+    models = ["logistic_regression", "xgboost"]
+    key = study_key(models, SMALL, 120, 0, processed)
+    assert study_key(list(reversed(models)), SMALL, 120, 0, processed) == key
+    other_forest = with_overrides(SMALL, "random_forest", {"n_estimators": 5})
+    assert study_key(models, other_forest, 120, 0, processed) == key  # not tuned here
+    other_rate = with_overrides(SMALL, "xgboost", {"learning_rate": 0.05})
+    other_data = ProcessedDataset(tmp_path / "other", processed.arrays)
+    changed = [
+        study_key(models, other_rate, 120, 0, processed),
+        study_key(models, SMALL, 240, 0, processed),
+        study_key(models, SMALL, 120, 1, processed),
+        study_key(models, SMALL, 120, 0, other_data),
+        study_key(["logistic_regression"], SMALL, 120, 0, processed),
+    ]
+    assert len({key, *changed}) == 6
+
+
+def test_a_full_disk_under_the_journal_is_one_line_naming_it(tmp_path, monkeypatch):
+    def full(self, logs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", full)
+    directory = tmp_path / "study"
+    with pytest.raises(StorageError) as raised:
+        TuningSession(["logistic_regression"], SMALL, 1, directory)
+    assert str(raised.value) == f"{directory / JOURNAL_FILE}: no space left on device"

@@ -8,7 +8,8 @@ shows what it gained over them. The test set is never read.
 
 A `TuningSession` decides which trial runs next and records the outcome; the trials
 themselves (`run_trial`) may run anywhere that reads the study's journal file, so the
-flow submits them to the same task runner that trains the models.
+flow submits them to the same task runner that trains the models. The journal is keyed
+by what the search depends on (`study_key`), so a rerun after a cancel resumes it.
 """
 
 from __future__ import annotations
@@ -25,18 +26,22 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
+from tasks.core.errors import StorageError
 from tasks.core.files import write_atomically
 from tasks.core.stopping import check_stop, run_until_stopped
+from tasks.core.storage import content_key, project_code_version
 from tasks.data.preprocess import stratified_subset
 from tasks.training.models.base import TrainingContext, with_every_class
 from tasks.training.models.registry import ModelParams, build_model, model_spec
 from tasks.training.tuned_profile import profile_text
 
 UNPRUNED_TRIALS = 2  # the defaults and one more, before any trial is compared
-DEFAULTS_TRIAL = 0  # each study's first trial: the configured defaults, enqueued
+DEFAULTS = "defaults"  # the user attribute marking the trial of the configured defaults
 # Random proposals before TPE models the results: budgets of minutes allow few trials.
 RANDOM_TRIALS = 4
 JOURNAL_FILE = "study.journal"
+# A trial in none of these a cancel cut short (or is still running): it counts nothing.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,6 +57,22 @@ def journal(directory: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(directory / JOURNAL_FILE)))
 
 
+def study_key(
+    models: list[str],
+    params: ModelParams,
+    train_subset_size: int | None,
+    seed: int,
+    data: ProcessedDataset,
+) -> str:
+    """The search's key, from what its trials depend on: a rerun with the same models,
+    parameters, subset, seed and data resumes its study rather than starting over (with a
+    larger budget, it searches on; with the same, it has nothing left to do)."""
+    return content_key(
+        {model: getattr(params, model).model_dump(mode="json") for model in sorted(models)},
+        train_subset_size, seed, data.directory.name, project_code_version(__name__),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrialRequest:
     """A trial the session wants run; `sequence` (trials asked so far) seeds its sampler."""
@@ -64,7 +85,6 @@ class TrialRequest:
 class TrialOutcome:
     validation_accuracy: float | None  # None when the trial was pruned
     seconds: float
-    train_images: int
 
     @property
     def pruned(self) -> bool:
@@ -105,7 +125,7 @@ def run_trial(
         trial.report(accuracy, step)
         # The defaults are what the search is measured against: their score is always a
         # whole fit's, even when later trials finished first and set a higher median.
-        if trial.number != DEFAULTS_TRIAL and trial.should_prune():
+        if not trial.user_attrs.get(DEFAULTS) and trial.should_prune():
             raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at step {step}")
 
     x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
@@ -128,6 +148,7 @@ def run_trial(
         raise
     seconds = time.perf_counter() - started
     trial.set_user_attr("seconds", seconds)
+    trial.set_user_attr("train_images", len(rows))
     if accuracy is None:
         study.tell(trial, state=TrialState.PRUNED)
     else:
@@ -136,7 +157,7 @@ def run_trial(
             "%s trial %d: validation accuracy %.4f in %.1f s with %s",
             model, trial.number, accuracy, seconds, trial.params,
         )  # fmt: skip
-    return TrialOutcome(accuracy, seconds, len(rows))
+    return TrialOutcome(accuracy, seconds)
 
 
 class TuningSession:
@@ -145,26 +166,32 @@ class TuningSession:
     A model's budget is the wall time of its trials, counted from each trial's start, so
     with N trials running at once the search takes about the budgets' sum over N. A
     model gets no new trial once its budget is used; a running trial is let finish.
+
+    In a `directory` whose journal holds an earlier session's trials (a run cancelled,
+    or rerun), the search resumes: their seconds count against the budgets, and a trial
+    left running counts nothing; the defaults are run again unless they completed.
     """
 
     def __init__(
         self, models: list[str], params: ModelParams, budget_minutes: float, directory: Path
     ):
         self.budget_seconds, self.directory = 60 * budget_minutes, directory
-        directory.mkdir(parents=True, exist_ok=True)
-        storage = journal(directory)
         self.studies: dict[str, optuna.Study] = {}
-        for model in models:
-            study = optuna.create_study(study_name=model, storage=storage, direction="maximize")
-            defaults = getattr(params, model)
-            search_space = model_spec(model).search_space
-            study.enqueue_trial({name: getattr(defaults, name) for name in search_space})
-            self.studies[model] = study
-        self.spent = dict.fromkeys(models, 0.0)
-        self.train_images: dict[str, int] = {}
+        try:  # a full disk: one line naming the journal, before any trial runs
+            directory.mkdir(parents=True, exist_ok=True)
+            for model in models:
+                self.studies[model] = _study_with_defaults(model, params, journal(directory))
+        except OSError as error:
+            raise StorageError.from_os_error(directory / JOURNAL_FILE, error) from None
+        self.resumed = {model: len(_finished(study)) for model, study in self.studies.items()}
+        self.spent = {
+            model: sum(trial.user_attrs.get("seconds", 0.0) for trial in _finished(study))
+            for model, study in self.studies.items()
+        }
         self.running: dict[TrialRequest, float] = {}  # start times
         self.failed: dict[str, str] = {}  # the error of each model's failed trial
-        self.asked = 0
+        # Each request's number seeds its sampler: resumed, the earlier ones are not repeated.
+        self.asked = sum(len(study.get_trials(deepcopy=False)) for study in self.studies.values())
 
     def committed_seconds(self, model: str) -> float:
         now = time.monotonic()
@@ -191,7 +218,6 @@ class TuningSession:
     def record(self, request: TrialRequest, outcome: TrialOutcome) -> None:
         del self.running[request]
         self.spent[request.model] += outcome.seconds
-        self.train_images[request.model] = outcome.train_images
 
     def fail(self, request: TrialRequest, error: str) -> None:
         """A trial raised `error` (one line): the model gets no more trials, as the next
@@ -211,13 +237,18 @@ class TuningSession:
         """Each search that completed a trial, its trials written to `<model>-trials.csv`."""
         summaries = []
         for model, study in self.studies.items():
-            trials = study.get_trials(deepcopy=False)
+            trials = _finished(study)
             if not any(trial.state == TrialState.COMPLETE for trial in trials):
                 continue  # in `failures()`
             trials_file = self.directory / f"{model}-trials.csv"
             columns = ("number", "state", "value", "params", "user_attrs")
-            study.trials_dataframe(attrs=columns).to_csv(trials_file, index=False)
+            frame = study.trials_dataframe(attrs=columns)
+            finished = frame[frame.state.isin([state.name for state in FINISHED])]
+            write_atomically(
+                trials_file, lambda stream, rows=finished: rows.to_csv(stream, index=False)
+            )
             best = study.best_trial
+            defaults = _defaults_trial(study, (TrialState.COMPLETE,))
             summaries.append(
                 TuningSummary(
                     model=model,
@@ -225,15 +256,41 @@ class TuningSession:
                     pruned=sum(trial.state == TrialState.PRUNED for trial in trials),
                     seconds=self.spent[model],
                     # NaN when the defaults' trial failed and a later one did not
-                    default_accuracy=float("nan" if trials[0].value is None else trials[0].value),
+                    default_accuracy=float("nan" if defaults is None else defaults.value),
                     best_accuracy=float(best.value),
                     best_trial=best.number,
                     best_params=best.params,
-                    train_images=self.train_images[model],
+                    train_images=best.user_attrs["train_images"],
                     trials_file=trials_file,
                 )
             )
         return summaries
+
+
+def _study_with_defaults(model: str, params: ModelParams, storage: JournalStorage) -> optuna.Study:
+    """The model's study, new or an earlier session's, with its defaults' trial enqueued
+    unless it completed or waits."""
+    study = optuna.create_study(
+        study_name=model, storage=storage, direction="maximize", load_if_exists=True
+    )
+    if not _defaults_trial(study, (TrialState.COMPLETE, TrialState.WAITING)):
+        defaults, search_space = getattr(params, model), model_spec(model).search_space
+        study.enqueue_trial(
+            {name: getattr(defaults, name) for name in search_space}, {DEFAULTS: True}
+        )
+    return study
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def _defaults_trial(
+    study: optuna.Study, states: tuple[TrialState, ...]
+) -> optuna.trial.FrozenTrial | None:
+    """The study's first trial of the configured defaults in one of `states`, if any."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    return next((trial for trial in trials if trial.user_attrs.get(DEFAULTS)), None)
 
 
 def tuned_params(params: ModelParams, summaries: list[TuningSummary]) -> ModelParams:
