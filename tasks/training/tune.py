@@ -40,7 +40,8 @@ DEFAULTS = "defaults"  # the user attribute marking the trial of the configured 
 # Random proposals before TPE models the results: budgets of minutes allow few trials.
 RANDOM_TRIALS = 4
 JOURNAL_FILE = "study.journal"
-# A trial in none of these a cancel cut short (or is still running): it counts nothing.
+# Trials that ended; one in another state was cut short by a cancel (or still runs) and
+# counts nothing.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
