@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -259,10 +260,13 @@ def test_the_study_is_keyed_by_what_its_trials_depend_on_but_the_budget(processe
     models = ["logistic_regression", "xgboost"]
     key = study_key(models, SMALL, 120, 0, processed)
     assert study_key(list(reversed(models)), SMALL, 120, 0, processed) == key
+    moved = ProcessedDataset(tmp_path / "elsewhere", processed.arrays)
+    assert study_key(models, SMALL, 120, 0, moved) == key  # the same arrays
     other_forest = with_overrides(SMALL, "random_forest", {"n_estimators": 5})
     assert study_key(models, other_forest, 120, 0, processed) == key  # not tuned here
     other_rate = with_overrides(SMALL, "xgboost", {"learning_rate": 0.05})
-    other_data = ProcessedDataset(tmp_path / "other", processed.arrays)
+    other_labels = replace(processed.arrays["y_val"], sha256="0" * 64)
+    other_data = ProcessedDataset(tmp_path, processed.arrays | {"y_val": other_labels})
     changed = [
         study_key(models, other_rate, 120, 0, processed),
         study_key(models, SMALL, 240, 0, processed),

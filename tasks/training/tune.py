@@ -66,11 +66,13 @@ def study_key(
     data: ProcessedDataset,
 ) -> str:
     """The search's key, from what its trials depend on: a rerun with the same models,
-    parameters, subset, seed and data resumes its study rather than starting over (with a
-    larger budget, it searches on; with the same, it has nothing left to do)."""
+    parameters, subset, seed and data (the hashes of the arrays a trial reads, as a trained
+    model's key has them) resumes its study rather than starting over (with a larger
+    budget, it searches on; with the same, it has nothing left to do)."""
     return content_key(
         {model: getattr(params, model).model_dump(mode="json") for model in sorted(models)},
-        train_subset_size, seed, data.directory.name, project_code_version(__name__),
+        train_subset_size, seed, {name: data.arrays[name].sha256 for name in TRAINING_ARRAYS},
+        project_code_version(__name__),
     )  # fmt: skip
 
 
@@ -244,7 +246,7 @@ class TuningSession:
             trials_file = self.directory / f"{model}-trials.csv"
             columns = ("number", "state", "value", "params", "user_attrs")
             frame = study.trials_dataframe(attrs=columns)
-            finished = frame[frame.state.isin([state.name for state in FINISHED])]
+            finished = frame[frame.number.isin([trial.number for trial in trials])]
             write_atomically(
                 trials_file, lambda stream, rows=finished: rows.to_csv(stream, index=False)
             )
