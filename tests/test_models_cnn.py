@@ -14,6 +14,11 @@ import pytest
 from tasks.training.cores import CoreHandover
 from tasks.training.models import keras_training
 from tasks.training.models.base import TrainingContext
+from tasks.training.models.keras_prediction import (
+    predicted_over_views,
+    prediction_views,
+    view_count,
+)
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
     CosineToDeadline,
@@ -21,10 +26,7 @@ from tasks.training.models.keras_training import (
     augmented_batches,
     early_stopping,
     image_batches,
-    predicted_over_views,
-    prediction_views,
     shift_and_mirror,
-    view_count,
 )
 from tasks.training.models.tensorflow_runtime import start_tensorflow
 

@@ -26,6 +26,7 @@ from tasks.training.models.base import (
     TrainingContext,
     VariantSpec,
 )
+from tasks.training.models.keras_prediction import predicted, predicted_over_views, view_count
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
     CosineToDeadline,
@@ -36,10 +37,7 @@ from tasks.training.models.keras_training import (
     fit_step_seconds,
     image_batches,
     one_hot,
-    predicted,
-    predicted_over_views,
     steady_steps,
-    view_count,
 )
 from tasks.training.models.tensorflow_runtime import (
     compute_dtype_policy,
