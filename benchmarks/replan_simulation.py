@@ -1,7 +1,7 @@
 """How the CNN's re-planning under a deadline behaves when epoch times waver: simulated,
 no training. The schedule (`CosineToDeadline`) runs on a fake clock with epochs of
 `--epoch-seconds`, each `--waver` either side at random, with and without the margin it
-asks of the slowest epoch before adding epochs (`keras_training.RAISE_MARGIN`).
+asks of the slowest epoch before adding epochs (`deadline_schedule.RAISE_MARGIN`).
 
     python -m benchmarks.replan_simulation [--runs 200] [--deadline 1600] [--waver 0.03]
 
@@ -23,7 +23,7 @@ import random
 import types
 
 from tasks.training.models.base import TrainingContext
-from tasks.training.models.keras_training import RAISE_MARGIN, CosineToDeadline
+from tasks.training.models.deadline_schedule import RAISE_MARGIN, CosineToDeadline
 
 
 class FakeClock:

@@ -14,6 +14,7 @@ import pytest
 from tasks.training.cores import CoreHandover
 from tasks.training.models import keras_training
 from tasks.training.models.base import TrainingContext
+from tasks.training.models.deadline_schedule import CosineToDeadline
 from tasks.training.models.keras_prediction import (
     predicted_over_views,
     prediction_views,
@@ -21,7 +22,6 @@ from tasks.training.models.keras_prediction import (
 )
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
-    CosineToDeadline,
     EpochProgress,
     augmented_batches,
     early_stopping,

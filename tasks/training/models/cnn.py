@@ -26,10 +26,10 @@ from tasks.training.models.base import (
     TrainingContext,
     VariantSpec,
 )
+from tasks.training.models.deadline_schedule import CosineToDeadline
 from tasks.training.models.keras_prediction import predicted, predicted_over_views, view_count
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
-    CosineToDeadline,
     EpochProgress,
     augmented_batches,
     batch_count,

@@ -1,0 +1,122 @@
+"""The CNN's learning rate under a deadline: a cosine decay over the epochs planned, re-planned
+after each epoch from the latest ones' time. Plain hooks that Keras calls through a
+LambdaCallback, with a clock a test can move."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.training.models.base import TrainingContext
+
+# How many of the latest epochs the deadline's re-planning takes an epoch's time from.
+RECENT = 3
+# How much slower than the slowest of the latest epochs the next ones must still fit at for
+# the plan to add epochs. Epochs waver by 2 to 3 % (a 30-minute --avx2 run's on the AVX-512
+# BF16 EPYC); at the slowest alone, the plan went 28, 31, 32, 31, 32 there.
+RAISE_MARGIN = 0.05
+
+
+@dataclass
+class CosineToDeadline:
+    """The learning rate, set before each batch: a cosine decay to zero over the planned epochs,
+    as Keras' CosineDecay. With a deadline, the epochs are re-planned after each one from the
+    typical epoch's time (the median of the latest): fewer as soon as they would run past the
+    deadline, more (up to `context.most_steps`) only as many as fit at `raise_margin` over the
+    slowest of the latest epochs, with every core once the others are done and an epoch with
+    them is timed, not when expected. Epoch times that waver, others done late or a speed-up
+    smaller than measured then move the plan once, not back and forth: to add an epoch even
+    slower ones must fit, to drop one the typical must not. The rest of the decay is stretched
+    or compressed to end with the new last epoch, where training stops, fully decayed, rather
+    than cut off at the deadline. `clock` gives the time, as `time.time()` (the deadline's)."""
+
+    network: Any
+    learning_rate: float
+    steps_per_epoch: int
+    epochs: int
+    context: TrainingContext
+    clock: Callable[[], float] = time.time
+    raise_margin: float = RAISE_MARGIN
+    step: int = 0
+    # The decay runs from `progress_from` at `step_from` to 1 at `end_step`.
+    progress_from: float = 0.0
+    step_from: int = 0
+    end_step: int = 0
+    epoch_started: float = 0.0
+    began_alone: bool = False
+    # Each epoch's seconds after the first (which also traced the graph), by whether it
+    # shared the cores with other models or had them all from its start.
+    shared_seconds: list[float] = field(default_factory=list)
+    alone_seconds: list[float] = field(default_factory=list)
+    first_epoch_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.end_step = self.epochs * self.steps_per_epoch
+
+    @property
+    def last_epoch(self) -> int:
+        return -(-self.end_step // self.steps_per_epoch)
+
+    def progress(self) -> float:
+        span = max(1, self.end_step - self.step_from)
+        done = (self.step - self.step_from) / span
+        return min(1.0, self.progress_from + (1 - self.progress_from) * done)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = self.clock()
+        self.began_alone = self.context.handover.released
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
+        self.network.optimizer.learning_rate = rate
+        self.step += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.context.deadline is None:
+            return
+        done, now = epoch + 1, self.clock()
+        seconds = now - self.epoch_started
+        if epoch == 0:
+            self.first_epoch_seconds = seconds
+        else:
+            (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)
+        most = max(0, max(self.context.most_steps or self.epochs, self.epochs) - done)
+        typical, fitting = self.epochs_left(now, most)
+        if fitting > self.last_epoch - done:  # more: as many as fit at the margin over the slowest
+            fitting = max(self.last_epoch - done, self.epochs_left(now, most, raising=True)[1])
+        last = done + fitting
+        if last != self.last_epoch:
+            self.context.logger.info(
+                "cnn: an epoch takes %.0f s here: training %d epochs instead of %d, the "
+                "learning rate's decay %s to end with the last", typical, last,
+                self.last_epoch, "stretched" if last > self.last_epoch else "compressed",
+            )  # fmt: skip
+            self.progress_from, self.step_from = self.progress(), self.step
+            self.end_step = last * self.steps_per_epoch
+        if done >= self.last_epoch:
+            self.network.stop_training = True
+
+    def epochs_left(self, now: float, most: int, raising: bool = False) -> tuple[float, int]:
+        """An epoch's seconds, the median of the latest epochs' or, `raising` the plan,
+        `raise_margin` over the slowest of them (the first, which also traced the graph,
+        included), and how many more epochs, at most `most`, fit before the deadline at
+        that speed: beside the other models until the plan expects them done (`raising`:
+        all along until they are), then with every core as timed or, until one such epoch
+        is (`raising`: at the speed beside them), as the plan's speed-up counts on."""
+        handover = self.context.handover
+        timed = [self.first_epoch_seconds, *self.shared_seconds] if raising else self.shared_seconds
+
+        def pick(seconds: list[float]) -> float:
+            return max(seconds) * (1 + self.raise_margin) if raising else statistics.median(seconds)
+
+        shared = pick(timed[-RECENT:] or [self.first_epoch_seconds])
+        untimed = shared if raising else None  # none timed with every core: raise as beside them
+        alone = pick(self.alone_seconds[-RECENT:]) if self.alone_seconds else untimed
+        epoch = handover.step_cost(shared, alone)
+        seconds = self.context.deadline - now
+        fitting = handover.steps_left(epoch, seconds, now, most, expecting=not raising)
+        return (epoch.per_step_alone if handover.released else shared), fitting
