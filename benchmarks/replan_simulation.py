@@ -49,6 +49,7 @@ def simulate(
         schedule.on_epoch_begin(epoch)
         clock.now += args.epoch_seconds * (1 + rng.uniform(-args.waver, args.waver))
         schedule.on_train_batch_begin(0)
+        schedule.on_train_batch_end(0)
         schedule.on_epoch_end(epoch)
         plans.append(schedule.last_epoch)
         epoch += 1

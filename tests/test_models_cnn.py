@@ -26,6 +26,7 @@ from tasks.training.models.keras_training import (
     augmented_batches,
     early_stopping,
     image_batches,
+    one_hot,
     shift_and_mirror,
 )
 from tasks.training.models.tensorflow_runtime import start_tensorflow
@@ -237,16 +238,23 @@ def run_epoch(
     epoch: int,
     seconds: float,
     midway: Callable[[], None] = lambda: None,
+    validation: float = 0.0,
 ):
-    """One epoch of the schedule's hooks, taking `seconds` on its clock; `midway` happens
-    after it began (the others done, say)."""
+    """One epoch of the schedule's hooks, taking `seconds` on its clock, the last
+    `validation` of them after its batches, as Keras runs them: it stops after a batch
+    when told to. `midway` happens after the first batch (the others done, say)."""
     rates = []
     schedule.on_epoch_begin(epoch)
-    schedule.clock.now += seconds
-    midway()
     for batch in range(schedule.steps_per_epoch):
         schedule.on_train_batch_begin(batch)
         rates.append(network.optimizer.learning_rate)
+        schedule.clock.now += (seconds - validation) / schedule.steps_per_epoch
+        if batch == 0:
+            midway()
+        schedule.on_train_batch_end(batch)
+        if network.stop_training:
+            break
+    schedule.clock.now += validation
     schedule.on_epoch_end(epoch)
     return rates
 
@@ -307,9 +315,11 @@ def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
     network = FakeNetwork()
     context = TrainingContext(seed=0, threads=1, deadline=200)
     schedule = CosineToDeadline(network, 0.002, 10, 10, context, clock=FakeClock())
-    # 10 epochs planned, but at 80 s an epoch only 2 fit in the 200 s.
+    # 10 epochs planned, but at 80 s an epoch only 2 fit in the 200 s; the 40 s they leave
+    # hold 4 batches of a third at 8.4 s each (5 % over the 8 s they take).
     rates = train(schedule, network, seconds=80, epochs=10)
-    assert len(rates) == 20
+    assert len(rates) == 24
+    assert 190 < schedule.clock.now <= 200
     assert network.stop_training
     assert rates[0] == pytest.approx(0.002)
     assert rates[-1] < 0.00005  # decayed, not cut off half-way
@@ -363,10 +373,99 @@ def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
             break
     # 800 s for the first 8 epochs, then the 220 s left hold 5 at 40 s, even 5 % slower.
     # The median of all the epochs would still be 100 s after the 11th, 920 s in: it would
-    # plan a 12th only, which ends 960 s in, and leave the last 60 s unused.
-    assert len(rates) == 130
+    # plan a 12th only, which ends 960 s in, and leave the last 60 s unused. The 20 s the
+    # 13 leave go to 4 batches of a 14th.
+    assert len(rates) == 134
+    assert 1010 < schedule.clock.now <= 1020
     assert rates[-1] < 0.00005
     assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def run_to_the_deadline(epoch_seconds: list[float], deadline: float, most: int = 30):
+    """A schedule of 8 epochs of 10 batches, at most `most`, each epoch taking its
+    `epoch_seconds` (the last of them as long as it needs), 2 of them validating; the
+    rates it set, the schedule, what it reported as progress and what it logged."""
+    network, schedule, progress, reported = reporting_schedule(deadline, most, planned=8)
+    logged = []
+    schedule.context = replace(
+        schedule.context, logger=types.SimpleNamespace(info=lambda *args: logged.append(args))
+    )
+    rates = []
+    for epoch in range(most):
+        seconds = epoch_seconds[min(epoch, len(epoch_seconds) - 1)]
+        rates += run_epoch(schedule, network, epoch, seconds, validation=2)
+        progress(epoch, SCORES)
+        if network.stop_training:
+            break
+    return rates, schedule, reported, logged
+
+
+def test_the_seconds_whole_epochs_leave_go_to_a_last_partial_epoch_that_ends_the_decay():
+    """As the 5-minute run on the AVX2 EPYC (dee0fe2): 8 epochs of 27 s fit, a 9th did not
+    fit the 19 s they left, and the run ended 8 % inside its budget. Planned at the end of
+    the 7th, 189 s in: after the 8th at 28.35 s (5 % over) and a validation of 2.1 s, 15.55 s
+    hold 5 batches at 2.625 s."""
+    rates, schedule, reported, logged = run_to_the_deadline([27], deadline=8 * 27 + 19)
+    assert len(rates) == 8 * 10 + 5
+    assert schedule.clock.now == pytest.approx(8 * 27 + 5 * 2.5 + 2)  # 230.5 of 235 s
+    assert rates[-1] < 0.00005  # decayed to its end with the 5th batch
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    assert reported[-1] == 1.0
+    assert len(reported) == 9
+    assert [args[1:5] for args in logged] == [(5, 10, 8, "")]
+
+
+def test_a_last_whole_epoch_slower_than_planned_shrinks_the_partial_one_after_it():
+    """The same, but the 8th epoch takes 33 s: 222 s in, the 13 s left hold 3 batches of
+    3.255 s (5 % over the slowest epoch's) after a validation, not 5."""
+    rates, schedule, _, logged = run_to_the_deadline([27] * 7 + [33], deadline=8 * 27 + 19)
+    assert len(rates) == 8 * 10 + 3
+    assert schedule.clock.now == pytest.approx(222 + 3 * 3.1 + 2)
+    assert rates[-1] < 0.00005
+    assert [args[1:5] for args in logged] == [(5, 10, 8, ""), (3, 10, 8, ", not 5")]
+
+
+def test_no_partial_epoch_past_the_most_epochs_allowed():
+    rates, _, _, logged = run_to_the_deadline([27], deadline=8 * 27 + 19, most=8)
+    assert len(rates) == 8 * 10
+    assert logged == []
+
+
+def test_keras_ends_the_partial_epoch_after_its_batches_and_validates_it(keras):
+    """In a real fit over the training batches: 2 epochs of 8 batches planned, a second
+    a batch on the clock, 21 s to the deadline. The 5 s the two leave hold 4 batches of a
+    third (1.05 s each, 5 % over): Keras stops after them, validates, and ends the fit."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 2, 64)
+    recipe = types.SimpleNamespace(batch_size=8, shift_pixels=1, mirror=True)
+    network = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")]
+    )
+    network.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    clock = FakeClock()
+    context = TrainingContext(seed=0, threads=1, deadline=21, most_steps=3)
+    schedule = CosineToDeadline(network, 0.01, 8, 2, context, clock=clock)
+    history = network.fit(
+        augmented_batches(images, labels, recipe, seed=0, classes=2),
+        epochs=3,
+        validation_data=image_batches(images, one_hot(labels, 2)),
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda batch, logs: setattr(clock, "now", clock.now + 1)
+            ),
+            keras.callbacks.LambdaCallback(
+                on_epoch_begin=schedule.on_epoch_begin,
+                on_train_batch_begin=schedule.on_train_batch_begin,
+                on_train_batch_end=schedule.on_train_batch_end,
+                on_epoch_end=schedule.on_epoch_end,
+            ),
+        ],
+        verbose=0,
+    )
+    assert int(network.optimizer.iterations) == 2 * 8 + 4
+    assert len(history.history["val_accuracy"]) == 3
+    assert clock.now == 20
+    assert float(network.optimizer.learning_rate) < 1e-3  # the decay's last step
 
 
 def handing_over(tmp_path, after: float, deadline: float):
@@ -389,7 +488,7 @@ def test_a_plan_counting_on_every_core_later_is_kept_while_the_cores_are_shared(
     for epoch in range(40):
         seconds = 20 if handover.released else 40
         rates += run_epoch(schedule, network, epoch, seconds)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if epoch + 1 >= 5:  # the others are done after 200 s
             handover.release()
         if network.stop_training:
@@ -411,13 +510,13 @@ def test_others_done_later_than_the_plan_expected_drop_epochs_without_adding_the
     planned = []
     for epoch in range(40):
         run_epoch(schedule, network, epoch, 18 if handover.released else 36)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if epoch + 1 == 9:  # 324 s in
             handover.release()
         if network.stop_training:
             break
-    assert planned == [25] * 8 + [24] * 16  # one move, down, once the others ran late
-    assert schedule.clock.now <= 600
+    assert planned == [25] * 8 + [24] * 17  # one move, down, once the others ran late
+    assert 590 < schedule.clock.now <= 600  # the 20 s left after the 24th: 2 batches of a 25th
 
 
 def test_a_speed_up_smaller_than_measured_drops_epochs_without_adding_them_first(tmp_path):
@@ -433,7 +532,7 @@ def test_a_speed_up_smaller_than_measured_drops_epochs_without_adding_them_first
         seconds = 30 if handover.released else 36
         release = handover.release if epoch == 10 else lambda: None
         run_epoch(schedule, network, epoch, seconds, midway=release)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if network.stop_training:
             break
     assert planned == [25] * 11 + [21] * 10  # one move, down, once timed with every core
@@ -456,11 +555,11 @@ def test_epoch_times_wavering_around_the_plan_change_it_once_not_back_and_forth(
     for epoch in range(12):
         run_epoch(schedule, network, epoch, seconds=31 if epoch % 2 == 0 else 29)
         progress(epoch, SCORES)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if network.stop_training:
             break
-    assert planned == [9] * 9
-    assert schedule.clock.now <= 300
+    assert planned == [9] * 10  # and 8 batches of a 10th in the 30 s the 9 leave
+    assert 290 < schedule.clock.now <= 300
     assert reported[-1] == 1.0
     assert all(a < b for a, b in itertools.pairwise(reported))  # never back, never past 1
 
@@ -474,7 +573,7 @@ def test_epochs_wavering_more_than_a_tenth_do_not_move_the_plan_up_and_down():
     for epoch in range(30):
         run_epoch(schedule, network, epoch, seconds=(29, 33)[epoch % 2])
         progress(epoch, SCORES)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if network.stop_training:
             break
     moves = [b - a for a, b in itertools.pairwise(planned) if a != b]
@@ -495,11 +594,11 @@ def test_epochs_wavering_a_few_percent_for_a_few_epochs_at_a_time_move_the_plan_
     for epoch in range(60):
         run_epoch(schedule, network, epoch, seconds=(49, 51)[epoch // 3 % 2])
         progress(epoch, SCORES)
-        planned.append(schedule.last_epoch)
+        planned.append(schedule.whole_epochs)
         if network.stop_training:
             break
-    assert planned == [31] * 31
-    assert 1600 - 52 < schedule.clock.now <= 1600
+    assert planned == [31] * 32  # and 8 batches of a 32nd in the 50 s the 31 leave
+    assert 1600 - 15 < schedule.clock.now <= 1600
     assert all(a < b for a, b in itertools.pairwise(reported))
 
 

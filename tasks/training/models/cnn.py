@@ -207,6 +207,7 @@ class KerasCNN:
                 keras.callbacks.LambdaCallback(
                     on_epoch_begin=schedule.on_epoch_begin,
                     on_train_batch_begin=schedule.on_train_batch_begin,
+                    on_train_batch_end=schedule.on_train_batch_end,
                     on_epoch_end=schedule.on_epoch_end,
                 ),
                 keras.callbacks.LambdaCallback(
