@@ -1,0 +1,151 @@
+"""Which epoch's weights a CNN trained under a time budget should keep: the best on validation
+in the last third of its epochs, which `early_stopping(stop_on_plateau=False)` restores, or
+the last, where the learning rate's cosine decay ends: `docs/benchmark/kept_epoch.md`.
+
+    python -m benchmarks.kept_epoch [--network small] [--epochs 9] [--seeds 1 2 3] [--avx2]
+
+Each seed trains the network as a budgeted run does (its network, without dropout where the
+plan takes it off, the product's batches and cosine decay over the epochs, the product's early
+stopping kept, on the default run's split, every usable core), and scores the test images as
+the product predicts them with the last epoch's weights and with those early stopping
+restores. Rows are appended to `kept_epoch.csv`, and `kept_epoch.md` is redrawn. `--avx2` is
+`benchmarks.cnn_recipe`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.recipe_options import NETWORKS, default_split
+from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
+from tasks.core.cpus import usable_cores
+from tasks.evaluation.report.tables import markdown_table
+from tasks.training.models.base import TrainingContext
+from tasks.training.models.cnn import CNNParams, compiled_network, to_image_tensor
+from tasks.training.models.deadline_schedule import CosineToDeadline
+from tasks.training.models.keras_prediction import predicted_over_views
+from tasks.training.models.keras_training import (
+    augmented_batches,
+    batch_count,
+    early_stopping,
+    image_batches,
+    one_hot,
+)
+from tasks.training.models.tensorflow_runtime import start_tensorflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def budgeted_params(network: str, epochs: int, avx2: bool) -> CNNParams:
+    """The parameters a budgeted run trains `network` with: the plan takes the middle and
+    small networks' dropout off (`tasks.training.models.cnn`'s variants)."""
+    lighter = {} if network == "wide" else {"dropout": 0.0}
+    precision = "float32" if avx2 else "auto"
+    named = {"conv_blocks": NETWORKS[network], "epochs": epochs, "precision": precision}
+    return CNNParams(**named | lighter)
+
+
+def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
+    """One seed's row: the epoch early stopping keeps, and the validation (one view, as
+    early stopping scores it) and test accuracy (the product's views) of its weights and of
+    the last epoch's."""
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
+    )
+    start_tensorflow(usable_cores())
+    import keras
+
+    classes = len(data.class_names)
+    network = compiled_network(params, seed, classes)
+    steps = batch_count(len(y_train), params.batch_size)
+    context = TrainingContext(seed=seed, threads=usable_cores())
+    schedule = CosineToDeadline(network, params.learning_rate, steps, params.epochs, context)
+    stopping = early_stopping(params, stop_on_plateau=False)
+
+    def test_accuracy() -> float:
+        probabilities = predicted_over_views(
+            network, to_image_tensor(x_test), params.test_shift_pixels, params.mirror
+        )
+        return round(float(np.mean(probabilities.argmax(axis=1) == y_test)), 4)
+
+    last = {}
+
+    def on_epoch_end(epoch: int, logs: dict) -> None:
+        if epoch + 1 == params.epochs:
+            last.update(validation=round(logs["val_accuracy"], 4), test=test_accuracy())
+
+    history = network.fit(
+        augmented_batches(to_image_tensor(x_train), y_train, params, seed, classes),
+        epochs=params.epochs,
+        validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
+        callbacks=[
+            keras.callbacks.LambdaCallback(on_train_batch_begin=schedule.on_train_batch_begin),
+            stopping,
+            keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end),
+        ],
+        verbose=0,
+    )
+    kept = stopping.best_epoch
+    return {
+        "seed": seed,
+        "kept_epoch": kept + 1,
+        "validation_kept": round(history.history["val_accuracy"][kept], 4),
+        "validation_last": last["validation"],
+        "test_kept": test_accuracy(),  # the weights early stopping restored
+        "test_last": last["test"],
+    }
+
+
+def render(rows: pd.DataFrame, output: Path) -> None:
+    gain = 100 * (rows["test_last"] - rows["test_kept"])
+    shown = rows.assign(gain=[f"{g:+.2f}" for g in gain])
+    shown = shown[[*shown.columns.drop(["cpu", "commit", "gain"]), "gain", "cpu", "commit"]]
+    output.write_text(
+        "# The epoch a budgeted CNN keeps\n\n"
+        "Written by `python -m benchmarks.kept_epoch`: each seed trains the network as a "
+        "budgeted run does, its cosine decay over the epochs, and scores the test images "
+        "with the weights early stopping restores (the best validation accuracy in the last "
+        "third of the epochs; validation as early stopping scores it, one view of 3,000 "
+        "images) and with the last epoch's. Gain: the last epoch's test accuracy over the "
+        f"kept one's, in points; mean {gain.mean():+.2f} over {len(rows)} rows, the last "
+        f"epoch kept in {int((rows.kept_epoch == rows.epochs).sum())}.\n\n"
+        + markdown_table(shown)
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", choices=list(NETWORKS), default="small")
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--avx2", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
+    args = parser.parse_args(argv)
+    if args.avx2:  # read when TensorFlow loads its kernels
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    args.output.mkdir(parents=True, exist_ok=True)
+    table = args.output / "kept_epoch.csv"
+    data = default_split(args.cache_dir)
+    params = budgeted_params(args.network, args.epochs, args.avx2)
+    for seed in args.seeds:
+        row = {"network": args.network, "epochs": args.epochs} | kept_and_last(params, seed, data)
+        row |= {"cpu": cpu_name() + (", AVX2 kernels" if args.avx2 else ""),
+                "commit": code_commit(ROOT)}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
+        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+        rows.to_csv(table, index=False)
+        render(rows, args.output / "kept_epoch.md")
+
+
+if __name__ == "__main__":
+    main()
