@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.rows import appended
 from tasks.core.cpus import CPUINFO, read_cpuinfo, usable_cores
 from tasks.evaluation.report.tables import markdown_table
 from tasks.run.config import PipelineConfig
@@ -264,11 +265,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
 
 def record(row: dict, output: Path) -> None:
     """Append one run to `budget_sweep.csv` in `output` and redraw its pages."""
-    table = output / "budget_sweep.csv"
-    rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-    rows.to_csv(table, index=False)
-    render(rows, output)
+    render(appended(output / "budget_sweep.csv", [row]), output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
+from benchmarks.rows import appended
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.cnn import MIDDLE_BLOCKS, SMALL_BLOCKS, WIDE_BLOCKS
 from tasks.training.models.registry import own_lane_model
@@ -111,13 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
     args = parser.parse_args(argv)
     table = args.output / "cnn_recipe.csv"
-    rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
     for name in args.rows:
         row = run_row(name, args.avx2)
         print(json.dumps(row), flush=True)
-        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-        rows.to_csv(table, index=False)  # after each row: a stopped sweep keeps what it ran
-        render(rows, args.output / "cnn_recipe.md")
+        render(appended(table, [row]), args.output / "cnn_recipe.md")
 
 
 if __name__ == "__main__":

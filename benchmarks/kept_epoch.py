@@ -24,6 +24,7 @@ import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
 from benchmarks.recipe_options import NETWORKS, default_split
+from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
 from tasks.evaluation.report.tables import markdown_table
@@ -141,10 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         row |= {"cpu": cpu_name() + (", AVX2 kernels" if args.avx2 else ""),
                 "commit": code_commit(ROOT)}  # fmt: skip
         print(json.dumps(row), flush=True)
-        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-        rows.to_csv(table, index=False)
-        render(rows, args.output / "kept_epoch.md")
+        render(appended(table, [row]), args.output / "kept_epoch.md")
 
 
 if __name__ == "__main__":

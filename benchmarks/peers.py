@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name, record, run_budget
+from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS
 from tasks.data.preprocess import read_processed
 from tasks.evaluation.report.tables import markdown_table
@@ -191,14 +192,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_peer(args.one, args.processed, args.budgets[0])))
         return
     table = args.output / "peers.csv"
-    rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
     for minutes in args.budgets:
         found = budget_rows(
             minutes, args.peers_python, tuple(args.peers), args.avx2, sweep_output=args.output
         )
-        rows = pd.concat([rows, pd.DataFrame(found)], ignore_index=True)
-        rows.to_csv(table, index=False)
-        render(rows, args.output / "peers.md")
+        render(appended(table, found), args.output / "peers.md")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
 from benchmarks.recipe_options import Trial, default_split, train_option
+from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
 from tasks.data.preprocess import read_processed
@@ -116,10 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     for measure in measured:
         found = pd.DataFrame([row | machine for row in measure()])
         print(found.to_string(index=False), flush=True)
-        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-        rows = pd.concat([rows, found], ignore_index=True)
-        rows.to_csv(table, index=False)
-        render(rows, args.output / "prediction_views.md")
+        render(appended(table, found), args.output / "prediction_views.md")
 
 
 if __name__ == "__main__":

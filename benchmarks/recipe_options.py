@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from benchmarks.budget_sweep import DEFAULT_SEED, code_commit, cpu_name
 from benchmarks.cnn_recipe import render
+from benchmarks.rows import appended
 from flows.graph import prepare_data
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
@@ -265,10 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         trial = Trial(name, args.epochs, args.avx2, args.network, args.seed)
         row = run_option(trial, data)
         print(json.dumps(row), flush=True)
-        rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-        rows.to_csv(table, index=False)
-        render(rows, args.output / "cnn_recipe.md")
+        render(appended(table, [row]), args.output / "cnn_recipe.md")
 
 
 if __name__ == "__main__":

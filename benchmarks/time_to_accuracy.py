@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.budget_sweep import DEFAULT_SEED, cpu_instructions, minutes, run_budget
+from benchmarks.rows import appended
 from tasks.evaluation.report.tables import markdown_table
 from tasks.training.models.registry import own_lane_model
 
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for row in runs:  # each row is kept as soon as it is measured
             print(json.dumps(row), flush=True)
-            rows = pd.read_csv(table) if table.exists() else pd.DataFrame()
-            pd.concat([rows, pd.DataFrame([row])], ignore_index=True).to_csv(table, index=False)
+            appended(table, [row])
     render(pd.read_csv(table), args.output)
     print(f"wrote {args.output / 'time_to_accuracy.md'}")
     return 0
