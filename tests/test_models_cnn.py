@@ -382,9 +382,10 @@ def test_epochs_that_speed_up_part_way_are_planned_from_the_latest():
 
 
 def run_to_the_deadline(epoch_seconds: list[float], deadline: float, most: int = 30):
-    """A schedule of 8 epochs of 10 batches, at most `most`, each epoch taking its
-    `epoch_seconds` (the last of them as long as it needs), 2 of them validating; the
-    rates it set, the schedule, what it reported as progress and what it logged."""
+    """A schedule of 8 epochs of 10 batches, at most `most`, the epochs taking
+    `epoch_seconds` in turn (its last value for every epoch after), the last 2 s of each
+    validating; the rates it set, the schedule, what it reported as progress and what it
+    logged."""
     network, schedule, progress, reported = reporting_schedule(deadline, most, planned=8)
     logged = []
     schedule.context = replace(
