@@ -52,6 +52,11 @@ ROWS = {
 EPOCH_LINE = re.compile(r"epoch (\d+): loss [0-9.]+, accuracy [0-9.]+, validation accuracy")
 
 
+def cpu_label(avx2: bool) -> str:
+    """The CPU a row ran on, and whether on TensorFlow's AVX2 kernels (`--avx2`)."""
+    return cpu_name() + (", AVX2 kernels" if avx2 else "")
+
+
 def run_row(name: str, avx2: bool) -> dict:
     """One row: the network trained alone with the row's parameters, in a fresh directory."""
     network = own_lane_model()
@@ -81,7 +86,7 @@ def run_row(name: str, avx2: bool) -> dict:
         "validation_accuracy": scores["validation_accuracy"],
         "test_accuracy": scores["test_accuracy"],
         "run_seconds": round(wall, 1),
-        "cpu": cpu_name() + (", AVX2 kernels" if avx2 else ""),
+        "cpu": cpu_label(avx2),
         "commit": code_commit(ROOT),
     }
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name
-from benchmarks.recipe_options import NETWORKS, default_split
+from benchmarks.budget_sweep import code_commit
+from benchmarks.cnn_recipe import cpu_label
+from benchmarks.recipe_options import NETWORKS, default_split, parsed_in_process
 from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
@@ -127,20 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--network", choices=list(NETWORKS), default="small")
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--avx2", action="store_true")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
-    args = parser.parse_args(argv)
-    if args.avx2:  # read when TensorFlow loads its kernels
-        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    args.output.mkdir(parents=True, exist_ok=True)
+    args = parsed_in_process(parser, argv)
     table = args.output / "kept_epoch.csv"
     data = default_split(args.cache_dir)
     params = budgeted_params(args.network, args.epochs, args.avx2)
     for seed in args.seeds:
         row = {"network": args.network, "epochs": args.epochs} | kept_and_last(params, seed, data)
-        row |= {"cpu": cpu_name() + (", AVX2 kernels" if args.avx2 else ""),
-                "commit": code_commit(ROOT)}  # fmt: skip
+        row |= {"cpu": cpu_label(args.avx2), "commit": code_commit(ROOT)}
         print(json.dumps(row), flush=True)
         render(appended(table, [row]), args.output / "kept_epoch.md")
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name
-from benchmarks.recipe_options import Trial, default_split, train_option
+from benchmarks.budget_sweep import code_commit
+from benchmarks.cnn_recipe import cpu_label
+from benchmarks.recipe_options import Trial, default_split, parsed_in_process, train_option
 from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
 from tasks.core.cpus import usable_cores
@@ -96,13 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="*", default=["small:10:1", "wide:20:1"])
     parser.add_argument("--runs", nargs="*", type=Path, default=[])
-    parser.add_argument("--avx2", action="store_true")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
-    args = parser.parse_args(argv)
-    if args.avx2:  # read when TensorFlow loads its kernels
-        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    args.output.mkdir(parents=True, exist_ok=True)
+    args = parsed_in_process(parser, argv)
     table = args.output / "prediction_views.csv"
     measured = [lambda run=run: run_rows(run) for run in args.runs]
     if args.networks:
@@ -111,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda spec=spec: trained_rows(spec, args.avx2, data) for spec in args.networks
         ]
     machine = {
-        "cpu": cpu_name() + (", AVX2 kernels" if args.avx2 else ""),
+        "cpu": cpu_label(args.avx2),
         "commit": code_commit(ROOT),
     }
     for measure in measured:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.budget_sweep import DEFAULT_SEED, code_commit, cpu_name
-from benchmarks.cnn_recipe import render
+from benchmarks.budget_sweep import DEFAULT_SEED, code_commit
+from benchmarks.cnn_recipe import cpu_label, render
 from benchmarks.rows import appended
 from flows.graph import prepare_data
 from tasks.core.contracts import SPLIT_ARRAYS, ProcessedDataset
@@ -143,6 +143,20 @@ def with_erased_squares(batches, side: int, seed: int):
     return batches.map(erase)
 
 
+def parsed_in_process(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """`argv` parsed by `parser` with the arguments of every benchmark that trains in its own
+    process: `--avx2` (TensorFlow's AVX2 kernels in float32, chosen here, before TensorFlow
+    loads them), `--cache-dir` and `--output` (made)."""
+    parser.add_argument("--avx2", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
+    args = parser.parse_args(argv)
+    if args.avx2:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    args.output.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def default_split(cache_dir: Path) -> ProcessedDataset:
     """The default run's split, found, checked and made under `cache_dir` as the flow
     prepares it."""
@@ -242,7 +256,7 @@ def run_option(trial: Trial, data: ProcessedDataset) -> dict:
         "seconds_per_epoch": round(fit_seconds / trial.epochs, 1),
         "validation_accuracy": accuracy(x_val, y_val),
         "test_accuracy": accuracy(x_test, y_test),
-        "cpu": cpu_name() + (", AVX2 kernels" if trial.avx2 else ""),
+        "cpu": cpu_label(trial.avx2),
         "commit": code_commit(ROOT),
     }
 
@@ -252,13 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS))
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--network", choices=list(NETWORKS), default="middle")
-    parser.add_argument("--avx2", action="store_true")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmark")
-    args = parser.parse_args(argv)
-    if args.avx2:  # read when TensorFlow loads its kernels
-        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    args = parsed_in_process(parser, argv)
     table = args.output / "cnn_recipe.csv"
     data = default_split(args.cache_dir)
     for name in args.options:

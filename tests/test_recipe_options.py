@@ -1,8 +1,10 @@
 """The recipe options benchmark: its learning rates, its erased squares, and each option
 trained for an epoch on the synthetic split."""
 
+import argparse
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from benchmarks.recipe_options import (
     learning_rate,
     option_batches,
     option_network,
+    parsed_in_process,
     run_option,
 )
 from tasks.core.contracts import SPLIT_ARRAYS
@@ -102,3 +105,18 @@ def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
     middle = Trial("as it is", 10).params()
     assert earlier == middle.model_copy(update={"conv_blocks": earlier.conv_blocks})
     assert earlier.conv_blocks != middle.conv_blocks
+
+
+def test_the_in_process_benchmarks_arguments_choose_the_avx2_kernels_and_make_the_output(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+")
+    output = tmp_path / "tables"
+    args = parsed_in_process(parser, ["--seeds", "1", "2", "--output", str(output)])
+    assert (args.seeds, args.avx2, args.output) == ([1, 2], False, output)
+    assert output.is_dir()
+    assert "ONEDNN_MAX_CPU_ISA" not in os.environ
+    assert parsed_in_process(argparse.ArgumentParser(), ["--avx2", "--output", str(output)]).avx2
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
