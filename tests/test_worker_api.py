@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from flows.full_pipeline import main
 from flows.runner import check_cluster_api
 from tasks.core.errors import RunEnvironmentError
 from tests.support.servers import REPO, free_loopback_port, start, stop
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 QUICK = ["--profile", "quick", "--models", "xgboost,logistic_regression"]
@@ -164,32 +166,70 @@ def test_process_workers_report_to_the_flows_server(server_api, tmp_path):
 
 @contextlib.contextmanager
 def loopback_cluster(
-    env: dict, tmp_path: Path, workers: list[tuple[str, int, dict, list[str]]]
-) -> Iterator[str]:
-    """A `dask scheduler` and single-slot `dask worker` processes (host, port, environment,
-    more arguments) on loopback; yields the scheduler's address once every worker joined.
-    Workers start where the flow runs: they read its data/ by the same paths."""
-    scheduler_port = free_loopback_port()
-    scheduler = f"tcp://127.0.0.1:{scheduler_port}"
-    started = [
-        start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-               str(scheduler_port), "--dashboard-address", ":0"],
-              env, tmp_path / "scheduler.log", tmp_path),
-    ]  # fmt: skip
+    env: dict, tmp_path: Path, workers: list[tuple[str, str, dict, list[str]]]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """A `dask scheduler` and single-slot `dask worker` processes (name, host, environment,
+    more arguments) on loopback; yields the scheduler's address and each worker's by name
+    once every worker joined. Each binds a port of its own choosing: a port picked here and
+    handed over is free only until another test's connection takes it. Workers start where
+    the flow runs: they read its data/ by the same paths."""
+    scheduler_file = tmp_path / "scheduler.json"
+    logs = {"scheduler": tmp_path / "scheduler.log"}
+    started = {
+        "scheduler": start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                            "0", "--scheduler-file", str(scheduler_file),
+                            "--dashboard-address", ":0"],
+                           env, logs["scheduler"], tmp_path),
+    }  # fmt: skip
     try:
-        for host, port, worker_env, more in workers:
-            command = [str(BIN / "dask"), "worker", scheduler, "--nthreads", "1",
-                       "--host", host, "--worker-port", str(port),
+        for name, host, worker_env, more in workers:
+            logs[name] = tmp_path / f"worker-{name}.log"
+            command = [str(BIN / "dask"), "worker", "--scheduler-file", str(scheduler_file),
+                       "--name", name, "--nthreads", "1", "--host", host,
                        "--dashboard-address", ":0", *more]  # fmt: skip
-            started.append(start(command, worker_env, tmp_path / f"worker-{port}.log", tmp_path))
+            started[name] = start(command, worker_env, logs[name], tmp_path)
+        address = wait_until(
+            lambda: scheduler_address(scheduler_file, started, logs), 60, "the Dask scheduler"
+        )
         from distributed import Client
 
-        with Client(scheduler, timeout=60) as client:
-            client.wait_for_workers(len(workers), timeout=180)
-        yield scheduler
+        with Client(address, timeout=60) as client:
+            addresses = wait_until(
+                lambda: joined_workers(client, started, logs), 180, "the Dask workers", 1
+            )
+        yield address, addresses
     finally:
-        for process in reversed(started):
+        for process in reversed(started.values()):
             stop(process)
+
+
+def none_ended(started: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
+    """The test fails with the log of any of the processes that has ended."""
+    for name, process in started.items():
+        if process.poll() is not None:
+            pytest.fail(f"dask {name} exited with {process.returncode}:\n"
+                        f"{logs[name].read_text()[-3000:]}")  # fmt: skip
+
+
+def scheduler_address(
+    scheduler_file: Path, started: dict[str, subprocess.Popen], logs: dict[str, Path]
+) -> str | None:
+    """The address the scheduler wrote once it listens; None before."""
+    none_ended(started, logs)
+    try:
+        return json.loads(scheduler_file.read_text())["address"]
+    except (OSError, ValueError, KeyError):  # not written yet, or half
+        return None
+
+
+def joined_workers(
+    client: Any, started: dict[str, subprocess.Popen], logs: dict[str, Path]
+) -> dict[str, str] | None:
+    """Each worker's address by name once all of them joined; None before."""
+    none_ended(started, logs)
+    info = client.scheduler_info()["workers"]
+    addresses = {worker["name"]: address for address, worker in info.items()}
+    return addresses if len(addresses) == len(started) - 1 else None
 
 
 @pytest.mark.slow
@@ -199,19 +239,18 @@ def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path)
     flow's server; an API the workers cannot reach is refused."""
     mark = uuid.uuid4().hex
     env = clean_env(PREFECT_HOME=str(tmp_path), **{MARK: mark})
-    set_port, unset_port = free_loopback_port(), free_loopback_port()
     workers = [
-        ("127.0.0.1", set_port, env | {"PREFECT_API_URL": server_api}, []),
-        ("127.0.0.1", unset_port, env, []),
+        ("set", "127.0.0.1", env | {"PREFECT_API_URL": server_api}, []),
+        ("unset", "127.0.0.1", env, []),
     ]
-    with loopback_cluster(env, tmp_path, workers) as scheduler:
+    with loopback_cluster(env, tmp_path, workers) as (scheduler, addresses):
         from distributed import Client
 
         with Client(scheduler, timeout=60) as client:
             closed = f"http://127.0.0.1:{free_loopback_port()}/api"
             with pytest.raises(RunEnvironmentError) as refused:
                 check_cluster_api(client, closed, logging.getLogger(__name__))
-        first, second = sorted(f"tcp://127.0.0.1:{port}" for port in (set_port, unset_port))
+        first, second = sorted(addresses.values())
         assert str(refused.value) == (
             f"Dask workers {first}, {second} cannot reach the flow's Prefect API "
             f"at {closed} (connection refused), so training there would go unrecorded: serve "
@@ -226,7 +265,7 @@ def test_external_dask_cluster_reports_to_the_flows_server(server_api, tmp_path)
     assert len(warnings) == 1, done.stderr[-3000:]
     assert warnings[0].endswith(
         "Dask workers not set to report to the flow's Prefect API (worker "
-        f"tcp://127.0.0.1:{unset_port}: no PREFECT_API_URL): start every worker with "
+        f"{addresses['unset']}: no PREFECT_API_URL): start every worker with "
         f"PREFECT_API_URL={server_api} (this run's task runs still go there: Prefect "
         "sends the flow's settings with each task)"
     )
@@ -270,10 +309,10 @@ def test_a_cluster_of_two_kinds_of_machine_is_measured_on_each_and_planned_for_t
 
     env = clean_env(PREFECT_HOME=str(tmp_path), PREFECT_API_URL=server_api, **{MARK: "kinds"})
     workers = [
-        ("127.0.0.1", free_loopback_port(), env, []),
-        ("127.0.0.2", free_loopback_port(), env, ["--preload", "tests.support.slow_machine"]),
+        ("this-cpu", "127.0.0.1", env, []),
+        ("slow-cpu", "127.0.0.2", env, ["--preload", "tests.support.slow_machine"]),
     ]
-    with loopback_cluster(env, tmp_path, workers) as scheduler:
+    with loopback_cluster(env, tmp_path, workers) as (scheduler, _):
         args = ["--task-runner", "dask", "--dask-address", scheduler, "--time-budget", "3"]
         done, _ = run_pipeline(args, env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
