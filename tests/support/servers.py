@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -23,8 +24,20 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_loopback_port() -> int:
-    with socket.socket() as probe:
+    """A port free on loopback now, for a server started next. Drawn from below the
+    kernel's ephemeral range where there is one: the kernel hands ports of that range to
+    outgoing connections, which could take it before the server binds it."""
+    ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0]) if EPHEMERAL_PORTS.exists() else 0
+    below = random.sample(range(10_000, ephemeral), 50) if ephemeral > 11_000 else []
+    for port in below:
+        with socket.socket() as probe, suppress(OSError):  # in use
+            probe.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as probe:  # any port the kernel picks
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
