@@ -1,13 +1,14 @@
 """Which epoch's weights a CNN trained under a time budget should keep: the best on validation
-in the last third of its epochs, which `early_stopping(stop_on_plateau=False)` restores, or
-the last, where the learning rate's cosine decay ends: `docs/benchmark/kept_epoch.md`.
+in the last third of its epochs, which `early_stopping(stop_on_plateau=False)` restores (the
+first of equals), the last of equals, the last, where the learning rate's cosine decay ends,
+or the last three's predictions averaged: `docs/benchmark/kept_epoch.md`.
 
     python -m benchmarks.kept_epoch [--network small] [--epochs 9] [--seeds 1 2 3] [--avx2]
 
 Each seed trains the network as a budgeted run does (its network, without dropout where the
 plan takes it off, the product's batches and cosine decay over the epochs, the product's early
 stopping kept, on the default run's split, every usable core), and scores the test images as
-the product predicts them with the last epoch's weights and with those early stopping
+the product predicts them after each epoch early stopping watches, and with the weights it
 restores. Rows are appended to `kept_epoch.csv`, and `kept_epoch.md` is redrawn. `--avx2` is
 `benchmarks.cnn_recipe`'s.
 """
@@ -55,8 +56,9 @@ def budgeted_params(network: str, epochs: int, avx2: bool) -> CNNParams:
 
 def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
     """One seed's row: the epoch early stopping keeps, and the validation (one view, as
-    early stopping scores it) and test accuracy (the product's views) of its weights and of
-    the last epoch's."""
+    early stopping scores it) and test accuracy (the product's views) of its weights, of the
+    last of the equally good epochs, of the last epoch's, and of the last three epochs'
+    predictions averaged; with each watched epoch's validation and test accuracy."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
     )
@@ -70,19 +72,21 @@ def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
     schedule = CosineToDeadline(network, params.learning_rate, steps, params.epochs, context)
     stopping = early_stopping(params, stop_on_plateau=False)
 
-    def test_accuracy() -> float:
-        probabilities = predicted_over_views(
+    def test_probabilities() -> np.ndarray:
+        return predicted_over_views(
             network, to_image_tensor(x_test), params.test_shift_pixels, params.mirror
         )
+
+    def accuracy(probabilities: np.ndarray) -> float:
         return round(float(np.mean(probabilities.argmax(axis=1) == y_test)), 4)
 
-    last = {}
+    watched: dict[int, tuple[float, np.ndarray]] = {}  # epoch -> validation, test predictions
 
     def on_epoch_end(epoch: int, logs: dict) -> None:
-        if epoch + 1 == params.epochs:
-            last.update(validation=round(logs["val_accuracy"], 4), test=test_accuracy())
+        if epoch >= stopping.start_from_epoch:
+            watched[epoch] = (round(logs["val_accuracy"], 4), test_probabilities())
 
-    history = network.fit(
+    network.fit(
         augmented_batches(to_image_tensor(x_train), y_train, params, seed, classes),
         epochs=params.epochs,
         validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
@@ -93,32 +97,60 @@ def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
         ],
         verbose=0,
     )
-    kept = stopping.best_epoch
+    kept, last = stopping.best_epoch, max(watched)
+    best = max(validation for validation, _ in watched.values())
+    last_of_equals = max(epoch for epoch, (validation, _) in watched.items() if validation == best)
+    last_three = np.mean([watched[epoch][1] for epoch in sorted(watched)[-3:]], axis=0)
     return {
         "seed": seed,
         "kept_epoch": kept + 1,
-        "validation_kept": round(history.history["val_accuracy"][kept], 4),
-        "validation_last": last["validation"],
-        "test_kept": test_accuracy(),  # the weights early stopping restored
-        "test_last": last["test"],
+        "validation_kept": watched[kept][0],
+        "validation_last": watched[last][0],
+        "test_kept": accuracy(test_probabilities()),  # the weights early stopping restored
+        "test_last": accuracy(watched[last][1]),
+        "last_of_equals_epoch": last_of_equals + 1,
+        "test_last_of_equals": accuracy(watched[last_of_equals][1]),
+        "test_last_three_averaged": accuracy(last_three),
+        "validation_by_epoch": " ".join(f"{watched[epoch][0]:.4f}" for epoch in sorted(watched)),
+        "test_by_epoch": " ".join(
+            f"{accuracy(watched[epoch][1]):.4f}" for epoch in sorted(watched)
+        ),
     }
 
 
+GAINS = {
+    "last": "test_last",
+    "last of equals": "test_last_of_equals",
+    "last three averaged": "test_last_three_averaged",
+}
+
+
 def render(rows: pd.DataFrame, output: Path) -> None:
-    gain = 100 * (rows["test_last"] - rows["test_kept"])
-    shown = rows.assign(gain=[f"{g:+.2f}" for g in gain])
-    shown = shown[[*shown.columns.drop(["cpu", "commit", "gain"]), "gain", "cpu", "commit"]]
+    """The rows with each policy's gain over the kept epoch, in points, and their means."""
+    gains = {name: 100 * (rows[column] - rows["test_kept"]) for name, column in GAINS.items()}
+    shown = rows.drop(columns=["validation_by_epoch", "test_by_epoch"])
+    shown["last_of_equals_epoch"] = shown["last_of_equals_epoch"].astype("Int64")
+    shown = shown.astype(object).where(shown.notna(), "")  # rows from before a column came
+    shown = shown.assign(**{f"gain, {name}": [f"{g:+.2f}" if g == g else "" for g in gain]
+                            for name, gain in gains.items()})  # fmt: skip
+    shown = shown[[*shown.columns.drop(["cpu", "commit"]), "cpu", "commit"]]
+    means = "; ".join(
+        f"{name} {gain.mean():+.2f} over {gain.count()} rows"
+        for name, gain in gains.items()
+        if gain.count()
+    )
     output.write_text(
         "# The epoch a budgeted CNN keeps\n\n"
         "Written by `python -m benchmarks.kept_epoch`: each seed trains the network as a "
         "budgeted run does, its cosine decay over the epochs, and scores the test images "
-        "with the weights early stopping restores (the best validation accuracy in the last "
-        "third of the epochs; validation as early stopping scores it, one view of 3,000 "
-        "images) and with the last epoch's. Gain: the last epoch's test accuracy over the "
-        f"kept one's, in points; mean {gain.mean():+.2f} over {len(rows)} rows, the last "
-        f"epoch kept in {int((rows.kept_epoch == rows.epochs).sum())}.\n\n"
-        + markdown_table(shown)
-        + "\n"
+        "with the weights early stopping restores (the first of the best validation "
+        "accuracies in the last third of the epochs; validation as early stopping scores it, "
+        "one view of 3,000 images), with the last of the equally best epochs', with the last "
+        "epoch's, and with the last three epochs' predictions averaged. Gains: each one's "
+        "test accuracy over the kept epoch's, in points; mean "
+        f"{means}; the last epoch kept in {int((rows.kept_epoch == rows.epochs).sum())} of "
+        f"{len(rows)}. `kept_epoch.csv` has each watched epoch's validation and test "
+        "accuracy.\n\n" + markdown_table(shown) + "\n"
     )
 
 
