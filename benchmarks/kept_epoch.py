@@ -1,15 +1,16 @@
 """Which epoch's weights a CNN trained under a time budget should keep: the best on validation
-in the last third of its epochs, which `early_stopping(stop_on_plateau=False)` restores (the
-first of equals), the last of equals, the last, where the learning rate's cosine decay ends,
-or the last three's predictions averaged: `docs/benchmark/kept_epoch.md`.
+in the last third of its epochs, which budgeted runs restored up to 07738ea
+(`best_of_the_last_third`, the first of equals), the last of equals, the last, where the
+learning rate's cosine decay ends and which they keep since, or the last three's predictions
+averaged: `docs/benchmark/kept_epoch.md`.
 
     python -m benchmarks.kept_epoch [--network small] [--epochs 9] [--seeds 1 2 3] [--avx2]
 
 Each seed trains the network as a budgeted run does (its network, without dropout where the
-plan takes it off, the product's batches and cosine decay over the epochs, the product's early
-stopping kept, on the default run's split, every usable core), and scores the test images as
-the product predicts them after each epoch early stopping watches, and with the weights it
-restores. Rows are appended to `kept_epoch.csv`, and `kept_epoch.md` is redrawn. `--avx2` is
+plan takes it off, the product's batches and cosine decay over the epochs, on the default
+run's split, every usable core), and scores the test images as the product predicts them
+after each epoch `best_of_the_last_third` watches, and with the weights it restores. Rows
+are appended to `kept_epoch.csv`, and `kept_epoch.md` is redrawn. `--avx2` is
 `benchmarks.cnn_recipe`'s.
 """
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -54,11 +57,19 @@ def budgeted_params(network: str, epochs: int, avx2: bool) -> CNNParams:
     return CNNParams(**named | lighter)
 
 
+def best_of_the_last_third(params: CNNParams):
+    """The early stopping budgeted runs had up to 07738ea: without patience, so the weights
+    of the epoch with the best validation accuracy in the last third of the planned ones are
+    restored at the end (the first of equals)."""
+    return early_stopping(SimpleNamespace(epochs=params.epochs, early_stopping_patience=math.inf))
+
+
 def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
-    """One seed's row: the epoch early stopping keeps, and the validation (one view, as
-    early stopping scores it) and test accuracy (the product's views) of its weights, of the
-    last of the equally good epochs, of the last epoch's, and of the last three epochs'
-    predictions averaged; with each watched epoch's validation and test accuracy."""
+    """One seed's row: the epoch `best_of_the_last_third` keeps, and the validation (one
+    view, as early stopping scores it) and test accuracy (the product's views) of its
+    weights, of the last of the equally good epochs, of the last epoch's, and of the last
+    three epochs' predictions averaged; with each watched epoch's validation and test
+    accuracy."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         data.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation", "test")
     )
@@ -70,7 +81,7 @@ def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
     steps = batch_count(len(y_train), params.batch_size)
     context = TrainingContext(seed=seed, threads=usable_cores())
     schedule = CosineToDeadline(network, params.learning_rate, steps, params.epochs, context)
-    stopping = early_stopping(params, stop_on_plateau=False)
+    stopping = best_of_the_last_third(params)
 
     def test_probabilities() -> np.ndarray:
         return predicted_over_views(
@@ -106,7 +117,7 @@ def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
         "kept_epoch": kept + 1,
         "validation_kept": watched[kept][0],
         "validation_last": watched[last][0],
-        "test_kept": accuracy(test_probabilities()),  # the weights early stopping restored
+        "test_kept": accuracy(test_probabilities()),  # the weights restored
         "test_last": accuracy(watched[last][1]),
         "last_of_equals_epoch": last_of_equals + 1,
         "test_last_of_equals": accuracy(watched[last_of_equals][1]),
@@ -143,12 +154,13 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "# The epoch a budgeted CNN keeps\n\n"
         "Written by `python -m benchmarks.kept_epoch`: each seed trains the network as a "
         "budgeted run does, its cosine decay over the epochs, and scores the test images "
-        "with the weights early stopping restores (the first of the best validation "
-        "accuracies in the last third of the epochs; validation as early stopping scores it, "
-        "one view of 3,000 images), with the last of the equally best epochs', with the last "
-        "epoch's, and with the last three epochs' predictions averaged. Gains: each one's "
-        "test accuracy over the kept epoch's, in points; mean "
-        f"{means}; the last epoch kept in {int((rows.kept_epoch == rows.epochs).sum())} of "
+        "with the weights budgeted runs restored up to 07738ea (the first of the best "
+        "validation accuracies in the last third of the epochs, validation as early stopping "
+        "scores it: one view of 3,000 images), with the last of the equally best epochs', "
+        "with the last epoch's (which they keep since), and with the last three epochs' "
+        "predictions averaged. Gains: each one's test accuracy over the restored epoch's, in "
+        "points; mean "
+        f"{means}; the last epoch restored in {int((rows.kept_epoch == rows.epochs).sum())} of "
         f"{len(rows)}. `kept_epoch.csv` has each watched epoch's validation and test "
         "accuracy.\n\n" + markdown_table(shown) + "\n"
     )

@@ -43,7 +43,7 @@ def test_the_page_gives_each_seeds_gains_and_their_means(tmp_path):
     page = (tmp_path / "kept_epoch.md").read_text()
     assert (
         "mean last +0.25 over 2 rows; last of equals +0.80 over 1 rows; last three averaged "
-        "+1.10 over 1 rows; the last epoch kept in 1 of 2."
+        "+1.10 over 1 rows; the last epoch restored in 1 of 2."
     ) in page
     assert (
         "| small | 9 | 1 | 8 | 0.9300 | 0.9300 | 0.9200 | 0.9250 | 9 | 0.9280 | 0.9310 | +0.50 "

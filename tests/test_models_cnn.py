@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 import types
 import zipfile
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tasks.core.contracts import SPLIT_ARRAYS
 from tasks.training.cores import CoreHandover
 from tasks.training.models import keras_training
 from tasks.training.models.base import TrainingContext
@@ -295,10 +297,28 @@ def test_early_stopping_waits_for_the_last_third_of_the_planned_epochs(keras):
     assert plateau_with_one_better_epoch(keras, early_stopping(params)) == (24, 20.0)
 
 
-def test_under_a_time_budget_a_plateau_does_not_end_the_fit_but_the_best_epoch_is_kept(keras):
-    params = types.SimpleNamespace(epochs=30, early_stopping_patience=4)
-    stopping = early_stopping(params, stop_on_plateau=False)
-    assert plateau_with_one_better_epoch(keras, stopping) == (None, 20.0)
+def test_under_a_time_budget_the_fit_keeps_the_last_epochs_weights(processed):
+    """Scored on validation labels moved one class on, the network gets worse on validation
+    as it learns: early stopping would keep an earlier epoch; under a budget the last one's
+    weights stay, whose learning rate decayed to zero."""
+    from tasks.training.models.cnn import CNNParams, KerasCNN
+
+    (x_train, y_train), (x_val, y_val) = (
+        processed.load(*SPLIT_ARRAYS[split]) for split in ("train", "validation")
+    )
+    params = CNNParams(conv_blocks=((4,),), dense_units=8, epochs=6, test_shift_pixels=0)
+    weights = []
+    context = TrainingContext(
+        seed=0, threads=1, classes=len(processed.class_names), deadline=time.time() + 3600,
+        most_steps=6, report_validation=lambda epoch, accuracy: weights.append(
+            [w.copy() for w in cnn.model.get_weights()]
+        ),
+    )  # fmt: skip
+    cnn = KerasCNN(params, context)
+    curve = cnn.fit(x_train, y_train, x_val, (y_val + 1) % len(processed.class_names))
+    assert len(weights) == len(curve.validation_error) == 6
+    kept = cnn.model.get_weights()
+    assert all(np.array_equal(k, last) for k, last in zip(kept, weights[-1], strict=True))
 
 
 def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():

@@ -19,7 +19,12 @@ from tasks.evaluation.report.analysis import (
     pareto_front,
 )
 from tasks.evaluation.report.artifacts import summary_markdown
-from tasks.evaluation.report.splits import chosen_model, describe_gaps, held_out_gaps
+from tasks.evaluation.report.splits import (
+    chosen_model,
+    describe_gaps,
+    held_out_gaps,
+    split_roles,
+)
 from tasks.evaluation.report.writer import write_report
 from tests.support.samples import TEST_INDEX, Y_TEST, evaluation, sample_evaluations, sample_split
 
@@ -320,4 +325,27 @@ def test_held_out_gaps_are_in_points_and_say_what_the_validation_split_adds():
     assert ensemble == (
         "The ensemble scores 0.9600 on the selection split that chose its members and "
         "weights and 0.9400 on the test set (2.00 points above its test accuracy)."
+    )
+    # Under a time budget the CNN keeps its last epoch: the validation split decided
+    # nothing in its training, and the bias is the SVM's alone.
+    _, added, _, _ = describe_gaps(gaps, roles, budgeted=True)
+    assert added.endswith(
+        "the validation split (svm_rbf), what it adds is their validation accuracy minus "
+        "their selection accuracy: +1.00 points on average."
+    )
+
+
+def test_the_report_says_what_the_validation_split_decided_with_a_budget_and_without(tmp_path):
+    evaluations = [evaluation(name, Y_TEST, tmp_path) for name in ("cnn", "svm_rbf")]
+    images = {"train": 5000, "validation": 500, "selection": 500, "test": 2000}
+    unbudgeted, budgeted = (
+        split_roles(images, evaluations, [], "cnn", budgeted=b).set_index("split").decided
+        for b in (False, True)
+    )
+    assert unbudgeted["validation"] == (
+        "cnn's early stopping: the epoch whose weights are kept; svm_rbf's temperature "
+        "scaling: its soft pairwise votes turned into probabilities"
+    )
+    assert budgeted["validation"] == (
+        "svm_rbf's temperature scaling: its soft pairwise votes turned into probabilities"
     )

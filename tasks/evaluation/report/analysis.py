@@ -14,12 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.contracts import LearningCurve, ModelEvaluation, ModelFailure, TuningSummary
-from tasks.evaluation.report.splits import (
-    chosen_model,
-    chosen_sentence,
-    held_out_gaps,
-    split_roles,
-)
+from tasks.evaluation.report.splits import chosen_model, chosen_sentence, held_out_gaps, split_roles
 from tasks.evaluation.significance import (
     CONFIDENCE,
     accuracy_intervals,
@@ -147,7 +142,9 @@ def analyse(
         mistakes=mistakes,
         tuning=tuple(tuning),
         test_images=len(y_test),
-        split_roles=split_roles(split_images, evaluations, [t.model for t in tuning], chosen),
+        split_roles=split_roles(
+            split_images, evaluations, [t.model for t in tuning], chosen, budgeted=plan is not None
+        ),
         gaps=held_out_gaps(board),
         failures=tuple(failures),
         plan=plan,

@@ -65,7 +65,7 @@ def render_markdown(findings: Findings, run_id: str) -> str:
         markdown_table(findings.split_roles),
         "Each model's accuracy on the held-out splits beside its test accuracy; a gap is "
         "the held-out accuracy minus the test accuracy, in points. "
-        + " ".join(describe_gaps(findings.gaps, findings.split_roles)),
+        + " ".join(describe_gaps(findings.gaps, findings.split_roles, findings.plan is not None)),
         markdown_table(findings.gaps, ".4f"),
         "## Cost and accuracy",
         "A model is on the Pareto front when no other model is at least as accurate and at "

@@ -58,6 +58,7 @@ def split_roles(
     evaluations: Sequence[ModelEvaluation],
     tuned: Sequence[str],
     chosen: str,
+    budgeted: bool = False,
 ) -> pd.DataFrame:
     """One row per split: its images and what it decided in this run.
 
@@ -65,9 +66,11 @@ def split_roles(
         split_images: images in the train, validation, selection and test splits.
         tuned: the models whose parameters a search chose on the validation split.
         chosen: the model the run stands behind (`chosen_model`).
+        budgeted: the run had a time budget.
     """
     models = [e for e in evaluations if e.name != ENSEMBLE_NAME]
-    uses = [f"{name}'s {use}" for name, use in validation_uses(e.name for e in models).items()]
+    read = validation_uses((e.name for e in models), budgeted)
+    uses = [f"{name}'s {use}" for name, use in read.items()]
     if tuned:
         uses.append(f"the tuning trials' scores ({', '.join(tuned)})")
     selected = [f"the model the run chose ({chosen})"]
@@ -97,10 +100,11 @@ def held_out_gaps(board: pd.DataFrame) -> pd.DataFrame:
     return gaps
 
 
-def describe_gaps(gaps: pd.DataFrame, roles: pd.DataFrame) -> list[str]:
+def describe_gaps(gaps: pd.DataFrame, roles: pd.DataFrame, budgeted: bool = False) -> list[str]:
     """The gaps in sentences: the models' mean gap on each held-out split, how much of the
     validation split's is bias (against the selection split, drawn from the same images),
-    how large a gap chance alone makes at these sizes, then the ensemble's gap."""
+    how large a gap chance alone makes at these sizes, then the ensemble's gap. `budgeted`:
+    the run had a time budget, which changes what some models read (`validation_uses`)."""
     models = gaps[gaps.model != ENSEMBLE_NAME]
     if not len(models):
         return []
@@ -109,7 +113,7 @@ def describe_gaps(gaps: pd.DataFrame, roles: pd.DataFrame) -> list[str]:
         f"{_points(models.validation_gap.mean())} the test accuracy, and the selection "
         f"accuracy {_points(models.selection_gap.mean())} it."
     ]
-    reads = models.model.isin(list(validation_uses(models.model)))
+    reads = models.model.isin(list(validation_uses(models.model, budgeted)))
     if reads.any():
         bias = (models.validation_gap - models.selection_gap)[reads].mean()
         sentences.append(

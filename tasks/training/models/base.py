@@ -196,6 +196,7 @@ class ModelSpec:
         packages: the Python packages it needs, whose versions metrics.json records.
         validation_use: what the validation split decides in its training, for the
             report ("" when its training does not read it).
+        budgeted_validation_use: the same under a time budget, where that differs.
         scaling: how its work speeds up with threads, for the core schedule.
         takes_more_threads: its fit takes the threads the models done grant it, up to
             the threads worth using (`Scaling.useful_threads`); the model with a lane
@@ -216,6 +217,7 @@ class ModelSpec:
     own_lane: bool = False
     packages: tuple[str, ...] = ()
     validation_use: str = ""
+    budgeted_validation_use: str | None = None
     scaling: Scaling = ONE_THREAD
     takes_more_threads: bool = False
 

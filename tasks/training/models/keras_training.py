@@ -10,7 +10,6 @@ callables.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,23 +41,28 @@ class StoppingRecipe(Protocol):
     early_stopping_patience: int
 
 
-def early_stopping(params: StoppingRecipe, stop_on_plateau: bool = True):
+def early_stopping(params: StoppingRecipe):
     """Keras' early stopping on validation accuracy, keeping the best epoch's weights, over
     the last third of the planned epochs only: before, the cosine decay's learning rate is
     still high and validation accuracy plateaus for epochs on end (on the AVX2 EPYC a
     middle network planned for 30 epochs stopped at 18 with 0.929, where 18 planned ones
     reached 0.936).
 
-    Without `stop_on_plateau` (under a time budget) it only keeps the best epoch's weights:
-    the planned epochs are the ones that fit and the learning rate decays to zero over
-    them, so a plateau is no reason to leave minutes unused (on the AVX-512 BF16 EPYC a
-    patience of 4 ended a 30-minute run's wide network at 47 of 59 planned epochs)."""
+    Not under a time budget: there the planned epochs are the ones that fit and the learning
+    rate decays to zero over them, so a plateau is no reason to leave minutes unused (on the
+    AVX-512 BF16 EPYC a patience of 4 ended a 30-minute run's wide network at 47 of 59
+    planned epochs), and the last epoch's weights are kept. Restoring the best on validation
+    did as well on average (`docs/benchmark/kept_epoch.md`: 0.01 points better over 9 runs
+    on the AVX2 EPYC, the last never more than 0.12 worse), but the best of 3,000 validation
+    images may be an early epoch: in 15- and 30-minute runs it kept the 18th of 26 and the
+    21st of 28 (e90a75b), and the middle network's first epochs of the last third scored up
+    to 0.48 points below its last on the test images."""
     import keras
 
     return keras.callbacks.EarlyStopping(
         monitor="val_accuracy",
         mode="max",
-        patience=params.early_stopping_patience if stop_on_plateau else math.inf,
+        patience=params.early_stopping_patience,
         restore_best_weights=True,
         start_from_epoch=2 * params.epochs // 3,
     )

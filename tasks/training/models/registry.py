@@ -137,12 +137,14 @@ def model_packages() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for spec in reversed(_specs) for p in spec.packages))
 
 
-def validation_uses(names: Iterable[str]) -> dict[str, str]:
+def validation_uses(names: Iterable[str], budgeted: bool = False) -> dict[str, str]:
     """What the validation split decides in the training of each named model that reads
-    it; names of no registered model (the ensemble) are passed over."""
-    by_name = _by_name()
-    return {
-        name: by_name[name].validation_use
-        for name in names
-        if name in by_name and by_name[name].validation_use
-    }
+    it, in a run with a time budget or without; names of no registered model (the
+    ensemble) are passed over."""
+    specs = _by_name()
+    uses = {name: specs[name].validation_use for name in names if name in specs}
+    if budgeted:
+        uses |= {
+            name: use for name in uses if (use := specs[name].budgeted_validation_use) is not None
+        }
+    return {name: use for name, use in uses.items() if use}
