@@ -22,8 +22,6 @@ from tests.support.waiting import wait_until
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
-
-
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
