@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tasks.core import disk
+from tasks.core.contracts import content_hashes
 from tasks.core.errors import StorageError
 from tasks.core.storage import (
     MANIFEST_FILE,
@@ -20,6 +21,7 @@ from tasks.core.storage import (
     entry_problem,
     save_arrays,
     scratch_name,
+    sha256_file,
     sweep_scratch,
     write_new_directory,
 )
@@ -218,3 +220,13 @@ def test_stages_loading_one_array_at_once_share_its_mapping_and_every_load_is_ch
     np.save(ref.path, np.zeros(4096, dtype=np.float32))  # changed once nobody holds it
     with pytest.raises(CorruptArrayError, match=r"pixels.npy: content hash"):
         ref.load()
+
+
+def test_content_hashes_are_the_files_hashes_of_the_arrays_named_in_that_order(tmp_path):
+    save_arrays(tmp_path, {"a": np.arange(3), "b": np.ones(2), "c": np.zeros(5)})
+    refs = array_refs(tmp_path, ["a", "b", "c"])
+    assert content_hashes(refs) == {name: sha256_file(tmp_path / f"{name}.npy") for name in "abc"}
+    assert list(content_hashes(refs, ["c", "a"]).items()) == [
+        ("c", sha256_file(tmp_path / "c.npy")),
+        ("a", sha256_file(tmp_path / "a.npy")),
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.budget.planner import Plan, Variant, plan_run
 from tasks.budget.schedule import CoreSchedule
-from tasks.core.contracts import ModelFailure, ProcessedDataset
+from tasks.core.contracts import ModelFailure, ProcessedDataset, content_hashes
 from tasks.core.cpus import cpu_model
 from tasks.core.devices import device_key
 from tasks.core.storage import (
@@ -60,7 +60,7 @@ def plan_key(
     measuring = [project_code_version(model_spec(name).module) for name in config.models]
     return content_key(
         config.time_budget_minutes, config.models, params.model_dump(mode="json"),
-        {name: ref.sha256 for name, ref in data.arrays.items()}, cores.threads,
+        content_hashes(data.arrays), cores.threads,
         cores.lanes, sorted(cores.machines) or cpu_model(), device_key(), measuring,
         code_version(__file__), project_code_version("tasks.budget.planner"),
         project_code_version("tasks.training.models.measuring"),

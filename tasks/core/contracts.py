@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import traceback
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -44,6 +45,14 @@ class UnreadableFile:
 
     file: str
     problem: str
+
+
+def content_hashes(
+    arrays: Mapping[str, ArrayRef], names: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Each array's SHA-256 by name, of all of `arrays` or of those in `names` in that
+    order: what cache keys and records hold of the data a stage read."""
+    return {name: arrays[name].sha256 for name in (arrays if names is None else names)}
 
 
 @dataclass(frozen=True)

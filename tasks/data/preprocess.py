@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from tasks.core.contracts import ProcessedDataset, RawDataset
+from tasks.core.contracts import ProcessedDataset, RawDataset, content_hashes
 from tasks.core.errors import UsageError
 from tasks.core.storage import (
     array_refs,
@@ -138,7 +138,7 @@ def preprocess_dataset(
     so runs with other settings never overwrite each other's arrays.
     """
     parameters = (validation_size, seed, train_subset_size, test_subset_size, selection_size)
-    raw_hashes = {name: ref.sha256 for name, ref in raw.arrays.items()}
+    raw_hashes = content_hashes(raw.arrays)
     key = content_key(raw_hashes, parameters, list(raw.class_names), code_version(__file__))
     target = cache_dir / "processed" / key
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, astuple, fields, replace
 from pathlib import Path
 from typing import TextIO
 
-from tasks.core.contracts import RawDataset, ValidationSummary
+from tasks.core.contracts import RawDataset, ValidationSummary, content_hashes
 from tasks.core.errors import DataValidationError, StorageError
 from tasks.core.files import write_atomically
 from tasks.core.storage import cached_stage, content_key, project_code_version
@@ -141,7 +141,7 @@ def validate_raw_dataset(
         logger.warning("%s", warning)
     errors_file = output_dir / ERRORS_FILE
     key = content_key(
-        {name: ref.sha256 for name, ref in raw.arrays.items()},
+        content_hashes(raw.arrays),
         raw.class_names,
         min_images_per_class,
         max_duplicate_fraction,

@@ -26,6 +26,7 @@ from tasks.core.contracts import (
     ProcessedDataset,
     TrainedModel,
     as_stored,
+    content_hashes,
 )
 from tasks.core.stopping import run_until_stopped
 from tasks.core.storage import (
@@ -204,7 +205,7 @@ def evaluate_model(
     """Class probabilities and metrics on the held-out and test splits, timing the test
     prediction; cached per model content, evaluation data, class names and code version."""
     evaluated = (name for split in (*HELD_OUT, "test") for name in SPLIT_ARRAYS[split])
-    inputs = {name: data.arrays[name].sha256 for name in evaluated}
+    inputs = content_hashes(data.arrays, evaluated)
     key = content_key(
         manifest_digest(trained.directory), inputs, list(data.class_names), code_version(__file__)
     )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset
+from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, content_hashes
 
 SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
 
@@ -47,7 +47,7 @@ class RunSnapshot:
 
 def data_fingerprint(raw: RawDataset) -> str:
     """A hash of the data's content and class names: equal exactly when nothing changed."""
-    hashes = {name: ref.sha256 for name, ref in sorted(raw.arrays.items())}
+    hashes = content_hashes(raw.arrays, sorted(raw.arrays))
     text = json.dumps([hashes, list(raw.class_names)])
     return hashlib.sha256(text.encode()).hexdigest()
 

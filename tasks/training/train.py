@@ -12,7 +12,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tasks.core.contracts import TRAINING_ARRAYS, LearningCurve, ProcessedDataset, TrainedModel
+from tasks.core.contracts import (
+    TRAINING_ARRAYS,
+    LearningCurve,
+    ProcessedDataset,
+    TrainedModel,
+    content_hashes,
+)
 from tasks.core.stopping import run_until_stopped
 from tasks.core.storage import (
     PROJECT_PACKAGE,
@@ -62,7 +68,7 @@ def train_model(
     context = replace(context, classes=len(data.class_names))
     logger = context.logger
     model_params = getattr(params, name).model_dump(mode="json")
-    inputs = {array: data.arrays[array].sha256 for array in TRAINING_ARRAYS}
+    inputs = content_hashes(data.arrays, TRAINING_ARRAYS)
     parts = [inputs, context.classes, model_params, context.seed, model_code_version(name)]
     if context.deadline is not None and context.most_steps is not None:
         parts.append({"budgeted, most steps": context.most_steps})

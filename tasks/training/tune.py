@@ -25,7 +25,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary
+from tasks.core.contracts import TRAINING_ARRAYS, ProcessedDataset, TuningSummary, content_hashes
 from tasks.core.errors import StorageError
 from tasks.core.files import write_atomically
 from tasks.core.stopping import check_stop, run_until_stopped
@@ -71,7 +71,7 @@ def study_key(
     budget, it searches on; with the same, it has nothing left to do)."""
     return content_key(
         {model: getattr(params, model).model_dump(mode="json") for model in sorted(models)},
-        train_subset_size, seed, {name: data.arrays[name].sha256 for name in TRAINING_ARRAYS},
+        train_subset_size, seed, content_hashes(data.arrays, TRAINING_ARRAYS),
         project_code_version(__name__),
     )  # fmt: skip
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from tasks.core.contracts import content_hashes
 from tasks.data.ingest import ingest_dataset
 from tasks.data.preprocess import preprocess_dataset
 from tasks.evaluation.ensemble import build_ensemble
@@ -61,7 +62,7 @@ def make_run(root: Path, models: tuple[str, ...] = ("logistic_regression", "rand
             "data": {
                 "source_dir": str(raw.source_dir),
                 "file_sha256": raw.file_sha256,
-                "processed_sha256": {name: ref.sha256 for name, ref in data.arrays.items()},
+                "processed_sha256": content_hashes(data.arrays),
             },
         }
         report = write_report(

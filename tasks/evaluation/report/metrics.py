@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from tasks.core.contracts import ModelEvaluation, ProcessedDataset, RawDataset, ValidationSummary
+from tasks.core.contracts import (
+    ModelEvaluation,
+    ProcessedDataset,
+    RawDataset,
+    ValidationSummary,
+    content_hashes,
+)
 from tasks.core.cpus import machine_facts
 from tasks.evaluation.report.analysis import LEADERBOARD_COLUMNS, Findings
 from tasks.evaluation.significance import BOOTSTRAP_RESAMPLES
@@ -89,7 +95,7 @@ def run_context(
             "source_dir": str(raw.source_dir),
             "file_sha256": raw.file_sha256,
             "processed_dir": str(data.directory),
-            "processed_sha256": {name: ref.sha256 for name, ref in data.arrays.items()},
+            "processed_sha256": content_hashes(data.arrays),
         },
         "validation": asdict(validation),
         "machine": machine_facts(),
