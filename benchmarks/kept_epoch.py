@@ -64,7 +64,7 @@ def best_of_the_last_third(params: CNNParams):
     return early_stopping(SimpleNamespace(epochs=params.epochs, early_stopping_patience=math.inf))
 
 
-def kept_and_last(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
+def kept_epochs_compared(params: CNNParams, seed: int, data: ProcessedDataset) -> dict:
     """One seed's row: the epoch `best_of_the_last_third` keeps, and the validation (one
     view, as early stopping scores it) and test accuracy (the product's views) of its
     weights, of the last of the equally good epochs, of the last epoch's, and of the last
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     data = default_split(args.cache_dir)
     params = budgeted_params(args.network, args.epochs, args.avx2)
     for seed in args.seeds:
-        row = {"network": args.network, "epochs": args.epochs} | kept_and_last(params, seed, data)
+        row = {"network": args.network, "epochs": args.epochs}
+        row |= kept_epochs_compared(params, seed, data)
         row |= {"cpu": cpu_label(args.avx2), "commit": code_commit(ROOT)}
         print(json.dumps(row), flush=True)
         render(appended(table, [row]), args.output / "kept_epoch.md")

@@ -3,7 +3,7 @@ on the same training, and its page's gain."""
 
 import pandas as pd
 
-from benchmarks.kept_epoch import budgeted_params, kept_and_last, render
+from benchmarks.kept_epoch import budgeted_params, kept_epochs_compared, render
 
 
 def test_budgeted_params_take_dropout_off_the_middle_and_small_networks_only():
@@ -14,7 +14,7 @@ def test_budgeted_params_take_dropout_off_the_middle_and_small_networks_only():
 
 def test_each_watched_epoch_is_scored_and_the_restored_weights_are_the_kept_epochs(processed):
     # Of 4 epochs, early stopping watches the last two (from 2 * 4 // 3 = 2).
-    row = kept_and_last(budgeted_params("small", 4, avx2=False), seed=3, data=processed)
+    row = kept_epochs_compared(budgeted_params("small", 4, avx2=False), seed=3, data=processed)
     validations = [float(v) for v in row["validation_by_epoch"].split()]
     tests = [float(t) for t in row["test_by_epoch"].split()]
     assert len(validations) == len(tests) == 2
