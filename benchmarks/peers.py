@@ -3,7 +3,7 @@ split, the same machine and the same minutes, one after the other.
 
     python -m venv .peers && .peers/bin/pip install -e ".[peers]"
     python -m benchmarks.peers --peers-python .peers/bin/python [--budgets 5 15] [--peers autogluon]
-        [--avx2]
+        [--avx2] [--seed N]
 
 AutoGluon 1.6 pins xgboost below 3 and pandas below 3, so the peers get an environment
 of their own (`--peers-python`; default: this Python) and the project runs on its own.
@@ -18,7 +18,8 @@ For each budget, never two at once on the machine:
    reading the split to the end of predicting the test set.
 A peer still running at `STOP_AT_BUDGETS` times its budget is stopped, without an accuracy.
 `--avx2` runs the project as the budget sweep's `--avx2` does (TensorFlow's AVX2 kernels,
-float32); the peers run as they are, since none of them trains with TensorFlow.
+float32); the peers run as they are, since none of them trains with TensorFlow. `--seed`
+is the project's run's (default: the pipeline's own, 42): it draws the split the peers get.
 Recorded per run: test accuracy, wall seconds, and the overrun of the budget. Rows are
 appended to `peers.csv`, and `peers.md` is redrawn from it; the project's run is also
 appended to `budget_sweep.csv` beside them, as the budget sweep records it.
@@ -39,7 +40,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.budget_sweep import code_commit, cpu_name, record, run_budget
+from benchmarks.budget_sweep import (
+    DEFAULT_SEED,
+    code_commit,
+    cpu_name,
+    record,
+    recorded,
+    run_budget,
+)
 from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS
 from tasks.data.preprocess import read_processed
@@ -118,16 +126,17 @@ def budget_rows(
     chosen: tuple[str, ...] = PEERS,
     avx2: bool = False,
     sweep_output: Path | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> list[dict]:
     """The project's run at `minutes`, then each `chosen` peer on its split. The run is the
     budget sweep's own: with `sweep_output` it is also a row of that table, recorded before
     the peers start, so one run of the project serves both."""
-    ours = run_budget(minutes, avx2=avx2, extra=[])
+    ours = run_budget(minutes, avx2=avx2, extra=[], seed=seed)
     if sweep_output is not None:
         record(ours, sweep_output)
     (processed,) = Path(ours["directory"], "data", "processed").iterdir()
     common = {"budget_minutes": minutes, "cpu": cpu_name(), "setting": ours["setting"],
-              "commit": code_commit(ROOT)}  # fmt: skip
+              "seed": seed, "commit": code_commit(ROOT)}  # fmt: skip
     rows = [
         common | {
             "system": "this project (best single model)",
@@ -151,10 +160,12 @@ def budget_rows(
 
 def render(rows: pd.DataFrame, output: Path) -> None:
     columns = ["budget_minutes", "system", "accuracy", "wall_seconds", "overrun_percent",
-               "cpu", "setting", "commit"]  # fmt: skip
-    # Rows written before `--avx2` ran the project as it is.
-    setting = rows["setting"] if "setting" in rows else pd.Series(pd.NA, rows.index, object)
-    rows = rows.assign(setting=setting.fillna("native"))
+               "cpu", "setting", "seed", "commit"]  # fmt: skip
+    # Rows written before `--avx2` and `--seed` ran the project as it is, with its seed.
+    rows = rows.assign(
+        setting=recorded(rows, "setting").fillna("native"),
+        seed=recorded(rows, "seed").fillna(DEFAULT_SEED).astype(int),
+    )
     shown = rows[columns].astype(
         {"budget_minutes": str, "wall_seconds": str, "overrun_percent": str}
     )
@@ -168,7 +179,8 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "environment of their own): at each "
         "budget the project's command ran first, from empty caches, then each peer on that "
         "run's split (every image the run learned from, as 784 pixel columns), scored on "
-        "the same 10,000 test images, one after the other on the machine named in each row. "
+        "the same 10,000 test images, one after the other on the machine named in each row; "
+        "the run's seed drew its split. "
         f"Overrun: wall time over the budget. A peer still running at {STOP_AT_BUDGETS} "
         'times its budget is stopped there. Setting "AVX2 / float32" is `--avx2`: the '
         "project's CNN on TensorFlow's AVX2 kernels in float32 (the peers train no "
@@ -185,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     parser.add_argument("--avx2", action="store_true", help="the project's run as the "
                         "budget sweep's --avx2: ONEDNN_MAX_CPU_ISA=AVX2, float32")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the project's run's: "
+                        "it draws the split the peers get")  # fmt: skip
     parser.add_argument("--one", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--processed", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -194,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     table = args.output / "peers.csv"
     for minutes in args.budgets:
         found = budget_rows(
-            minutes, args.peers_python, tuple(args.peers), args.avx2, sweep_output=args.output
+            minutes, args.peers_python, tuple(args.peers), args.avx2, args.output, args.seed
         )
         render(appended(table, found), args.output / "peers.md")
 

@@ -15,10 +15,11 @@ from tests.support.waiting import wait_until
 
 
 @pytest.mark.parametrize(
-    ("chosen", "avx2"), [(peers.PEERS, False), (("autogluon",), False), (("autogluon",), True)]
+    ("chosen", "avx2", "seed"),
+    [(peers.PEERS, False, 42), (("autogluon",), False, 7), (("autogluon",), True, 42)],
 )
 def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
-    tmp_path, monkeypatch, chosen, avx2
+    tmp_path, monkeypatch, chosen, avx2, seed
 ):
     processed = tmp_path / "data" / "processed" / "0123456789abcdef"
     processed.mkdir(parents=True)
@@ -41,14 +42,15 @@ def test_each_budget_runs_the_project_then_each_chosen_peer_on_its_split(
     monkeypatch.setattr(peers, "in_fresh_process", peer_in_fresh_process)
     recorded = []
     monkeypatch.setattr(peers, "record", lambda row, output: recorded.append((row, output)))
-    rows = peers.budget_rows(5.0, "peers-python", chosen, avx2, sweep_output=tmp_path)
-    assert swept == [(5.0, avx2, [], budget_sweep.DEFAULT_SEED)]
+    rows = peers.budget_rows(5.0, "peers-python", chosen, avx2, sweep_output=tmp_path, seed=seed)
+    assert swept == [(5.0, avx2, [], seed)]
     # The project's run is the sweep's row too, with every field the sweep records.
     assert [(row["setting"], output) for row, output in recorded] == [
         ("AVX2 / float32" if avx2 else "native", tmp_path)
     ]
-    # Every row, the peers' too, says how the project ran beside them.
+    # Every row, the peers' too, says how the project ran beside them, and on which split.
     assert {row["setting"] for row in rows} == {"AVX2 / float32" if avx2 else "native"}
+    assert {row["seed"] for row in rows} == {seed}
     assert [row["system"] for row in rows] == [
         "this project (best single model)", "this project (ensemble)", *chosen,
     ]  # fmt: skip
@@ -83,8 +85,8 @@ def test_a_peer_still_running_at_four_times_its_budget_is_stopped_without_an_acc
          "commit": "c"} | found,
     ])  # fmt: skip
     peers.render(rows, tmp_path / "peers.md")
-    # A row written before `--avx2` existed ran the project as it is.
+    # A row written before `--avx2` and `--seed` existed ran the project as it is, seed 42.
     assert (
-        "| flaml | none: stopped at 4x its budget | 1.2 | 300.0 | x | native | c |"
+        "| flaml | none: stopped at 4x its budget | 1.2 | 300.0 | x | native | 42 | c |"
         in (tmp_path / "peers.md").read_text()
     )
