@@ -190,6 +190,44 @@ def newest_means(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows.commit == newest].groupby(keys)[ACCURACIES].mean().reset_index()
 
 
+def shown_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """The runs as the page's tables show them, a column each."""
+    return pd.DataFrame({
+        "budget (min)": rows.budget_minutes.map("{:g}".format),
+        "CPU": rows.cpu.map(cpu_instructions),
+        "setting": rows.setting,
+        "wall time": rows.wall_seconds.map(minutes),
+        "best single model": rows.best_single_model + " "
+        + rows.best_single_accuracy.map("{:.4f}".format),
+        "ensemble": rows.ensemble_accuracy.map(lambda a: "—" if pd.isna(a) else f"{a:.4f}"),
+        own_lane_model(): rows[own_lane_model()],
+        "left out": rows.left_out.fillna("—"),
+        "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
+        "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
+        "seed": recorded(rows, "seed").map(
+            lambda s: "42" if pd.isna(s) else f"{s:g}"
+        ),
+        "peak memory (GB)": recorded(rows, "peak_rss_gb").map(
+            lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
+        ),
+        "commit": recorded(rows, "commit").fillna("—"),
+    })  # fmt: skip
+
+
+def latest_of_each_seed(rows: pd.DataFrame) -> pd.Index:
+    """Per CPU instructions, setting, budget and seed, the row of its latest run (a rerun of
+    older code goes before the newer code's rows), in that order: what the code reaches
+    there now, one run per seed."""
+    keys = pd.DataFrame({
+        "instructions": rows.cpu.map(cpu_instructions),
+        "setting": rows.setting,
+        "budget_minutes": rows.budget_minutes,
+        "seed": recorded(rows, "seed").fillna(DEFAULT_SEED),
+    })  # fmt: skip
+    latest = keys.groupby(list(keys.columns)).tail(1)
+    return latest.sort_values(list(keys.columns), kind="stable").index
+
+
 def render(rows: pd.DataFrame, output: Path) -> None:
     import matplotlib
 
@@ -227,28 +265,13 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     figure.tight_layout()
     figure.savefig(output / "budget_sweep.png")
 
-    shown = pd.DataFrame({
-        "budget (min)": rows.budget_minutes.map("{:g}".format),
-        "CPU": rows.instructions,
-        "setting": rows.setting,
-        "wall time": rows.wall_seconds.map(minutes),
-        "best single model": rows.best_single_model + " "
-        + rows.best_single_accuracy.map("{:.4f}".format),
-        "ensemble": rows.ensemble_accuracy.map(lambda a: "—" if pd.isna(a) else f"{a:.4f}"),
-        own_lane_model(): rows[own_lane_model()],
-        "left out": rows.left_out.fillna("—"),
-        "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
-        "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
-        "seed": recorded(rows, "seed").map(
-            lambda s: "42" if pd.isna(s) else f"{s:g}"
-        ),
-        "peak memory (GB)": recorded(rows, "peak_rss_gb").map(
-            lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
-        ),
-        "commit": recorded(rows, "commit").fillna("—"),
-    })  # fmt: skip
+    shown = shown_runs(rows)
     order = rows.sort_values(["instructions", "setting", "budget_minutes"], kind="stable").index
     table = markdown_table(shown.loc[order])
+    latest_columns = ["budget (min)", "CPU", "setting", "seed", "wall time",
+                      "best single model", "ensemble", own_lane_model(), "peak memory (GB)",
+                      "commit"]  # fmt: skip
+    latest = markdown_table(shown.loc[latest_of_each_seed(rows), latest_columns])
     cpus = ", ".join(sorted(rows.cpu.unique()))
     (output / "budget_sweep.md").write_text(
         "# Accuracy for your minutes\n\n"
@@ -256,10 +279,13 @@ def render(rows: pd.DataFrame, output: Path) -> None:
         "caches. Cores busy: the CPU time of the command's processes (its temporary Prefect "
         "server included) over wall time and cores. CPU: the instructions of the CPU measured "
         f'on; setting "AVX2 / float32" is `--avx2`. Measured on {cpus}.\n\n'
-        f"{table}\n\n![accuracy against budget](budget_sweep.png)\n\n"
+        "## The latest run of each seed\n\n"
+        "Per CPU, setting and budget, the latest run with each seed, of the commit named."
+        f"\n\n{latest}\n\n![accuracy against budget](budget_sweep.png)\n\n"
         "The figure: a colour per CPU and setting, a line through each budget's runs of the "
         "newest commit measured there (their mean), solid for the best single model and "
-        "dashed for the ensemble; each run of every commit is a faint marker.\n"
+        "dashed for the ensemble; each run of every commit is a faint marker.\n\n"
+        f"## Every run\n\n{table}\n"
     )
 
 

@@ -65,22 +65,56 @@ def test_the_table_shows_each_rows_commit(tmp_path):
     faster = measured | {"cpu": "AMD EPYC (AVX-512 BF16, 2 usable cores)", "wall_seconds": 890}
     emulated = faster | {"setting": "AVX2 / float32", "best_single_accuracy": 0.9301}
     render(pd.DataFrame([measured, earlier, faster, emulated]), tmp_path)
-    table = (tmp_path / "budget_sweep.md").read_text().splitlines()
+    page = (tmp_path / "budget_sweep.md").read_text()
+    table = page.partition("## Every run\n\n")[2].splitlines()
     # Rows are grouped by the CPU's instructions, then by setting, then by budget.
-    assert "| 15 | AVX-512 BF16 | AVX2 / float32 | 14:50.0 | cnn 0.9301 |" in table[6]
-    assert "| 15 | AVX-512 BF16 | native | 14:50.0 | cnn 0.9262 |" in table[7]
-    assert "| 5 | AVX2 | native | 4:37.2 | cnn 0.9100 |" in table[8]
-    assert "| 15 | AVX2 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[9]
-    assert table[9].endswith("| — | 98% | 95% | 7 | 1.93 | 3b148fa |")
+    assert "| 15 | AVX-512 BF16 | AVX2 / float32 | 14:50.0 | cnn 0.9301 |" in table[2]
+    assert "| 15 | AVX-512 BF16 | native | 14:50.0 | cnn 0.9262 |" in table[3]
+    assert "| 5 | AVX2 | native | 4:37.2 | cnn 0.9100 |" in table[4]
+    assert "| 15 | AVX2 | native | 9:43.1 | cnn 0.9262 | 0.9285 |" in table[5]
+    assert table[5].endswith("| — | 98% | 95% | 7 | 1.93 | 3b148fa |")
     # A row from before seeds, memory and commits were recorded: the default seed.
-    assert table[8].endswith("| 42 | — | — |")
-    assert "Measured on AMD EPYC (AVX-512 BF16, 2 usable cores), AMD EPYC (AVX2" in table[2]
+    assert table[4].endswith("| 42 | — | — |")
+    assert "Measured on AMD EPYC (AVX-512 BF16, 2 usable cores), AMD EPYC (AVX2" in page
     pixels = read_png(tmp_path / "budget_sweep.png")
     assert pixels.shape == (400, 900, 3)  # 9 x 4 inches at 100 dpi
     # Axes, labels and the legend beside them alone ink 5.1 % and colour none of it; the
     # accuracy lines and their markers add the rest (5.9 % in all).
     assert inked(pixels) > 0.055
     assert coloured(pixels) > 0.005
+
+
+def test_the_page_opens_with_the_latest_run_of_each_seed_per_cpu_setting_and_budget(tmp_path):
+    run = {
+        "budget_minutes": 15.0, "setting": "native", "wall_seconds": 880.0,
+        "best_single_model": "cnn", "best_single_accuracy": 0.9400, "ensemble_accuracy": 0.9410,
+        "cnn": "middle network", "left_out": None, "cpu_use_run": 0.9, "cpu_use_training": 0.9,
+        "cpu": "AMD EPYC (AVX2, 2 usable cores)", "peak_rss_gb": 1.6,
+    }  # fmt: skip
+    rows = pd.DataFrame([
+        run | {"commit": "old", "seed": 42, "best_single_accuracy": 0.9300},
+        run | {"commit": "old", "seed": 7, "best_single_accuracy": 0.9350},
+        run | {"commit": "new", "seed": 42, "best_single_accuracy": 0.9425},
+        run | {"commit": "new", "budget_minutes": 5.0, "best_single_accuracy": 0.9321},
+        run | {"commit": "new", "seed": 42, "setting": "AVX2 / float32"},
+        run | {"commit": "older", "cpu": "Intel Xeon (AMX BF16, 2 usable cores)"},  # no seed
+    ])  # fmt: skip
+    render(rows, tmp_path)
+    page = (tmp_path / "budget_sweep.md").read_text()
+    latest = page.partition("## The latest run of each seed")[2].partition("![")[0]
+    header, _, *cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in latest.splitlines()
+        if line.startswith("|")
+    ]
+    columns = ["budget (min)", "CPU", "setting", "seed", "best single model", "commit"]
+    assert [[row[header.index(c)] for c in columns] for row in cells] == [
+        ["15", "AMX BF16", "native", "42", "cnn 0.9400", "older"],  # no seed: the default
+        ["15", "AVX2", "AVX2 / float32", "42", "cnn 0.9400", "new"],
+        ["5", "AVX2", "native", "42", "cnn 0.9321", "new"],
+        ["15", "AVX2", "native", "7", "cnn 0.9350", "old"],
+        ["15", "AVX2", "native", "42", "cnn 0.9425", "new"],  # the latest of two
+    ]
 
 
 def test_a_recorded_run_is_appended_to_the_table_and_shown(tmp_path):
