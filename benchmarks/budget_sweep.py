@@ -204,9 +204,7 @@ def shown_runs(rows: pd.DataFrame) -> pd.DataFrame:
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
-        "seed": recorded(rows, "seed").map(
-            lambda s: "42" if pd.isna(s) else f"{s:g}"
-        ),
+        "seed": recorded(rows, "seed").fillna(DEFAULT_SEED).map("{:g}".format),
         "peak memory (GB)": recorded(rows, "peak_rss_gb").map(
             lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
         ),
