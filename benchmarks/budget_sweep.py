@@ -176,6 +176,11 @@ def recorded(rows: pd.DataFrame, column: str) -> pd.Series:
     return rows.get(column, pd.Series(None, index=rows.index, dtype=object))
 
 
+def run_seeds(rows: pd.DataFrame) -> pd.Series:
+    """Each run's seed: the pipeline's default for rows from before seeds were recorded."""
+    return recorded(rows, "seed").fillna(DEFAULT_SEED)
+
+
 def newest_means(rows: pd.DataFrame) -> pd.DataFrame:
     """Per CPU instructions, setting and budget: the mean accuracies of the runs of the
     commit of its last row (a sweep appends its rows; a rerun of older code goes before
@@ -204,7 +209,7 @@ def shown_runs(rows: pd.DataFrame) -> pd.DataFrame:
         "left out": rows.left_out.fillna("—"),
         "cores busy, training": rows.cpu_use_training.map("{:.0%}".format),
         "cores busy, run": rows.cpu_use_run.map("{:.0%}".format),
-        "seed": recorded(rows, "seed").fillna(DEFAULT_SEED).map("{:g}".format),
+        "seed": run_seeds(rows).map("{:g}".format),
         "peak memory (GB)": recorded(rows, "peak_rss_gb").map(
             lambda gb: "—" if pd.isna(gb) else f"{gb:.2f}"
         ),
@@ -220,7 +225,7 @@ def latest_of_each_seed(rows: pd.DataFrame) -> pd.Index:
         "instructions": rows.cpu.map(cpu_instructions),
         "setting": rows.setting,
         "budget_minutes": rows.budget_minutes,
-        "seed": recorded(rows, "seed").fillna(DEFAULT_SEED),
+        "seed": run_seeds(rows),
     })  # fmt: skip
     latest = keys.groupby(list(keys.columns)).tail(1)
     return latest.sort_values(list(keys.columns), kind="stable").index

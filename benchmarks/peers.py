@@ -47,6 +47,7 @@ from benchmarks.budget_sweep import (
     record,
     recorded,
     run_budget,
+    run_seeds,
 )
 from benchmarks.rows import appended
 from tasks.core.contracts import SPLIT_ARRAYS
@@ -164,7 +165,7 @@ def render(rows: pd.DataFrame, output: Path) -> None:
     # Rows written before `--avx2` and `--seed` ran the project as it is, with its seed.
     rows = rows.assign(
         setting=recorded(rows, "setting").fillna("native"),
-        seed=recorded(rows, "seed").fillna(DEFAULT_SEED).astype(int),
+        seed=run_seeds(rows).astype(int),
     )
     shown = rows[columns].astype(
         {"budget_minutes": str, "wall_seconds": str, "overrun_percent": str}
