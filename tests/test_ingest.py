@@ -29,10 +29,9 @@ from tasks.data.ingest import (
     ingest_dataset,
     is_network_error,
     network_cause,
-    parse_idx,
     resolve_error,
 )
-from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
+from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx, read_idx
 from tasks.data.stages import ingest_task
 from tests.support.idx_files import idx_bytes, write_dataset, write_idx_gz
 
@@ -40,12 +39,15 @@ TRAIN_IMAGES = FASHION_MNIST_FILES["train_images"].name
 TRAIN_LABELS = FASHION_MNIST_FILES["train_labels"].name
 
 
-def test_parse_idx_reads_header_and_payload():
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip", "plain"])
+def test_read_idx_reads_header_and_payload(tmp_path, compressed):
     images = np.arange(2 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(2, 28, 28)
-    parsed = parse_idx(idx_bytes(images), IMAGES_MAGIC, "x.idx")
-    np.testing.assert_array_equal(parsed, images)
     labels = np.array([3, 1, 4], dtype=np.uint8)
-    np.testing.assert_array_equal(parse_idx(idx_bytes(labels), LABELS_MAGIC, "y.idx"), labels)
+    for name, array, magic in (("x", images, IMAGES_MAGIC), ("y", labels, LABELS_MAGIC)):
+        content = idx_bytes(array)
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(content) if compressed else content)
+        np.testing.assert_array_equal(read_idx(path, magic, compressed).array, array)
 
 
 def test_load_returns_arrays_written(synthetic_dir):
@@ -89,6 +91,42 @@ def test_payload_shorter_than_header_promises(synthetic_dir):
         DatasetFileError, match=r"payload has 235172 bytes; the header's 300 x 28 x 28 needs 235200"
     ):
         load_idx(directory, files)
+
+
+def test_a_wrong_header_fails_before_the_rest_is_inflated(tmp_path):
+    # A labels header, then a compressed stream cut short: read whole first, the file
+    # would fail as a truncated gzip; read header first, it fails on its magic number.
+    path = tmp_path / TRAIN_IMAGES
+    compressed = gzip.compress(idx_bytes(np.zeros(3, np.uint8)) + os.urandom(4 << 20))
+    path.write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(DatasetFileError, match=r"bad magic number 2049; expected 2051"):
+        read_idx(path, IMAGES_MAGIC)
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip", "plain"])
+def test_a_header_promising_more_than_the_file_holds_reads_what_it_holds(tmp_path, compressed):
+    content = struct.pack(">IIII", IMAGES_MAGIC, 4_000_000_000, 28, 28) + bytes(784)
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(gzip.compress(content) if compressed else content)
+    with pytest.raises(
+        DatasetFileError,
+        match=r"payload has 784 bytes; the header's 4000000000 x 28 x 28 needs 3136000000000",
+    ):
+        read_idx(path, IMAGES_MAGIC, compressed)
+
+
+def test_a_longer_payload_and_the_checksum_of_a_good_file(tmp_path):
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    path = tmp_path / TRAIN_LABELS
+    digest = write_idx_gz(path, idx_bytes(labels))
+    content = read_idx(path, LABELS_MAGIC)
+    np.testing.assert_array_equal(content.array, labels)
+    assert content.sha256 == digest
+    write_idx_gz(path, idx_bytes(labels) + b"\x05")
+    with pytest.raises(
+        DatasetFileError, match=r"payload is longer than the 3 bytes the header's 3 needs"
+    ):
+        read_idx(path, LABELS_MAGIC)
 
 
 def test_count_mismatch_names_both_files(synthetic_dir):

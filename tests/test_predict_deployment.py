@@ -18,7 +18,7 @@ from prefect.exceptions import ParameterTypeError
 
 from flows.predict import batch_predict, main
 from tasks.core.storage import sha256_file
-from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_gzip
+from tasks.data.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from tests.support.data import REAL_DATA_DIR
 from tests.support.servers import REPO
 
@@ -44,9 +44,9 @@ def real_run(tmp_path_factory, prefect_server) -> Path:
 
 
 def real_test_split(split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
-    images = read_gzip(REAL_DATA_DIR / f"{split}-images-idx3-ubyte.gz")
-    labels = read_gzip(REAL_DATA_DIR / f"{split}-labels-idx1-ubyte.gz")
-    return parse_idx(images, IMAGES_MAGIC, split), parse_idx(labels, LABELS_MAGIC, split)
+    images = read_idx(REAL_DATA_DIR / f"{split}-images-idx3-ubyte.gz", IMAGES_MAGIC)
+    labels = read_idx(REAL_DATA_DIR / f"{split}-labels-idx1-ubyte.gz", LABELS_MAGIC)
+    return images.array, labels.array
 
 
 @pytest.mark.slow

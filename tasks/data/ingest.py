@@ -11,7 +11,6 @@ how to get data; only a transient network error (a reset, a timeout) is worth a 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import logging
@@ -41,8 +40,7 @@ from tasks.data.sources.idx import (
     IdxFile,
     checksum_mismatch,
     missing_idx_files,
-    parse_idx,
-    read_idx_bytes,
+    read_idx,
 )
 
 MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -97,9 +95,7 @@ def download_file(url: str, target: Path, spec: IdxFile) -> None:
 def download_problem(partial: Path, spec: IdxFile) -> str | None:
     """What makes a downloaded file not the published one, or None."""
     try:
-        content = read_idx_bytes(partial)
-        parse_idx(content, spec.magic, partial)
-        return checksum_mismatch(partial, hashlib.sha256(content).hexdigest(), spec)
+        return checksum_mismatch(partial, read_idx(partial, spec.magic).sha256, spec)
     except DatasetFileError as exc:
         return str(exc)
 

@@ -8,7 +8,6 @@ against a published copy when one is on this machine (Debian's `dataset-fashion-
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from tasks.core.contracts import IMAGE_SHAPE, RawDataset
 from tasks.core.errors import DatasetFileError
 from tasks.data.ingest import SYSTEM_DATA_DIR
-from tasks.data.sources.idx import FASHION_MNIST_FILES, IdxFile, parse_idx, read_idx_bytes
+from tasks.data.sources.idx import FASHION_MNIST_FILES, IdxFile, read_idx
 
 OFFICIAL_NAME = "Fashion-MNIST"
 PUBLISHED_ROWS = {"train": 60_000, "test": 10_000}
@@ -60,12 +59,12 @@ def difference(raw: RawDataset, key: str, spec: IdxFile, reference_dir: Path) ->
     )
     reference = reference_dir / spec.name
     try:
-        content = read_idx_bytes(reference)
+        content = read_idx(reference, spec.magic)
     except (OSError, DatasetFileError):
         return checksum
-    if hashlib.sha256(content).hexdigest() != spec.sha256:
+    if content.sha256 != spec.sha256:
         return checksum  # the copy here is not the published file either
-    expected = parse_idx(content, spec.magic, reference)
+    expected = content.array
     found = raw.arrays[key].load()
     if found.shape != expected.shape:
         return checksum

@@ -23,7 +23,7 @@ from tasks.core.contracts import IMAGE_SHAPE
 from tasks.core.errors import DatasetFileError, PredictionInputError
 from tasks.data.images import to_fashion_mnist
 from tasks.data.preprocess import scale_images
-from tasks.data.sources.idx import IMAGES_MAGIC, parse_idx, read_gzip
+from tasks.data.sources.idx import IMAGES_MAGIC, read_idx
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UNSIGNED_BYTES = b"\x00\x00\x08"  # the first three bytes of an IDX file of uint8
@@ -168,8 +168,7 @@ def read_image(source: Path | BinaryIO, max_pixels: int | None = None) -> np.nda
 def read_idx_images(path: Path, compressed: bool) -> np.ndarray:
     """The images of an IDX images file, gzip-compressed or not, checked as ingestion does."""
     try:
-        content = read_gzip(path) if compressed else path.read_bytes()
-        images = parse_idx(content, IMAGES_MAGIC, path)
+        images = read_idx(path, IMAGES_MAGIC, compressed).array
     except DatasetFileError as exc:
         raise UnreadableInputError(str(exc)) from None
     if images.shape[1:] != IMAGE_SHAPE:

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -75,11 +76,29 @@ def missing_idx_files(directory: Path, files: Mapping[str, IdxFile]) -> list[str
     return [spec.name for key, spec in files.items() if not paths[key].is_file()]
 
 
-def read_gzip(path: Path) -> bytes:
-    """The decompressed bytes of `path`, or an error naming the file and the problem."""
+# Bytes decompressed at a time: a payload grows only as far as the file really holds.
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class IdxContent:
+    array: np.ndarray
+    sha256: str  # of the decompressed bytes
+
+
+def read_idx(path: Path, expected_magic: int, compressed: bool | None = None) -> IdxContent:
+    """The array of an IDX file, gzip-compressed when `compressed` (by default when its
+    name ends in `.gz`), with the SHA-256 of its decompressed content; or an error naming
+    the file and the problem.
+
+    The header is checked before the payload is read, and the payload read only as far
+    as the header announces: a file that is not what its name says fails after its first
+    bytes instead of being inflated whole, and a header promising more than the file
+    holds allocates only what it holds."""
+    compressed = path.suffix == ".gz" if compressed is None else compressed
     try:
-        with gzip.open(path, "rb") as stream:
-            return stream.read()
+        with gzip.open(path, "rb") if compressed else path.open("rb") as stream:
+            return _read_idx_stream(stream, expected_magic, path)
     except FileNotFoundError:
         raise DatasetFileError(f"{path}: file not found") from None
     except gzip.BadGzipFile as exc:
@@ -92,41 +111,47 @@ def read_gzip(path: Path) -> bytes:
         raise DatasetFileError(f"{path}: corrupt gzip data ({exc})") from None
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    """The IDX content of a file, decompressed when its name ends in `.gz`."""
-    if path.suffix == ".gz":
-        return read_gzip(path)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetFileError(f"{path}: file not found") from None
+def _read_idx_stream(stream: BinaryIO, expected_magic: int, source: Path) -> IdxContent:
+    """Header, sizes and payload length checked, in that order, as they are read."""
+    digest = hashlib.sha256()
 
+    def take(size: int) -> bytearray:
+        data = bytearray()
+        while len(data) < size and (chunk := stream.read(min(READ_CHUNK, size - len(data)))):
+            data += chunk
+        digest.update(data)
+        return data
 
-def parse_idx(content: bytes, expected_magic: int, source: Path | str) -> np.ndarray:
-    """Parse an IDX byte string of unsigned bytes, checking header, sizes and payload length."""
-    if len(content) < 4:
-        raise DatasetFileError(f"{source}: {len(content)} bytes is too short for an IDX header")
-    (magic,) = struct.unpack(">I", content[:4])
+    magic_bytes = take(4)
+    if len(magic_bytes) < 4:
+        raise DatasetFileError(f"{source}: {len(magic_bytes)} bytes is too short for an IDX header")
+    (magic,) = struct.unpack(">I", magic_bytes)
     if magic != expected_magic:
         kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
         raise DatasetFileError(
             f"{source}: bad magic number {magic}; expected {expected_magic} ({kind})"
         )
     ndim = magic & 0xFF
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
+    dimensions = take(4 * ndim)
+    if len(dimensions) < 4 * ndim:
         raise DatasetFileError(
-            f"{source}: header is cut short: {len(content)} bytes, expected {header_size}"
+            f"{source}: header is cut short: {4 + len(dimensions)} bytes, expected {4 + 4 * ndim}"
         )
-    shape = struct.unpack(f">{ndim}I", content[4:header_size])
-    payload = len(content) - header_size
+    shape = struct.unpack(f">{ndim}I", dimensions)
     expected_payload = int(np.prod(shape, dtype=np.int64))
-    if payload != expected_payload:
-        dims = " x ".join(map(str, shape))
+    payload = take(expected_payload)
+    dims = " x ".join(map(str, shape))
+    if len(payload) < expected_payload:
         raise DatasetFileError(
-            f"{source}: payload has {payload} bytes; the header's {dims} needs {expected_payload}"
+            f"{source}: payload has {len(payload)} bytes; the header's {dims} needs "
+            f"{expected_payload}"
         )
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+    if stream.read(1):
+        raise DatasetFileError(
+            f"{source}: payload is longer than the {expected_payload} bytes the header's "
+            f"{dims} needs"
+        )
+    return IdxContent(np.frombuffer(payload, dtype=np.uint8).reshape(shape), digest.hexdigest())
 
 
 def checksum_mismatch(path: Path, actual: str, spec: IdxFile) -> str | None:
@@ -162,9 +187,8 @@ def load_idx(directory: Path, files: Mapping[str, IdxFile]) -> ParsedData:
     paths = idx_paths(directory, files)
     arrays, checksums = {}, {}
     for key, spec in files.items():
-        content = read_idx_bytes(paths[key])
-        checksums[spec.name] = hashlib.sha256(content).hexdigest()
-        arrays[key] = parse_idx(content, spec.magic, paths[key])
+        content = read_idx(paths[key], spec.magic)
+        checksums[spec.name], arrays[key] = content.sha256, content.array
     for split in ("train", "test"):
         check_split(
             arrays[f"{split}_images"],
