@@ -27,6 +27,7 @@ TRAINING_IMAGES = 54_000  # the default split's
 # The backward pass computes the gradients of each layer's inputs and of its weights, each
 # as many multiply-adds as the forward pass.
 TRAINING_PASSES = 3
+MATMUL_REPEATS = 10
 
 
 def multiply_adds(network) -> int:
@@ -41,7 +42,7 @@ def multiply_adds(network) -> int:
     return total
 
 
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = MATMUL_REPEATS) -> float:
     """numpy's float32 matrix product on `threads` threads, in GFLOP/s: the best of
     `repeats`."""
     from threadpoolctl import threadpool_limits
@@ -79,9 +80,10 @@ def network_row(name: str, blocks, threads: int, steps: int, peak: float) -> lis
     timed = steady_steps(fit_step_seconds(network, batches, lambda: None))
     median, fastest = (float(f(timed)) * batch_count(TRAINING_IMAGES, params.batch_size)
                        for f in (np.median, np.min))  # fmt: skip
-    flops = 2 * TRAINING_PASSES * multiply_adds(network) * TRAINING_IMAGES
+    operations = multiply_adds(network)
+    flops = 2 * TRAINING_PASSES * operations * TRAINING_IMAGES
     rate = flops / fastest / 1e9
-    return [name, f"{multiply_adds(network) / 1e6:.2f}", f"{flops / 1e12:.2f}",
+    return [name, f"{operations / 1e6:.2f}", f"{flops / 1e12:.2f}",
             f"{median:.1f}", f"{fastest:.1f}", f"{rate:.0f}", f"{rate / peak:.0%}"]  # fmt: skip
 
 
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, blocks in networks.items():
         rows.append(network_row(f"{name} {blocks}", blocks, args.threads, args.steps, peak))
         print(*rows[-1], flush=True)
-    header = ["network", "M multiply-adds per image", "TFLOP per epoch", "epoch (s)",
-              "at the fastest step (s)", "GFLOP/s there", "of the matrix product's"]  # fmt: skip
+    header = ["network", "M multiply-adds per image", "TFLOP per epoch",
+              "epoch at the median step (s)", "at the fastest step (s)", "GFLOP/s there",
+              "of the matrix product's"]  # fmt: skip
     table = pd.DataFrame(rows, columns=header)
     args.output.write_text(
         "# The CNN's training against the CPU's arithmetic\n\n"
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Its operations: {TRAINING_PASSES} times the forward pass's multiply-adds "
         "(convolutions and dense layers; normalisation, activations and pooling not counted), "
         f"2 FLOP each. numpy's float32 matrix product of 2048 x 2048 on the same threads, the "
-        f"fastest of 10: **{peak:.0f} GFLOP/s**.\n\n{markdown_table(table)}\n"
+        f"fastest of {MATMUL_REPEATS}: **{peak:.0f} GFLOP/s**.\n\n{markdown_table(table)}\n"
     )
 
 

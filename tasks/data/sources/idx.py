@@ -82,6 +82,8 @@ READ_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class IdxContent:
+    """An IDX file's array, and the checksum the validation stage compares."""
+
     array: np.ndarray
     sha256: str  # of the decompressed bytes
 
