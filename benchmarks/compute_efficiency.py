@@ -18,12 +18,16 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.budget_sweep import code_commit, cpu_name
+from tasks.core.contracts import IMAGE_SHAPE, N_CLASSES
 from tasks.core.cpus import usable_cores
+from tasks.data.preprocess import held_out_sizes
+from tasks.data.published import PUBLISHED_ROWS
 from tasks.evaluation.report.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = "compute_efficiency.md"
-TRAINING_IMAGES = 54_000  # the default split's
+# The default split's training images: Fashion-MNIST's, less the validation and selection ones.
+TRAINING_IMAGES = PUBLISHED_ROWS["train"] - sum(held_out_sizes(PUBLISHED_ROWS["train"], None, None))
 # The backward pass computes the gradients of each layer's inputs and of its weights, each
 # as many multiply-adds as the forward pass.
 TRAINING_PASSES = 3
@@ -72,11 +76,12 @@ def network_row(name: str, blocks, threads: int, steps: int, peak: float) -> lis
 
     start_tensorflow(threads)
     params = CNNParams(conv_blocks=blocks, dropout=0.0)
-    network = compiled_network(params, seed=0, classes=10)
+    network = compiled_network(params, seed=0, classes=N_CLASSES)
     rng = np.random.default_rng(0)
     images = (steps + 2) * params.batch_size
-    x = to_image_tensor(rng.random((images, 784), np.float32))
-    batches = augmented_batches(x, rng.integers(0, 10, images), params, 0, 10)
+    x = to_image_tensor(rng.random((images, int(np.prod(IMAGE_SHAPE))), np.float32))
+    labels = rng.integers(0, N_CLASSES, images)
+    batches = augmented_batches(x, labels, params, 0, N_CLASSES)
     timed = steady_steps(fit_step_seconds(network, batches, lambda: None))
     median, fastest = (float(f(timed)) * batch_count(TRAINING_IMAGES, params.batch_size)
                        for f in (np.median, np.min))  # fmt: skip
@@ -88,7 +93,7 @@ def network_row(name: str, blocks, threads: int, steps: int, peak: float) -> lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tasks.training.models.cnn import MIDDLE_BLOCKS, SMALL_BLOCKS, WIDE_BLOCKS
+    from tasks.training.models.cnn import MIDDLE_BLOCKS, SMALL_BLOCKS, WIDE_BLOCKS, CNNParams
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=usable_cores())
@@ -110,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         "# The CNN's training against the CPU's arithmetic\n\n"
         f"Measured on {cpu_name()}, {args.threads} thread(s), code {code_commit(REPO)}, with "
         "`python -m benchmarks.compute_efficiency`. An epoch: the training steps over "
-        f"{TRAINING_IMAGES:,} images in batches of 128, at the median and at the fastest of "
-        f"{args.steps} steps on random images, shifted and mirrored as in training (no "
+        f"{TRAINING_IMAGES:,} images in batches of {CNNParams().batch_size}, at the median "
+        f"and at the fastest of {args.steps} steps on random images, shifted and mirrored as "
+        "in training (no "
         "validation, no Keras epoch overhead). "
         f"Its operations: {TRAINING_PASSES} times the forward pass's multiply-adds "
         "(convolutions and dense layers; normalisation, activations and pooling not counted), "
