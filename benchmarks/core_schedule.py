@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.budget.measure import planned_variant
-from tasks.budget.planner import SAFETY, Variant
+from tasks.budget.plan_types import Variant
+from tasks.budget.planner import SAFETY
 from tasks.budget.plans import reserve_seconds
 from tasks.budget.simulate import SimulatedRun, simulate_run
 from tasks.core.contracts import Cost

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from tasks.budget.measure import slowest_costs
-from tasks.budget.planner import Plan, Variant
+from tasks.budget.plan_types import Plan, Variant
 from tasks.budget.plans import (
     cached_plan,
     describe_plan,

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.xgboost_rounds import WITHIN_POINTS, rounds_within
 from tasks.budget.measure import measure_variants
-from tasks.budget.planner import ModelPlan, Plan
+from tasks.budget.plan_types import ModelPlan, Plan
 from tasks.budget.plans import pinned_fields, planned_params, training_limits
 from tasks.core.contracts import Cost, ProcessedDataset
 from tasks.core.storage import array_refs, save_arrays

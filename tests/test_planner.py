@@ -7,15 +7,8 @@ from dataclasses import replace
 import pytest
 
 from tasks.budget.measure import slowest_costs
-from tasks.budget.planner import (
-    SAFETY,
-    BudgetTooSmallError,
-    Plan,
-    Variant,
-    lane_seconds,
-    lanes_of,
-    plan_run,
-)
+from tasks.budget.plan_types import Plan, Variant
+from tasks.budget.planner import SAFETY, BudgetTooSmallError, lane_seconds, lanes_of, plan_run
 from tasks.budget.plans import describe_plan
 from tasks.core.contracts import Cost
 from tasks.training.models.registry import drop_order, own_lane_model

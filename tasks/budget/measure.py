@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from tasks.budget.planner import Variant
+from tasks.budget.plan_types import Variant
 from tasks.core.contracts import TRAINING_ARRAYS, Cost, ModelFailure, ProcessedDataset
 from tasks.core.errors import PipelineError
 from tasks.core.stopping import RunStopped

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.budget.planner import Plan, Variant, plan_run
+from tasks.budget.plan_types import Plan, Variant
+from tasks.budget.planner import plan_run
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ModelFailure, ProcessedDataset, content_hashes
 from tasks.core.cpus import cpu_model

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tasks.budget.planner import SAFETY, Plan, Variant, plan_run
+from tasks.budget.plan_types import Plan, Variant
+from tasks.budget.planner import SAFETY, plan_run
 from tasks.budget.schedule import CoreSchedule, schedule_cores
 from tasks.core.contracts import Cost, Scaling
 

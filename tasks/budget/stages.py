@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.budget.measure import measure_variants
-from tasks.budget.planner import Variant
+from tasks.budget.plan_types import Variant
 from tasks.core.contracts import ModelFailure, ProcessedDataset
 from tasks.core.cpus import HostThreads, threads_here
 from tasks.core.memory import say_memory_given_back

@@ -65,7 +65,7 @@ class Findings:
     split_roles: pd.DataFrame  # `split_roles`: what each split decided
     gaps: pd.DataFrame  # `held_out_gaps`, by rank
     failures: tuple[ModelFailure, ...] = ()  # the models that are not on the leaderboard
-    plan: dict | None = None  # the time budget's plan (`tasks.budget.planner.Plan.as_dict`)
+    plan: dict | None = None  # the time budget's plan (`tasks.budget.plan_types.Plan.as_dict`)
     dataset: str | None = None  # what the data is called (`ValidationSummary.dataset`)
     data_warning: str = ""  # `ValidationSummary.warning`: not the data it looks like
     machine: str = ""  # the CPU and its usable cores (`machine_facts`' summary)
