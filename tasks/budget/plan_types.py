@@ -76,6 +76,9 @@ class Plan:
     lanes: int
     models: tuple[ModelPlan, ...]
     dropped: dict[str, str] = field(default_factory=dict)
+    # How long the models beside the one with a lane of its own may hold theirs, where
+    # less than the window (`planner.MOST_STEPS_GIVEN_UP`).
+    room_beside: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,14 @@ from tasks.training.cores import CoreHandover
 # CNN and XGBoost also stop at the deadline itself, the one-shot fits cannot.
 SAFETY = 0.9
 
+# The most of the steps the model with a lane of its own would train with every core from
+# the start that the models beside it may cost it: while they hold their lanes its steps
+# take `speedup` times as long (the small network's 27 s an epoch against 15, on the AVX2
+# EPYC). Re-planned from that CPU's measured runs, they cost it 10 to 27 % at 15 and 30
+# minutes, left as they were, and half its 12 epochs at 5, where this gives them 147 s of
+# the 216 and it 9 (`docs/time_budget.md`).
+MOST_STEPS_GIVEN_UP = 0.3
+
 
 class BudgetTooSmallError(UsageError):
     """Not even the cheapest useful plan fits the time budget."""
@@ -80,57 +88,67 @@ def plan_run(
     shared_lanes = lanes - 1 if own_lane else lanes
     fill = partial(
         _fill_lanes, window=window, lanes=shared_lanes, drop_order=drop_order,
-        first_lane=int(bool(own_lane)),
+        first_lane=int(bool(own_lane)), beside=own_lane,
     )  # fmt: skip
-    plans, dropped = fill(others)
+    room = None
     if own_lane:
         own = variants[own_lane]
-        plans, dropped = _give_way(own, others, plans, dropped, window, drop_order, fill)
+        plans, dropped, chosen, room = _plan_beside(own, others, window, fill)
         others_done = _lanes_done(plans)
-        chosen = _best_variant(own, window, others_done)
         if chosen:
             plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
         else:
             dropped[own_lane] = _no_room(own[-1], window)
+    else:
+        plans, dropped = fill(others)
     return Plan(
         budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
-        tuple(plans), dropped,
+        tuple(plans), dropped, room,
     )  # fmt: skip
 
 
-def _give_way(
+def _plan_beside(
     own: list[Variant],
     others: dict[str, list[Variant]],
-    plans: list[ModelPlan],
-    dropped: dict[str, str],
     window: float,
-    drop_order: tuple[str, ...],
-    fill: Callable[[dict[str, list[Variant]]], tuple[list[ModelPlan], dict[str, str]]],
-) -> tuple[list[ModelPlan], dict[str, str]]:
-    """The others' `plans` and what they leave out (`dropped`), with models left out in
-    `drop_order` while the dedicated model (`own`, the most accurate) does not fit beside
-    them but would with every core to itself sooner; none left out where it would not fit
-    even then. `fill` plans the models kept."""
-    if _best_variant(own, window, 0.0) is None:  # not even alone: nothing to gain
-        return plans, dropped
-    kept_options, given_way = dict(others), {}
-    trial, trial_dropped = plans, dropped
-    while _best_variant(own, window, _lanes_done(trial)) is None:
-        kept = {plan.model for plan in trial}
-        victim = next(
-            (n for n in drop_order if n in kept and not any(v.steps_pinned for v in others[n])),
-            None,
+    fill: Callable[..., tuple[list[ModelPlan], dict[str, str]]],
+) -> tuple[list[ModelPlan], dict[str, str], tuple[Variant, int] | None, float | None]:
+    """The others' plans, the models left out, the dedicated model's variant and steps,
+    and the seconds the others were given where fewer than the window: its most accurate
+    variant that still gets its fewest useful steps while the others hold their lanes no
+    longer than costs it `MOST_STEPS_GIVEN_UP` of the steps it would train with every core
+    from the start. Where none does (steps the user set hold a lane), the others over the
+    whole window: leaving out models the user did not set would not make it fit."""
+    for variant in own:
+        limit = _room_beside(variant, window)
+        if limit is None:
+            continue
+        room = limit if limit < window else None
+        plans, dropped = fill(others, room=room)
+        steps = _steps_that_fit(variant, window, _lanes_done(plans))
+        if steps is not None:
+            return plans, dropped, (variant, steps), room
+    plans, dropped = fill(others)
+    return plans, dropped, _best_variant(own, window, _lanes_done(plans)), None
+
+
+def _room_beside(variant: Variant, window: float) -> float | None:
+    """The longest the others may hold their lanes beside `variant` and cost it at most
+    `MOST_STEPS_GIVEN_UP` of the steps it trains in `window` with every core from the
+    start (at most its most); None where it does not get its fewest useful steps even so."""
+    if _steps_that_fit(variant, window, 0.0) is None:
+        return None
+    cost, most = variant.cost, variant.max_steps
+    least = math.ceil(cost.steps_within(window, most, 0.0) * (1 - MOST_STEPS_GIVEN_UP))
+    if cost.steps_within(window, most, window) >= least:  # beside them all along
+        return window
+    low, high = 0.0, window  # its steps fall as the others' seconds grow
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high) if cost.steps_within(window, most, middle) >= least else (low, middle)
         )
-        if victim is None:  # it does not fit even so: leaving them out gains nothing
-            return plans, dropped
-        del kept_options[victim]
-        given_way[victim] = (
-            f"left out so that {own[0].model}, with every core to itself sooner, fits the "
-            f"{window:.0f} s window"
-        )
-        trial, refilled = fill(kept_options)
-        trial_dropped = given_way | refilled
-    return trial, trial_dropped
+    return low
 
 
 def _lanes_done(plans: list[ModelPlan]) -> float:
@@ -146,12 +164,21 @@ def _best_variant(
     the user set; None when none does, but the cheapest where the user set the steps:
     kept, it stops at the deadline."""
     for variant in options:
-        steps = variant.cost.steps_within(seconds, variant.max_steps, shared_seconds)
-        least = variant.cost.seconds(variant.min_steps, shared_seconds)
-        if least <= seconds and steps >= variant.min_steps:
-            return variant, variant.max_steps if variant.steps_pinned else steps
+        steps = _steps_that_fit(variant, seconds, shared_seconds)
+        if steps is not None:
+            return variant, steps
     cheapest = options[-1]
     return (cheapest, cheapest.max_steps) if cheapest.steps_pinned else None
+
+
+def _steps_that_fit(variant: Variant, seconds: float, shared_seconds: float) -> int | None:
+    """The steps `variant` trains in `seconds`, sharing the cores for the first
+    `shared_seconds`, or those the user set; None below its fewest useful steps."""
+    steps = variant.cost.steps_within(seconds, variant.max_steps, shared_seconds)
+    least = variant.cost.seconds(variant.min_steps, shared_seconds)
+    if least <= seconds and steps >= variant.min_steps:
+        return variant.max_steps if variant.steps_pinned else steps
+    return None
 
 
 def _no_room(cheapest: Variant, seconds: float) -> str:
@@ -169,15 +196,23 @@ def _fill_lanes(
     lanes: int,
     drop_order: tuple[str, ...],
     first_lane: int,
+    beside: str | None = None,
+    room: float | None = None,
 ) -> tuple[list[ModelPlan], dict[str, str]]:
     """The models sharing lanes: each at its first variant, the iterative ones with as
-    many steps as keep every lane within `window`; models left out in `drop_order` until
-    the others fit. Returns their plans and the models left out, with why."""
+    many steps as keep every lane within `room` (the window, or the seconds they may hold
+    their lanes beside the model with one of its own, `beside`); models left out in
+    `drop_order` until the others fit. Returns their plans and the models left out, with
+    why."""
+    limit = window if room is None else room
+    span = f"the {window:.0f} s window"
+    if room is not None:
+        span = f"the {room:.0f} s the models beside {beside} may take"
     kept, dropped = {}, {}
     for name, options in variants.items():  # what cannot fit even alone goes first
         cheapest = min(v.cost.seconds(v.min_steps) for v in options)
-        if cheapest > window and not any(v.steps_pinned for v in options):
-            dropped[name] = f"needs about {cheapest:.0f} s, more than the {window:.0f} s window"
+        if cheapest > limit and not any(v.steps_pinned for v in options):
+            dropped[name] = f"needs about {cheapest:.0f} s, more than {span}"
         else:
             kept[name] = options
     while kept:
@@ -186,15 +221,16 @@ def _fill_lanes(
         trimmable = [n for n, v in chosen.items() if v.iterative and not v.steps_pinned]
         # Trim the iterative models' steps together, in proportion, until the lanes fit.
         low, high = 0.0, 1.0
-        if not _fits(chosen, steps, window, lanes):
+        fits = partial(_fits, chosen, window=window, limit=limit, lanes=lanes)
+        if not fits(steps):
             for _ in range(30):
                 middle = (low + high) / 2
                 trial = steps | {n: math.floor(chosen[n].max_steps * middle) for n in trimmable}
-                low, high = (middle, high) if _fits(chosen, trial, window, lanes) else (low, middle)
+                low, high = (middle, high) if fits(trial) else (low, middle)
             steps |= {n: math.floor(chosen[n].max_steps * low) for n in trimmable}
         too_few = [n for n in trimmable if steps[n] < chosen[n].min_steps]
         droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
-        if (_fits(chosen, steps, window, lanes) and not too_few) or not droppable:
+        if (fits(steps) and not too_few) or not droppable:
             loads = _lane_loads(chosen, steps, window)
             placed, _ = lanes_of(loads, lanes)
             plans = [
@@ -215,16 +251,21 @@ def _fill_lanes(
                 kept[cheaper] = [first, *rest]
             continue
         victim = droppable[0]
-        dropped[victim] = f"the {window:.0f} s window does not hold it beside the models kept"
+        dropped[victim] = f"{span} cannot hold it beside the models kept"
         del kept[victim]
     return [], dropped
 
 
 def _fits(
-    chosen: dict[str, Variant], steps: dict[str, int | None], window: float, lanes: int
+    chosen: dict[str, Variant],
+    steps: dict[str, int | None],
+    window: float,
+    limit: float,
+    lanes: int,
 ) -> bool:
+    """Whether every lane ends within `limit` seconds."""
     _, loads = lanes_of(_lane_loads(chosen, steps, window), lanes)
-    return max(loads, default=0.0) <= window
+    return max(loads, default=0.0) <= limit
 
 
 def _lane_loads(

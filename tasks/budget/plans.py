@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.budget.plan_types import Plan, Variant
-from tasks.budget.planner import plan_run
+from tasks.budget.planner import MOST_STEPS_GIVEN_UP, plan_run
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.contracts import ModelFailure, ProcessedDataset, content_hashes
 from tasks.core.cpus import cpu_model
@@ -148,6 +148,13 @@ def describe_plan(plan: Plan) -> list[str]:
         f"before planning, {plan.reserve_seconds:.0f} s kept for the report, "
         f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
     ]
+    if plan.room_beside is not None and plan.models:
+        own = plan.models[0].model
+        lines.append(
+            f"plan: the models beside {own} hold their lanes for at most "
+            f"{plan.room_beside:.0f} s: longer would cost {own} over "
+            f"{MOST_STEPS_GIVEN_UP:.0%} of the {step_name(own)} it trains with every core"
+        )
     for model in plan.models:
         steps = f", {model.steps} {step_name(model.model)}" if model.steps else ""
         notes = f" ({'; '.join(model.notes)})" if model.notes else ""
