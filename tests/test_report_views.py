@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.budget.plan_types import ModelPlan, Plan
 from tasks.evaluation.report import analysis
 from tasks.evaluation.report.artifacts import summary_markdown
 from tasks.evaluation.report.figures import plot_pareto
@@ -114,3 +115,28 @@ def test_a_first_run_says_nothing_about_a_last_run(tmp_path, context):
     for text in (markdown, page, summary_markdown(report.findings, report.directory)):
         assert "Since the champion run" not in text
     assert json.loads((report.directory / "metrics.json").read_text())["since_previous_run"] is None
+
+
+def test_the_time_budget_section_says_how_long_the_others_could_hold_their_lanes(tmp_path):
+    evaluations = sample_evaluations(tmp_path)
+    models = tuple(
+        ModelPlan(e.name, "as configured", {}, None, 60.0, lane)
+        for lane, e in enumerate(evaluations)
+    )
+    own, data = evaluations[0].name, sample_split(tmp_path)
+    for room, run in ((159.9, "held"), (None, "free")):
+        plan = Plan(300, 34, 27, 215.1, 2, models, {}, room_beside=room)
+        report = write_report(
+            evaluations=evaluations,
+            data=data,
+            report_dir=tmp_path / "reports" / run,
+            context={"plan": json.loads(json.dumps(plan.as_dict()))},
+            seed=0,
+        )
+        text = (report.directory / "report.md").read_text()
+        assert "the plan gave training 215 s on 2 lane(s)." in text
+        said = (
+            f"The models beside {own} held their lanes for at most 160 s: longer would have "
+            f"cost {own} over 30% of the steps it trains with every core."
+        )
+        assert (said in text) == (room is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tasks.budget.planner import MOST_STEPS_GIVEN_UP
 from tasks.core.contracts import TuningSummary
 from tasks.evaluation.report.analysis import GALLERY_PAIRS, PARETO_COSTS, Findings
 from tasks.evaluation.report.figures import (
@@ -132,7 +133,7 @@ def _optional_sections(findings: Findings) -> list[str]:
             f"{plan['elapsed_seconds']:.0f} s of data preparation and measuring what each "
             f"model costs on this machine, and with {plan['reserve_seconds']:.0f} s kept for "
             f"this report, the plan gave training {plan['window_seconds']:.0f} s on "
-            f"{plan['lanes']} lane(s). {_steps(plan)}",
+            f"{plan['lanes']} lane(s).{_room(plan)} {_steps(plan)}",
             markdown_table(budget_table(findings)),
             *[f"- {model} was left out: {why}." for model, why in plan["dropped"].items()],
         ]
@@ -160,4 +161,17 @@ def _steps(plan: dict) -> str:
     return (
         f"Steps are {' and '.join(stepped)}, which stop at the deadline if they run late; "
         "seconds are fit and prediction."
+    )
+
+
+def _room(plan: dict) -> str:
+    """How long the models beside the one with a lane of its own could hold theirs, where
+    the plan held them to less than the window."""
+    if plan.get("room_beside") is None or not plan["models"]:
+        return ""
+    own = plan["models"][0]["model"]
+    return (
+        f" The models beside {own} held their lanes for at most {plan['room_beside']:.0f} s: "
+        f"longer would have cost {own} over {MOST_STEPS_GIVEN_UP:.0%} of the steps it trains "
+        "with every core."
     )
