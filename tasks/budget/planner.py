@@ -66,7 +66,9 @@ def plan_run(
         reserve_seconds: what comes after training (ensemble, report).
         drop_order: which models to leave out first when the others do not fit.
         dedicated: a model that gets a lane of its own when there are two or more (the
-            CNN: it gains the most from the time, and trains best on a core of its own).
+            CNN: it gains the most from the time, and trains best on a core of its own);
+            the others hold their lanes beside it no longer than costs it
+            `MOST_STEPS_GIVEN_UP` of its steps.
 
     Raises:
         BudgetTooSmallError: not even the cheapest model fits; the message names the
