@@ -53,8 +53,8 @@ def test_at_five_minutes_the_others_make_room_for_the_small_network():
     assert small.steps_within(window, 30, shared_seconds=window) == 6  # as before
     assert (models["svm_rbf"].variant, models["xgboost"].steps) == ("64 components", 30)
     assert result.dropped == {
-        "random_forest": "the 147 s the models beside cnn may take cannot hold it beside "
-        "the models kept"
+        "random_forest": "the 147 s the models beside cnn may take cannot hold it with the "
+        "models kept"
     }
     assert describe_plan(result)[1] == (
         "plan: the models beside cnn hold their lanes for at most 147 s: longer would cost "

@@ -15,7 +15,7 @@ from tasks.evaluation.report.artifacts import summary_markdown
 from tasks.evaluation.report.figures import plot_pareto
 from tasks.evaluation.report.writer import write_report
 from tasks.evaluation.significance import accuracy_intervals, bootstrap_accuracies
-from tests.support.samples import Y_TEST, sample_evaluations, sample_split
+from tests.support.samples import Y_TEST, evaluation, sample_evaluations, sample_split
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -118,12 +118,12 @@ def test_a_first_run_says_nothing_about_a_last_run(tmp_path, context):
 
 
 def test_the_time_budget_section_says_how_long_the_others_could_hold_their_lanes(tmp_path):
-    evaluations = sample_evaluations(tmp_path)
+    evaluations = [evaluation("cnn", Y_TEST, tmp_path), *sample_evaluations(tmp_path)[:2]]
     models = tuple(
         ModelPlan(e.name, "as configured", {}, None, 60.0, lane)
         for lane, e in enumerate(evaluations)
     )
-    own, data = evaluations[0].name, sample_split(tmp_path)
+    data = sample_split(tmp_path)
     for room, run in ((159.9, "held"), (None, "free")):
         plan = Plan(300, 34, 27, 215.1, 2, models, {}, room_beside=room)
         report = write_report(
@@ -136,7 +136,7 @@ def test_the_time_budget_section_says_how_long_the_others_could_hold_their_lanes
         text = (report.directory / "report.md").read_text()
         assert "the plan gave training 215 s on 2 lane(s)." in text
         said = (
-            f"The models beside {own} held their lanes for at most 160 s: longer would have "
-            f"cost {own} over 30% of the steps it trains with every core."
+            "The models beside cnn held their lanes for at most 160 s: longer would have "
+            "cost cnn over 30% of the epochs it trains with every core."
         )
         assert (said in text) == (room is not None)

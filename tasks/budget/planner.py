@@ -23,8 +23,9 @@ SAFETY = 0.9
 # the start that the models beside it may cost it: while they hold their lanes its steps
 # take `speedup` times as long (the small network's 27 s an epoch against 15, on the AVX2
 # EPYC). Re-planned from that CPU's measured runs, they cost it 10 to 27 % at 15 and 30
-# minutes, left as they were, and half its 12 epochs at 5, where this gives them 147 s of
-# the 216 and it 9 (`docs/time_budget.md`).
+# minutes, left as they were (measured in a slow moment, XGBoost loses rounds at 15 too),
+# and half its 12 epochs at 5, where this gives them 147 s of the 216 and it 9
+# (`docs/time_budget.md`).
 MOST_STEPS_GIVEN_UP = 0.3
 
 
@@ -253,7 +254,7 @@ def _fill_lanes(
                 kept[cheaper] = [first, *rest]
             continue
         victim = droppable[0]
-        dropped[victim] = f"{span} cannot hold it beside the models kept"
+        dropped[victim] = f"{span} cannot hold it with the models kept"
         del kept[victim]
     return [], dropped
 

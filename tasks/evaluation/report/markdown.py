@@ -172,6 +172,6 @@ def _room(plan: dict) -> str:
     own = plan["models"][0]["model"]
     return (
         f" The models beside {own} held their lanes for at most {plan['room_beside']:.0f} s: "
-        f"longer would have cost {own} over {MOST_STEPS_GIVEN_UP:.0%} of the steps it trains "
-        "with every core."
+        f"longer would have cost {own} over {MOST_STEPS_GIVEN_UP:.0%} of the "
+        f"{step_name(own)} it trains with every core."
     )
