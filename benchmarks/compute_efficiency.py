@@ -32,6 +32,7 @@ TRAINING_IMAGES = PUBLISHED_ROWS["train"] - sum(held_out_sizes(PUBLISHED_ROWS["t
 # as many multiply-adds as the forward pass.
 TRAINING_PASSES = 3
 MATMUL_REPEATS = 10
+MATMUL_SIZE = 2048
 
 
 def multiply_adds(network) -> int:
@@ -46,7 +47,7 @@ def multiply_adds(network) -> int:
     return total
 
 
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = MATMUL_REPEATS) -> float:
+def matmul_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = MATMUL_REPEATS) -> float:
     """numpy's float32 matrix product on `threads` threads, in GFLOP/s: the best of
     `repeats`."""
     from threadpoolctl import threadpool_limits
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         "validation, no Keras epoch overhead). "
         f"Its operations: {TRAINING_PASSES} times the forward pass's multiply-adds "
         "(convolutions and dense layers; normalisation, activations and pooling not counted), "
-        f"2 FLOP each. numpy's float32 matrix product of 2048 x 2048 on the same threads, the "
+        f"2 FLOP each. numpy's float32 matrix product of {MATMUL_SIZE} x {MATMUL_SIZE} on the "
+        "same threads, the "
         f"fastest of {MATMUL_REPEATS}: **{peak:.0f} GFLOP/s**.\n\n{markdown_table(table)}\n"
     )
 

@@ -145,12 +145,18 @@ def _room_beside(variant: Variant, window: float) -> float | None:
     least = math.ceil(cost.steps_within(window, most, 0.0) * (1 - MOST_STEPS_GIVEN_UP))
     if cost.steps_within(window, most, window) >= least:  # beside them all along
         return window
-    low, high = 0.0, window  # its steps fall as the others' seconds grow
-    for _ in range(40):
+    # Its steps fall as the others' seconds grow.
+    return _largest_holding(lambda shared: cost.steps_within(window, most, shared) >= least,
+                            window, rounds=40)  # fmt: skip
+
+
+def _largest_holding(holds: Callable[[float], bool], high: float, rounds: int) -> float:
+    """The largest value in [0, `high`] at which `holds`, to `rounds` halvings: `holds` is
+    true at 0 and, once false, false above."""
+    low = 0.0
+    for _ in range(rounds):
         middle = (low + high) / 2
-        low, high = (
-            (middle, high) if cost.steps_within(window, most, middle) >= least else (low, middle)
-        )
+        low, high = (middle, high) if holds(middle) else (low, middle)
     return low
 
 
@@ -222,15 +228,9 @@ def _fill_lanes(
         chosen = {name: options[0].sharing() for name, options in kept.items()}
         steps = {name: v.max_steps if v.iterative else None for name, v in chosen.items()}
         trimmable = [n for n, v in chosen.items() if v.iterative and not v.steps_pinned]
-        # Trim the iterative models' steps together, in proportion, until the lanes fit.
-        low, high = 0.0, 1.0
         fits = partial(_fits, chosen, window=window, limit=limit, lanes=lanes)
         if not fits(steps):
-            for _ in range(30):
-                middle = (low + high) / 2
-                trial = steps | {n: math.floor(chosen[n].max_steps * middle) for n in trimmable}
-                low, high = (middle, high) if fits(trial) else (low, middle)
-            steps |= {n: math.floor(chosen[n].max_steps * low) for n in trimmable}
+            steps = _trim_to_fit(chosen, steps, trimmable, fits)
         too_few = [n for n in trimmable if steps[n] < chosen[n].min_steps]
         droppable = [n for n in drop_order if n in kept and not chosen[n].steps_pinned]
         if (fits(steps) and not too_few) or not droppable:
@@ -269,6 +269,20 @@ def _fits(
     """Whether every lane ends within `limit` seconds."""
     _, loads = lanes_of(_lane_loads(chosen, steps, window), lanes)
     return max(loads, default=0.0) <= limit
+
+
+def _trim_to_fit(
+    chosen: dict[str, Variant],
+    steps: dict[str, int | None],
+    trimmable: list[str],
+    fits: Callable[[dict[str, int | None]], bool],
+) -> dict[str, int | None]:
+    """`steps` with the `trimmable` models' cut together, in proportion, until they `fit`."""
+
+    def trimmed(share: float) -> dict[str, int | None]:
+        return steps | {n: math.floor(chosen[n].max_steps * share) for n in trimmable}
+
+    return trimmed(_largest_holding(lambda share: fits(trimmed(share)), 1.0, rounds=30))
 
 
 def _lane_loads(
