@@ -118,13 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         "`python -m benchmarks.compute_efficiency`. An epoch: the training steps over "
         f"{TRAINING_IMAGES:,} images in batches of {CNNParams().batch_size}, at the median "
         f"and at the fastest of {args.steps} steps on random images, shifted and mirrored as "
-        "in training (no "
-        "validation, no Keras epoch overhead). "
+        "in training (no validation, no Keras epoch overhead). "
         f"Its operations: {TRAINING_PASSES} times the forward pass's multiply-adds "
         "(convolutions and dense layers; normalisation, activations and pooling not counted), "
         f"2 FLOP each. numpy's float32 matrix product of {MATMUL_SIZE} x {MATMUL_SIZE} on the "
-        "same threads, the "
-        f"fastest of {MATMUL_REPEATS}: **{peak:.0f} GFLOP/s**.\n\n{markdown_table(table)}\n"
+        f"same threads, the fastest of {MATMUL_REPEATS}: **{peak:.0f} GFLOP/s**.\n\n"
+        f"{markdown_table(table)}\n"
     )
 
 
