@@ -136,16 +136,25 @@ def test_the_middle_and_small_networks_train_without_dropout_unless_dropout_was_
     def planned(pinned=frozenset(), **params) -> list[dict]:
         return [v.params for v in cnn_variants(CNNParams(**params), frozenset(pinned))]
 
+    warmed = {"learning_rate": 4e-3, "warmup_epochs": 1}
     assert planned() == [
-        {},
+        warmed,
         {"conv_blocks": MIDDLE_BLOCKS, "dropout": 0.0},
         {"conv_blocks": SMALL_BLOCKS, "dropout": 0.0},
     ]
     assert planned({"dropout"}, dropout=0.3) == [
-        {},
+        warmed,
         {"conv_blocks": MIDDLE_BLOCKS},
         {"conv_blocks": SMALL_BLOCKS},
     ]
+
+
+@pytest.mark.parametrize("pinned", [{"learning_rate": 1e-3}, {"warmup_epochs": 0}])
+def test_the_wide_network_warms_up_to_twice_the_rate_unless_the_rate_or_warm_up_was_set(pinned):
+    (wide, *_) = cnn_variants(CNNParams(**pinned), frozenset(pinned))
+    assert wide.params == {}
+    (wide, *_) = cnn_variants(CNNParams(), frozenset())
+    assert CNNParams(**wide.params).learning_rate == 4e-3
 
 
 def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_may_take():

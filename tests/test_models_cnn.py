@@ -331,6 +331,29 @@ def test_without_a_deadline_the_learning_rate_is_keras_cosine_decay():
     assert not network.stop_training
 
 
+def test_a_warm_up_rises_linearly_to_the_peak_then_decays_to_zero_over_the_rest():
+    network = FakeNetwork()
+    context = TrainingContext(seed=0, threads=1)
+    schedule = CosineToDeadline(network, 0.004, 10, 4, context, warmup_epochs=1, clock=FakeClock())
+    rates = train(schedule, network, seconds=50, epochs=4)
+    np.testing.assert_allclose(rates[:10], [0.0004 * (step + 1) for step in range(10)])
+    expected = [0.002 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
+    np.testing.assert_allclose(rates[10:], expected)
+
+
+def test_epochs_slower_than_planned_after_a_warm_up_compress_only_the_decay():
+    network = FakeNetwork()
+    context = TrainingContext(seed=0, threads=1, deadline=300)
+    schedule = CosineToDeadline(network, 0.004, 10, 10, context, warmup_epochs=1, clock=FakeClock())
+    # 10 epochs planned; at 100 s an epoch 3 fit: the warm-up's, then a decay over two.
+    rates = train(schedule, network, seconds=100, epochs=10)
+    assert len(rates) == 30
+    assert rates[9] == pytest.approx(0.004)  # the warm-up's end: the peak
+    assert rates[10] == pytest.approx(0.004)  # the decay's start
+    assert rates[-1] < 0.0001
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+
+
 def test_epochs_slower_than_planned_compress_the_decay_into_those_that_fit():
     network = FakeNetwork()
     context = TrainingContext(seed=0, threads=1, deadline=200)

@@ -36,13 +36,15 @@ class CosineToDeadline:
     ones leave before the deadline goes to a last, partial epoch (`tail_steps` batches, at the
     margin over the slowest epochs and validations), the decay stretched to end with it: on
     the AVX2 EPYC a 27-s epoch that did not fit the 19 s left had ended a 5-minute run 8 % early.
-    `clock` gives the time, as `time.time()` (the deadline's)."""
+    With `warmup_epochs`, the rate first rises linearly to its peak over those epochs, and the
+    decay starts after them. `clock` gives the time, as `time.time()` (the deadline's)."""
 
     network: Any
     learning_rate: float
     steps_per_epoch: int
     epochs: int
     context: TrainingContext
+    warmup_epochs: int = 0
     clock: Callable[[], float] = time.time
     raise_margin: float = RAISE_MARGIN
     step: int = 0
@@ -64,6 +66,11 @@ class CosineToDeadline:
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
+        self.step_from = self.warmup_steps
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup_epochs * self.steps_per_epoch
 
     @property
     def last_epoch(self) -> int:
@@ -76,7 +83,7 @@ class CosineToDeadline:
 
     def progress(self) -> float:
         span = max(1, self.end_step - self.step_from)
-        done = (self.step - self.step_from) / span
+        done = max(0, self.step - self.step_from) / span
         return min(1.0, self.progress_from + (1 - self.progress_from) * done)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -84,7 +91,10 @@ class CosineToDeadline:
         self.began_alone = self.context.handover.released
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
+        if self.step < self.warmup_steps:
+            rate = self.learning_rate * (self.step + 1) / self.warmup_steps
+        else:
+            rate = 0.5 * self.learning_rate * (1 + math.cos(math.pi * self.progress()))
         self.network.optimizer.learning_rate = rate
         self.step += 1
 
@@ -160,8 +170,8 @@ class CosineToDeadline:
 
     def decay_to(self, end_step: int) -> None:
         """The rest of the decay, from where it is now, stretched or compressed to end at
-        `end_step`."""
-        self.progress_from, self.step_from = self.progress(), self.step
+        `end_step`; still warming up, from the warm-up's end."""
+        self.progress_from, self.step_from = self.progress(), max(self.step, self.warmup_steps)
         self.end_step = end_step
 
     @property
