@@ -197,10 +197,10 @@ class KerasCNN:
         )
         self.model = compiled_network(self.params, self.context.seed, classes)
         steps_per_epoch = batch_count(len(y_train), self.params.batch_size)
-        p = self.params
         schedule = CosineToDeadline(
-            self.model, p.learning_rate, steps_per_epoch, p.epochs, self.context, p.warmup_epochs
-        )
+            self.model, self.params.learning_rate, steps_per_epoch, self.params.epochs,
+            self.context, self.params.warmup_epochs,
+        )  # fmt: skip
         history = self.model.fit(
             batches,
             # Under a deadline the schedule may stop earlier or, up to the most epochs the
