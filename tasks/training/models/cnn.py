@@ -314,7 +314,7 @@ def cnn_variants(p: CNNParams, pinned: frozenset[str]) -> list[VariantSpec]:
         return [VariantSpec(f"blocks {p.conv_blocks}", min_steps=3, most_steps=BUDGET_EPOCHS)]
     lighter = {} if "dropout" in pinned else {"dropout": 0.0}
     middle, small = ({"conv_blocks": blocks} | lighter for blocks in (MIDDLE_BLOCKS, SMALL_BLOCKS))
-    warmed = {} if pinned & {"learning_rate", "warmup_epochs"} else WIDE_WARMUP
+    warmed = {} if pinned & {"learning_rate", "warmup_epochs"} else dict(WIDE_WARMUP)
     return [
         VariantSpec("wide network (32,32),(64,64)", warmed, 10, WIDE_BUDGET_EPOCHS, BUDGET_EPOCHS),
         VariantSpec("middle network (16),(48,48),(96)", middle, 15, BUDGET_EPOCHS),
