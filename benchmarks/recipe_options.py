@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from tasks.training.models.cnn import (
     compiled_network,
     to_image_tensor,
 )
+from tasks.training.models.deadline_schedule import CosineToDeadline
 from tasks.training.models.keras_training import (
     augmented_batches,
     batch_count,
@@ -57,12 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Option:
-    """One change: the optimizer's, the learning rate's peak and warm-up, the images', or
-    the network's parameters (`CNNParams` fields)."""
+    """One change: the optimizer's, the images', or the network's parameters (`CNNParams`
+    fields, the learning rate's peak and warm-up among them)."""
 
     optimizer: Callable[[float], object] | None = None  # learning rate -> Keras optimizer
-    peak_learning_rate: float | None = None
-    warmup_epochs: int = 0
     erase_side: int = 0  # cutout: a square of this side erased in half the images
     params: dict = field(default_factory=dict)
 
@@ -82,14 +80,16 @@ def nesterov_sgd(rate: float):
 OPTIONS = {
     "as it is": Option(),
     "weights averaged (Adam's EMA, momentum 0.998)": Option(adam_with_ema),
-    "SGD, Nesterov momentum 0.9, rate 0.05, weight decay 5e-4": Option(nesterov_sgd, 0.05),
+    "SGD, Nesterov momentum 0.9, rate 0.05, weight decay 5e-4": Option(
+        nesterov_sgd, params={"learning_rate": 0.05}
+    ),
     "cutout: an 8x8 square erased in half the images": Option(erase_side=8),
-    "a warm-up epoch to rate 4e-3": Option(peak_learning_rate=4e-3, warmup_epochs=1),
+    "a warm-up epoch to rate 4e-3": Option(params={"learning_rate": 4e-3, "warmup_epochs": 1}),
     # The recipe before e1c9ce2, which made dropout 0.2 and shifts of 1 pixel the default.
     "dropout 0.4, shifts of up to 2 pixels": Option(params={"dropout": 0.4, "shift_pixels": 2}),
     # The stronger shifts alone: long schedules (30 epochs and more) may want more augmenting.
     "shifts of up to 2 pixels": Option(params={"shift_pixels": 2}),
-    "batches of 256, rate 3e-3": Option(peak_learning_rate=3e-3, params={"batch_size": 256}),
+    "batches of 256, rate 3e-3": Option(params={"batch_size": 256, "learning_rate": 3e-3}),
     # Less regularising, for the short schedules a budget gives the middle and small networks
     # (9 epochs in a 5-minute run on AVX2 kernels): at 10, dropout 0.2 had beaten 0.4.
     "dropout 0.1": Option(params={"dropout": 0.1}),
@@ -107,14 +107,6 @@ OPTIONS = {
     "blocks (32),(64,64),(128)": Option(params={"conv_blocks": ((32,), (64, 64), (128,))}),
 }
 NETWORKS = {"small": SMALL_BLOCKS, "middle": MIDDLE_BLOCKS, "wide": WIDE_BLOCKS}
-
-
-def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
-    """A linear warm-up to `peak`, then the product's cosine decay to zero."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * peak * (1 + math.cos(math.pi * done))
 
 
 def erase_squares(images: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -173,8 +165,11 @@ def option_network(option: Option, params: CNNParams, seed: int, classes: int):
     """The product's compiled network, with the option's optimizer where it has one."""
     network = compiled_network(params, seed, classes)
     if option.optimizer:
-        rate = option.peak_learning_rate or params.learning_rate
-        network.compile(optimizer=option.optimizer(rate), loss=network.loss, metrics=["accuracy"])
+        network.compile(
+            optimizer=option.optimizer(params.learning_rate),
+            loss=network.loss,
+            metrics=["accuracy"],
+        )
     return network
 
 
@@ -223,23 +218,21 @@ def train_option(trial: Trial, data: ProcessedDataset) -> tuple[KerasCNN, float]
 
     classes = len(data.class_names)
     network = option_network(option, params, seed, classes)
-    peak = option.peak_learning_rate or params.learning_rate
     batches = option_batches(option, x_train, y_train, params, seed, classes)
     steps = batch_count(len(y_train), params.batch_size)
-    step = iter(range(steps * epochs))
-
-    def set_rate(batch: int, logs: dict | None = None) -> None:
-        rate = learning_rate(next(step), peak, option.warmup_epochs * steps, steps * epochs)
-        network.optimizer.learning_rate = rate
-
+    context = TrainingContext(seed=seed, threads=usable_cores())
+    # The product's warm-up and cosine decay over the epochs, with no deadline to re-plan for.
+    schedule = CosineToDeadline(
+        network, params.learning_rate, steps, epochs, context, params.warmup_epochs
+    )
+    set_rate = keras.callbacks.LambdaCallback(on_train_batch_begin=schedule.on_train_batch_begin)
     started = time.perf_counter()
     network.fit(
         batches, epochs=epochs, verbose=0,
         validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
-        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate)],
+        callbacks=[set_rate],
     )  # fmt: skip
     fit_seconds = time.perf_counter() - started
-    context = TrainingContext(seed=seed, threads=usable_cores())
     return KerasCNN(params, context, network), fit_seconds
 
 

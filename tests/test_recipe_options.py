@@ -2,7 +2,6 @@
 trained for an epoch on the synthetic split."""
 
 import argparse
-import itertools
 import math
 import os
 
@@ -14,27 +13,26 @@ from benchmarks.recipe_options import (
     OPTIONS,
     Trial,
     erase_squares,
-    learning_rate,
     option_batches,
     option_network,
     parsed_in_process,
     run_option,
+    train_option,
 )
 from tasks.core.contracts import SPLIT_ARRAYS
+from tasks.training.models.keras_training import batch_count
 
 
-def test_without_warm_up_the_rate_is_the_products_cosine_decay():
-    rates = [learning_rate(step, 0.002, 0, 30) for step in range(30)]
-    expected = [0.001 * (1 + math.cos(math.pi * step / 30)) for step in range(30)]
-    np.testing.assert_allclose(rates, expected)
-
-
-def test_a_warm_up_rises_linearly_to_the_peak_then_decays_to_zero():
-    rates = [learning_rate(step, 0.004, 10, 40) for step in range(40)]
-    np.testing.assert_allclose(rates[:10], np.arange(1, 11) * 0.0004)
-    assert rates[10] == pytest.approx(0.004)
-    assert all(later < earlier for earlier, later in itertools.pairwise(rates[10:]))
-    assert rates[-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * 29 / 30)))
+@pytest.mark.parametrize(
+    ("name", "peak"), [("as it is", 2e-3), ("a warm-up epoch to rate 4e-3", 4e-3)]
+)
+def test_an_option_trains_with_the_products_warm_up_and_cosine_decay(name, peak, processed):
+    trained, _ = train_option(Trial(name, epochs=2), processed)
+    steps = batch_count(len(processed.load(*SPLIT_ARRAYS["train"])[1]), 128)
+    # The last batch's rate: the decay's, over both epochs or over the one after the warm-up.
+    decaying = 2 * steps if peak == 2e-3 else steps
+    last = 0.5 * peak * (1 + math.cos(math.pi * (decaying - 1) / decaying))
+    assert float(trained.model.optimizer.learning_rate) == pytest.approx(last, rel=1e-5)
 
 
 def test_half_the_images_lose_a_square_of_background_and_the_input_is_untouched():
@@ -94,7 +92,11 @@ def test_an_option_s_parameters_change_the_named_network_and_nothing_else():
     plain = Trial("as it is", 10, avx2=True, network="small").params()
     assert plain == CNNParams(conv_blocks=SMALL_BLOCKS, epochs=10, precision="float32")
     larger = Trial("batches of 256, rate 3e-3", 10, network="wide").params()
-    assert larger == CNNParams(conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256)
+    assert larger == CNNParams(
+        conv_blocks=WIDE_BLOCKS, epochs=10, batch_size=256, learning_rate=3e-3
+    )
+    warming = Trial("a warm-up epoch to rate 4e-3", 10).params()
+    assert (warming.learning_rate, warming.warmup_epochs) == (4e-3, 1)
     before = Trial("dropout 0.4, shifts of up to 2 pixels", 10, network="small").params()
     assert (before.dropout, before.shift_pixels) == (0.4, 2) != (plain.dropout, plain.shift_pixels)
     for name, dropout in (("dropout 0.1", 0.1), ("no dropout", 0.0)):
