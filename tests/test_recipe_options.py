@@ -24,13 +24,16 @@ from tasks.training.models.keras_training import batch_count
 
 
 @pytest.mark.parametrize(
-    ("name", "peak"), [("as it is", 2e-3), ("a warm-up epoch to rate 4e-3", 4e-3)]
+    ("name", "peak", "warmup_epochs"),
+    [("as it is", 2e-3, 0), ("a warm-up epoch to rate 4e-3", 4e-3, 1)],
 )
-def test_an_option_trains_with_the_products_warm_up_and_cosine_decay(name, peak, processed):
+def test_an_option_trains_with_the_products_warm_up_and_cosine_decay(
+    name, peak, warmup_epochs, processed
+):
     trained, _ = train_option(Trial(name, epochs=2), processed)
     steps = batch_count(len(processed.load(*SPLIT_ARRAYS["train"])[1]), 128)
-    # The last batch's rate: the decay's, over both epochs or over the one after the warm-up.
-    decaying = 2 * steps if peak == 2e-3 else steps
+    # The last batch's rate: the decay's, over the steps of the epochs after the warm-up.
+    decaying = (2 - warmup_epochs) * steps
     last = 0.5 * peak * (1 + math.cos(math.pi * (decaying - 1) / decaying))
     assert float(trained.model.optimizer.learning_rate) == pytest.approx(last, rel=1e-5)
 
