@@ -30,8 +30,9 @@ from tasks.training.models.keras_training import batch_count
 def test_an_option_trains_with_the_products_warm_up_and_cosine_decay(
     name, peak, warmup_epochs, processed
 ):
-    trained, _ = train_option(Trial(name, epochs=2), processed)
-    steps = batch_count(len(processed.load(*SPLIT_ARRAYS["train"])[1]), 128)
+    trial = Trial(name, epochs=2)
+    trained, _ = train_option(trial, processed)
+    steps = batch_count(len(processed.load(*SPLIT_ARRAYS["train"])[1]), trial.params().batch_size)
     # The last batch's rate: the decay's, over the steps of the epochs after the warm-up.
     decaying = (2 - warmup_epochs) * steps
     last = 0.5 * peak * (1 + math.cos(math.pi * (decaying - 1) / decaying))
