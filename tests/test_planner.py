@@ -121,6 +121,7 @@ def test_steps_the_user_set_are_kept_and_the_plan_says_they_do_not_fit():
 def test_one_lane_runs_everything_in_turn():
     result = plan({"cnn": cnn(139, 45)} | others(), budget_minutes=15, lanes=1)
     assert {model.lane for model in result.models} == {0}
+    assert result.own_lane is None
     assert sum(lane_seconds(result.models, result.lanes)) <= result.window_seconds
 
 

@@ -47,6 +47,7 @@ def test_at_five_minutes_the_others_make_room_for_the_small_network():
     alone = small.steps_within(window, 30, shared_seconds=0.0)
     assert alone == 12
     assert result.room_beside == pytest.approx(147, abs=1)
+    assert result.own_lane == "cnn"
     models = by_model(result)
     assert models["cnn"].handover.after <= result.room_beside
     assert models["cnn"].steps == 9 >= math.ceil(alone * (1 - MOST_STEPS_GIVEN_UP))
@@ -96,6 +97,7 @@ def test_a_cnn_that_gains_nothing_from_the_cores_leaves_the_others_the_window():
     it nothing, so they keep all of it."""
     result = plan(measured(Cost(27.0, 15.0)), budget_minutes=5, elapsed=33, reserve=27)
     assert result.room_beside is None
+    assert result.own_lane == "cnn"  # a lane of its own still, and no room to hold to
     assert by_model(result)["cnn"].handover is None
     assert set(by_model(result)) == {"cnn", "xgboost", "svm_rbf", "random_forest",
                                       "logistic_regression"}  # fmt: skip

@@ -76,9 +76,11 @@ class Plan:
     lanes: int
     models: tuple[ModelPlan, ...]
     dropped: dict[str, str] = field(default_factory=dict)
-    # How long the models beside the one with a lane of its own may hold theirs, where
-    # less than the window (`planner.MOST_STEPS_GIVEN_UP`).
+    # How long the models beside `own_lane` may hold theirs, where less than the window
+    # (`planner.MOST_STEPS_GIVEN_UP`).
     room_beside: float | None = None
+    # The model planned on a lane of its own, with every core once the others are done.
+    own_lane: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -93,20 +93,21 @@ def plan_run(
         _fill_lanes, window=window, lanes=shared_lanes, drop_order=drop_order,
         first_lane=int(bool(own_lane)), beside=own_lane,
     )  # fmt: skip
-    room = None
+    room, planned_own_lane = None, None
     if own_lane:
         own = variants[own_lane]
         plans, dropped, chosen, room = _plan_beside(own, others, window, fill)
         others_done = _lanes_done(plans)
         if chosen:
             plans.insert(0, _model_plan(chosen[0], chosen[1], window, 0, others_done))
+            planned_own_lane = own_lane
         else:
             dropped[own_lane] = _no_room(own[-1], window)
     else:
         plans, dropped = fill(others)
     return Plan(
         budget_seconds, elapsed_seconds, reserve_seconds, window, lanes,
-        tuple(plans), dropped, room,
+        tuple(plans), dropped, room, planned_own_lane,
     )  # fmt: skip
 
 

@@ -148,8 +148,7 @@ def describe_plan(plan: Plan) -> list[str]:
         f"before planning, {plan.reserve_seconds:.0f} s kept for the report, "
         f"{plan.window_seconds:.0f} s to train on {plan.lanes} lane(s)"
     ]
-    if plan.room_beside is not None and plan.models:
-        own = plan.models[0].model
+    if plan.room_beside is not None and (own := plan.own_lane):
         lines.append(
             f"plan: the models beside {own} hold their lanes for at most "
             f"{plan.room_beside:.0f} s: longer would cost {own} over "

@@ -167,9 +167,9 @@ def _steps(plan: dict) -> str:
 def _room(plan: dict) -> str:
     """How long the models beside the one with a lane of its own could hold theirs, where
     the plan held them to less than the window."""
-    if plan.get("room_beside") is None or not plan["models"]:
+    own = plan.get("own_lane")
+    if plan.get("room_beside") is None or own is None:
         return ""
-    own = plan["models"][0]["model"]
     return (
         f" The models beside {own} held their lanes for at most {plan['room_beside']:.0f} s: "
         f"longer would have cost {own} over {MOST_STEPS_GIVEN_UP:.0%} of the "
