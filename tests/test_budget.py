@@ -249,6 +249,21 @@ def pipeline(tmp_path, server: LocalPrefect, *options: str) -> subprocess.Comple
     )  # fmt: skip
 
 
+def test_the_commands_budget_counts_from_its_process_start_its_imports_included():
+    """As a clock around the command does: the interpreter's start and the imports (seconds
+    on a slow CPU) are part of the minutes the user gave."""
+    code = (
+        "import time; time.sleep(2); "
+        "from flows.full_pipeline import command_started_at; "
+        "print(time.time() - command_started_at())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) >= 2
+
+
 @pytest.mark.slow
 def test_a_budget_below_the_cheapest_plan_is_one_line_before_training(
     tmp_path, real_data_dir, prefect_server
