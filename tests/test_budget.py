@@ -149,12 +149,19 @@ def test_the_middle_and_small_networks_train_without_dropout_unless_dropout_was_
     ]
 
 
-@pytest.mark.parametrize("pinned", [{"learning_rate": 1e-3}, {"warmup_epochs": 0}])
-def test_the_wide_network_warms_up_to_twice_the_rate_unless_the_rate_or_warm_up_was_set(pinned):
+@pytest.mark.parametrize(
+    ("pinned", "planned"),
+    [
+        ({}, {"learning_rate": 4e-3, "warmup_epochs": 1}),
+        ({"learning_rate": 1e-3}, {}),
+        ({"warmup_epochs": 0}, {}),
+    ],
+)
+def test_the_wide_network_warms_up_to_twice_the_rate_unless_the_rate_or_warm_up_was_set(
+    pinned, planned
+):
     (wide, *_) = cnn_variants(CNNParams(**pinned), frozenset(pinned))
-    assert wide.params == {}
-    (wide, *_) = cnn_variants(CNNParams(), frozenset())
-    assert CNNParams(**wide.params).learning_rate == 4e-3
+    assert wide.params == planned
 
 
 def test_boosting_is_planned_for_the_rounds_that_get_near_its_best_not_all_it_may_take():
