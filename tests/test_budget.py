@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -269,6 +270,24 @@ def test_the_commands_budget_counts_from_its_process_start_its_imports_included(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout) >= 2
+
+
+def test_main_as_the_command_starts_its_budget_at_the_process_start_and_from_python_at_the_call(
+    monkeypatch,
+):
+    from flows import full_pipeline
+
+    starts = []
+    monkeypatch.setattr(
+        full_pipeline, "_run", lambda args, started_at: starts.append(started_at) or 0
+    )
+    monkeypatch.setattr(sys, "argv", ["fashion-mnist-pipeline", "--models", "logistic_regression"])
+    process_start = full_pipeline.command_started_at()
+    called = time.time()
+    assert full_pipeline.main() == 0  # as the command: its argv from sys.argv
+    assert full_pipeline.main(["--models", "logistic_regression"]) == 0
+    assert starts[0] == process_start < called  # this test process began before the call
+    assert starts[1] >= called
 
 
 @pytest.mark.slow
