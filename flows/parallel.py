@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -78,6 +79,14 @@ def submit(
     return pool.submit(stage, checked(stage, parameters), wait_for, workers)
 
 
+# Why a model failed when a worker process of the processes runner died: Python's process
+# pool then fails every task it holds, not only the one the process ran.
+WORKER_PROCESS_DIED = (
+    "a worker process was killed (as the kernel's out-of-memory killer does) and the "
+    "process pool failed every task it held"
+)
+
+
 def listed(failures: list[ModelFailure]) -> str:
     return "; ".join(map(str, failures))
 
@@ -92,6 +101,8 @@ def isolated(model: str, stage: str, error: Exception, logger: Any) -> ModelFail
     if isinstance(error, RunEnvironmentError):
         raise error
     failure = ModelFailure.from_exception(model, stage, error)
+    if isinstance(error, BrokenProcessPool):  # the pool starts afresh for the next models
+        failure = replace(failure, error=WORKER_PROCESS_DIED)
     logger.error("%s failed in %s: %s", model, stage, failure.error)
     return failure
 
@@ -152,7 +163,10 @@ def plan_training(
         for future, (kind, group) in sorted(futures.items(), key=lambda f: own_lane in f[1][1]):
             if share and own_lane in group:
                 share.release()
-            found, failed = future.result()  # failures logged by the task
+            try:
+                found, failed = future.result()  # the models' failures logged by the task
+            except Exception as error:  # the task's own: a killed worker process
+                found, failed = {}, [isolated(n, "measuring", error, logger) for n in group]
             by_kind[kind] |= found
             if kind:  # say on which kind of machine it failed
                 failed = [replace(f, stage=f"measuring on {kind}") for f in failed]

@@ -8,17 +8,20 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
 import dask
 from prefect.client.orchestration import get_client
 from prefect.context import refresh_global_settings_context
-from prefect.exceptions import TerminationSignal
+from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
+from prefect.states import Crashed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from tasks.budget.schedule import CoreSchedule
@@ -211,6 +214,7 @@ class PrefectPool:
         self.runner, self.cores = runner, cores
         self.client = getattr(runner, "client", None)  # a Dask runner's
         self.futures: list[PrefectFuture] = []
+        self.since_start: list[PrefectFuture] = []  # those of the runner's latest start
 
     def submit(
         self,
@@ -220,11 +224,55 @@ class PrefectPool:
         workers: Collection[str] = (),
     ) -> PrefectFuture:
         """A task run of `stage`; on a Dask cluster, on one of `workers` where any are named."""
+        self.restart_if_broken()
         pinned = dask.annotate(workers=list(workers)) if workers else contextlib.nullcontext()
         with pinned:  # prefect-dask submits within Dask's annotations
             future = self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
         self.futures.append(future)
+        self.since_start.append(future)
         return future
+
+    def lost_with_its_pool(self, future: PrefectFuture) -> bool:
+        """Whether `future` failed because a worker of its process pool died."""
+        if not isinstance(self.runner, ProcessPoolTaskRunner):
+            return False
+        ended = future.wrapped_future
+        if not ended.done() or ended.cancelled():
+            return False
+        return isinstance(ended.exception(), BrokenProcessPool)
+
+    def restart_if_broken(self) -> None:
+        """A process pool one of whose workers died abruptly (killed by the kernel's
+        out-of-memory killer, or `kill -9`) fails every task it holds and takes no more.
+        Once those have all ended, its runner starts afresh, so that the models after them
+        still train: one killed model would otherwise fail every model of the run."""
+        if not any(map(self.lost_with_its_pool, self.since_start)):
+            return
+        ends = time.monotonic() + STOP_GRACE_SECONDS
+        while not all(f.wrapped_future.done() for f in self.since_start):
+            if time.monotonic() > ends:
+                break
+            time.sleep(0.1)  # Prefect's process futures cannot be waited on together
+        self.runner.__exit__(None, None, None)
+        self.runner.__enter__()
+        self.since_start = []
+
+    def record_crashes(self) -> None:
+        """Set Crashed the task runs whose worker process was killed: they never report
+        their end, and the Prefect UI would show them running after the flow run ended.
+        Called once the pool's workers are gone, so the others have reported theirs."""
+        lost = list(filter(self.lost_with_its_pool, self.futures))
+        if not lost:
+            return
+        with get_client(sync_client=True) as client:
+            for future in lost:
+                try:
+                    state = client.read_task_run(future.task_run_id).state
+                except ObjectNotFound:  # it never started
+                    continue
+                if state and state.is_running():
+                    crashed = Crashed(message="its worker process ended abruptly (killed)")
+                    client.set_task_run_state(future.task_run_id, crashed, force=True)
 
     def as_completed(self, futures: Iterable[PrefectFuture]) -> Iterator[PrefectFuture]:
         return as_completed(list(futures))
@@ -255,17 +303,25 @@ class PrefectStages:
     def pool(self, config: PipelineConfig) -> Iterator[PrefectPool]:
         clear_stop()
         api_url = flow_api_url()
-        with training_runner(config, api_url) as runner:
-            if config.dask_address:  # someone else's workers: check, never reconfigure
-                check_cluster_api(runner.client, get_current_settings().api.url, self.logger)
-            elif config.task_runner == "dask":
-                runner.client.run(prepare_worker_process, api_url)
-            pool = PrefectPool(runner, core_schedule(config, runner))
-            try:
-                yield pool
-            except BaseException as error:  # a stop, or an error that ends the run
-                pool.stop(self.logger, stop_signal_of(error))
-                raise
+        pool = None
+        try:
+            with training_runner(config, api_url) as runner:
+                if config.dask_address:  # someone else's workers: check, never reconfigure
+                    check_cluster_api(runner.client, get_current_settings().api.url, self.logger)
+                elif config.task_runner == "dask":
+                    runner.client.run(prepare_worker_process, api_url)
+                pool = PrefectPool(runner, core_schedule(config, runner))
+                try:
+                    yield pool
+                except BaseException as error:  # a stop, or an error that ends the run
+                    pool.stop(self.logger, stop_signal_of(error))
+                    raise
+        finally:  # the workers are gone: what was killed can be told
+            if pool:
+                try:
+                    pool.record_crashes()
+                except Exception as error:  # the run's own outcome comes first
+                    self.logger.warning("could not set the killed task runs Crashed: %s", error)
 
 
 def stop_signal_of(stop: BaseException) -> int | None:

@@ -17,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL
 
+from flows.parallel import WORKER_PROCESS_DIED
 from tasks.core.storage import entry_problem
 from tests.support.cache import entries, scratch_left
 from tests.support.waiting import wait_until
@@ -53,13 +55,14 @@ def command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "flows.full_pipeline", *QUICK, *small, *arguments]
 
 
-def environment(api_url: str, fault: bool = False) -> dict:
+def environment(api_url: str, fault: str | None = None) -> dict:
+    """The runs' environment; `fault` ("xgboost" or "xgboost-killed") injects one (FAULTS)."""
     path = [str(REPO), *([str(FAULTS)] if fault else [])]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(path), "PREFECT_API_URL": api_url}
-    return env | ({"FASHION_MNIST_FAULT": "xgboost"} if fault else {})
+    return env | ({"FASHION_MNIST_FAULT": fault} if fault else {})
 
 
-def run(workdir: Path, api_url: str, *arguments: str, fault: bool = False):
+def run(workdir: Path, api_url: str, *arguments: str, fault: str | None = None):
     return subprocess.run(
         command(*arguments), cwd=workdir, env=environment(api_url, fault), capture_output=True,
         text=True, timeout=600,
@@ -74,7 +77,7 @@ def last_line(text: str) -> str:
 @pytest.mark.parametrize("runner", ["threads", "processes", "dask"])
 def test_a_model_that_crashes_is_reported_and_a_rerun_retrains_only_it(tmp_path, api_url, runner):
     models = ["--models", "logistic_regression,random_forest,xgboost", "--task-runner", runner]
-    done = run(tmp_path, api_url, *models, fault=True)
+    done = run(tmp_path, api_url, *models, fault="xgboost")
     assert done.returncode == 1, done.stderr[-3000:]
     assert last_line(done.stderr) == (
         f"error: 1 of 3 models failed: xgboost (measuring: {XGBOOST_ERROR}); "
@@ -102,6 +105,38 @@ def test_a_model_that_crashes_is_reported_and_a_rerun_retrains_only_it(tmp_path,
         board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
         assert board.error.isna().all()
         assert "xgboost" in board.model.tolist()
+
+
+def test_a_killed_worker_process_fails_its_model_and_the_next_train_in_a_fresh_pool(
+    tmp_path, api_url
+):
+    # One model at a time, without a budget: XGBoost's training alone is in the pool when
+    # its process is killed; random forest comes after it, in new worker processes.
+    models = ["--models", "logistic_regression,xgboost,random_forest", "--task-runner",
+              "processes", "--parallel-models", "1", "--time-budget", "0"]  # fmt: skip
+    done = run(tmp_path, api_url, *models, fault="xgboost-killed")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert last_line(done.stderr) == (
+        f"error: 1 of 3 models failed: xgboost (training: {WORKER_PROCESS_DIED}); "
+        "a rerun retrains only what failed"
+    )
+    board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
+    assert board.model.tolist()[-1] == "xgboost"
+    assert set(board.model[:-1]) == {"logistic_regression", "random_forest", "ensemble"}
+    assert board.test_accuracy[:-1].gt(0.5).all()
+    assert {entry.parent.name for entry in entries(tmp_path / "data")} == {
+        "logistic_regression", "random_forest"
+    }  # fmt: skip
+    assert scratch_left(tmp_path / "data") == []
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [latest.id]}))
+    states = {run.name: run.state.type.value for run in runs if run.name.startswith("train")}
+    # Its process never reported its end: the run sets it Crashed, not left Running.
+    assert states == {
+        "train-logistic_regression": "COMPLETED", "train-xgboost": "CRASHED",
+        "train-random_forest": "COMPLETED",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

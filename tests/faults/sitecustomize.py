@@ -4,8 +4,10 @@ Python imports `sitecustomize` from PYTHONPATH when any interpreter starts, so p
 this directory on PYTHONPATH reaches every process of a run: the command line's, and the
 worker processes the processes and dask runners spawn. With FASHION_MNIST_FAULT=xgboost,
 `xgboost.XGBClassifier.fit` raises XGBoost's own error, as the library does when it
-refuses a model; nothing in the pipeline knows about it. The patch is applied when
-xgboost is imported, so processes that never import it are unchanged.
+refuses a model; with FASHION_MNIST_FAULT=xgboost-killed, it kills its own process with
+SIGKILL, as the kernel's out-of-memory killer would. Nothing in the pipeline knows about
+it. The patch is applied when xgboost is imported, so processes that never import it are
+unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import os
+import signal
 import sys
 
 MESSAGE = "injected fault: the booster could not be built"
@@ -31,6 +34,8 @@ class _PatchXGBoostOnImport(importlib.abc.MetaPathFinder):
             from xgboost.core import XGBoostError
 
             def fit(self, *args, **kwargs):
+                if os.environ["FASHION_MNIST_FAULT"] == "xgboost-killed":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise XGBoostError(MESSAGE)
 
             module.XGBClassifier.fit = fit
@@ -39,5 +44,5 @@ class _PatchXGBoostOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if os.environ.get("FASHION_MNIST_FAULT") == "xgboost":
+if os.environ.get("FASHION_MNIST_FAULT", "").startswith("xgboost"):
     sys.meta_path.insert(0, _PatchXGBoostOnImport())
