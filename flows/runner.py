@@ -260,7 +260,7 @@ class PrefectPool:
     def record_crashes(self) -> None:
         """Set Crashed the task runs whose worker process was killed: they never report
         their end, and the Prefect UI would show them running after the flow run ended.
-        Called once the pool's workers are gone, so the others have reported theirs."""
+        Called once the pool's workers are gone, so the others have sent theirs."""
         lost = list(filter(self.lost_with_its_pool, self.futures))
         if not lost:
             return
