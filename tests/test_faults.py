@@ -1,7 +1,7 @@
 """The command line against faults, in subprocesses on the real data: a model that crashes
-under each task runner, SIGTERM and Ctrl-C while models train, two runs sharing a cache,
-and a cached model altered on disk. Each asserts what the user sees (exit status, last
-line) and that nothing a finished model produced is lost.
+under each task runner, a worker process killed, SIGTERM and Ctrl-C while models train, two
+runs sharing a cache, and a cached model altered on disk. Each asserts what the user sees
+(exit status, last line) and that nothing a finished model produced is lost.
 """
 
 from __future__ import annotations

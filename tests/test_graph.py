@@ -7,13 +7,14 @@ import json
 import logging
 import time
 import types
+from concurrent.futures.process import BrokenProcessPool
 
 import pandas as pd
 import pytest
 
 import flows.parallel
 from flows.graph import run_stages
-from flows.parallel import checked, submit, train_and_evaluate
+from flows.parallel import WORKER_PROCESS_DIED, checked, submit, train_and_evaluate
 from tasks.core.errors import ModelsFailedError
 from tasks.evaluation.report.tables import console_table
 from tasks.run.config import build_config
@@ -146,6 +147,27 @@ def test_a_failing_model_is_named_and_the_others_are_trained_ranked_and_reported
     assert sorted(p.name for p in (tmp_path / "data" / "models").iterdir() if any(p.iterdir())) == [
         "logistic_regression", "random_forest",
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_measuring_task_lost_with_its_process_pool_fails_its_models_in_one_line(
+    tmp_path, real_data_dir, monkeypatch
+):
+    """The task itself fails (its worker killed), not one of its models: before, the
+    BrokenProcessPool left the flow with a traceback."""
+
+    def killed_with_its_pool(**_):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(flows.parallel, "measure_task", killed_with_its_pool)
+    models = ["random_forest", "logistic_regression"]
+    config = small_config(tmp_path, real_data_dir, models, time_budget_minutes=3)
+    with pytest.raises(ModelsFailedError) as raised:
+        run_stages(config, InlineStages(), "inline")
+    assert str(raised.value) == (
+        f"all 2 models failed: random_forest (measuring: {WORKER_PROCESS_DIED}); "
+        f"logistic_regression (measuring: {WORKER_PROCESS_DIED})"
+    )
 
 
 def test_a_trained_models_evaluation_goes_before_the_next_models_training(tmp_path, monkeypatch):
