@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -214,7 +213,7 @@ class PrefectPool:
         self.runner, self.cores = runner, cores
         self.client = getattr(runner, "client", None)  # a Dask runner's
         self.futures: list[PrefectFuture] = []
-        self.since_start: list[PrefectFuture] = []  # those of the runner's latest start
+        self.started_at = 0  # the first of `futures` since the runner's latest start
 
     def submit(
         self,
@@ -229,7 +228,6 @@ class PrefectPool:
         with pinned:  # prefect-dask submits within Dask's annotations
             future = self.runner.submit(stage, parameters, wait_for=list(wait_for) or None)
         self.futures.append(future)
-        self.since_start.append(future)
         return future
 
     def lost_with_its_pool(self, future: PrefectFuture) -> bool:
@@ -246,16 +244,13 @@ class PrefectPool:
         out-of-memory killer, or `kill -9`) fails every task it holds and takes no more.
         Once those have all ended, its runner starts afresh, so that the models after them
         still train: one killed model would otherwise fail every model of the run."""
-        if not any(map(self.lost_with_its_pool, self.since_start)):
+        held = self.futures[self.started_at :]
+        if not any(map(self.lost_with_its_pool, held)):
             return
-        ends = time.monotonic() + STOP_GRACE_SECONDS
-        while not all(f.wrapped_future.done() for f in self.since_start):
-            if time.monotonic() > ends:
-                break
-            time.sleep(0.1)  # Prefect's process futures cannot be waited on together
+        wait(held, timeout=STOP_GRACE_SECONDS)
         self.runner.__exit__(None, None, None)
         self.runner.__enter__()
-        self.since_start = []
+        self.started_at = len(self.futures)
 
     def record_crashes(self) -> None:
         """Set Crashed the task runs whose worker process was killed: they never report
