@@ -1,5 +1,6 @@
 """A deployment's flow run cancelled through a real Prefect server and process worker
-(`prefect flow-run cancel`): it stops cleanly, ends Cancelled, and a rerun resumes."""
+(`prefect flow-run cancel`): it stops cleanly, ends Cancelled, and a rerun resumes, the CNN
+from its last whole epoch."""
 
 from __future__ import annotations
 
@@ -85,9 +86,18 @@ def test_cancelled_flow_run_stops_cleanly_and_a_rerun_resumes(tmp_path, prefect_
     assert entries(data) == finished  # the CNN never published a partial model
     assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
 
+    # The CNN's whole epochs were kept: the rerun takes its fit up after the last of them.
+    (kept,) = (data / "models" / "cnn").glob(".*.resume/epoch-*")
+    epochs_done = int(kept.name.removeprefix("epoch-"))
+    since = len(prefect_server.worker_output())
     second = run_deployment()
     state = prefect_server.wait_for_end(second, 600)
     assert state["type"] == "COMPLETED", log.read_text()[-3000:]
+    rerun = prefect_server.worker_output(since)
+    assert f"cnn: takes up the fit after epoch {epochs_done}, kept by an earlier run" in rerun
+    assert f"cnn epoch {epochs_done}:" not in rerun
+    assert f"cnn epoch {CNN_EPOCHS}:" in rerun
+    assert not list((data / "models" / "cnn").glob(".*.resume"))
     after = entries(data)
     assert {path: after[path] for path in finished} == finished  # reused, not retrained
     assert {path.parent.name for path in after} == {"cnn", "logistic_regression"}

@@ -8,6 +8,7 @@ without oversubscribing them. The models themselves live in `tasks.training.mode
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from tasks.core.storage import (
     project_code_version,
 )
 from tasks.training.models.base import PARAMS_FILE, TrainingContext
+from tasks.training.models.keras_resume import resumed_seconds
 from tasks.training.models.registry import ModelParams, build_model, model_spec
 
 
@@ -74,8 +76,14 @@ def train_model(
         parts.append({"budgeted, most steps": context.most_steps})
     key = content_key(*parts)
 
+    target = cache_dir / "models" / name / key
+    # Beside the entry, hidden from the cache's listings; removed once the entry is published.
+    resume_dir = target.parent / f".{key}.resume"
+    if refresh:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+
     def fit_and_save(staging: Path) -> None:
-        classifier = build_model(name, params, context)
+        classifier = build_model(name, params, replace(context, resume_dir=resume_dir))
         x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
         logger.info(
             "training %s on %d images with %d thread(s)", name, len(y_train), context.threads
@@ -83,8 +91,10 @@ def train_model(
         started, cpu_started = time.perf_counter(), time.process_time()
         # In a thread of its own, so that a stop request ends this task within a moment.
         curve = run_until_stopped(classifier.fit, x_train, y_train, x_val, y_val)
-        fit_seconds = time.perf_counter() - started
-        fit_cpu_seconds = time.process_time() - cpu_started
+        # A fit taken up from an earlier run's kept epochs counts that run's seconds too.
+        earlier_seconds, earlier_cpu_seconds = resumed_seconds(resume_dir)
+        fit_seconds = earlier_seconds + time.perf_counter() - started
+        fit_cpu_seconds = earlier_cpu_seconds + time.process_time() - cpu_started
         classifier.save(staging)
         record = {"model": name, "seed": context.seed, "threads": context.threads}
         record |= {"params": model_params, "fit_seconds": fit_seconds}
@@ -92,7 +102,7 @@ def train_model(
         (staging / PARAMS_FILE).write_text(json.dumps(record, indent=2))
         logger.info("trained %s in %.1f s", name, fit_seconds)
 
-    target = cache_dir / "models" / name / key
     trained = cached_stage(target, fit_and_save, read_trained_model, name, refresh, logger)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     context.report_progress(1.0)
     return trained

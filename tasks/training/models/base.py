@@ -54,6 +54,9 @@ class TrainingContext:
     # How many classes the model predicts: the training stages set the data's; Fashion-MNIST's
     # ten where no data is at hand (loading a saved model).
     classes: int = N_CLASSES
+    # Where an epoch fit keeps its latest whole epoch, for a rerun to take up after a cancel,
+    # a kill or a full disk (the CNN's: `keras_resume`); None: nowhere (measuring, tuning).
+    resume_dir: Path | None = None
 
     def past_deadline(self, clock: Callable[[], float] = time.time) -> bool:
         return self.deadline is not None and clock() >= self.deadline

@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -28,6 +28,7 @@ from tasks.training.models.base import (
 )
 from tasks.training.models.deadline_schedule import CosineToDeadline
 from tasks.training.models.keras_prediction import predicted, predicted_over_views, view_count
+from tasks.training.models.keras_resume import KeptEpochs
 from tasks.training.models.keras_training import (
     PREDICT_BATCH,
     EpochProgress,
@@ -38,6 +39,7 @@ from tasks.training.models.keras_training import (
     image_batches,
     one_hot,
     steady_steps,
+    watched_from,
 )
 from tasks.training.models.tensorflow_runtime import (
     compute_dtype_policy,
@@ -187,47 +189,45 @@ class KerasCNN:
         import keras
 
         self.context.check_stop()  # importing TensorFlow took seconds
-        self.context.logger.info(
+        p, logger = self.params, self.context.logger
+        logger.info(
             "cnn computes on %s with the %s dtype policy, blocks %s", tensorflow_device(),
-            compute_dtype_policy(self.params.precision), self.params.conv_blocks,
+            compute_dtype_policy(p.precision), p.conv_blocks,
         )  # fmt: skip
-        classes = self.context.classes
-        batches = augmented_batches(
-            to_image_tensor(x_train), y_train, self.params, self.context.seed, classes
-        )
-        self.model = compiled_network(self.params, self.context.seed, classes)
-        steps_per_epoch = batch_count(len(y_train), self.params.batch_size)
-        schedule = CosineToDeadline(
-            self.model, self.params.learning_rate, steps_per_epoch, self.params.epochs,
-            self.context, self.params.warmup_epochs,
-        )  # fmt: skip
-        history = self.model.fit(
-            batches,
-            # Under a deadline the schedule may stop earlier or, up to the most epochs the
-            # plan allows, later than planned.
-            epochs=max(self.params.epochs, self.context.most_steps or 0)
-            if self.context.deadline
-            else self.params.epochs,
+        classes, seed, deadline = self.context.classes, self.context.seed, self.context.deadline
+        steps_per_epoch = batch_count(len(y_train), p.batch_size)
+
+        def fresh() -> tuple[Any, CosineToDeadline]:
+            network = compiled_network(p, seed, classes)
+            return network, CosineToDeadline(
+                network, p.learning_rate, steps_per_epoch, p.epochs, self.context, p.warmup_epochs
+            )
+
+        # Under a deadline every epoch is kept; without, those before early stopping watches.
+        kept = KeptEpochs(self.context.resume_dir, logger, None if deadline else watched_from(p))
+        self.model, schedule = kept.take_up(fresh)
+        x_train, done = to_image_tensor(x_train), kept.epochs_done
+        self.model.fit(
+            augmented_batches(x_train, y_train, p, seed, classes, first_epoch=done),
+            initial_epoch=done,
+            # Under a deadline the schedule ends it: earlier or, up to the most, later than planned.
+            epochs=max(p.epochs, self.context.most_steps or 0) if deadline else p.epochs,
             validation_data=image_batches(to_image_tensor(x_val), one_hot(y_val, classes)),
             callbacks=[
                 # Under a deadline the last epoch's weights are kept (`early_stopping`).
-                *([] if self.context.deadline else [early_stopping(self.params)]),
-                keras.callbacks.LambdaCallback(
-                    on_epoch_begin=schedule.on_epoch_begin,
-                    on_train_batch_begin=schedule.on_train_batch_begin,
-                    on_train_batch_end=schedule.on_train_batch_end,
-                    on_epoch_end=schedule.on_epoch_end,
-                ),
+                *([] if deadline else [early_stopping(p)]),
+                keras.callbacks.LambdaCallback(**schedule.hooks()),
                 keras.callbacks.LambdaCallback(
                     on_epoch_end=EpochProgress(lambda: schedule.last_epoch, self.context),
                     # A run told to stop stops within a batch, validation included.
                     on_train_batch_end=lambda batch, logs: self._after_batch(),
                     on_test_batch_end=lambda batch, logs: self.context.check_stop(),
                 ),
+                keras.callbacks.LambdaCallback(on_epoch_end=kept.on_epoch_end),
             ],
             verbose=0,
         )
-        curves = (history.history[key] for key in ("accuracy", "val_accuracy"))
+        curves = (kept.history[key] for key in ("accuracy", "val_accuracy"))
         return LearningCurve("epoch", *([1 - float(a) for a in curve] for curve in curves))
 
     def _after_batch(self) -> None:

@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tasks.training.models.base import TrainingContext
 
@@ -63,10 +63,33 @@ class CosineToDeadline:
     validation_seconds: list[float] = field(default_factory=list)
     batch_ended: float = 0.0
     tail_steps: int = 0
+    # The fit's first epoch here (counted from 0): a resumed fit's is the epoch after those
+    # an earlier run trained; it traces the graph, so it is timed apart.
+    first_epoch: int = 0
+
+    # What a resumed fit takes up (`resumable`): where the learning rate is. Epoch times are
+    # measured afresh: the rerun may find another machine, or the same one busier.
+    RESUMED: ClassVar[tuple[str, ...]] = (
+        "step", "progress_from", "step_from", "end_step", "tail_steps",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.end_step = self.epochs * self.steps_per_epoch
         self.step_from = self.warmup_steps
+
+    def hooks(self) -> dict[str, Callable[..., None]]:
+        """Its hooks, by the names Keras' LambdaCallback takes them."""
+        names = ("on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_epoch_end")
+        return {name: getattr(self, name) for name in names}
+
+    def resumable(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.RESUMED}
+
+    def resume(self, state: dict[str, float], epochs_done: int) -> None:
+        """Take up where a fit that trained `epochs_done` epochs left the rate (`resumable`)."""
+        for name in self.RESUMED:
+            setattr(self, name, state[name])
+        self.first_epoch = epochs_done
 
     @property
     def warmup_steps(self) -> int:
@@ -113,7 +136,7 @@ class CosineToDeadline:
             return
         seconds = now - self.epoch_started
         self.validation_seconds.append(now - self.batch_ended)
-        if epoch == 0:
+        if epoch == self.first_epoch:
             self.first_epoch_seconds = seconds
         else:
             (self.alone_seconds if self.began_alone else self.shared_seconds).append(seconds)

@@ -64,8 +64,14 @@ def early_stopping(params: StoppingRecipe):
         mode="max",
         patience=params.early_stopping_patience,
         restore_best_weights=True,
-        start_from_epoch=2 * params.epochs // 3,
+        start_from_epoch=watched_from(params),
     )
+
+
+def watched_from(params: StoppingRecipe) -> int:
+    """The epoch (counted from 0) from which early stopping watches validation accuracy:
+    the first of the last third of the planned epochs."""
+    return 2 * params.epochs // 3
 
 
 def shift_and_mirror(
@@ -114,16 +120,18 @@ def steady_dataset(batches: Callable[[], Iterator[Any]], signature: Any, count: 
     return dataset.prefetch(2).with_options(options)
 
 
-def augmented_batches(x: np.ndarray, y: np.ndarray, params: BatchRecipe, seed: int, classes: int):
+def augmented_batches(
+    x: np.ndarray, y: np.ndarray, params: BatchRecipe, seed: int, classes: int, first_epoch: int = 0
+):
     """Shuffled training batches, freshly shifted and mirrored each epoch in numpy (a few
     milliseconds per batch, against seconds for Keras' random-transform layers).
 
-    Each pass over the dataset is the next epoch, whose order and transforms depend only
-    on the seed and the epoch number.
+    Each pass over the dataset is the next epoch, from `first_epoch` (a resumed fit's), whose
+    order and transforms depend only on the seed and the epoch number.
     """
     import tensorflow as tf
 
-    epochs = itertools.count()
+    epochs = itertools.count(first_epoch)
 
     def one_epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         epoch = next(epochs)
