@@ -87,7 +87,9 @@ def test_the_training_stage_takes_up_a_stopped_fit_counts_its_seconds_and_clears
     scores.clear()
     started = time.perf_counter()
     with caplog.at_level(logging.INFO):
-        trained = train_model("cnn", params, processed, tmp_path, replace(context, check_stop=str))
+        trained = train_model(
+            "cnn", params, processed, tmp_path, replace(context, check_stop=lambda: None)
+        )
     assert scores == [3, 4, 5, 6]
     assert "cnn: takes up the fit after epoch 2, kept by an earlier run that trained for " in (
         caplog.text
@@ -98,23 +100,35 @@ def test_the_training_stage_takes_up_a_stopped_fit_counts_its_seconds_and_clears
     assert len(trained.curve.validation_error) == 6
 
 
-def test_a_kept_epoch_altered_on_disk_is_passed_over_and_the_fit_starts_afresh(
-    processed, tmp_path, caplog
+@pytest.mark.parametrize(
+    ("kept_epoch", "warning"),
+    [("altered on disk", "fit.weights.h5 does not match its recorded hash"),
+     ("of another network", "objects could not be loaded")],
+)  # fmt: skip
+def test_a_kept_epoch_that_cannot_be_taken_up_is_removed_and_the_fit_starts_afresh(
+    processed, tmp_path, caplog, kept_epoch, warning
 ):
     context = TrainingContext(seed=0, threads=1, resume_dir=tmp_path / "kept")
     scores = []
     report, check_stop = stopped_after(2, scores)
-    with pytest.raises(RunStopped):
-        fit(processed, replace(context, report_validation=report, check_stop=check_stop))
-    weights = tmp_path / "kept" / "epoch-0002" / WEIGHTS_FILE
-    altered = bytearray(weights.read_bytes())
-    altered[len(altered) // 2] ^= 0xFF
-    weights.write_bytes(altered)
+    stopped = replace(context, report_validation=report, check_stop=check_stop)
+    kept = tmp_path / "kept" / "epoch-0002"
+    if kept_epoch == "altered on disk":
+        with pytest.raises(RunStopped):
+            fit(processed, stopped)
+        altered = bytearray((kept / WEIGHTS_FILE).read_bytes())
+        altered[len(altered) // 2] ^= 0xFF
+        (kept / WEIGHTS_FILE).write_bytes(altered)
+    else:  # whole and true to its manifest, but its weights do not fit this network
+        with pytest.raises(RunStopped):
+            fit(processed, stopped, TINY.model_copy(update={"dense_units": 16}))
 
     scores.clear()
     with caplog.at_level(logging.INFO):
         _, curve = fit(processed, replace(context, report_validation=report))
-    assert "fit.weights.h5 does not match its recorded hash); removed it" in caplog.text
+    assert f"cnn: cannot take up {kept} (" in caplog.text
+    assert warning in caplog.text
+    assert "); removed it" in caplog.text
     assert "takes up" not in caplog.text
     assert scores == [1, 2, 3, 4, 5, 6]
     assert curve == fit(processed, replace(context, resume_dir=None))[1]

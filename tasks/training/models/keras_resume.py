@@ -102,14 +102,14 @@ class KeptEpochs:
                 state = json.loads((kept / STATE_FILE).read_text())
                 network.optimizer.build(network.trainable_variables)
                 network.load_weights(kept / WEIGHTS_FILE)
-            except (OSError, ValueError) as error:
+                for variable, value in zip(seed_states(network), state["seeds"], strict=True):
+                    variable.assign(np.asarray(value, dtype=variable.dtype))
+                schedule.resume(state["schedule"], state["epochs_done"])
+            except (OSError, ValueError, KeyError) as error:
                 self.logger.warning("cnn: cannot take up %s (%s); removed it", kept, error)
                 shutil.rmtree(kept, ignore_errors=True)
                 self.network, self.schedule = network, schedule = fresh()  # if part-loaded
                 continue
-            for variable, value in zip(seed_states(network), state["seeds"], strict=True):
-                variable.assign(np.asarray(value, dtype=variable.dtype))
-            schedule.resume(state["schedule"], state["epochs_done"])
             self.history, self.epochs_done = state["history"], state["epochs_done"]
             self.earlier_seconds, self.earlier_cpu_seconds = state["seconds"], state["cpu_seconds"]
             resumed = {"epochs_done": self.epochs_done, "seconds": self.earlier_seconds}
