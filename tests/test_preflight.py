@@ -90,7 +90,8 @@ def test_checks_name_the_problem(tmp_path):
 
 
 def test_the_estimate_covers_what_a_quick_run_writes():
-    # Measured on a quick run of the five models: 98.5 MB of cache, a 2.35 MB report.
+    # Measured on a quick run of the five models: 98.5 MB of cache, a 2.35 MB report; while
+    # the CNN's model is written, its kept epoch (10.5 MB) is still there.
     needs = estimate_writes(build_config("quick"))
-    assert 95 < needs[build_config("quick").cache_dir] < 110
+    assert 109 < needs[build_config("quick").cache_dir] < 125
     assert 2.3 < needs[build_config("quick").output_dir] < 3

@@ -85,8 +85,10 @@ def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
     parsed = (TRAINING_IMAGES + TEST_IMAGES) * (PIXELS + 1) / MB  # uint8 images, labels
     processed = images * (PIXELS * 4 + 9) / MB  # float32 pixels, label, test index
     models = sum(
-        model_spec(name).saved_mb(getattr(config.params, name), train_images)
+        # A model that keeps its epochs has one kept beside it until it is published.
+        (1 + spec.keeps_epochs) * spec.saved_mb(getattr(config.params, name), train_images)
         for name in config.models
+        if (spec := model_spec(name))
     )
     evaluated = len(config.models) + (config.ensemble_size >= 2)
     # Held-out and test probabilities (float32, ten classes), predictions, a figure.

@@ -204,6 +204,8 @@ class ModelSpec:
         takes_more_threads: its fit takes the threads the models done grant it, up to
             the threads worth using (`Scaling.useful_threads`); the model with a lane
             of its own takes them first, and up to every core.
+        keeps_epochs: while it fits, its latest whole epoch is kept beside its entry for a
+            rerun to take up (`TrainingContext.resume_dir`): about its saved size again.
     """
 
     name: str
@@ -223,6 +225,7 @@ class ModelSpec:
     budgeted_validation_use: str | None = None
     scaling: Scaling = ONE_THREAD
     takes_more_threads: bool = False
+    keeps_epochs: bool = False
 
     @property
     def module(self) -> str:

@@ -339,7 +339,7 @@ CNN = ModelSpec(
     name="cnn", params=CNNParams, build=KerasCNN, adapter=KerasCNN,
     # Pruning waits 2 epochs: the first ones say too little.
     search_space=SEARCH_SPACE, pruning_warmup_steps=2,
-    quick={"epochs": 2, "early_stopping_patience": 1}, saved_mb=saved_mb,
+    quick={"epochs": 2, "early_stopping_patience": 1}, saved_mb=saved_mb, keeps_epochs=True,
     budgeting=Budgeting(measure_cnn, step_field="epochs", variants=cnn_variants),
     # Kept the longest, on a lane of its own: it gains the most from every minute.
     keep_priority=50, step_name="epochs", own_lane=True, packages=("tensorflow", "keras"),
