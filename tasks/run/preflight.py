@@ -84,11 +84,11 @@ def estimate_writes(config: PipelineConfig) -> dict[Path, float]:
     images = train_images + held_out + test_images
     parsed = (TRAINING_IMAGES + TEST_IMAGES) * (PIXELS + 1) / MB  # uint8 images, labels
     processed = images * (PIXELS * 4 + 9) / MB  # float32 pixels, label, test index
+    specs = [model_spec(name) for name in config.models]
     models = sum(
         # A model that keeps its epochs has one kept beside it until it is published.
-        (1 + spec.keeps_epochs) * spec.saved_mb(getattr(config.params, name), train_images)
-        for name in config.models
-        if (spec := model_spec(name))
+        (1 + spec.keeps_epochs) * spec.saved_mb(getattr(config.params, spec.name), train_images)
+        for spec in specs
     )
     evaluated = len(config.models) + (config.ensemble_size >= 2)
     # Held-out and test probabilities (float32, ten classes), predictions, a figure.
