@@ -29,7 +29,6 @@ from tasks.core.storage import (
     project_code_version,
 )
 from tasks.training.models.base import PARAMS_FILE, TrainingContext
-from tasks.training.models.keras_resume import resumed_seconds
 from tasks.training.models.registry import ModelParams, build_model, model_spec
 
 
@@ -78,12 +77,13 @@ def train_model(
 
     target = cache_dir / "models" / name / key
     # Beside the entry, hidden from the cache's listings; removed once the entry is published.
-    resume_dir = target.parent / f".{key}.resume"
-    if refresh:
+    resume_dir = target.parent / f".{key}.resume" if model_spec(name).keeps_epochs else None
+    fitting = replace(context, resume_dir=resume_dir)
+    if refresh and resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
 
     def fit_and_save(staging: Path) -> None:
-        classifier = build_model(name, params, replace(context, resume_dir=resume_dir))
+        classifier = build_model(name, params, fitting)
         x_train, y_train, x_val, y_val = data.load(*TRAINING_ARRAYS)
         logger.info(
             "training %s on %d images with %d thread(s)", name, len(y_train), context.threads
@@ -92,7 +92,7 @@ def train_model(
         # In a thread of its own, so that a stop request ends this task within a moment.
         curve = run_until_stopped(classifier.fit, x_train, y_train, x_val, y_val)
         # A fit taken up from an earlier run's kept epochs counts that run's seconds too.
-        earlier_seconds, earlier_cpu_seconds = resumed_seconds(resume_dir)
+        earlier_seconds, earlier_cpu_seconds = fitting.resumed_seconds()
         fit_seconds = earlier_seconds + time.perf_counter() - started
         fit_cpu_seconds = earlier_cpu_seconds + time.process_time() - cpu_started
         classifier.save(staging)
@@ -103,6 +103,7 @@ def train_model(
         logger.info("trained %s in %.1f s", name, fit_seconds)
 
     trained = cached_stage(target, fit_and_save, read_trained_model, name, refresh, logger)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    if resume_dir:
+        shutil.rmtree(resume_dir, ignore_errors=True)
     context.report_progress(1.0)
     return trained

@@ -6,6 +6,7 @@ that fits it; the registry in `tasks.training.models.registry` lists the specs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,9 @@ from tasks.training.cores import CoreHandover
 
 # Written by the training stage next to every saved model; the CNN reads its parameters back.
 PARAMS_FILE = "params.json"
+# In `TrainingContext.resume_dir`, written by a fit that took up an earlier run's kept epoch:
+# the training stage adds the seconds it says to the model's.
+RESUMED_FILE = "resumed.json"
 
 
 class HyperParameters(BaseModel):
@@ -60,6 +64,16 @@ class TrainingContext:
 
     def past_deadline(self, clock: Callable[[], float] = time.time) -> bool:
         return self.deadline is not None and clock() >= self.deadline
+
+    def resumed_seconds(self) -> tuple[float, float]:
+        """The wall and CPU seconds earlier runs spent on the epochs a fit took up, or 0."""
+        if self.resume_dir is None:
+            return 0.0, 0.0
+        try:
+            resumed = json.loads((self.resume_dir / RESUMED_FILE).read_text())
+        except (OSError, ValueError):  # nothing taken up
+            return 0.0, 0.0
+        return resumed["seconds"], resumed["cpu_seconds"]
 
 
 @dataclass(frozen=True)
@@ -204,8 +218,9 @@ class ModelSpec:
         takes_more_threads: its fit takes the threads the models done grant it, up to
             the threads worth using (`Scaling.useful_threads`); the model with a lane
             of its own takes them first, and up to every core.
-        keeps_epochs: while it fits, its latest whole epoch is kept beside its entry for a
-            rerun to take up (`TrainingContext.resume_dir`): about its saved size again.
+        keeps_epochs: the training stage names it a `TrainingContext.resume_dir` beside its
+            entry, where its fit keeps its latest whole epoch for a rerun to take up (about
+            its saved size again); the others get none.
     """
 
     name: str

@@ -27,13 +27,11 @@ import numpy as np
 
 from tasks.core.errors import StorageError
 from tasks.core.storage import cached_directory, entry_problem, sweep_scratch
+from tasks.training.models.base import RESUMED_FILE
 from tasks.training.models.deadline_schedule import CosineToDeadline
 
 WEIGHTS_FILE = "fit.weights.h5"  # Keras names weights files *.weights.h5
 STATE_FILE = "state.json"
-# What a resumed fit took up, in the resume directory until the model is published: the
-# training stage adds its seconds to the model's.
-RESUMED_FILE = "resumed.json"
 
 
 def epoch_name(epochs_done: int) -> str:
@@ -45,17 +43,6 @@ def seed_states(network: Any) -> list[Any]:
     the network that Keras' weights files leave out, so a resumed fit would draw other masks
     than the fit in one go."""
     return [v for v in network.variables if v.path.endswith("seed_generator_state")]
-
-
-def resumed_seconds(resume_dir: Path | None) -> tuple[float, float]:
-    """The wall and CPU seconds the earlier runs spent on the epochs a fit took up, or 0."""
-    if resume_dir is None:
-        return 0.0, 0.0
-    try:
-        resumed = json.loads((resume_dir / RESUMED_FILE).read_text())
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    return resumed["seconds"], resumed["cpu_seconds"]
 
 
 @dataclass
