@@ -23,6 +23,7 @@ from prefect.settings import get_current_settings
 from prefect.states import Crashed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from flows.process_pool import KillSafeProcessPool
 from tasks.budget.schedule import CoreSchedule
 from tasks.core.cpus import HostThreads, machine_kind, usable_cores
 from tasks.core.errors import PipelineError, RunEnvironmentError
@@ -97,7 +98,7 @@ def training_runner(config: PipelineConfig, api_url: str | None = None) -> TaskR
     if config.task_runner == "processes":
         # Its workers report to the flow's API and turn SIGTERM and SIGINT into a stop
         # of the task they run.
-        return ProcessPoolTaskRunner(
+        return KillSafeProcessPool(
             max_workers=config.lanes,
             initializer=prepare_worker_process,
             initargs=(api_url,),

@@ -107,36 +107,45 @@ def test_a_model_that_crashes_is_reported_and_a_rerun_retrains_only_it(tmp_path,
         assert "xgboost" in board.model.tolist()
 
 
-def test_a_killed_worker_process_fails_its_model_and_the_next_train_in_a_fresh_pool(
+def test_a_killed_worker_process_fails_the_models_of_its_pool_and_the_next_train_in_a_fresh_one(
     tmp_path, api_url
 ):
-    # One model at a time, without a budget: XGBoost's training alone is in the pool when
-    # its process is killed; random forest comes after it, in new worker processes.
-    models = ["--models", "logistic_regression,xgboost,random_forest", "--task-runner",
-              "processes", "--parallel-models", "1", "--time-budget", "0"]  # fmt: skip
+    # Two models at a time, without a budget: XGBoost's process is killed as its fit
+    # starts, holding the lock of the queue the pool's workers send their logs through
+    # (sitecustomize); the random forest, made to train for half a minute, is beside it and
+    # sends its logs after; logistic regression comes after them, in new worker processes.
+    # Neither the pool's closing (its workers waiting on that lock) nor this process's exit
+    # may wait forever. Python's pool tells a dead worker it started last only at its next
+    # event: the forest fails with the pool, or first finishes.
+    forest = SMALL | {"params": {"random_forest": {"n_estimators": 3000}}}
+    (tmp_path / "forest.json").write_text(json.dumps(forest))
+    models = ["--models", "xgboost,random_forest,logistic_regression", "--task-runner",
+              "processes", "--parallel-models", "2", "--time-budget", "0",
+              "--profile-file", "forest.json"]  # fmt: skip
     done = run(tmp_path, api_url, *models, fault="xgboost-killed")
     assert done.returncode == 1, done.stderr[-3000:]
-    assert last_line(done.stderr) == (
-        f"error: 1 of 3 models failed: xgboost (training: {WORKER_PROCESS_DIED}); "
-        "a rerun retrains only what failed"
-    )
     board = pd.read_csv(tmp_path / "reports" / "latest" / "leaderboard.csv")
-    assert board.model.tolist()[-1] == "xgboost"
-    assert set(board.model[:-1]) == {"logistic_regression", "random_forest", "ensemble"}
-    assert board.test_accuracy[:-1].gt(0.5).all()
-    assert {entry.parent.name for entry in entries(tmp_path / "data")} == {
-        "logistic_regression", "random_forest"
-    }  # fmt: skip
+    failed = board.model[board.error.notna()].tolist()
+    assert failed in (["xgboost"], ["xgboost", "random_forest"], ["random_forest", "xgboost"])
+    assert last_line(done.stderr) == (
+        f"error: {len(failed)} of 3 models failed: "
+        + "; ".join(f"{name} (training: {WORKER_PROCESS_DIED})" for name in failed)
+        + "; a rerun retrains only what failed"
+    )
+    trained = {"logistic_regression"} | ({"random_forest"} if len(failed) == 1 else set())
+    assert set(board.model[board.error.isna()]) - {"ensemble"} == trained
+    assert board.test_accuracy[board.error.isna()].gt(0.5).all()
+    assert {entry.parent.name for entry in entries(tmp_path / "data")} == trained
     assert scratch_left(tmp_path / "data") == []
     with get_client(sync_client=True) as client:
         (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [latest.id]}))
     states = {run.name: run.state.type.value for run in runs if run.name.startswith("train")}
-    # Its process never reported its end: the run sets it Crashed, not left Running.
-    assert states == {
-        "train-logistic_regression": "COMPLETED", "train-xgboost": "CRASHED",
-        "train-random_forest": "COMPLETED",
-    }  # fmt: skip
+    # The killed process never reported its end: the run sets it Crashed, not left
+    # Running. The forest's events may never have passed the lock: none is left Running.
+    assert states.pop("train-xgboost") == "CRASHED"
+    assert states.pop("train-random_forest", None) != "RUNNING"
+    assert states == {"train-logistic_regression": "COMPLETED"}
 
 
 @pytest.mark.parametrize(

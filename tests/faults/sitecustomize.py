@@ -5,9 +5,10 @@ this directory on PYTHONPATH reaches every process of a run: the command line's,
 worker processes the processes and dask runners spawn. With FASHION_MNIST_FAULT=xgboost,
 `xgboost.XGBClassifier.fit` raises XGBoost's own error, as the library does when it
 refuses a model; with FASHION_MNIST_FAULT=xgboost-killed, it kills its own process with
-SIGKILL, as the kernel's out-of-memory killer would. Nothing in the pipeline knows about
-it. The patch is applied when xgboost is imported, so processes that never import it are
-unchanged.
+SIGKILL, as the kernel's out-of-memory killer would, at the worst moment: while it holds
+the write lock of the queue that the process pool's workers send their logs through.
+Nothing in the pipeline knows about it. The patch is applied when xgboost is imported, so
+processes that never import it are unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class _PatchXGBoostOnImport(importlib.abc.MetaPathFinder):
 
             def fit(self, *args, **kwargs):
                 if os.environ["FASHION_MNIST_FAULT"] == "xgboost-killed":
+                    _hold_the_log_queue()
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise XGBoostError(MESSAGE)
 
@@ -42,6 +44,15 @@ class _PatchXGBoostOnImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def _hold_the_log_queue() -> None:
+    """As a worker killed in the middle of sending a log: the processes runner's workers
+    send theirs through Prefect's log sink, `partial(enqueue, queue)`."""
+    from prefect.logging import handlers
+
+    if handlers._api_log_sink is not None:
+        handlers._api_log_sink.args[0]._wlock.acquire()
 
 
 if os.environ.get("FASHION_MNIST_FAULT", "").startswith("xgboost"):
