@@ -20,7 +20,7 @@ from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
 from prefect.settings import get_current_settings
-from prefect.states import Crashed
+from prefect.states import Crashed, State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from flows.process_pool import KillSafeProcessPool
@@ -215,6 +215,7 @@ class PrefectPool:
         self.client = getattr(runner, "client", None)  # a Dask runner's
         self.futures: list[PrefectFuture] = []
         self.started_at = 0  # the first of `futures` since the runner's latest start
+        self.broken: list[PrefectFuture] = []  # those of runners whose process pool broke
 
     def submit(
         self,
@@ -251,24 +252,29 @@ class PrefectPool:
         wait(held, timeout=STOP_GRACE_SECONDS)
         self.runner.__exit__(None, None, None)
         self.runner.__enter__()
+        self.broken += held
         self.started_at = len(self.futures)
 
     def record_crashes(self) -> None:
-        """Set Crashed the task runs whose worker process was killed: they never report
-        their end, and the Prefect UI would show them running after the flow run ended.
-        Called once the pool's workers are gone, so the others have sent theirs."""
-        lost = list(filter(self.lost_with_its_pool, self.futures))
-        if not lost:
+        """Set the task runs of a broken process pool that the server still shows Running,
+        once the pool's workers are gone (so the others have sent theirs): a killed worker's
+        never reports its end, and is set Crashed; a worker killed holding the lock of the
+        queue its pool's workers send their events through loses the others' ends too, and
+        each is set to the end its future brought here. Otherwise the Prefect UI would show
+        them running after the flow run ended."""
+        held = self.futures[self.started_at :]
+        broken = self.broken + (held if any(map(self.lost_with_its_pool, held)) else [])
+        if not broken:
             return
         with get_client(sync_client=True) as client:
-            for future in lost:
+            for future in broken:
                 try:
                     state = client.read_task_run(future.task_run_id).state
-                except ObjectNotFound:  # it never started
+                except ObjectNotFound:  # it never started, or its start was lost
                     continue
                 if state and state.is_running():
-                    crashed = Crashed(message="its worker process ended abruptly (killed)")
-                    client.set_task_run_state(future.task_run_id, crashed, force=True)
+                    end = end_of_pool_task(future)
+                    client.set_task_run_state(future.task_run_id, end, force=True)
 
     def as_completed(self, futures: Iterable[PrefectFuture]) -> Iterator[PrefectFuture]:
         return as_completed(list(futures))
@@ -317,7 +323,17 @@ class PrefectStages:
                 try:
                     pool.record_crashes()
                 except Exception as error:  # the run's own outcome comes first
-                    self.logger.warning("could not set the killed task runs Crashed: %s", error)
+                    self.logger.warning("could not set the task runs of a broken pool: %s", error)
+
+
+def end_of_pool_task(future: PrefectFuture) -> State:
+    """The state a task run of the process pool ended in, as its future brought it here
+    (without its result's data), or Crashed: its worker process ended abruptly."""
+    ended = future.wrapped_future
+    if ended.done() and not ended.cancelled() and ended.exception() is None:
+        final = ended.result()
+        return State(type=final.type, name=final.name, message=final.message)
+    return Crashed(message="its worker process ended abruptly (killed)")
 
 
 def stop_signal_of(stop: BaseException) -> int | None:

@@ -1,6 +1,6 @@
-"""The processes runner's exit after a worker process was killed while it sent a log: the
-run ends, where Prefect's own process pool leaves it waiting forever (seen as a run that
-printed its report and never exited)."""
+"""The processes runner after a worker process was killed while it sent a log: the run
+ends, where Prefect's own process pool leaves it waiting forever (seen as a run that
+printed its report and never exited), and the task runs whose ends were lost are set."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from types import SimpleNamespace
 
 import pytest
+from prefect.states import Completed
 
+from flows.runner import end_of_pool_task
 from tests.support.servers import REPO
 from tests.support.waiting import wait_until
 
@@ -26,7 +31,7 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":  # not in the dying process, which imports this module
         from prefect.task_runners import ProcessPoolTaskRunner
-        from flows.runner import KillSafeProcessPool
+        from flows.process_pool import KillSafeProcessPool
 
         pool = {"kill-safe": KillSafeProcessPool, "prefect": ProcessPoolTaskRunner}[sys.argv[1]]
         with pool(max_workers=1) as runner:
@@ -71,3 +76,20 @@ def test_prefects_own_process_pool_would_never_exit(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_task_run_of_a_broken_pool_is_set_to_the_end_its_future_brought():
+    """What `record_crashes` sets for a task run the server still shows Running: the end the
+    task's future brought (its events lost behind a killed worker's lock), or Crashed."""
+    completed, killed, running = Future(), Future(), Future()
+    completed.set_result(Completed(message="trained"))
+    killed.set_exception(BrokenProcessPool("A process in the process pool was terminated"))
+    ends = [
+        end_of_pool_task(SimpleNamespace(wrapped_future=f)) for f in (completed, killed, running)
+    ]
+    assert [(end.type.value, end.message) for end in ends] == [
+        ("COMPLETED", "trained"),
+        ("CRASHED", "its worker process ended abruptly (killed)"),
+        ("CRASHED", "its worker process ended abruptly (killed)"),
+    ]
+    assert ends[0].data is None  # the result stays where the task stored it
