@@ -255,7 +255,7 @@ class PrefectPool:
         self.broken += held
         self.started_at = len(self.futures)
 
-    def record_crashes(self) -> None:
+    def record_lost_ends(self) -> None:
         """Set the task runs of a broken process pool that the server still shows Running,
         once the pool's workers are gone (so the others have sent theirs): a killed worker's
         never reports its end, and is set Crashed; a worker killed holding the lock of the
@@ -321,7 +321,7 @@ class PrefectStages:
         finally:  # the workers are gone: what was killed can be told
             if pool:
                 try:
-                    pool.record_crashes()
+                    pool.record_lost_ends()
                 except Exception as error:  # the run's own outcome comes first
                     self.logger.warning("could not set the task runs of a broken pool: %s", error)
 

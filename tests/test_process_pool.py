@@ -79,7 +79,7 @@ def test_prefects_own_process_pool_would_never_exit(tmp_path):
 
 
 def test_a_task_run_of_a_broken_pool_is_set_to_the_end_its_future_brought():
-    """What `record_crashes` sets for a task run the server still shows Running: the end the
+    """What `record_lost_ends` sets for a task run the server still shows Running: the end the
     task's future brought (its events lost behind a killed worker's lock), or Crashed."""
     completed, killed, running = Future(), Future(), Future()
     completed.set_result(Completed(message="trained"))
