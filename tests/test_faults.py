@@ -114,9 +114,9 @@ def test_a_killed_worker_process_fails_the_models_of_its_pool_and_the_next_train
     # starts, holding the lock of the queue the pool's workers send their logs through
     # (sitecustomize); the random forest, made to train for half a minute, is beside it and
     # sends its logs after; logistic regression comes after them, in new worker processes.
-    # Neither the pool's closing (its workers waiting on that lock) nor this process's exit
-    # may wait forever. Python's pool tells a dead worker it started last only at its next
-    # event: the forest fails with the pool, or first finishes.
+    # The run's exit may not wait forever on that lock. Python's pool sees the death of the
+    # worker it started last only at its next event: the forest fails with the pool, or
+    # first finishes.
     forest = SMALL | {"params": {"random_forest": {"n_estimators": 3000}}}
     (tmp_path / "forest.json").write_text(json.dumps(forest))
     models = ["--models", "xgboost,random_forest,logistic_regression", "--task-runner",
